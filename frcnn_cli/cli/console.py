@@ -1,0 +1,76 @@
+"""The one place rich is set up: a console on stderr, progress bars, tables.
+
+Results go to stdout (``click.echo``); everything for a person watching goes to stderr. Progress bars are
+plain log lines when stderr is not a terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+err_console = Console(stderr=True, highlight=False)
+
+
+def info(message: str) -> None:
+    """A line for the person at the terminal (stderr)."""
+    err_console.print(message)
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]Warning:[/yellow] {message}")
+
+
+class ProgressReporter:
+    """A rich bar on a terminal, plain lines every ``every`` steps otherwise; ``update(done, text)``."""
+
+    def __init__(self, description: str, total: int, *, every: int = 10, quiet: bool = False) -> None:
+        self.description = description
+        self.total = total
+        self.every = max(1, every)
+        self.quiet = quiet
+        self.start = time.perf_counter()
+        self._progress: Progress | None = None
+        self._task = None
+
+    def __enter__(self) -> ProgressReporter:
+        if not self.quiet and err_console.is_terminal:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[text]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                console=err_console,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task(self.description, total=self.total, text="")
+        return self
+
+    def update(self, done: int, text: str = "") -> None:
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, text=text)
+        elif done % self.every == 0 or done == self.total:
+            elapsed = time.perf_counter() - self.start
+            print(f"{self.description} {done}/{self.total} {text} [{elapsed:.0f}s]", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def callback(self) -> Callable[[int, str], None]:
+        return self.update
+
+
+def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """Render a table on stderr."""
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*r)
+    err_console.print(t)

@@ -1,0 +1,68 @@
+"""The ``frcnn`` click group; turns every ``FrcnnError`` into ``Error: …`` and a non-zero exit."""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from ..errors import FrcnnError
+
+
+class _ErrorMessage(click.ClickException):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class FrcnnGroup(click.Group):
+    """A group whose commands' ``FrcnnError``s become clean one-line errors, never tracebacks."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FrcnnError as exc:
+            raise _ErrorMessage(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise _ErrorMessage("interrupted; rerun the same command with --resume to continue", 130) from None
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # in the order of the workflow, not alphabetical
+
+
+@click.group(cls=FrcnnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="frcnn")
+def cli() -> None:
+    """Faster R-CNN (Ren, He, Girshick, Sun): prepare data, train by the paper's 4-step alternating
+    optimisation (or jointly), dump proposals to HDF5, detect and evaluate on PASCAL VOC.
+
+    \b
+    The four steps by hand:
+      frcnn train-rpn      --data M.json --out rpn1.pt --init imagenet
+      frcnn dump-proposals --model rpn1.pt --data M.json --out props1.h5
+      frcnn train-detector --data M.json --proposals props1.h5 --out det1.pt --init imagenet
+      frcnn train-rpn      --data M.json --out rpn2.pt --init det1.pt --freeze-shared
+      frcnn dump-proposals --model rpn2.pt --data M.json --out props2.h5
+      frcnn train-detector --data M.json --proposals props2.h5 --out final.pt --init rpn2.pt --freeze-shared
+    or all of it, resumable:  frcnn train --data M.json --workdir run/
+    """
+
+
+def _register() -> None:
+    from . import bench, demo, detect, evaluate, prepare, train
+
+    cli.add_command(prepare.prepare)
+    cli.add_command(train.train_rpn)
+    cli.add_command(train.dump_proposals)
+    cli.add_command(train.train_detector)
+    cli.add_command(train.train)
+    cli.add_command(detect.detect)
+    cli.add_command(evaluate.eval_command)
+    cli.add_command(bench.bench)
+    cli.add_command(demo.demo)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="frcnn")

@@ -1,0 +1,320 @@
+"""Every hyper-parameter as a frozen dataclass; named presets; TOML files and ``--set`` overrides.
+
+Defaults are py-faster-rcnn's alternating-optimisation values (shared/reference); presets change only
+what differs. ``config_to_dict`` / ``config_from_dict`` round-trip exactly, and the dict goes into every
+artefact (checkpoints, proposal files, run folders).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BACKBONES = ("vgg16", "zf", "resnet50", "resnet101", "tiny")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Image rescaling, normalisation and augmentation."""
+
+    train_scales: tuple[int, ...] = (600,)  # shorter side; one drawn per image when several
+    test_scale: int = 600
+    max_size: int = 1000  # longer side cap
+    flip: bool = True  # horizontal flip augmentation (dataset doubled, as py-faster-rcnn)
+    pixel_order: str = "rgb"  # "rgb" (torchvision weights) or "bgr" (Caffe-converted weights)
+    pixel_range: float = 1.0  # 1.0: pixels in [0, 1]; 255.0: Caffe's [0, 255]
+    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # in pixel_order and pixel_range
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # Caffe: (1, 1, 1)
+    size_divisor: int = 16  # padded batch sides are multiples of this
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    base_size: int = 16
+    ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    scales: tuple[float, ...] = (8.0, 16.0, 32.0)
+    stride: int = 16
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    conv_channels: int = 512  # 256 for ZF
+    objectness: str = "softmax"  # "softmax" (2k scores, the paper) or "sigmoid" (k logistic outputs)
+    positive_iou: float = 0.7  # >=
+    negative_iou: float = 0.3  # <
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    allowed_border: float = 0.0  # anchors further than this outside the image are ignored
+    ignore_cross_boundary: bool = True
+    box_loss_sigma: float = 3.0
+    box_loss_weight: float = 1.0  # lambda
+    loss_normalization: str = "sampled"  # "sampled" (py-faster-rcnn) or "paper" (N_cls=256, N_reg=#locations, lambda=10)
+    train_pre_nms_top_n: int = 12000  # joint training; 0 = no cap
+    train_post_nms_top_n: int = 2000
+    test_pre_nms_top_n: int = 6000
+    test_post_nms_top_n: int = 300
+    dump_pre_nms_top_n: int = 0
+    dump_post_nms_top_n: int = 2000
+    nms_thresh: float = 0.7
+    min_size: float = 16.0  # at the original image's scale
+
+
+@dataclass(frozen=True)
+class RoIHeadConfig:
+    pooler: str = "roipool"  # "roipool" (the paper) or "roialign"
+    sampling_ratio: int = 2  # roialign only
+    batch_size_per_image: int = 64  # 128 RoIs per 2 images
+    fg_fraction: float = 0.25
+    fg_iou: float = 0.5  # >=
+    bg_iou_hi: float = 0.5  # <
+    bg_iou_lo: float = 0.0  # >=
+    add_gt_as_proposals: bool = True
+    box_target_means: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    box_target_stds: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+    box_loss_sigma: float = 1.0
+    score_thresh: float = 0.05  # >
+    nms_thresh: float = 0.3
+    detections_per_image: int = 100
+    fc_svd_rank: int = 0  # truncated SVD of fc6/fc7 at test time (0 = off), as Fast R-CNN
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    gamma: float = 0.1
+    bias_lr_factor: float = 1.0  # 2.0 = Caffe's lr_mult 2 on biases
+    rpn_iters: int = 80000
+    rpn_steps: tuple[int, ...] = (60000,)
+    det_iters: int = 40000
+    det_steps: tuple[int, ...] = (30000,)
+    joint_iters: int = 70000
+    joint_steps: tuple[int, ...] = (50000,)
+    rpn_images_per_batch: int = 1
+    det_images_per_batch: int = 2
+    warmup_iters: int = 0
+    warmup_factor: float = 0.001
+    amp: bool = True  # bf16 autocast on CUDA
+    channels_last: bool = True  # on CUDA
+    log_every: int = 20
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of a model and its training."""
+
+    name: str = "vgg16"
+    backbone: str = "vgg16"
+    init: str = "imagenet"  # what steps 1 and 2 start from: "imagenet", "none" or a weights file
+    seed: int = 3
+    input: InputConfig = field(default_factory=InputConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_head: RoIHeadConfig = field(default_factory=RoIHeadConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+
+
+def _with(cfg: Config, **sections: dict[str, Any]) -> Config:
+    changes = {name: replace(getattr(cfg, name), **values) for name, values in sections.items()}
+    return replace(cfg, **changes)
+
+
+def _presets() -> dict[str, Config]:
+    vgg16 = Config()
+    zf = replace(_with(vgg16, rpn={"conv_channels": 256}), name="zf", backbone="zf")
+    resnet50 = replace(vgg16, name="resnet50", backbone="resnet50")
+    resnet101 = replace(vgg16, name="resnet101", backbone="resnet101")
+    tiny = _with(
+        replace(vgg16, name="tiny", backbone="tiny", init="none", seed=3),
+        input={"train_scales": (192,), "test_scale": 192, "max_size": 320},
+        anchors={"scales": (1.5, 3.0, 6.0)},
+        rpn={"conv_channels": 128, "min_size": 4.0, "test_pre_nms_top_n": 1000, "test_post_nms_top_n": 100,
+             "train_pre_nms_top_n": 2000, "train_post_nms_top_n": 300, "dump_post_nms_top_n": 300},
+        roi_head={"pooler": "roialign"},
+        solver={"lr": 0.01, "rpn_iters": 400, "rpn_steps": (300,), "det_iters": 400, "det_steps": (300,),
+                "joint_iters": 600, "joint_steps": (450,), "rpn_images_per_batch": 4,
+                "det_images_per_batch": 4, "warmup_iters": 50, "num_workers": 0, "log_every": 10},
+    )
+    return {c.name: c for c in (vgg16, zf, resnet50, resnet101, tiny)}
+
+
+PRESETS: dict[str, Config] = _presets()
+
+
+def get_preset(name: str) -> Config:
+    """The named preset; ``ConfigError`` lists the known names."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)} or a .toml file")
+    return PRESETS[name]
+
+
+# --------------------------------------------------------------------------------------------------
+# dict round trip
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """A JSON-serialisable dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a table of settings, got {value!r}")
+        return _build(hint, value, key + ".")
+    if origin is tuple:
+        args = get_args(hint)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        item_hint = args[0]
+        if len(args) != 2 or args[1] is not Ellipsis:
+            if len(items) != len(args):
+                raise ConfigError(f"config key '{key}' needs {len(args)} values, got {len(items)} ({value!r})")
+        return tuple(_coerce(v, item_hint, key) for v in items)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) and not (
+            isinstance(value, float) and value.is_integer()
+        ):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}") from None
+    if hint is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}") from None
+    if hint is str:
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = prefix + unknown[0]
+        raise ConfigError(f"unknown config key '{key}'; allowed keys here: {', '.join(sorted(names))}")
+    values = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    if base is not None:
+        for k, v in list(values.items()):
+            if dataclasses.is_dataclass(hints[k]) and isinstance(data[k], dict):
+                values[k] = _build(hints[k], data[k], prefix + k + ".", getattr(base, k))
+        return _validate(replace(base, **values))
+    return _validate(cls(**values))
+
+
+_CHOICES = {
+    "backbone": BACKBONES,
+    "pixel_order": ("rgb", "bgr"),
+    "objectness": ("softmax", "sigmoid"),
+    "loss_normalization": ("sampled", "paper"),
+    "pooler": ("roipool", "roialign"),
+}
+
+
+def _validate(obj: Any) -> Any:
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in _CHOICES and value not in _CHOICES[f.name]:
+            raise ConfigError(
+                f"config key '{f.name}' is {value!r}; allowed values: {', '.join(_CHOICES[f.name])}"
+            )
+    return obj
+
+
+def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a Config from a (possibly partial) dict; missing keys come from ``base`` or the defaults."""
+    if base is None and "name" not in data and "backbone" in data and data["backbone"] in PRESETS:
+        base = PRESETS[data["backbone"]]
+    return _build(Config, dict(data), "", base if base is not None else Config())
+
+
+# --------------------------------------------------------------------------------------------------
+# files and overrides
+
+
+def load_config_file(path: str | Path) -> Config:
+    """A TOML file; ``preset = "name"`` at its top picks the base it overrides (default vgg16)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; give a preset name or a .toml path") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML ({exc}); fix the file") from None
+    preset = data.pop("preset", None)
+    base = get_preset(preset) if preset else get_preset(data.get("backbone", "vgg16"))
+    try:
+        return config_from_dict(data, base)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def resolve_config(spec: str | None) -> Config:
+    """``--config``: a preset name, a .toml file, or None for the vgg16 preset."""
+    if spec is None:
+        return get_preset("vgg16")
+    if spec in PRESETS:
+        return PRESETS[spec]
+    if spec.endswith(".toml") or Path(spec).exists():
+        return load_config_file(spec)
+    return get_preset(spec)
+
+
+def _parse_scalar(text: str) -> Any:
+    text = text.strip()
+    if text.startswith(("[", "(")) and text.endswith(("]", ")")):
+        inner = text[1:-1].strip()
+        return [_parse_scalar(t) for t in inner.split(",") if t.strip()] if inner else []
+    if "," in text:
+        return [_parse_scalar(t) for t in text.split(",") if t.strip()]
+    return text
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Apply ``key=value`` strings such as ``rpn.nms_thresh=0.6`` or ``anchors.scales=4,8,16``."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set '{item}' is not key=value; e.g. --set rpn.nms_thresh=0.6")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        nested: dict[str, Any] = {}
+        cursor = nested
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = _parse_scalar(raw)
+        try:
+            cfg = _build(Config, nested, "", cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item}: {exc}") from None
+    return cfg
+
+
+def section_of(key: str) -> str:
+    """The section holding a dotted key (for messages)."""
+    return key.split(".", 1)[0]

@@ -1,0 +1,39 @@
+"""The one exception type the CLI turns into a clean ``Error: …`` line.
+
+Every message is a whole sentence that says what is wrong, where (file, image, line, key) and what to
+do about it. The library raises these; only ``frcnn_cli.cli`` prints them.
+"""
+
+from __future__ import annotations
+
+
+class FrcnnError(Exception):
+    """A user-facing error: the message is shown as ``Error: <message>`` with a non-zero exit."""
+
+    exit_code = 1
+
+
+class ConfigError(FrcnnError):
+    """A bad preset, config file, ``--set`` key or value."""
+
+    exit_code = 2
+
+
+class DataError(FrcnnError):
+    """A bad dataset, annotation, image or manifest."""
+
+
+class CheckpointError(FrcnnError):
+    """A missing, corrupt, unsafe or mismatched checkpoint."""
+
+
+class ProposalStoreError(FrcnnError):
+    """A missing, corrupt or mismatched HDF5 proposal file."""
+
+
+class DeviceError(FrcnnError):
+    """A device that is not available here (``--device cuda`` without a GPU)."""
+
+
+class TrainingError(FrcnnError):
+    """Training cannot go on (a non-finite loss, a finished run asked to go further)."""

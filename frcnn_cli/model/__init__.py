@@ -1,0 +1,1 @@
+"""The model package, ordered like the data flow: backbones → anchors → rpn → roi_head → postprocess."""
