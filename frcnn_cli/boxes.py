@@ -46,10 +46,11 @@ def clip_boxes(boxes: Tensor, height, width) -> Tensor:
     (e.g. ``Tensor[N, 1]`` for boxes ``[N, R, 4]``).
     """
     shape = boxes.shape
-    b = boxes.reshape(*shape[:-1], -1, 4)
-    if isinstance(width, Tensor):
-        width = width.to(boxes.dtype)[..., None]
-        height = height.to(boxes.dtype)[..., None]
+    b = boxes.reshape(*shape[:-1], shape[-1] // 4, 4)
+    if isinstance(width, Tensor):  # shaped like the leading dims: add the (box, coordinate) axes
+        width = width.to(boxes.dtype)[..., None, None]
+    if isinstance(height, Tensor):
+        height = height.to(boxes.dtype)[..., None, None]
     zero = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
     x = torch.minimum(torch.maximum(b[..., 0::2], zero), torch.as_tensor(width, dtype=boxes.dtype,
                                                                          device=boxes.device))
@@ -107,9 +108,9 @@ class BoxCoder:
         return (t - mean) / std
 
     def decode(self, deltas: Tensor, reference: Tensor) -> Tensor:
-        """Boxes ``Tensor[N, 4*C]`` from deltas ``Tensor[N, 4*C]`` applied to ``reference`` ``Tensor[N, 4]``."""
+        """Boxes ``Tensor[N, 4*C]`` from deltas ``Tensor[N, 4*C]`` applied to ``reference [N, 4]``."""
         n = deltas.shape[0]
-        d = deltas.reshape(n, -1, 4)
+        d = deltas.reshape(n, deltas.shape[1] // 4, 4)
         reference = reference.to(deltas.dtype)
         mean, std = self._stats(d)
         d = d * std + mean
@@ -122,4 +123,4 @@ class BoxCoder:
         pw = torch.exp(d[..., 2].clamp(max=self.clamp)) * w
         ph = torch.exp(d[..., 3].clamp(max=self.clamp)) * h
         out = torch.stack((pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw, pcy + 0.5 * ph), dim=2)
-        return out.reshape(n, -1)
+        return out.reshape(n, deltas.shape[1])

@@ -1,10 +1,160 @@
-"""placeholder until the prepare helper writes it"""
+"""``frcnn prepare voc|folder|synth``: datasets to manifests; a summary on stderr, the paths on stdout."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from ..data.manifest import Manifest, PrepareReport, read_manifest, write_manifest
+from . import console
 
-@click.group("prepare")
+MAX_WARNINGS = 10  # warnings listed one by one; the rest are counted
+
+
+class _Progress:
+    """The library's ``progress(done, total)`` callback as a rich bar on a terminal (silent otherwise)."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar: console.ProgressReporter | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            quiet = not console.err_console.is_terminal
+            self.bar = console.ProgressReporter(self.description, total, quiet=quiet).__enter__()
+        self.bar.update(done)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def _show_report(report: PrepareReport) -> None:
+    rows = [[name, str(n), str(hard), str(images)] for name, (n, hard, images) in report.per_class.items()]
+    rows.append(["[bold]all[/bold]", str(report.objects), str(report.difficult), str(report.images)])
+    console.table(report.name, ["class", "objects", "difficult", "images"], rows)
+    (w0, h0), (w1, h1) = report.min_size, report.max_size
+    console.info(f"{report.images} images ({report.empty_images} without objects), {report.objects} objects "
+                 f"({report.difficult} difficult); widths {w0}..{w1}, heights {h0}..{h1} px")
+    for message in report.warnings[:MAX_WARNINGS]:
+        console.warn(message)
+    if len(report.warnings) > MAX_WARNINGS:
+        console.warn(f"... and {len(report.warnings) - MAX_WARNINGS} more warnings")
+
+
+def _finish(outputs: list[tuple[Path, Manifest]], warnings: list[str]) -> None:
+    """Write every manifest (atomically), show the summaries (warnings once), print the paths."""
+    for path, manifest in outputs:
+        write_manifest(path, manifest)
+    for i, (_, manifest) in enumerate(outputs):
+        _show_report(PrepareReport.from_manifest(manifest, warnings if i == 0 else ()))
+    for path, _ in outputs:
+        click.echo(str(path))
+
+
+def _parse_years(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    try:
+        years = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        years = []
+    if not years:
+        raise click.BadParameter(f"{value!r} is not a year or a list of years like 2007,2012")
+    return years
+
+
+class _InOrder(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # voc, folder, synth: as written, not alphabetical
+
+
+@click.group("prepare", cls=_InOrder)
 def prepare() -> None:
-    """Turn a dataset into a manifest."""
+    """Turn detection data into a manifest (JSON) that the other commands read.
+
+    \b
+      frcnn prepare voc    --root VOCdevkit --year 2007 --split trainval --out voc07-trainval.json
+      frcnn prepare voc    --root VOCdevkit --year 2007,2012 --split trainval --out voc0712-trainval.json
+      frcnn prepare folder --images imgs/ --annotations xml/ --val-fraction 0.1 --out mine.json
+      frcnn prepare synth  --out synth/
+    """
+
+
+@prepare.command("voc")
+@click.option("--root", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="The VOCdevkit folder (holding VOC2007/, VOC2012/) or a VOC<year> folder itself.")
+@click.option("--year", "years", default="2007", show_default=True, callback=_parse_years,
+              help="2007, 2012, or 2007,2012 for the union (the paper's 07+12).")
+@click.option("--split", default="trainval", show_default=True,
+              type=click.Choice(["train", "val", "trainval", "test"]), help="ImageSets/Main/<split>.txt.")
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Manifest to write.")
+def voc(root: Path, years: list[int], split: str, out: Path) -> None:
+    """A PASCAL VOC split (20 classes; difficult and truncated kept) as a manifest."""
+    from ..data.voc import prepare_voc
+
+    warnings: list[str] = []
+    with _Progress("checking images") as progress:
+        manifest = prepare_voc(root, years, split, on_warning=warnings.append, progress=progress)
+    _finish([(out, manifest)], warnings)
+
+
+@prepare.command("folder")
+@click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of .jpg/.jpeg/.png/.bmp images (nested folders too).")
+@click.option("--annotations", "annotations_dir", required=True,
+              type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of VOC XML files, matched to the images by file name without extension.")
+@click.option("--classes", "classes_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Class names, one per line, in label order. Default: the names in the XML, sorted.")
+@click.option("--split-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Keep only the images named in this file (one name per line).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Also write NAME.val.json with this fraction of the images (disjoint from NAME.json).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the --val-fraction draw.")
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Manifest to write (NAME.json).")
+def folder(images_dir: Path, annotations_dir: Path, classes_file: Path | None, split_file: Path | None,
+           val_fraction: float | None, seed: int, out: Path) -> None:
+    """Your own images with VOC-style XML annotations as a manifest (no ImageSets needed)."""
+    from ..data.voc import prepare_folder, read_class_file
+
+    if split_file is not None and val_fraction is not None:
+        raise click.UsageError("give --split-file or --val-fraction, not both")
+    classes = read_class_file(classes_file) if classes_file is not None else None
+    name = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
+    warnings: list[str] = []
+    with _Progress("checking images") as progress:
+        result = prepare_folder(images_dir, annotations_dir, classes=classes, split_file=split_file,
+                                val_fraction=val_fraction, seed=seed, name=name,
+                                on_warning=warnings.append, progress=progress)
+    if isinstance(result, tuple):
+        outputs = [(out, result[0]), (out.with_name(f"{name}.val.json"), result[1])]
+    else:
+        outputs = [(out, result)]
+    if classes is None:
+        found = ", ".join(outputs[0][1].classes)
+        console.info(f"classes found in the XML (sorted; --classes FILE sets the order): {found}")
+    _finish(outputs, warnings)
+
+
+@prepare.command("synth")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for the set (VOC layout, classes.txt, trainval.json, test.json).")
+@click.option("--train", "n_train", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Training images.")
+@click.option("--test", "n_test", default=60, show_default=True, type=click.IntRange(min=1),
+              help="Test images.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the drawing.")
+def synth(out_dir: Path, n_train: int, n_test: int, seed: int) -> None:
+    """A synthetic set of drawn shapes (the demo's and the tests' data) with its two manifests."""
+    from ..data.synthetic import make_synthetic_set
+
+    paths = make_synthetic_set(out_dir, n_train=n_train, n_test=n_test, seed=seed)
+    for path in paths:
+        _show_report(PrepareReport.from_manifest(read_manifest(path)))
+    for path in paths:
+        click.echo(str(path))

@@ -1,31 +1,134 @@
-"""Training commands."""
+"""``frcnn train-rpn``, ``dump-proposals``, ``train-detector`` and ``train``: parse, call the library, render."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from ..errors import FrcnnError
+from ..data.manifest import read_manifest
+from ..devices import resolve_device
+from ..train.loop import LoopState
+from ..train.pipeline import PipelineRequest, run_pipeline
+from ..train.stage import StageRequest, run_stage
+from ..train.steps import config_for_init, stage_spec
+from . import console
+from .options import config_options, load_cli_config, positive_int
+
+_ITERS_HELP = "Iterations of this step (default: the preset's; lr drops keep their fraction of the run)."
+
+
+def _training_options(f):
+    f = click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")(f)
+    f = click.option("--resume", is_flag=True, help="Continue from OUT.resume.pt where an earlier run stopped.")(f)
+    f = click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Write a resumable state every N iterations (0: only at the end).")(f)
+    f = click.option("--seed", type=int, default=None, help="Random seed (default: the config's, 3).")(f)
+    f = click.option("--iters", type=positive_int, default=None, help=_ITERS_HELP)(f)
+    f = click.option("--freeze-shared", is_flag=True,
+                     help="Freeze the shared convs taken from --init (steps 3 and 4).")(f)
+    f = click.option("--init", default=None,
+                     help="imagenet, none (explicit random init) or a checkpoint (default: the preset's).")(f)
+    f = config_options(f)
+    f = click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                     help="Checkpoint to write (.pt).")(f)
+    f = click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                     help="Dataset manifest (frcnn prepare).")(f)
+    return f
+
+
+def _log_line(state: LoopState) -> None:
+    losses = "  ".join(f"{k}={v:.4f}" for k, v in state.losses.items())
+    console.info(f"[{state.iteration}/{state.total}] {losses}  lr={state.lr:.2e}  {state.images_per_s:.1f} img/s")
+
+
+def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every,
+                  resume, device, proposals=None) -> None:
+    manifest = read_manifest(data)
+    cfg = load_cli_config(config, (), None)
+    init = init or cfg.init
+    cfg = load_cli_config(None, set_, seed, base=config_for_init(cfg, init, config_given=config is not None))
+    spec = stage_spec(kind, freeze_shared=freeze_shared)
+    req = StageRequest(cfg=cfg, spec=spec, manifest=manifest, manifest_path=data, out=out, init=init,
+                       device=resolve_device(device), iters=iters, proposals_path=proposals,
+                       checkpoint_every=checkpoint_every, resume=resume,
+                       metrics_path=out.parent / "metrics.jsonl", on_log=_log_line)
+    console.info(f"training {spec.name} on {len(manifest.images)} images ({cfg.name}, {req.device})")
+    run_stage(req)
+    click.echo(str(out))
 
 
 @click.command("train-rpn")
-def train_rpn() -> None:
-    """Steps 1 and 3 (not available yet)."""
-    raise FrcnnError("not available yet")
-
-
-@click.command("dump-proposals")
-def dump_proposals() -> None:
-    """Proposals to HDF5 (not available yet)."""
-    raise FrcnnError("not available yet")
+@_training_options
+def train_rpn(data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every, resume, device):
+    """Train a Region Proposal Network: step 1 (--init imagenet) or step 3 (--init det1.pt --freeze-shared)."""
+    _run_training("rpn", data=data, out=out, config=config, set_=set_, init=init, freeze_shared=freeze_shared,
+                  iters=iters, seed=seed, checkpoint_every=checkpoint_every, resume=resume, device=device)
 
 
 @click.command("train-detector")
-def train_detector() -> None:
-    """Steps 2 and 4 (not available yet)."""
-    raise FrcnnError("not available yet")
+@_training_options
+@click.option("--proposals", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="HDF5 proposals of this manifest (frcnn dump-proposals).")
+def train_detector(data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every, resume, device,
+                   proposals):
+    """Train Fast R-CNN on stored proposals: step 2 (--init imagenet) or step 4 (--init rpn2.pt --freeze-shared)."""
+    _run_training("detector", data=data, out=out, config=config, set_=set_, init=init,
+                  freeze_shared=freeze_shared, iters=iters, seed=seed, checkpoint_every=checkpoint_every,
+                  resume=resume, device=device, proposals=proposals)
+
+
+@click.command("dump-proposals")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A checkpoint with an RPN (train-rpn's output).")
+@click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Dataset manifest.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="HDF5 file to write.")
+@click.option("--post-nms-top-n", type=positive_int, default=None, help="Proposals kept per image [2000].")
+@click.option("--pre-nms-top-n", type=click.IntRange(min=0), default=None,
+              help="Boxes kept before NMS, 0 for all [0].")
+@click.option("--nms", "nms_thresh", type=click.FloatRange(0, 1), default=None, help="NMS IoU threshold [0.7].")
+@click.option("--batch-size", type=positive_int, default=1, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda or cuda:N.")
+def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thresh, batch_size, device):
+    """Run the RPN over every image of a manifest and store the proposals (resumes an interrupted dump)."""
+    from ..inference import dump_proposals as dump
+    from ..model.checkpoint import load_model
+
+    manifest = read_manifest(data)
+    dev = resolve_device(device)
+    model, _ = load_model(model_path, device=dev)
+    with console.ProgressReporter("proposals", len(manifest.images), every=50) as bar:
+        dump(model, manifest, data, out, device=dev, checkpoint_path=model_path, batch_size=batch_size,
+             nms_thresh=nms_thresh, pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n,
+             progress=bar.update)
+    click.echo(str(out))
 
 
 @click.command("train")
-def train() -> None:
-    """The whole pipeline (not available yet)."""
-    raise FrcnnError("not available yet")
+@click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Dataset manifest.")
+@click.option("--workdir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder: every step's checkpoint and proposals, metrics.jsonl, state.json.")
+@config_options
+@click.option("--mode", type=click.Choice(["alternating", "joint"]), default="alternating", show_default=True)
+@click.option("--iters", type=positive_int, default=None, help="Iterations of EACH training step.")
+@click.option("--seed", type=int, default=None)
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=None,
+              help="Resumable state every N iterations [a tenth of each step].")
+@click.option("--resume", is_flag=True, help="Accepted for symmetry: rerunning the same command resumes.")
+@click.option("--device", default=None)
+def train(data, workdir, config, set_, mode, iters, seed, checkpoint_every, resume, device):
+    """The whole 4-step alternating optimisation (or --mode joint), resumable: rerun to continue."""
+    del resume  # a run folder always resumes
+    manifest = read_manifest(data)
+    cfg = load_cli_config(config, set_, seed)
+    every = checkpoint_every if checkpoint_every is not None else max(1, (iters or cfg.solver.det_iters) // 10)
+
+    def on_step(name: str, what: str) -> None:
+        console.info({"start": f"[bold]step {name}[/bold]", "done": f"step {name} done",
+                      "skip": f"step {name} already done"}[what])
+
+    req = PipelineRequest(cfg=cfg, manifest=manifest, manifest_path=data, workdir=workdir,
+                          device=resolve_device(device), mode=mode, iters=iters, checkpoint_every=every,
+                          on_log=_log_line, on_step=on_step)
+    final = run_pipeline(req)
+    click.echo(str(final))

@@ -1,0 +1,343 @@
+"""Images in, padded normalised batches out: decode, rescale, flip, normalise, batch, load.
+
+One item follows py-faster-rcnn's ``prep_im_for_blob`` and flipped roidb: decode to uint8 RGB, convert
+to float, resize by ``compute_scale``, mirror if flipped, reorder channels and normalise, and pad into
+a batch in ``collate``. Shapes: N images, G boxes, H x W pixels.
+
+Policies (each one keeps pixels and boxes consistent):
+
+- **EXIF orientation is not applied.** VOC annotators and every VOC tool saw the raw pixel grid, so
+  the boxes refer to it; rotating the pixels would leave the boxes behind.
+- **Colour modes.** Grayscale, palette, RGBA/LA (alpha dropped, not composited), CMYK and 16-bit
+  images become 8-bit RGB; 16-bit values map to 8 bits as ``round(v * 255 / 65535)``.
+- **Resize.** ``torch.nn.functional.interpolate(bilinear, align_corners=False, antialias=False)`` on
+  the float image: the sampling grid of cv2 ``INTER_LINEAR`` (py-faster-rcnn), without an anti-alias
+  filter when shrinking, as cv2; values agree up to cv2's fixed-point weights. The output size is
+  ``resized_size`` and boxes are multiplied by the scalar ``scale``, as py-faster-rcnn does.
+- **Flip.** Boxes (and proposals) are mirrored in original pixels, ``x1' = W - x2``, and then scaled,
+  exactly as py-faster-rcnn flips its roidb; pixels are mirrored after resizing, which equals resizing
+  the mirrored image because the bilinear grid is symmetric. Flipping twice is the identity.
+- **Normalisation** (``cfg.input``): channels in ``pixel_order`` (rgb for torchvision weights, bgr for
+  Caffe-converted ones), values in ``[0, pixel_range]``, minus ``pixel_mean``, divided by ``pixel_std``.
+  Padding is 0 after normalisation, i.e. the mean colour (py-faster-rcnn pads its mean-subtracted blob).
+- **Targets** exclude difficult boxes (py-faster-rcnn ``use_diff=False``); images left with no boxes
+  are kept (they teach the RPN negatives). Labels are the manifest class index + 1.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, fields, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..boxes import flip_boxes
+from ..config import Config, InputConfig
+from ..errors import DataError
+from .manifest import ImageRecord, Manifest
+from .targets import Targets
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError)
+
+
+# --------------------------------------------------------------------------------------------------
+# decoding and geometry
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    if img.mode in _SIXTEEN_BIT:
+        wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode == "F":
+        gray = np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGB"))
+
+
+def load_image(path: str | Path) -> Tensor:
+    """Decode an image file to ``Tensor[3, H, W]`` uint8 RGB (policies in the module docstring).
+
+    A missing, truncated or corrupt file, or one that is not an image, raises ``DataError`` naming it.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            array = _to_rgb_array(img)
+    except FileNotFoundError:
+        raise DataError(
+            f"image {path} does not exist; check the manifest's root and image paths, or re-run frcnn prepare"
+        ) from None
+    except _DECODE_ERRORS as exc:
+        raise DataError(
+            f"image {path} cannot be decoded ({exc}): it is truncated, corrupt or not an image; "
+            "replace the file or remove it from the dataset and re-run frcnn prepare"
+        ) from None
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def compute_scale(height: int, width: int, target: float, max_size: float) -> float:
+    """py-faster-rcnn's rule: shorter side to ``target`` unless the longer side would exceed ``max_size``.
+
+    ``scale = target / min(h, w)``; if ``round(scale * max(h, w)) > max_size``: ``max_size / max(h, w)``.
+    """
+    scale = float(target) / min(height, width)
+    if round(scale * max(height, width)) > max_size:
+        scale = float(max_size) / max(height, width)
+    return scale
+
+
+def resized_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """``(round(h * scale), round(w * scale))``, at least 1 pixel each (cv2.resize with fx = fy = scale)."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def normalize(image: Tensor, input_cfg: InputConfig) -> Tensor:
+    """Float ``[3, H, W]`` RGB in ``[0, 255]`` -> channels in ``pixel_order``, range, minus mean, over std."""
+    if input_cfg.pixel_order == "bgr":
+        image = image.flip(0)
+    mean = torch.tensor(input_cfg.pixel_mean, dtype=image.dtype, device=image.device)[:, None, None]
+    std = torch.tensor(input_cfg.pixel_std, dtype=image.dtype, device=image.device)[:, None, None]
+    return (image * (input_cfg.pixel_range / 255.0) - mean) / std
+
+
+def prepare_image(image: Tensor, scale: float, input_cfg: InputConfig, *, flip: bool = False) -> Tensor:
+    """uint8 ``[3, H, W]`` RGB -> normalised float32 ``[3, round(H*s), round(W*s)]``, mirrored if ``flip``."""
+    height, width = image.shape[-2:]
+    size = resized_size(height, width, scale)
+    x = image.float()
+    if size != (height, width):
+        x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
+    if flip:
+        x = x.flip(-1)
+    return normalize(x, input_cfg)
+
+
+def scale_and_flip_proposals(boxes_original: Tensor, scale: float, flipped: bool,
+                             original_width: float) -> Tensor:
+    """Boxes ``[R, 4]`` in original pixels -> the scaled (and mirrored) image's pixels, as the gt boxes."""
+    boxes = boxes_original.float()
+    if flipped:
+        boxes = flip_boxes(boxes, original_width)
+    return boxes * scale
+
+
+def record_targets(rec: ImageRecord) -> tuple[Tensor, Tensor]:
+    """Non-difficult boxes ``[G, 4]`` (original pixels) and labels ``[G]`` (class index + 1) of a record."""
+    keep = [i for i, hard in enumerate(rec.difficult) if not hard]
+    boxes = torch.tensor([rec.boxes[i] for i in keep], dtype=torch.float32).reshape(-1, 4)
+    labels = torch.tensor([rec.labels[i] + 1 for i in keep], dtype=torch.int64)
+    return boxes, labels
+
+
+# --------------------------------------------------------------------------------------------------
+# batches
+
+
+@dataclass
+class ImageBatch:
+    """N padded images ``tensor [N, 3, H, W]``; ``image_sizes [N, 2]`` (h, w) of each scaled image before
+    padding; ``scales [N]``; ``original_sizes [N, 2]`` (h, w); ``ids``; ``flipped [N]``; ``indices [N]``
+    (manifest index)."""
+
+    tensor: Tensor
+    image_sizes: Tensor
+    scales: Tensor
+    original_sizes: Tensor
+    ids: list[str]
+    flipped: Tensor
+    indices: Tensor
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _map(self, fn) -> ImageBatch:
+        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self) if f.name != "ids"})
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ImageBatch:
+        """A copy with every tensor on ``device``."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> ImageBatch:
+        """Page-locked copies (called by the DataLoader when ``pin_memory=True``)."""
+        return self._map(lambda t: t.pin_memory())
+
+
+def collate(items: list[dict[str, Any]], size_divisor: int = 16) -> tuple[ImageBatch, Targets]:
+    """Pad ``DetectionDataset`` items with zeros to the largest h, w rounded up to ``size_divisor``."""
+    sizes = [tuple(it["image"].shape[-2:]) for it in items]
+    pad_h = math.ceil(max(h for h, _ in sizes) / size_divisor) * size_divisor
+    pad_w = math.ceil(max(w for _, w in sizes) / size_divisor) * size_divisor
+    tensor = items[0]["image"].new_zeros((len(items), 3, pad_h, pad_w))
+    for i, (it, (h, w)) in enumerate(zip(items, sizes)):
+        tensor[i, :, :h, :w].copy_(it["image"])
+    batch = ImageBatch(
+        tensor=tensor,
+        image_sizes=torch.tensor(sizes, dtype=torch.int64),
+        scales=torch.tensor([it["scale"] for it in items], dtype=torch.float32),
+        original_sizes=torch.tensor([it["original_size"] for it in items], dtype=torch.int64),
+        ids=[it["id"] for it in items],
+        flipped=torch.tensor([it["flipped"] for it in items], dtype=torch.bool),
+        indices=torch.tensor([it["index"] for it in items], dtype=torch.int64),
+    )
+    return batch, Targets(boxes=[it["boxes"] for it in items], labels=[it["labels"] for it in items])
+
+
+def batch_from_images(images: list[Tensor], input_cfg: InputConfig,
+                      ids: list[str] | None = None) -> ImageBatch:
+    """Inference batch of decoded uint8 images at the test scale (``frcnn detect``, ``frcnn bench``)."""
+    items = []
+    for i, image in enumerate(images):
+        h, w = image.shape[-2:]
+        scale = compute_scale(h, w, input_cfg.test_scale, input_cfg.max_size)
+        items.append({"image": prepare_image(image, scale, input_cfg), "scale": scale,
+                      "original_size": (h, w), "id": ids[i] if ids else str(i), "flipped": False, "index": i,
+                      "boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)})
+    return collate(items, input_cfg.size_divisor)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# dataset and loader
+
+
+class DetectionDataset(Dataset):
+    """A manifest as model inputs.
+
+    ``train=True``: entries are every image unflipped, then every image flipped when ``cfg.input.flip``
+    (py-faster-rcnn appends the flipped roidb); one of ``cfg.input.train_scales`` per item, drawn from
+    ``(seed, epoch, entry)``. ``train=False``: each image once, unflipped, at ``cfg.input.test_scale``.
+    An item is a dict: ``image`` (normalised ``[3, h, w]``), ``boxes`` (scaled ``[G, 4]``), ``labels``
+    (``1..K``), ``id``, ``index`` (manifest index), ``flipped``, ``scale``, ``original_size`` (h, w).
+    Keys are an entry index or ``(entry, epoch)`` (what ``make_loader``'s sampler yields).
+    """
+
+    def __init__(self, manifest: Manifest, cfg: Config, *, train: bool, seed: int | None = None) -> None:
+        self.manifest = manifest
+        self.cfg = cfg
+        self.train = train
+        self.seed = cfg.seed if seed is None else seed
+        flips = (False, True) if train and cfg.input.flip else (False,)
+        self.entries: list[tuple[int, bool]] = [(i, f) for f in flips for i in range(len(manifest.images))]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def target_size(self, entry: int, epoch: int) -> int:
+        """The shorter-side target of an entry in an epoch (deterministic)."""
+        scales = self.cfg.input.train_scales if self.train else (self.cfg.input.test_scale,)
+        if len(scales) == 1:
+            return scales[0]
+        rng = np.random.default_rng([self.seed, epoch, entry])
+        return scales[int(rng.integers(len(scales)))]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        entry, epoch = key if isinstance(key, tuple) else (key, 0)
+        index, flipped = self.entries[entry]
+        rec = self.manifest.images[index]
+        image = load_image(self.manifest.image_path(rec))
+        height, width = image.shape[-2:]
+        if (width, height) != (rec.width, rec.height):
+            raise DataError(
+                f"image {rec.id} ({self.manifest.image_path(rec)}) is {width}x{height} but the manifest says "
+                f"{rec.width}x{rec.height}; the file changed since frcnn prepare: re-run it"
+            )
+        scale = compute_scale(height, width, self.target_size(entry, epoch), self.cfg.input.max_size)
+        boxes, labels = record_targets(rec)
+        return {
+            "image": prepare_image(image, scale, self.cfg.input, flip=flipped),
+            "boxes": scale_and_flip_proposals(boxes, scale, flipped, width),
+            "labels": labels, "id": rec.id, "index": index, "flipped": flipped, "scale": scale,
+            "original_size": (height, width),
+        }
+
+
+class ResumableBatchSampler(Sampler):
+    """Batches of ``(entry, epoch)`` keys in an order fixed by ``seed``, resumable at any iteration.
+
+    Epoch ``e`` visits ``torch.randperm(size, generator=Generator().manual_seed(seed + e))`` (or
+    ``0..size-1`` without shuffling) in ``ceil(size / batch_size)`` batches, the last one possibly
+    short. Iteration ``k`` is batch ``k % per_epoch`` of epoch ``k // per_epoch``, so a sampler started
+    at ``start_iteration=k`` yields exactly the tail of the uninterrupted stream. ``infinite`` goes on
+    epoch after epoch; otherwise it stops after epoch 0.
+
+    Several processes (DDP): ``batch_size`` is per process; each iteration is a global batch of
+    ``batch_size * world_size`` entries of the same order, of which process ``rank`` takes slice
+    ``rank``. The epoch's last global batch is filled up from the start of its order so that every
+    process gets ``batch_size`` entries (as ``DistributedSampler`` pads).
+    """
+
+    def __init__(self, size: int, *, batch_size: int, shuffle: bool, seed: int, infinite: bool,
+                 start_iteration: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise DataError(f"batch size {batch_size} (rank {rank} of {world_size}) is invalid; "
+                            "give a batch size of at least 1")
+        self.size, self.batch_size, self.shuffle = size, batch_size, shuffle
+        self.seed, self.infinite, self.start_iteration = seed, infinite, start_iteration
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.size / (self.batch_size * self.world_size))
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            order = list(range(self.size))
+        else:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.size, generator=gen).tolist()
+        if self.world_size > 1:
+            need = self.batches_per_epoch * self.batch_size * self.world_size - self.size
+            order += (order * (need // self.size + 1))[:need]
+        return order
+
+    def __iter__(self):
+        per = self.batches_per_epoch
+        if per == 0:
+            return
+        epoch, skip = divmod(self.start_iteration, per)
+        bs, first = self.batch_size, self.rank * self.batch_size
+        while self.infinite or epoch == 0:
+            order = self.epoch_order(epoch)
+            for b in range(skip, per):
+                start = b * bs * self.world_size + first
+                yield [(i, epoch) for i in order[start:start + bs]]
+            skip, epoch = 0, epoch + 1
+
+    def __len__(self) -> int:
+        if self.infinite:
+            raise TypeError("an infinite training loader has no length")
+        return max(0, self.batches_per_epoch - self.start_iteration)
+
+
+def make_loader(dataset: DetectionDataset, *, batch_size: int, shuffle: bool, seed: int, num_workers: int,
+                start_iteration: int = 0, infinite: bool | None = None, size_divisor: int | None = None,
+                rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A DataLoader of ``(ImageBatch, Targets)``: deterministic, resumable order (``ResumableBatchSampler``).
+
+    ``infinite`` defaults to ``shuffle``: training loaders yield batches forever, epoch after epoch;
+    ``shuffle=False`` gives one sequential pass (inference: build the dataset with ``train=False``).
+    Memory is pinned when CUDA is available. ``rank``/``world_size``: this process's share of every
+    global batch under DDP (``ResumableBatchSampler``); ``batch_size`` is per process.
+    """
+    if len(dataset) == 0:
+        raise DataError("the dataset has no images; check the manifest (frcnn prepare prints a summary)")
+    sampler = ResumableBatchSampler(len(dataset), batch_size=batch_size, shuffle=shuffle, seed=seed,
+                                    infinite=shuffle if infinite is None else infinite,
+                                    start_iteration=start_iteration, rank=rank, world_size=world_size)
+    divisor = dataset.cfg.input.size_divisor if size_divisor is None else size_divisor
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                      collate_fn=partial(collate, size_divisor=divisor),
+                      pin_memory=torch.cuda.is_available())

@@ -1,0 +1,269 @@
+"""The prepared-dataset manifest: one JSON file that lists images, their sizes and their boxes.
+
+Layout (shared/DESIGN.md)::
+
+    {"format": "frcnn-manifest", "version": 1, "name": "voc2007-trainval", "classes": ["aeroplane", ...],
+     "root": "/abs/VOCdevkit/VOC2007",
+     "images": [{"id": "000005", "path": "JPEGImages/000005.jpg", "width": 500, "height": 375,
+                 "boxes": [[262.0, 210.0, 323.0, 339.0], ...], "labels": [8, ...], "difficult": [false, ...],
+                 "truncated": [true, ...]}, ...]}
+
+Boxes are 0-based continuous ``x1 y1 x2 y2`` inside ``[0, width] x [0, height]`` with ``x1 < x2``,
+``y1 < y2``; ``labels`` index ``classes`` (no background entry); ``truncated`` is optional. Image paths
+are relative to ``root`` (or absolute); a relative ``root`` is taken relative to the manifest's folder.
+The content hash (``manifest_hash``) covers the classes and the images, not the name or the root, so a
+dataset moved to another disk keeps its identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_write_text
+from ..errors import DataError
+
+FORMAT = "frcnn-manifest"
+VERSION = 1
+
+
+@dataclass
+class ImageRecord:
+    """One image: ``boxes`` is a list of ``[x1, y1, x2, y2]`` (0-based continuous), one label per box."""
+
+    id: str
+    path: str
+    width: int
+    height: int
+    boxes: list[list[float]]
+    labels: list[int]
+    difficult: list[bool]
+    truncated: list[bool] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types with canonical number types (so a written and re-read record hashes the same)."""
+        out: dict[str, Any] = {
+            "id": self.id, "path": self.path, "width": int(self.width), "height": int(self.height),
+            "boxes": [[float(v) for v in box] for box in self.boxes],
+            "labels": [int(v) for v in self.labels],
+            "difficult": [bool(v) for v in self.difficult],
+        }
+        if self.truncated is not None:
+            out["truncated"] = [bool(v) for v in self.truncated]
+        return out
+
+
+@dataclass
+class Manifest:
+    """A named list of images with their class names; ``root`` is the folder image paths are relative to."""
+
+    name: str
+    classes: list[str]
+    root: str
+    images: list[ImageRecord]
+
+    def image_path(self, rec: ImageRecord) -> Path:
+        """The file of ``rec``; a relative path that climbs out of ``root`` with ``..`` is refused."""
+        path = Path(rec.path)
+        if path.is_absolute():
+            return path
+        root = os.path.normpath(self.root)
+        full = os.path.normpath(os.path.join(root, rec.path))
+        if os.path.commonpath([root, full]) != root:
+            raise DataError(
+                f"manifest {self.name!r}, image {rec.id}: path {rec.path!r} leaves the manifest root "
+                f"{self.root}; use a path inside the root or an absolute path"
+            )
+        return Path(full)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION, "name": self.name, "classes": list(self.classes),
+            "root": self.root, "images": [rec.to_dict() for rec in self.images],
+        }
+
+
+def manifest_hash(manifest: Manifest) -> str:
+    """sha256 (64 hex digits) of the canonical JSON of the classes and the images."""
+    content = {"classes": list(manifest.classes), "images": [rec.to_dict() for rec in manifest.images]}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
+    """Validate ``manifest`` and write it atomically to ``path`` (one image per line)."""
+    path = Path(path)
+    data = manifest.to_dict()
+    _validate(data, str(path))
+    head = {k: v for k, v in data.items() if k != "images"}
+    lines = [json.dumps(head, ensure_ascii=False)[:-1] + ', "images": [']
+    images = [json.dumps(rec, ensure_ascii=False, allow_nan=False) for rec in data["images"]]
+    lines.append(",\n".join(f" {line}" for line in images))
+    lines.append("]}\n")
+    atomic_write_text(path, "\n".join(lines))
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read and validate a manifest; every problem is a ``DataError`` naming the file (and the image)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"manifest {path} does not exist; create it with `frcnn prepare`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read manifest {path}: {exc}; run `frcnn prepare` again") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"manifest {path} is not valid JSON (line {exc.lineno}: {exc.msg}); the file is corrupt or "
+            "truncated: run `frcnn prepare` again"
+        ) from None
+    _validate(data, str(path))
+    root = data["root"]
+    if not os.path.isabs(root):
+        root = os.path.normpath(os.path.join(os.path.abspath(path.parent), root))
+    images = [_record(rec) for rec in data["images"]]
+    return Manifest(name=data["name"], classes=list(data["classes"]), root=root, images=images)
+
+
+def _record(rec: dict[str, Any]) -> ImageRecord:
+    truncated = rec.get("truncated")
+    return ImageRecord(
+        id=rec["id"], path=rec["path"], width=rec["width"], height=rec["height"],
+        boxes=[[float(v) for v in box] for box in rec["boxes"]], labels=list(rec["labels"]),
+        difficult=[bool(v) for v in rec["difficult"]],
+        truncated=None if truncated is None else [bool(v) for v in truncated],
+    )
+
+
+def _validate(data: Any, where: str) -> None:
+    """Check the format, version and top-level fields, then every image."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise DataError(f"{where} is not a frcnn manifest (no \"format\": \"{FORMAT}\"); use `frcnn prepare`")
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise DataError(f"manifest {where} has an invalid version {version!r}; run `frcnn prepare` again")
+    if version > VERSION:
+        raise DataError(
+            f"manifest {where} has version {version}, newer than this frcnn reads (version {VERSION}); "
+            "upgrade frcnn or prepare the data again with this version"
+        )
+    for key, kind in (("name", str), ("root", str), ("classes", list), ("images", list)):
+        if not isinstance(data.get(key), kind):
+            raise DataError(
+                f"manifest {where}: \"{key}\" is missing or not a {kind.__name__}; run `frcnn prepare` again"
+            )
+    classes = data["classes"]
+    if not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+        raise DataError(f"manifest {where}: \"classes\" must be distinct non-empty names; fix the class list")
+    seen: set[str] = set()
+    for i, rec in enumerate(data["images"]):
+        problem = _record_problem(rec, len(classes))
+        named = isinstance(rec, dict) and isinstance(rec.get("id"), str)
+        image = f"image {i}" + (f" ({rec['id']})" if named else "")
+        if problem is None and rec["id"] in seen:
+            problem = "the id appears twice; image ids must be unique"
+        if problem is not None:
+            raise DataError(f"manifest {where}, {image}: {problem}; fix it or run `frcnn prepare` again")
+        seen.add(rec["id"])
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _record_problem(rec: Any, num_classes: int) -> str | None:
+    """What is wrong with one image entry, or None."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    for key in ("id", "path"):
+        if not isinstance(rec.get(key), str) or not rec[key]:
+            return f"\"{key}\" is missing or empty"
+    width, height = rec.get("width"), rec.get("height")
+    if not (_is_int(width) and _is_int(height) and width > 0 and height > 0):
+        return f"width/height {width!r}x{height!r} must be positive integers"
+    boxes, labels, difficult = rec.get("boxes"), rec.get("labels"), rec.get("difficult")
+    if not (isinstance(boxes, list) and isinstance(labels, list) and isinstance(difficult, list)):
+        return "\"boxes\", \"labels\" and \"difficult\" must be lists"
+    if not len(boxes) == len(labels) == len(difficult):
+        return f"{len(boxes)} boxes but {len(labels)} labels and {len(difficult)} difficult flags"
+    truncated = rec.get("truncated")
+    if truncated is not None and (not isinstance(truncated, list) or len(truncated) != len(boxes)):
+        return "\"truncated\" must be a list with one flag per box"
+    for flags in (difficult, truncated or []):
+        if not all(isinstance(f, bool) or f in (0, 1) for f in flags):
+            return "difficult/truncated flags must be true or false"
+    for j, (box, label) in enumerate(zip(boxes, labels)):
+        if not _is_int(label) or not 0 <= label < num_classes:
+            return f"box {j}: label {label!r} is not an index into the {num_classes} classes"
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            return f"box {j}: {box!r} is not [x1, y1, x2, y2] with finite numbers"
+        x1, y1, x2, y2 = box
+        if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+            return f"box {j}: {box} is empty or outside the {width}x{height} image"
+    return None
+
+
+def split_manifest(manifest: Manifest, fraction: float, seed: int) -> tuple[Manifest, Manifest]:
+    """Disjoint ``(train, val)``; val holds ``round(fraction * n)`` images (1 .. n-1) drawn by ``seed``.
+
+    Order within each part is the manifest's; the val manifest is named ``<name>.val``.
+    """
+    n = len(manifest.images)
+    if not 0 < fraction < 1:
+        raise DataError(f"validation fraction {fraction} must be between 0 and 1 (e.g. 0.1)")
+    if n < 2:
+        raise DataError(f"{manifest.name} has {n} image(s); a validation split needs at least 2")
+    n_val = min(max(round(n * fraction), 1), n - 1)
+    chosen = set(random.Random(seed).sample(sorted(rec.id for rec in manifest.images), n_val))
+    train = [rec for rec in manifest.images if rec.id not in chosen]
+    val = [rec for rec in manifest.images if rec.id in chosen]
+    return (Manifest(manifest.name, list(manifest.classes), manifest.root, train),
+            Manifest(f"{manifest.name}.val", list(manifest.classes), manifest.root, val))
+
+
+@dataclass
+class PrepareReport:
+    """The prepare summary: per class ``(objects, difficult, images)``, sizes as ``(width, height)``."""
+
+    name: str
+    images: int
+    objects: int
+    difficult: int
+    empty_images: int
+    per_class: dict[str, tuple[int, int, int]]
+    min_size: tuple[int, int]
+    max_size: tuple[int, int]
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, warnings: Sequence[str] = ()) -> PrepareReport:
+        k = len(manifest.classes)
+        objects, hard, images = [0] * k, [0] * k, [0] * k
+        for rec in manifest.images:
+            for label, diff in zip(rec.labels, rec.difficult):
+                objects[label] += 1
+                hard[label] += int(diff)
+            for label in set(rec.labels):
+                images[label] += 1
+        widths = [rec.width for rec in manifest.images] or [0]
+        heights = [rec.height for rec in manifest.images] or [0]
+        return cls(
+            name=manifest.name, images=len(manifest.images), objects=sum(objects), difficult=sum(hard),
+            empty_images=sum(1 for rec in manifest.images if not rec.boxes),
+            per_class={c: (objects[i], hard[i], images[i]) for i, c in enumerate(manifest.classes)},
+            min_size=(min(widths), min(heights)), max_size=(max(widths), max(heights)),
+            warnings=list(warnings),
+        )

@@ -1,0 +1,149 @@
+"""Batched inference over a manifest: proposal dumps (HDF5) and detections, on the model's device.
+
+One loop serves ``dump-proposals``, ``eval`` and the demo: images are decoded and rescaled by the data
+loader's workers, a batch goes to the device once, and results come back to the host once per batch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .config import config_to_dict
+from .data.images import DetectionDataset, ImageBatch, collate
+from .data.manifest import Manifest, manifest_hash
+from .devices import autocast
+from .model.checkpoint import file_sha256
+from .model.detector import FasterRCNN, ForwardOutput
+from .proposals import ProposalWriter
+
+Progress = Callable[[int, str], None]
+
+
+def manifest_batches(manifest: Manifest, model: FasterRCNN, *, indices: Sequence[int] | None = None,
+                     batch_size: int = 1, num_workers: int = 0) -> Iterator[ImageBatch]:
+    """The manifest's images (all, or ``indices``) at the test scale, unflipped, in batches."""
+    dataset = DetectionDataset(manifest, model.cfg, train=False)
+    order = list(range(len(manifest.images))) if indices is None else list(indices)
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    divisor = model.cfg.input.size_divisor
+    loader = DataLoader(dataset, batch_sampler=chunks, num_workers=num_workers,
+                        collate_fn=partial(_collate_images, size_divisor=divisor),
+                        pin_memory=torch.cuda.is_available())
+    yield from loader
+
+
+def _collate_images(items: list[dict], size_divisor: int) -> ImageBatch:
+    return collate(items, size_divisor)[0]
+
+
+def _forward(model: FasterRCNN, batch: ImageBatch, device: torch.device, **kwargs) -> ForwardOutput:
+    with autocast(device, model.cfg.solver.amp):
+        return model(batch.tensor, batch.image_sizes, batch.scales, **kwargs)
+
+
+@dataclass(frozen=True)
+class DumpSettings:
+    """Proposal settings of a dump (the paper: no pre-NMS cap, NMS 0.7, top 2000, min size 16)."""
+
+    nms_thresh: float
+    pre_nms_top_n: int
+    post_nms_top_n: int
+    min_size: float
+
+
+def _dump_settings(model: FasterRCNN, nms_thresh, pre_nms_top_n, post_nms_top_n) -> DumpSettings:
+    rpn = model.cfg.rpn
+    return DumpSettings(rpn.nms_thresh if nms_thresh is None else float(nms_thresh),
+                        rpn.dump_pre_nms_top_n if pre_nms_top_n is None else int(pre_nms_top_n),
+                        rpn.dump_post_nms_top_n if post_nms_top_n is None else int(post_nms_top_n),
+                        rpn.min_size)
+
+
+def _with_dump_settings(model: FasterRCNN, s: DumpSettings) -> None:
+    model.cfg = replace(model.cfg, rpn=replace(model.cfg.rpn, nms_thresh=s.nms_thresh,
+                                               dump_pre_nms_top_n=s.pre_nms_top_n,
+                                               dump_post_nms_top_n=s.post_nms_top_n))
+
+
+@torch.inference_mode()
+def dump_proposals(model: FasterRCNN, manifest: Manifest, manifest_path: Path, out: Path, *,
+                   device: torch.device, checkpoint_path: Path, batch_size: int = 1,
+                   nms_thresh: float | None = None, pre_nms_top_n: int | None = None,
+                   post_nms_top_n: int | None = None, progress: Progress | None = None,
+                   num_workers: int = 0) -> Path:
+    """Every image's proposals in original pixels, sorted by score, into the HDF5 store ``out``.
+
+    Written to ``out.partial`` image by image; rerunning after an interruption continues with the images
+    not yet written; the file is renamed to ``out`` only when complete.
+    """
+    settings = _dump_settings(model, nms_thresh, pre_nms_top_n, post_nms_top_n)
+    _with_dump_settings(model, settings)
+    model.eval().to(device)
+    attrs = {"checkpoint_hash": file_sha256(checkpoint_path), "checkpoint": str(checkpoint_path),
+             "nms_thresh": settings.nms_thresh, "pre_nms_top_n": settings.pre_nms_top_n,
+             "post_nms_top_n": settings.post_nms_top_n, "min_size": settings.min_size,
+             "scale": model.cfg.input.test_scale, "max_size": model.cfg.input.max_size,
+             "config": json.dumps(config_to_dict(model.cfg))}
+    with ProposalWriter(out, manifest=manifest, manifest_hash=manifest_hash(manifest), attrs=attrs) as writer:
+        todo = [i for i in range(len(manifest.images)) if not writer.done(i)]
+        done = len(manifest.images) - len(todo)
+        for batch in manifest_batches(manifest, model, indices=todo, batch_size=batch_size,
+                                      num_workers=num_workers):
+            result = _forward(model, batch.to(device, non_blocking=True), device, run_roi_head=False,
+                              proposal_mode="dump")
+            scales = batch.scales.tolist()
+            boxes = [(p.float() / s).cpu() for p, s in zip(result.proposals, scales)]
+            scores = [s.float().cpu() for s in result.proposal_scores]
+            for index, b, s in zip(batch.indices.tolist(), boxes, scores):
+                writer.write(index, b, s)
+            done += len(batch)
+            if progress is not None:
+                progress(done, "")
+        writer.finish()
+    return out
+
+
+@torch.inference_mode()
+def detect_manifest(model: FasterRCNN, manifest: Manifest, *, device: torch.device, batch_size: int = 1,
+                    progress: Progress | None = None, num_workers: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Detections of every manifest image (``boxes`` original pixels, ``scores``, ``labels`` 1..K), on CPU."""
+    model.eval().to(device)
+    results: list[dict[str, torch.Tensor] | None] = [None] * len(manifest.images)
+    done = 0
+    for batch in manifest_batches(manifest, model, batch_size=batch_size, num_workers=num_workers):
+        dev_batch = batch.to(device, non_blocking=True)
+        out = _forward(model, dev_batch, device, proposal_mode="test")
+        dets = model.detect(out, dev_batch.image_sizes, dev_batch.scales, dev_batch.original_sizes)
+        for index, det in zip(batch.indices.tolist(), dets):
+            results[index] = {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in det.items()}
+        done += len(batch)
+        if progress is not None:
+            progress(done, "")
+    return results
+
+
+def detections_by_class(results: list[dict[str, torch.Tensor]], num_classes: int) -> dict:
+    """``{class index 0..K-1: (image indices, scores, boxes)}`` as numpy arrays, for ``evaluate_detections``."""
+    import numpy as np
+
+    per_class: dict[int, tuple] = {}
+    labels = [r["labels"].numpy() for r in results]
+    for k in range(num_classes):
+        image_idx, scores, boxes = [], [], []
+        for i, (r, lab) in enumerate(zip(results, labels)):
+            keep = lab == k + 1
+            if keep.any():
+                image_idx.append(np.full(int(keep.sum()), i, dtype=np.int64))
+                scores.append(r["scores"].numpy()[keep])
+                boxes.append(r["boxes"].numpy()[keep])
+        per_class[k] = (np.concatenate(image_idx) if image_idx else np.zeros(0, np.int64),
+                        np.concatenate(scores) if scores else np.zeros(0, np.float32),
+                        np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32))
+    return per_class

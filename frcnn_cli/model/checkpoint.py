@@ -1,0 +1,170 @@
+"""Checkpoints: the model's parts, its config, class names, the stage that made it and its provenance.
+
+A checkpoint is a ``torch.save``'d dict of plain types and tensors only, so that ``torch.load(...,
+weights_only=True)`` reads it and a tampered file can never run code::
+
+    {"format": "frcnn-checkpoint", "version": 1,
+     "parts": {"backbone": state_dict, "rpn": state_dict, "roi_head": state_dict},  # a subset
+     "config": config_to_dict(cfg), "classes": [str, …], "stage": str,
+     "provenance": {…}, "train_state": {…} | None}
+
+A step-1 RPN checkpoint has no ``roi_head`` part. Files are written atomically (``atomic_path``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..atomic import atomic_path
+from ..config import config_from_dict, config_to_dict
+from ..errors import CheckpointError, ConfigError, FrcnnError
+from .detector import FasterRCNN
+
+FORMAT = "frcnn-checkpoint"
+VERSION = 1
+_PLAIN = (str, int, float, bool, type(None), Tensor, torch.Size, torch.dtype)
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Refuse (TypeError) anything that ``weights_only=True`` could not load back."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"checkpoint {where}: key {key!r} is a {type(key).__name__}, not str/int")
+            _check_plain(value, f"{where}.{key}")
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+    elif not isinstance(obj, _PLAIN):
+        raise TypeError(f"checkpoint {where} is a {type(obj).__name__}; only plain types and tensors can be "
+                        f"stored (weights_only loading)")
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(path: str | os.PathLike, model: FasterRCNN, *, stage: str, provenance: dict,
+                    parts: Iterable[str] = ("backbone", "rpn", "roi_head"),
+                    train_state: dict | None = None) -> None:
+    """Write ``parts`` of ``model`` with its config, classes, ``stage``, ``provenance`` and ``train_state``
+    (optimiser, schedule, RNG, data position: plain types and tensors only) to ``path``, atomically."""
+    parts = tuple(parts)
+    unknown = [p for p in parts if p not in FasterRCNN.part_names]
+    if unknown:
+        raise ValueError(f"unknown part(s) {unknown}; parts are {FasterRCNN.part_names}")
+    payload = {
+        "format": FORMAT, "version": VERSION,
+        "parts": {name: _cpu_state(getattr(model, name)) for name in parts},
+        "config": config_to_dict(model.cfg), "classes": list(model.classes), "stage": str(stage),
+        "provenance": dict(provenance), "train_state": train_state,
+    }
+    _check_plain(payload, str(path))
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _validate(ckpt: Any, path: Path) -> dict:
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a frcnn checkpoint (no format '{FORMAT}'); give a file written "
+                              f"by frcnn train-rpn, train-detector or train")
+    version = ckpt.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"checkpoint {path} has no valid version ({version!r}); the file is damaged")
+    if version > VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}, newer than this frcnn reads "
+                              f"({VERSION}); upgrade frcnn")
+    parts = ckpt.get("parts")
+    ok = (isinstance(parts, dict) and all(isinstance(v, dict) for v in parts.values())
+          and set(parts) <= set(FasterRCNN.part_names) and isinstance(ckpt.get("config"), dict)
+          and isinstance(ckpt.get("classes"), list) and all(isinstance(c, str) for c in ckpt["classes"]))
+    if not ok:
+        raise CheckpointError(f"checkpoint {path} lacks valid 'parts', 'config' or 'classes' entries; "
+                              f"the file is damaged, write it again")
+    return ckpt
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """The checkpoint dict in ``path``, read with ``weights_only=True`` and checked.
+
+    ``CheckpointError`` (naming the file) when it is missing, not a torch file, holds Python objects
+    (refused unread: the pickle never runs), is not a frcnn checkpoint, or is of a newer version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path (--model / --init)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} holds Python objects besides tensors and was refused "
+                              f"unread for safety ({first}); use a checkpoint written by frcnn") from None
+    except (OSError, RuntimeError, ValueError, EOFError, KeyError, AttributeError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path} is not a readable torch file ({type(exc).__name__}: "
+                              f"{exc}); the file is damaged or not a checkpoint") from None
+    return _validate(ckpt, path)
+
+
+def _backbone_of(ckpt: dict) -> str:
+    return str(ckpt["config"].get("backbone", "?"))
+
+
+def load_parts(model: FasterRCNN, ckpt: dict, parts: Iterable[str], path: str | os.PathLike) -> None:
+    """Copy ``parts`` of ``ckpt`` (read from ``path``) into ``model``.
+
+    ``CheckpointError`` naming both sides when the backbones differ, when ``roi_head`` is asked for and
+    the class lists differ, when a part is missing, or when a state dict does not fit.
+    """
+    parts = tuple(parts)
+    theirs, ours = _backbone_of(ckpt), model.cfg.backbone
+    if theirs != ours:
+        raise CheckpointError(f"checkpoint {path} has a '{theirs}' backbone but the model is '{ours}'; use "
+                              f"--config {theirs} or a checkpoint of a {ours} model")
+    if "roi_head" in parts and list(ckpt["classes"]) != list(model.classes):
+        raise CheckpointError(
+            f"checkpoint {path} was trained for {len(ckpt['classes'])} classes {ckpt['classes']} but the "
+            f"model has {len(model.classes)} classes {model.classes}; use a checkpoint of the same dataset"
+        )
+    for name in parts:
+        if name not in ckpt["parts"]:
+            raise CheckpointError(f"checkpoint {path} (stage '{ckpt.get('stage')}') has no '{name}' part, "
+                                  f"only {sorted(ckpt['parts'])}; give a checkpoint of a later step")
+        try:
+            getattr(model, name).load_state_dict(ckpt["parts"][name], strict=True)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())[:400]
+            raise CheckpointError(f"checkpoint {path}: its '{name}' part does not fit this model ({detail}); "
+                                  f"the config differs from the one it was trained with") from None
+
+
+def load_model(path: str | os.PathLike, device: Any = "cpu") -> tuple[FasterRCNN, dict]:
+    """The model stored in ``path`` (its own config and classes, every stored part loaded, eval mode,
+    on ``device``) and the checkpoint dict."""
+    ckpt = read_checkpoint(path)
+    try:
+        cfg = config_from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path} holds a config this frcnn cannot read ({exc})") from None
+    model = FasterRCNN(cfg, list(ckpt["classes"]))
+    load_parts(model, ckpt, tuple(ckpt["parts"]), path)
+    return model.to(device).eval(), ckpt
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of the file's bytes (provenance of checkpoints and proposal files)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise FrcnnError(f"cannot read {path} to hash it ({exc.strerror or exc}); check the path") from None
+    return digest.hexdigest()

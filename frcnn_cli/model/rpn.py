@@ -1,0 +1,94 @@
+"""The Region Proposal Network head and proposal generation.
+
+Shapes: N images, Cin feature channels, H x W feature grid, A anchors per cell, M = H*W*A anchors per image
+(flat index ``(h*W + w)*A + a``, see ``anchors.py``), C objectness outputs per anchor (2 for the paper's
+softmax, 1 for sigmoid), R_i proposals kept for image i.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from ..boxes import BoxCoder, clip_boxes, small_box_mask
+
+OBJECTNESS_CHANNELS = {"softmax": 2, "sigmoid": 1}
+
+
+class RPNHead(nn.Module):
+    """3x3 conv + ReLU, then sibling 1x1 convs for objectness (A*C channels) and box deltas (A*4).
+
+    Channel layouts are py-faster-rcnn's: objectness channel ``c*A + a`` (all background scores first,
+    then all foreground), delta channel ``4*a + coord``. Weights N(0, 0.01), biases 0.
+    """
+
+    def __init__(self, in_channels: int, conv_channels: int, num_anchors: int, objectness: str = "softmax"):
+        super().__init__()
+        if objectness not in OBJECTNESS_CHANNELS:
+            raise ValueError(f"objectness must be one of {sorted(OBJECTNESS_CHANNELS)}, got {objectness!r}")
+        self.num_anchors = int(num_anchors)
+        self.objectness = objectness
+        self.num_outputs = OBJECTNESS_CHANNELS[objectness]
+        self.conv = nn.Conv2d(in_channels, conv_channels, kernel_size=3, padding=1)
+        self.cls_logits = nn.Conv2d(conv_channels, self.num_anchors * self.num_outputs, kernel_size=1)
+        self.bbox_pred = nn.Conv2d(conv_channels, self.num_anchors * 4, kernel_size=1)
+        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``features [N, Cin, H, W]`` -> ``(cls_logits [N, H*W*A, C], deltas [N, H*W*A, 4])``, grid order."""
+        n, _, h, w = features.shape
+        x = F.relu(self.conv(features))
+        a, c = self.num_anchors, self.num_outputs
+        logits = self.cls_logits(x).view(n, c, a, h, w).permute(0, 3, 4, 2, 1).reshape(n, h * w * a, c)
+        deltas = self.bbox_pred(x).view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, h * w * a, 4)
+        return logits, deltas
+
+
+def objectness_scores(cls_logits: Tensor) -> Tensor:
+    """Foreground probability ``Tensor[N, M]`` of ``cls_logits [N, M, C]`` (C=2: softmax, C=1: sigmoid)."""
+    if cls_logits.shape[-1] == 2:
+        return torch.softmax(cls_logits.float(), dim=-1)[..., 1]
+    return torch.sigmoid(cls_logits.float()[..., 0])
+
+
+@torch.no_grad()
+def generate_proposals(anchors: Tensor, scores: Tensor, deltas: Tensor, image_sizes: Tensor,
+                       min_sizes: Tensor, *, pre_nms_top_n: int, post_nms_top_n: int,
+                       nms_thresh: float) -> list[tuple[Tensor, Tensor]]:
+    """Proposals of every image: ``[(boxes [R_i, 4], scores [R_i])]`` sorted by score, descending.
+
+    py-faster-rcnn's proposal layer, batched over images: decode every anchor (``BoxCoder()``, no
+    normalisation), clip to the image's ``(h, w)`` in ``image_sizes [N, 2]``, drop boxes narrower or lower
+    than ``min_sizes [N]`` (scaled pixels), keep the ``pre_nms_top_n`` best of the rest (0 = all), NMS
+    (IoU > ``nms_thresh`` suppressed; one ``batched_nms`` call with the image as group), keep the
+    ``post_nms_top_n`` best (0 = all). As py-faster-rcnn, the min-size drop comes before the top-N cut,
+    so an image gets ``pre_nms_top_n`` real candidates whenever it has them. Boxes are in scaled-image
+    pixels. Inputs: ``anchors [M, 4]``, ``scores [N, M]``, ``deltas [N, M, 4]``.
+    """
+    n, m = scores.shape
+    scores = scores.float()
+    boxes = BoxCoder().decode(deltas.float().reshape(n * m, 4), anchors.float().repeat(n, 1)).view(n, m, 4)
+    sizes = image_sizes.to(boxes.device, boxes.dtype)
+    boxes = clip_boxes(boxes, sizes[:, 0:1], sizes[:, 1:2])
+    valid = small_box_mask(boxes, min_sizes.to(boxes.device, boxes.dtype)[:, None])
+    ranked = torch.where(valid, scores, torch.full_like(scores, float("-inf")))
+    k = m if pre_nms_top_n <= 0 else min(pre_nms_top_n, m)
+    top_scores, top_idx = ranked.topk(k, dim=1, sorted=True)  # [N, k]
+    keep_valid = valid.gather(1, top_idx)
+    image_idx = torch.arange(n, device=scores.device)[:, None].expand(n, k)
+    cand_boxes = boxes.gather(1, top_idx[..., None].expand(n, k, 4))[keep_valid]
+    cand_scores = top_scores[keep_valid]
+    cand_image = image_idx[keep_valid]
+    keep = batched_nms(cand_boxes, cand_scores, cand_image, nms_thresh)  # sorted by score, descending
+    kept_image = cand_image[keep]
+    out = []
+    for i in range(n):
+        sel = keep[kept_image == i]
+        if post_nms_top_n > 0:
+            sel = sel[:post_nms_top_n]
+        out.append((cand_boxes[sel], cand_scores[sel]))
+    return out

@@ -1,0 +1,38 @@
+"""Batches on the training device, and the proposals of a detector stage read from the HDF5 store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+
+from ..config import Config
+from ..data.images import scale_and_flip_proposals
+from ..proposals import ProposalStore
+
+
+def device_batches(loader: Iterable, device: torch.device) -> Iterator:
+    """``(ImageBatch, Targets)`` from the loader, moved to ``device`` (non-blocking from pinned memory)."""
+    for batch, targets in loader:
+        yield batch.to(device), targets.to(device)
+
+
+def proposal_source(store: ProposalStore, cfg: Config, device: torch.device) -> Callable:
+    """``proposals_for(batch)``: each image's stored proposals, scaled and flipped like the image.
+
+    Flipped training images get their proposals by flipping the stored ones, as py-faster-rcnn.
+    """
+    del cfg  # the batch carries the scale and flip actually applied to each image
+
+    def proposals_for(batch) -> list[torch.Tensor]:
+        out = []
+        indices = batch.indices.tolist()
+        scales = batch.scales.tolist()
+        flipped = batch.flipped.tolist()
+        widths = batch.original_sizes[:, 1].tolist()
+        for index, scale, flip, width in zip(indices, scales, flipped, widths):
+            boxes, _ = store.get(index)
+            out.append(scale_and_flip_proposals(boxes, scale, flip, width).to(device, non_blocking=True))
+        return out
+
+    return proposals_for

@@ -1,0 +1,56 @@
+"""Several GPUs (or CPU processes) under ``torchrun --nproc-per-node N``: DDP, data sharding, rank 0 writes.
+
+Without ``torchrun`` (``WORLD_SIZE`` unset or 1) every function here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); the device of this rank."""
+    if world_size() <= 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel`` around ``model`` when several processes train together."""
+    if world_size() <= 1 or not dist.is_initialized():
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def shard_kwargs() -> dict:
+    """Arguments that make each rank's loader take its own share of every global batch."""
+    if world_size() <= 1:
+        return {}
+    return {"rank": rank(), "world_size": world_size()}
+
+
+def barrier() -> None:
+    if world_size() > 1 and dist.is_initialized():
+        dist.barrier()

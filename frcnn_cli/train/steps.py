@@ -1,0 +1,130 @@
+"""The alternating steps and the joint mode as declarative stage specs, and how each step's model starts.
+
+The paper's 4-step alternating optimisation (Sec. 3.2, py-faster-rcnn ``train_faster_rcnn_alt_opt.py``):
+
+1. ``rpn``: backbone from ImageNet, RPN layers new; backbone (less the paper's always-frozen layers) and RPN
+   learn.
+2. ``detector``: its own backbone from ImageNet, Fast R-CNN on step 1's proposals; backbone and region head
+   learn.
+3. ``rpn --freeze-shared``: shared convs from step 2, frozen; only the RPN layers learn. The step-2 region
+   head travels along unchanged so that step 4 can start its fc layers from it.
+4. ``detector --freeze-shared``: shared convs and the step-3 RPN frozen; fc6/fc7 start from step 2's, the
+   class scores and box predictors are re-initialised (py-faster-rcnn: not stored in the stage-2 RPN model).
+   Its output is the unified detector.
+
+``joint``: approximate joint training, every part learns, proposals treated as constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import Config, SolverConfig
+from ..errors import CheckpointError, ConfigError
+from ..model.checkpoint import load_parts, read_checkpoint
+from ..model.detector import FasterRCNN
+from ..model.weights import init_backbone
+
+KINDS = ("rpn", "detector", "joint")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What one training stage runs, trains and saves."""
+
+    kind: str  # "rpn", "detector" or "joint"
+    freeze_shared: bool
+    run_rpn: bool
+    run_roi_head: bool
+    needs_proposal_file: bool
+    trainable: tuple[str, ...]  # parts whose parameters learn; these and the loaded parts are saved
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}{' (shared convs frozen)' if self.freeze_shared else ''}"
+
+    def iterations(self, solver: SolverConfig) -> tuple[int, tuple[int, ...]]:
+        """The preset's iteration count and lr drops for this kind of stage."""
+        return {
+            "rpn": (solver.rpn_iters, solver.rpn_steps),
+            "detector": (solver.det_iters, solver.det_steps),
+            "joint": (solver.joint_iters, solver.joint_steps),
+        }[self.kind]
+
+    def images_per_batch(self, solver: SolverConfig) -> int:
+        return solver.rpn_images_per_batch if self.kind == "rpn" else solver.det_images_per_batch
+
+
+def stage_spec(kind: str, *, freeze_shared: bool = False) -> StageSpec:
+    """The spec of a ``train-rpn`` / ``train-detector`` / joint stage."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown training stage '{kind}'; choose one of {', '.join(KINDS)}")
+    if kind == "joint" and freeze_shared:
+        raise ConfigError("--freeze-shared makes no sense for joint training: every part learns there")
+    if kind == "rpn":
+        trainable = ("rpn",) if freeze_shared else ("backbone", "rpn")
+        return StageSpec("rpn", freeze_shared, True, False, False, trainable)
+    if kind == "detector":
+        trainable = ("roi_head",) if freeze_shared else ("backbone", "roi_head")
+        return StageSpec("detector", freeze_shared, False, True, True, trainable)
+    return StageSpec("joint", False, True, True, False, ("backbone", "rpn", "roi_head"))
+
+
+def scaled_schedule(default_iters: int, steps: tuple[int, ...], iters: int | None) -> tuple[int, tuple[int, ...]]:
+    """``--iters N`` keeps the lr drops at the same fraction of the run (60k of 80k → 3/4 of N)."""
+    if iters is None or iters == default_iters:
+        return default_iters, steps
+    if iters <= 0:
+        raise ConfigError(f"--iters must be a positive number of iterations, got {iters}")
+    return iters, tuple(max(1, round(s * iters / default_iters)) for s in steps)
+
+
+def build_stage_model(cfg: Config, classes: list[str], spec: StageSpec,
+                      init: str) -> tuple[FasterRCNN, dict, tuple[str, ...]]:
+    """The model a stage starts from, its initialisation provenance, and the parts that were loaded.
+
+    ``init`` is ``imagenet``, ``none`` or a checkpoint path. Every part the checkpoint holds is loaded,
+    except that step 4 (detector, shared convs frozen) takes only fc6/fc7 of the region head and starts the
+    class scores and box predictors afresh, as py-faster-rcnn. Parts not loaded keep the paper's fresh
+    initialisation (N(0, 0.01) for the RPN and cls_score, N(0, 0.001) for bbox_pred).
+    """
+    model = FasterRCNN(cfg, classes)
+    if init in ("imagenet", "none"):
+        if spec.freeze_shared:
+            raise ConfigError("--freeze-shared needs --init CHECKPOINT: the shared convs must come from an "
+                              "earlier step (step 3: --init det1.pt, step 4: --init rpn2.pt)")
+        init_backbone(model.backbone_parts, cfg.backbone, init)
+        return model, {"init": init}, ()
+    ckpt = read_checkpoint(init)
+    present = tuple(p for p in model.part_names if p in ckpt.get("parts", {}))
+    if spec.kind == "detector" and spec.freeze_shared and "rpn" not in present:
+        raise CheckpointError(f"{init} has no RPN head; step 4 starts from the step-3 RPN checkpoint "
+                              "(frcnn train-rpn --init det1.pt --freeze-shared)")
+    head_top_only = spec.kind == "detector" and spec.freeze_shared
+    for part in present:
+        load_parts(model, ckpt, (part,), init, head_top_only=head_top_only and part == "roi_head")
+    provenance = {"init": str(init), "init_stage": ckpt.get("stage"), "init_parts": list(present)}
+    return model, provenance, present
+
+
+def config_for_init(cfg: Config, init: str, config_given: bool) -> Config:
+    """A checkpoint init brings its own config unless ``--config`` was given; backbones must agree."""
+    if init in ("imagenet", "none"):
+        return cfg
+    from ..config import config_from_dict
+
+    ckpt_cfg = config_from_dict(read_checkpoint(init)["config"])
+    if config_given and ckpt_cfg.backbone != cfg.backbone:
+        raise CheckpointError(f"{init} holds a {ckpt_cfg.backbone} backbone but --config asks for "
+                              f"{cfg.backbone}; use a checkpoint of the same backbone or drop --config")
+    return cfg if config_given else ckpt_cfg
+
+
+def freeze_for_stage(model: FasterRCNN, spec: StageSpec) -> None:
+    """Parts outside ``spec.trainable`` get ``requires_grad = False``; the paper's frozen layers stay frozen."""
+    for part in model.part_names:
+        if part in spec.trainable:
+            model.unfreeze(part)
+        else:
+            model.freeze(part)
+    model.apply_paper_freezing()
