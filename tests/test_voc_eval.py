@@ -7,11 +7,13 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from frcnn_cli.data.manifest import ImageRecord, Manifest
 from frcnn_cli.errors import DataError
 from frcnn_cli.evaluate.voc import (
     _pair_iou,
+    detections_by_class,
     evaluate_detections,
     precision_recall,
     read_result_files,
@@ -270,3 +272,21 @@ def test_5000_images_20_classes_100_detections_each_in_under_a_second():
     elapsed = time.perf_counter() - start
     assert elapsed < 1.0, f"{elapsed:.2f} s"
     assert 0.0 < result["map"] < 1.0
+
+
+def test_detector_outputs_are_grouped_by_class(hand_case):
+    manifest, dets = hand_case
+    results = [  # labels 1..K as the model gives them; manifest order
+        {"boxes": torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10], [20, 0, 30, 10]]),
+         "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([1, 1, 1])},
+        {"boxes": torch.tensor([[0.0, 0, 10, 10], [1, 1, 5, 5]]), "scores": torch.tensor([0.5, 0.3]),
+         "labels": torch.tensor([1, 3])},
+        {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "scores": torch.tensor([0.6]),
+         "labels": torch.tensor([1])},
+    ]
+    grouped = detections_by_class(results, 3)
+    assert grouped[0][0].tolist() == [0, 0, 0, 1, 2] and grouped[1][0].tolist() == []
+    assert grouped[2][0].tolist() == [1] and grouped[2][2].tolist() == [[1, 1, 5, 5]]
+    # the same detections as the hand case (in another input order, no ties): the same AP
+    assert evaluate_detections(grouped, manifest)["ap"]["cat"] == pytest.approx(8.5 / 11)
+    assert detections_by_class([], 2)[1][2].shape == (0, 4)

@@ -109,9 +109,11 @@ def normalize(image: Tensor, input_cfg: InputConfig) -> Tensor:
     """Float ``[3, H, W]`` RGB in ``[0, 255]`` -> channels in ``pixel_order``, range, minus mean, over std."""
     if input_cfg.pixel_order == "bgr":
         image = image.flip(0)
-    mean = torch.tensor(input_cfg.pixel_mean, dtype=image.dtype, device=image.device)[:, None, None]
-    std = torch.tensor(input_cfg.pixel_std, dtype=image.dtype, device=image.device)[:, None, None]
-    return (image * (input_cfg.pixel_range / 255.0) - mean) / std
+    std = torch.tensor(input_cfg.pixel_std, dtype=torch.float64)
+    gain = (input_cfg.pixel_range / 255.0) / std
+    bias = -torch.tensor(input_cfg.pixel_mean, dtype=torch.float64) / std
+    # one fused pass: a loader in the training process shares its cores with the model
+    return torch.addcmul(bias.to(image)[:, None, None], image, gain.to(image)[:, None, None])
 
 
 def prepare_image(image: Tensor, scale: float, input_cfg: InputConfig, *, flip: bool = False) -> Tensor:

@@ -150,6 +150,23 @@ def _tp_fp(image, scores, boxes, truth: _ClassTruth, iou_thresh: float) -> tuple
     return tp, fp
 
 
+def detections_by_class(results: list, num_classes: int) -> Detections:
+    """Per-image detector outputs (``[{"boxes" [D_i, 4], "scores" [D_i], "labels" [D_i] in 1..K}]``, in
+    manifest order, tensors or arrays) -> :data:`Detections` keyed by class index 0..K-1, in input order."""
+    def cat(key: str, width: tuple, dtype) -> np.ndarray:
+        parts = [np.asarray(r[key], dtype=dtype).reshape(-1, *width) for r in results]
+        return np.concatenate([*parts, np.zeros((0, *width), dtype=dtype)])
+
+    scores, boxes = cat("scores", (), np.float64), cat("boxes", (4,), np.float64)
+    labels = cat("labels", (), np.int64) - 1
+    image = np.repeat(np.arange(len(results)), [len(np.asarray(r["scores"]).reshape(-1)) for r in results])
+    out = {}
+    for k in range(num_classes):
+        sel = np.nonzero(labels == k)[0]
+        out[k] = (image[sel], scores[sel], boxes[sel])
+    return out
+
+
 def _check_class(k: int, image: np.ndarray, scores: np.ndarray, boxes: np.ndarray, manifest) -> None:
     if not 0 <= k < len(manifest.classes):
         raise ValueError(f"detections for class index {k}; the manifest has {len(manifest.classes)} classes")

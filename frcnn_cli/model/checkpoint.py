@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,25 @@ def _validate(ckpt: Any, path: Path) -> dict:
     return ckpt
 
 
+_UNSAFE = re.compile(r"Unsupported global: GLOBAL (\S+)|unrecognized function|Can only build")
+
+
+def torch_load_safely(path: Path, what: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; every failure is a ``CheckpointError`` naming ``what`` and
+    ``path``: a file holding Python objects is refused before any of them is created (nothing runs)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # any failure to read an untrusted file is the same user error
+        unsafe = _UNSAFE.search(str(exc))
+        if isinstance(exc, pickle.UnpicklingError) and unsafe:
+            found = f" ({unsafe.group(1)})" if unsafe.group(1) else ""
+            raise CheckpointError(f"{what} {path} holds Python objects besides tensors{found} and was "
+                                  f"refused unread for safety; use a file of plain tensors written by "
+                                  f"torch.save (frcnn writes only such files)") from None
+        raise CheckpointError(f"{what} {path} is not a readable torch file ({type(exc).__name__}); the file "
+                              f"is damaged or not a .pt/.pth file") from None
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """The checkpoint dict in ``path``, read with ``weights_only=True`` and checked.
 
@@ -101,16 +121,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path (--model / --init)")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} holds Python objects besides tensors and was refused "
-                              f"unread for safety ({first}); use a checkpoint written by frcnn") from None
-    except (OSError, RuntimeError, ValueError, EOFError, KeyError, AttributeError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path} is not a readable torch file ({type(exc).__name__}: "
-                              f"{exc}); the file is damaged or not a checkpoint") from None
-    return _validate(ckpt, path)
+    return _validate(torch_load_safely(path, "checkpoint", map_location), path)
 
 
 def _backbone_of(ckpt: dict) -> str:

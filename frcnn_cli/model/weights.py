@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..errors import CheckpointError
 from .backbones import BackboneParts
+from .checkpoint import torch_load_safely
 
 # parameter-name prefixes of an ImageNet classifier that the detector does not use
 _DROPPED_PREFIXES = {"vgg16": ("classifier.6.",), "resnet50": ("fc.",), "resnet101": ("fc.",)}
@@ -76,16 +77,7 @@ def _load_file(path: Path) -> object:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist; give an existing .pth file, "
                               f"--init imagenet or --init none")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"weights file {path} holds Python objects besides tensors, refused for safety ({exc}); "
-            f"save a plain state dict with torch.save(model.state_dict(), path)"
-        ) from None
-    except (OSError, RuntimeError, ValueError, EOFError) as exc:
-        raise CheckpointError(f"weights file {path} is not a readable torch file ({exc}); "
-                              f"give a .pth state dict saved with torch.save") from None
+    return torch_load_safely(path, "weights file")
 
 
 def _from_frcnn_checkpoint(obj: dict, name: str, path: Path) -> dict:
