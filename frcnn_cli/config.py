@@ -59,7 +59,7 @@ class RPNConfig:
     ignore_cross_boundary: bool = True
     box_loss_sigma: float = 3.0
     box_loss_weight: float = 1.0  # lambda
-    loss_normalization: str = "sampled"  # "sampled" (py-faster-rcnn) or "paper" (N_cls=256, N_reg=#locations, lambda=10)
+    loss_normalization: str = "sampled"  # "sampled" (py-faster-rcnn) | "paper" (Eq. 1)
     train_pre_nms_top_n: int = 12000  # joint training; 0 = no cap
     train_post_nms_top_n: int = 2000
     test_pre_nms_top_n: int = 6000
@@ -220,7 +220,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) 
         raise ConfigError(f"unknown config key '{key}'; allowed keys here: {', '.join(sorted(names))}")
     values = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     if base is not None:
-        for k, v in list(values.items()):
+        for k in list(values):
             if dataclasses.is_dataclass(hints[k]) and isinstance(data[k], dict):
                 values[k] = _build(hints[k], data[k], prefix + k + ".", getattr(base, k))
         return _validate(replace(base, **values))

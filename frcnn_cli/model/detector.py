@@ -237,8 +237,9 @@ class FasterRCNN(nn.Module):
     def apply_paper_freezing(self) -> None:
         """Freeze the backbone layers the paper never trains (VGG16 conv1_x, conv2_x; ResNet conv1, layer1;
         BatchNorm of ResNet is frozen by construction). Call after any ``unfreeze("backbone")``."""
-        if self.frozen_prefixes:
-            self.freeze([f"backbone.{prefix}" for prefix in self.frozen_prefixes])
+        for name, param in self.backbone.named_parameters():
+            if name.startswith(self.frozen_prefixes):  # each prefix ends with "."
+                param.requires_grad_(False)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimiser should update (``requires_grad`` True)."""
