@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from .ablations import ProposalAblation, ablated_forward
 from .config import config_to_dict
 from .data.images import DetectionDataset, ImageBatch, collate
 from .data.manifest import Manifest, manifest_hash
@@ -112,14 +113,22 @@ def dump_proposals(model: FasterRCNN, manifest: Manifest, manifest_path: Path, o
 
 @torch.inference_mode()
 def detect_manifest(model: FasterRCNN, manifest: Manifest, *, device: torch.device, batch_size: int = 1,
-                    progress: Progress | None = None, num_workers: int = 0) -> list[dict[str, torch.Tensor]]:
-    """Detections of every manifest image (``boxes`` original pixels, ``scores``, ``labels`` 1..K), on CPU."""
+                    progress: Progress | None = None, num_workers: int = 0,
+                    ablation: ProposalAblation | None = None) -> list[dict[str, torch.Tensor]]:
+    """Detections of every manifest image (``boxes`` original pixels, ``scores``, ``labels`` 1..K), on CPU.
+
+    ``ablation``: test proposals made as one of the paper's Table 1 ablations (``frcnn_cli.ablations``).
+    """
     model.eval().to(device)
     results: list[dict[str, torch.Tensor] | None] = [None] * len(manifest.images)
     done = 0
     for batch in manifest_batches(manifest, model, batch_size=batch_size, num_workers=num_workers):
         dev_batch = batch.to(device, non_blocking=True)
-        out = _forward(model, dev_batch, device, proposal_mode="test")
+        if ablation is None:
+            out = _forward(model, dev_batch, device, proposal_mode="test")
+        else:
+            out = ablated_forward(model, dev_batch.tensor, dev_batch.image_sizes, dev_batch.scales, ablation,
+                                  keys=batch.indices.tolist())
         dets = model.detect(out, dev_batch.image_sizes, dev_batch.scales, dev_batch.original_sizes)
         for index, det in zip(batch.indices.tolist(), dets):
             results[index] = {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in det.items()}

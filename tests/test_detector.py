@@ -247,7 +247,9 @@ def test_vgg16_paper_freezing_is_conv1_and_conv2():
 
 def test_resnet_paper_freezing_keeps_conv1_layer1_and_batchnorm_fixed_through_sgd():
     torch.manual_seed(0)
-    model = FasterRCNN(get_preset("resnet50"), CLASSES).train()
+    cfg = get_preset("resnet50")
+    cfg = replace(cfg, roi_head=replace(cfg.roi_head, batch_size_per_image=4))  # res5 is costly on a CPU
+    model = FasterRCNN(cfg, CLASSES).train()
     model.apply_paper_freezing()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.SGD(model.trainable_parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)

@@ -1,13 +1,95 @@
-"""``frcnn detect`` (filled in by the detection issue)."""
+"""``frcnn detect``, and the Table 1 proposal-ablation options it shares with ``frcnn eval``."""
 
 from __future__ import annotations
 
-import click
+from pathlib import Path
 
-from ..errors import FrcnnError
+import click
+from rich.markup import escape
+
+from ..devices import resolve_device
+from . import console
+from .options import positive_int
+
+
+def ablation_options(f):
+    """``--proposals-n N``, ``--no-rpn-nms``, ``--no-rpn-scores``, ``--no-rpn-reg`` (paper, Table 1)."""
+    f = click.option("--no-rpn-reg", is_flag=True,
+                     help="Ablation: the anchors themselves as proposals (RPN reg deltas off).")(f)
+    f = click.option("--no-rpn-scores", is_flag=True,
+                     help="Ablation: N proposals drawn at random, no ranking and no NMS (RPN cls off).")(f)
+    f = click.option("--no-rpn-nms", is_flag=True,
+                     help="Ablation: the top N proposals by score without NMS (the paper: N=6000).")(f)
+    f = click.option("--proposals-n", type=positive_int, default=None, metavar="N",
+                     help="Test proposals per image (default: the config's, 300 for the paper's models).")(f)
+    return f
+
+
+def ablation_from_options(proposals_n: int | None, no_rpn_nms: bool, no_rpn_scores: bool,
+                          no_rpn_reg: bool):
+    """The ``ProposalAblation`` the options ask for; None when they ask for none."""
+    from ..ablations import ProposalAblation
+
+    ablation = ProposalAblation(nms=not no_rpn_nms, use_scores=not no_rpn_scores,
+                                use_regression=not no_rpn_reg, top_n=proposals_n)
+    return None if ablation.is_default else ablation
+
+
+def parse_class_list(text: str | None) -> list[str] | None:
+    """``"cat, dog"`` -> ``["cat", "dog"]``; None or only commas -> None."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    return names or None
+
+
+def _show(result: dict, score_thresh: float) -> None:
+    where = f"{escape(result['image'])} ({result['width']}x{result['height']})"
+    dets = result["detections"]
+    if not dets:
+        console.info(f"{where}: no detections with score >= {score_thresh:.2f}")
+        return
+    rows = [[escape(d["label"]), f"{d['score']:.3f}", *(f"{v:.1f}" for v in d["box"])] for d in dets]
+    console.table(f"{where}: {len(dets)} detection{'s' if len(dets) != 1 else ''}",
+                  ["class", "score", "x1", "y1", "x2", "y2"], rows)
 
 
 @click.command("detect")
-def detect() -> None:
-    """Detect objects in images and folders (not available yet)."""
-    raise FrcnnError("frcnn detect is not available yet in this version")
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE|DIR...", type=click.Path(path_type=Path))
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A detector checkpoint (train-detector or frcnn train).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write each image with its detections drawn, and DIR/detections.json.")
+@click.option("--score-thresh", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Keep detections with at least this score.")
+@click.option("--json", "as_json", is_flag=True, help="Print the detections as JSON on stdout.")
+@click.option("--classes", default=None, metavar="A,B", help="Only these classes (comma-separated names).")
+@click.option("--batch-size", type=positive_int, default=1, show_default=True, help="Images per forward pass.")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
+@ablation_options
+def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, device, proposals_n, no_rpn_nms,
+           no_rpn_scores, no_rpn_reg) -> None:
+    """Detect objects in images and folders of images (searched recursively).
+
+    Boxes are in original image pixels, 0-based continuous x1 y1 x2 y2.
+    """
+    from .. import detect as lib
+
+    images = lib.find_images(inputs, exclude=out)
+    dev = resolve_device(device)
+    model, _ = lib.load_detector(model_path, dev)
+    wanted = parse_class_list(classes)
+    lib.label_filter(model, wanted)  # an unknown class name fails before any image is read
+    ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
+    if ablation is not None:
+        console.info(f"proposals: {ablation.describe()}")
+    with console.ProgressReporter("detect", len(images), every=50) as bar:
+        results = lib.detect_images(model, images, device=dev, batch_size=batch_size, score_thresh=score_thresh,
+                                classes_filter=wanted, ablation=ablation, progress=bar.update)
+    for result in results:
+        _show(result, score_thresh)
+    if out is not None:
+        lib.save_detections(results, out, classes=model.classes)
+        console.info(f"wrote {len(results)} image(s) and {escape(str(out / 'detections.json'))}")
+    if as_json:
+        click.echo(lib.detections_json(results))

@@ -1,13 +1,186 @@
-"""``frcnn eval`` (filled in by the evaluation issue)."""
+"""``frcnn eval``: VOC AP of a detector over a manifest, or the recall of a proposal file."""
 
 from __future__ import annotations
 
-import click
+import json
+import math
+from pathlib import Path
 
-from ..errors import FrcnnError
+import click
+from rich.markup import escape
+
+from ..data.manifest import Manifest, read_manifest
+from ..devices import resolve_device
+from ..errors import DataError
+from ..evaluate.voc import METRICS
+from . import console
+from .detect import ablation_from_options, ablation_options
+from .options import positive_int
+
+IOU_THRESH = 0.5  # PASCAL VOC's overlap criterion
+SUMMARY_PLOT = "ap_summary.png"
+RECALL_PLOT = "recall_vs_iou.png"
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN: a class without positives gets null."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def split_of(manifest_name: str) -> str:
+    """The devkit split of a manifest name: the part after the last '-' (``voc2007-test`` -> ``test``),
+    else ``test``."""
+    head, sep, tail = manifest_name.rpartition("-")
+    return tail if sep and head and tail else "test"
+
+
+def check_classes(manifest: Manifest, manifest_path: Path, classes: list[str], model_path: Path) -> None:
+    """Refuse a manifest whose class list (names and order) is not the model's, naming both files."""
+    if list(manifest.classes) == list(classes):
+        return
+    only_data = [c for c in manifest.classes if c not in classes]
+    only_model = [c for c in classes if c not in manifest.classes]
+    if only_data or only_model:
+        what = (f"only in the manifest: {', '.join(only_data) or '-'}; "
+                f"only in the model: {', '.join(only_model) or '-'}")
+    else:
+        what = "the same names in another order"
+    raise DataError(f"manifest {manifest_path} has classes {manifest.classes} but model {model_path} was "
+                    f"trained for {classes} ({what}); evaluate on a manifest of the model's dataset "
+                    "(frcnn prepare with the same class list)")
+
+
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        console.warn("matplotlib is not installed, so no plots are written: pip install frcnn[plot]")
+        return False
+    return True
+
+
+def _show_ap(result: dict, title: str) -> None:
+    rows = [[escape(name), str(result["npos"][name]), "n/a" if math.isnan(ap) else f"{100 * ap:.1f}"]
+            for name, ap in result["ap"].items()]
+    mean = result["map"]
+    rows.append(["[bold]mAP[/bold]", str(sum(result["npos"].values())),
+                 "n/a" if math.isnan(mean) else f"[bold]{100 * mean:.1f}[/bold]"])
+    console.table(title, ["class", "objects", "AP (%)"], rows)
+
+
+def _write_ap_outputs(out: Path, dets: dict, manifest: Manifest, result: dict) -> None:
+    from ..evaluate.voc import precision_recall, write_result_files
+
+    split = split_of(manifest.name)
+    write_result_files(out, dets, manifest, split)
+    console.info(f"wrote {len(manifest.classes)} result files comp4_det_{escape(split)}_<class>.txt "
+                 f"to {escape(str(out))}")
+    if _have_matplotlib():
+        from ..evaluate.plots import plot_ap_summary, plot_pr_curves
+
+        curves = precision_recall(dets, manifest, iou_thresh=IOU_THRESH)
+        plot_pr_curves(curves, result["ap"], out)
+        plot_ap_summary(result["ap"], out / SUMMARY_PLOT, map_value=result["map"], metric=result["metric"])
+        console.info(f"wrote precision-recall plots pr_<class>.png and {SUMMARY_PLOT}")
+
+
+def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str, out: Path | None,
+                batch_size: int, device: str | None, ablation) -> dict:
+    from ..detect import load_detector
+    from ..evaluate.voc import evaluate_detections
+    from ..inference import detect_manifest, detections_by_class
+
+    dev = resolve_device(device)
+    model, _ = load_detector(model_path, dev)
+    check_classes(manifest, data, model.classes, model_path)
+    if ablation is not None:
+        console.info(f"proposals: {ablation.describe()}")
+    with console.ProgressReporter("detect", len(manifest.images), every=100) as bar:
+        results = detect_manifest(model, manifest, device=dev, batch_size=batch_size, progress=bar.update,
+                                  num_workers=model.cfg.solver.num_workers, ablation=ablation)
+    dets = detections_by_class(results, model.num_classes)
+    result = evaluate_detections(dets, manifest, iou_thresh=IOU_THRESH, metric=metric)
+    _show_ap(result, f"{escape(manifest.name)}: VOC AP ({metric}, IoU > {IOU_THRESH})")
+    if out is not None:
+        _write_ap_outputs(out, dets, manifest, result)
+    return {"metric": metric, "map": _number(result["map"]),
+            "ap": {name: _number(v) for name, v in result["ap"].items()}}
+
+
+def _show_recall(result: dict, title: str) -> None:
+    thresholds = result["iou_thresholds"]
+    rows = []
+    for n in result["top_ns"]:
+        cells = ["n/a" if math.isnan(r) else f"{r:.3f}" for r in result["recall"][n]]
+        ar = result["average_recall"][n]
+        rows.append([str(n), *cells, "n/a" if math.isnan(ar) else f"[bold]{ar:.3f}[/bold]"])
+    console.table(title, ["N", *(f"{t:.2f}" for t in thresholds), "AR"], rows)
+
+
+def _eval_proposals(proposals_path: Path, data: Path, manifest: Manifest, out: Path | None) -> dict:
+    from ..evaluate.recall import proposal_recall
+    from ..proposals import ProposalStore
+
+    with ProposalStore(proposals_path) as store:
+        store.check_manifest(manifest, data)
+        result = proposal_recall(store, manifest)
+    _show_recall(result, f"{escape(manifest.name)}: recall of the top N proposals at IoU >= t "
+                         f"({result['num_objects']} objects, {result['mean_proposals']:.0f} proposals/image)")
+    if out is not None and _have_matplotlib():
+        from ..evaluate.plots import plot_recall_vs_iou
+
+        plot_recall_vs_iou(result, out / RECALL_PLOT, title=f"{manifest.name}: recall vs IoU")
+        console.info(f"wrote {escape(str(out / RECALL_PLOT))}")
+    return {"iou_thresholds": result["iou_thresholds"], "top_ns": result["top_ns"],
+            "recall": {str(n): [_number(v) for v in result["recall"][n]] for n in result["top_ns"]},
+            "average_recall": {str(n): _number(result["average_recall"][n]) for n in result["top_ns"]},
+            "num_objects": result["num_objects"], "num_images": result["num_images"],
+            "mean_proposals": result["mean_proposals"]}
+
+
+def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, ablation) -> str:
+    """The AP metric; a ``click.UsageError`` for options that do not go together."""
+    if (model_path is None) == (proposals_path is None):
+        raise click.UsageError("give exactly one of --model CKPT (detection AP) and --proposals P.h5 "
+                               "(proposal recall)")
+    if voc2007 and metric not in (None, "11point"):
+        raise click.UsageError(f"--voc2007 is the 11-point metric; it cannot go with --metric {metric}")
+    if proposals_path is not None and (voc2007 or metric is not None or ablation is not None):
+        raise click.UsageError("--voc2007, --metric and the proposal ablations (--proposals-n, --no-rpn-*) "
+                               "apply to --model only")
+    return metric or "11point"
 
 
 @click.command("eval")
-def eval_command() -> None:
-    """VOC AP of a detector, or recall of a proposal file (not available yet)."""
-    raise FrcnnError("frcnn eval is not available yet in this version")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A detector checkpoint: VOC AP per class and mAP.")
+@click.option("--proposals", "proposals_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="An HDF5 proposal file (dump-proposals): recall against IoU (the paper's Fig. 2).")
+@click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Dataset manifest (frcnn prepare), e.g. voc2007-test.json.")
+@click.option("--voc2007", is_flag=True, help="VOC2007's 11-point interpolated AP at IoU 0.5 (the paper's).")
+@click.option("--metric", type=click.Choice(METRICS), default=None,
+              help="11point (VOC2007, the default) or area (VOC2010+: area under the precision envelope).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write the devkit result files comp4_det_<split>_<class>.txt and plots here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--batch-size", type=positive_int, default=1, show_default=True, help="Images per forward pass.")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
+@ablation_options
+def eval_command(model_path, proposals_path, data, voc2007, metric, out, as_json, batch_size, device,
+                 proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg) -> None:
+    """VOC AP of a detector (--model), or the recall of a proposal file (--proposals), on a manifest.
+
+    AP follows the VOC devkit: IoU > 0.5 with +1 pixel widths, difficult objects ignored, duplicates
+    false positives. The result files' split is the manifest name's last '-' part (voc2007-test: test).
+    """
+    ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
+    metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation)
+    manifest = read_manifest(data)
+    if model_path is not None:
+        summary = _eval_model(model_path, data, manifest, metric=metric, out=out, batch_size=batch_size,
+                              device=device, ablation=ablation)
+    else:
+        summary = _eval_proposals(proposals_path, data, manifest, out)
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False, allow_nan=False))

@@ -128,13 +128,25 @@ def _backbone_of(ckpt: dict) -> str:
     return str(ckpt["config"].get("backbone", "?"))
 
 
-def load_parts(model: FasterRCNN, ckpt: dict, parts: Iterable[str], path: str | os.PathLike) -> None:
+def _head_top_state(ckpt: dict) -> dict:
+    prefix = "head_top."
+    return {k[len(prefix):]: v for k, v in ckpt["parts"]["roi_head"].items() if k.startswith(prefix)}
+
+
+def load_parts(model: FasterRCNN, ckpt: dict, parts: Iterable[str], path: str | os.PathLike, *,
+               head_top_only: bool = False) -> None:
     """Copy ``parts`` of ``ckpt`` (read from ``path``) into ``model``.
 
+    With ``head_top_only`` only fc6/fc7 (or res5) of ``roi_head`` are taken and the class scores and box
+    predictors keep their fresh initialisation (step 4 of the alternating optimisation; any class list).
     ``CheckpointError`` naming both sides when the backbones differ, when ``roi_head`` is asked for and
     the class lists differ, when a part is missing, or when a state dict does not fit.
     """
     parts = tuple(parts)
+    if head_top_only and "roi_head" in parts:
+        load_parts(model, ckpt, [p for p in parts if p != "roi_head"], path)
+        _load_state(model.roi_head.head_top, _head_top_state(ckpt), "roi_head.head_top", path)
+        return
     theirs, ours = _backbone_of(ckpt), model.cfg.backbone
     if theirs != ours:
         raise CheckpointError(f"checkpoint {path} has a '{theirs}' backbone but the model is '{ours}'; use "
@@ -148,12 +160,16 @@ def load_parts(model: FasterRCNN, ckpt: dict, parts: Iterable[str], path: str | 
         if name not in ckpt["parts"]:
             raise CheckpointError(f"checkpoint {path} (stage '{ckpt.get('stage')}') has no '{name}' part, "
                                   f"only {sorted(ckpt['parts'])}; give a checkpoint of a later step")
-        try:
-            getattr(model, name).load_state_dict(ckpt["parts"][name], strict=True)
-        except RuntimeError as exc:
-            detail = " ".join(str(exc).split())[:400]
-            raise CheckpointError(f"checkpoint {path}: its '{name}' part does not fit this model ({detail}); "
-                                  f"the config differs from the one it was trained with") from None
+        _load_state(getattr(model, name), ckpt["parts"][name], name, path)
+
+
+def _load_state(module: torch.nn.Module, state: dict, name: str, path: str | os.PathLike) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:400]
+        raise CheckpointError(f"checkpoint {path}: its '{name}' part does not fit this model ({detail}); "
+                              f"the config differs from the one it was trained with") from None
 
 
 def load_model(path: str | os.PathLike, device: Any = "cpu") -> tuple[FasterRCNN, dict]:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..boxes import BoxCoder
 from ..config import Config
+from ..data.targets import Targets
 from ..errors import ConfigError
 from .anchors import AnchorGrid
 from .backbones import build_backbone
@@ -33,18 +34,6 @@ from .rpn import RPNHead, generate_proposals, objectness_scores
 from .rpn_targets import rpn_losses
 
 PROPOSAL_MODES = ("train", "test", "dump")
-
-
-@dataclass
-class Targets:
-    """Ground truth of a batch: ``boxes[i]`` ``Tensor[G_i, 4]`` (scaled-image pixels), ``labels[i]``
-    ``LongTensor[G_i]`` in 1..K."""
-
-    boxes: list[Tensor]
-    labels: list[Tensor]
-
-    def to(self, device) -> Targets:
-        return Targets([b.to(device) for b in self.boxes], [lb.to(device) for lb in self.labels])
 
 
 @dataclass
@@ -95,6 +84,7 @@ class FasterRCNN(nn.Module):
             raise ConfigError(f"config key 'anchors.stride' is {cfg.anchors.stride} but the {cfg.backbone} "
                               f"backbone has stride {parts.stride}; set anchors.stride={parts.stride}")
         self.frozen_prefixes = parts.frozen_prefixes
+        self.backbone_parts = parts  # a plain dataclass: its modules are registered below, once
         self.anchor_grid = AnchorGrid.from_config(cfg.anchors)
         self.box_coder = BoxCoder(means=cfg.roi_head.box_target_means, stds=cfg.roi_head.box_target_stds)
         self.backbone = parts.shared

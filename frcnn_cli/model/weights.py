@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -65,11 +64,12 @@ def imagenet_state_dict(name: str) -> dict[str, Tensor]:
     try:
         with contextlib.redirect_stdout(sys.stderr):  # torch.hub prints "Downloading: …" on stdout
             return weights.get_state_dict(progress=False, weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+    except Exception as exc:  # offline, HTTP error, damaged cache file: all the same to the user
+        damaged = " (it exists but cannot be read: delete it)" if cache.is_file() else ""
         raise CheckpointError(
-            f"cannot get the ImageNet weights of {name} ({type(exc).__name__}: {exc}): there is no network "
-            f"and no usable cached copy at {cache}; copy the file {weights.url} there from a machine with "
-            f"network, or {_ALTERNATIVES}"
+            f"cannot get the ImageNet weights of {name} ({type(exc).__name__}: {exc}): no download and no "
+            f"usable cached copy at {cache}{damaged}; copy the file {weights.url} there from a machine "
+            f"with network, or {_ALTERNATIVES}"
         ) from None
 
 

@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
-from ..config import Config
 from ..data.images import scale_and_flip_proposals
 from ..proposals import ProposalStore
 
@@ -17,13 +16,11 @@ def device_batches(loader: Iterable, device: torch.device) -> Iterator:
         yield batch.to(device), targets.to(device)
 
 
-def proposal_source(store: ProposalStore, cfg: Config, device: torch.device) -> Callable:
+def proposal_source(store: ProposalStore, device: torch.device) -> Callable:
     """``proposals_for(batch)``: each image's stored proposals, scaled and flipped like the image.
 
     Flipped training images get their proposals by flipping the stored ones, as py-faster-rcnn.
     """
-    del cfg  # the batch carries the scale and flip actually applied to each image
-
     def proposals_for(batch) -> list[torch.Tensor]:
         out = []
         indices = batch.indices.tolist()

@@ -84,7 +84,8 @@ def _forward_losses(model: nn.Module, core: nn.Module, spec: StageSpec, batch, t
                     amp: bool) -> dict[str, torch.Tensor]:
     with autocast(batch.tensor.device, amp):
         out = model(batch.tensor, batch.image_sizes, batch.scales, targets=targets, proposals=proposals,
-                    run_rpn=spec.run_rpn, run_roi_head=spec.run_roi_head, proposal_mode="train",
+                    run_rpn=spec.run_rpn, run_roi_head=spec.run_roi_head,
+                    proposal_mode="train" if spec.kind == "joint" else None,
                     sample_rois=True)
         losses = core.losses(out, targets, batch.image_sizes)
     return {k: v.float() for k, v in losses.items()}

@@ -191,7 +191,7 @@ def run_stage(req: StageRequest) -> Path:
             "no checkpoint was written (use --checkpoint-every N to keep one).")
     run_loop(model=wrapped, core=model, spec=spec, optimizer=optimizer, schedule=schedule,
              batches=device_batches(loader, req.device), start=start, total=total,
-             proposals_for=proposal_source(store, cfg, req.device) if store is not None else None,
+             proposals_for=proposal_source(store, req.device) if store is not None else None,
              amp=cfg.solver.amp, hooks=hooks, last_good_note=note)
     distributed.barrier()
     return req.out
