@@ -133,9 +133,9 @@ def _image_result(path: Path, size: tuple[int, int], det: dict, classes: list[st
                   score_thresh: float) -> dict:
     rows = []
     for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+        score = round(score, 6)  # compared as shown, so a shown 0.5 passes --score-thresh 0.5
         if score >= score_thresh and (keep is None or label in keep):
-            rows.append({"label": classes[label - 1], "score": round(score, 6),
-                         "box": [round(v, 3) for v in box]})
+            rows.append({"label": classes[label - 1], "score": score, "box": [round(v, 3) for v in box]})
     return {"image": str(path), "width": int(size[1]), "height": int(size[0]), "detections": rows}
 
 

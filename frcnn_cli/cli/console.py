@@ -74,3 +74,36 @@ def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for r in rows:
         t.add_row(*r)
     err_console.print(t)
+
+
+class TrainingProgress:
+    """A progress bar per training stage (rich on a terminal, plain lines otherwise), fed ``LoopState``s.
+
+    A new bar starts whenever the iteration count goes back or the total changes (the next pipeline step).
+    """
+
+    def __init__(self, label: str = "training") -> None:
+        self.label = label
+        self._bar: ProgressReporter | None = None
+        self._total = -1
+        self._last = -1
+
+    def __call__(self, state) -> None:
+        if self._bar is None or state.total != self._total or state.iteration <= self._last:
+            self.close()
+            self._bar = ProgressReporter(self.label, state.total, every=1).__enter__()
+            self._total = state.total
+        self._last = state.iteration
+        losses = " ".join(f"{k.removeprefix('loss_')}={v:.3f}" for k, v in state.losses.items() if k != "loss")
+        self._bar.update(state.iteration, f"{losses} lr={state.lr:.1e} {state.images_per_s:.1f} img/s")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+    def __enter__(self) -> TrainingProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

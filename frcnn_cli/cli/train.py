@@ -8,7 +8,6 @@ import click
 
 from ..data.manifest import read_manifest
 from ..devices import resolve_device
-from ..train.loop import LoopState
 from ..train.pipeline import PipelineRequest, run_pipeline
 from ..train.stage import StageRequest, run_stage
 from ..train.steps import config_for_init, stage_spec
@@ -37,11 +36,6 @@ def _training_options(f):
     return f
 
 
-def _log_line(state: LoopState) -> None:
-    losses = "  ".join(f"{k}={v:.4f}" for k, v in state.losses.items())
-    console.info(f"[{state.iteration}/{state.total}] {losses}  lr={state.lr:.2e}  {state.images_per_s:.1f} img/s")
-
-
 def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every,
                   resume, device, proposals=None) -> None:
     manifest = read_manifest(data)
@@ -52,9 +46,11 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
     req = StageRequest(cfg=cfg, spec=spec, manifest=manifest, manifest_path=data, out=out, init=init,
                        device=resolve_device(device), iters=iters, proposals_path=proposals,
                        checkpoint_every=checkpoint_every, resume=resume,
-                       metrics_path=out.parent / "metrics.jsonl", on_log=_log_line)
+                       metrics_path=out.parent / "metrics.jsonl")
     console.info(f"training {spec.name} on {len(manifest.images)} images ({cfg.name}, {req.device})")
-    run_stage(req)
+    with console.TrainingProgress(spec.kind) as progress:
+        req.on_log = progress
+        run_stage(req)
     click.echo(str(out))
 
 
@@ -127,8 +123,9 @@ def train(data, workdir, config, set_, mode, iters, seed, checkpoint_every, resu
         console.info({"start": f"[bold]step {name}[/bold]", "done": f"step {name} done",
                       "skip": f"step {name} already done"}[what])
 
-    req = PipelineRequest(cfg=cfg, manifest=manifest, manifest_path=data, workdir=workdir,
-                          device=resolve_device(device), mode=mode, iters=iters, checkpoint_every=every,
-                          on_log=_log_line, on_step=on_step)
-    final = run_pipeline(req)
+    with console.TrainingProgress("training") as progress:
+        req = PipelineRequest(cfg=cfg, manifest=manifest, manifest_path=data, workdir=workdir,
+                              device=resolve_device(device), mode=mode, iters=iters, checkpoint_every=every,
+                              on_log=progress, on_step=on_step)
+        final = run_pipeline(req)
     click.echo(str(final))

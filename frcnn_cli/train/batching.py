@@ -10,10 +10,13 @@ from ..data.images import scale_and_flip_proposals
 from ..proposals import ProposalStore
 
 
-def device_batches(loader: Iterable, device: torch.device) -> Iterator:
+def device_batches(loader: Iterable, device: torch.device, *, channels_last: bool = False) -> Iterator:
     """``(ImageBatch, Targets)`` from the loader, moved to ``device`` (non-blocking from pinned memory)."""
     for batch, targets in loader:
-        yield batch.to(device), targets.to(device)
+        batch = batch.to(device, non_blocking=True)
+        if channels_last:
+            batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
+        yield batch, targets.to(device, non_blocking=True)
 
 
 def proposal_source(store: ProposalStore, device: torch.device) -> Callable:

@@ -159,7 +159,8 @@ def run_stage(req: StageRequest) -> Path:
     model, init_info, loaded = build_stage_model(cfg, req.manifest.classes, spec, req.init)
     freeze_for_stage(model, spec)
     model.to(req.device)
-    if req.device.type == "cuda" and cfg.solver.channels_last:
+    channels_last = req.device.type == "cuda" and cfg.solver.channels_last
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     default_iters, steps = spec.iterations(cfg.solver)
     total, steps = scaled_schedule(default_iters, steps, req.iters)
@@ -190,7 +191,7 @@ def run_stage(req: StageRequest) -> Path:
     note = (f"the last good state is in {resume_path(req.out)}." if req.checkpoint_every else
             "no checkpoint was written (use --checkpoint-every N to keep one).")
     run_loop(model=wrapped, core=model, spec=spec, optimizer=optimizer, schedule=schedule,
-             batches=device_batches(loader, req.device), start=start, total=total,
+             batches=device_batches(loader, req.device, channels_last=channels_last), start=start, total=total,
              proposals_for=proposal_source(store, req.device) if store is not None else None,
              amp=cfg.solver.amp, hooks=hooks, last_good_note=note)
     distributed.barrier()

@@ -1,0 +1,279 @@
+"""The paper's Table 4 for this machine: milliseconds per image of each stage, images/s, peak memory.
+
+Stages, as the paper's Table 4 splits them:
+
+- ``backbone``: the shared convs (``model.backbone``);
+- ``proposals``: the RPN head, the anchors and proposal generation (decode, clip, min size, top-N, NMS);
+- ``region_wise``: RoI pooling, the fc layers (or res5), the predictors and the post-processing
+  (softmax, box decoding, clipping, score threshold, per-class NMS, top 100).
+
+One timed run is one real ``FasterRCNN.forward`` plus ``detect`` on a batch, the code ``frcnn detect``
+runs; forward hooks on ``backbone`` and ``roi_head`` put the stage boundaries in it (with a
+``torch.cuda.synchronize`` at each boundary on a GPU), so the stages add up to the total of that run.
+Pre-processing (decoding, resizing, normalising) is not timed, as in the paper. Figures are medians over
+the timed runs after the warm-up runs, per image (a batch's time divided by its size).
+
+Inference settings (``prepare_model``): eval mode, ``torch.inference_mode``, channels-last memory
+format for the convs (oneDNN on the CPU, cuDNN on a GPU), bf16 autocast on CUDA (``cfg.solver.amp``),
+``cudnn.benchmark`` on CUDA, and Fast R-CNN's truncated SVD of fc6/fc7 when
+``cfg.roi_head.fc_svd_rank > 0``.
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the timed runs (weights included); on the
+CPU the process's peak resident set size (``getrusage`` ``ru_maxrss``), which also counts the Python
+interpreter and everything the process held before.
+
+Shapes: N images of a batch, H×W the padded network input.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .config import InputConfig
+from .data.images import ImageBatch, batch_from_images, load_image
+from .devices import autocast
+from .errors import DataError
+from .model.detector import FasterRCNN
+from .model.svd import compress_fc_svd
+
+STAGES = ("backbone", "proposals", "region_wise")
+SYNTHETIC_SIZE = (375, 500)  # (height, width): a typical PASCAL VOC image
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+# --------------------------------------------------------------------------------------------------
+# inputs
+
+
+def synthetic_image(seed: int = 0) -> Tensor:
+    """A uint8 ``[3, 375, 500]`` RGB noise image: the size of a typical PASCAL image."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, *SYNTHETIC_SIZE), dtype=torch.uint8, generator=gen)
+
+
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The image files among ``paths``: files as given, folders searched recursively (sorted).
+
+    A path that does not exist, or a folder without images, raises ``DataError`` naming it.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)}); give image "
+                                f"files or a folder with images")
+            found += inside
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DataError(f"image {path} does not exist; check the path (or give no image to time a "
+                            f"synthetic {SYNTHETIC_SIZE[1]}x{SYNTHETIC_SIZE[0]} one)")
+    return found
+
+
+def make_batches(images: Sequence[Tensor], input_cfg: InputConfig, batch_size: int, device: torch.device, *,
+                 channels_last: bool = False) -> list[ImageBatch]:
+    """Batches of ``batch_size`` test-scale images on ``device`` (the images cycled to fill the last one),
+    the image tensors in channels-last format if ``channels_last``."""
+    if not images:
+        raise DataError("no images to benchmark; give image files, a folder, or none for a synthetic one")
+    count = max(len(images), batch_size)
+    count = -(-count // batch_size) * batch_size
+    ordered = [images[i % len(images)] for i in range(count)]
+    batches = []
+    for start in range(0, count, batch_size):
+        batch = batch_from_images(ordered[start:start + batch_size], input_cfg).to(device)
+        if channels_last:
+            batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
+        batches.append(batch)
+    return batches
+
+
+# --------------------------------------------------------------------------------------------------
+# model
+
+
+def prepare_model(model: FasterRCNN, device: torch.device, *, channels_last: bool = True) -> list[str]:
+    """Put ``model`` in its inference settings on ``device`` (in place): eval mode, channels-last convs,
+    cuDNN autotuning on CUDA, truncated SVD of fc6/fc7 when ``cfg.roi_head.fc_svd_rank > 0``.
+
+    Returns the names of the layers the SVD compressed (empty when it is off). Inference only: a model
+    compressed here must not be saved as a checkpoint or trained.
+    """
+    model.eval()
+    compressed: list[str] = []
+    if model.cfg.roi_head.fc_svd_rank > 0:
+        compressed = compress_fc_svd(model, model.cfg.roi_head.fc_svd_rank)
+    model.to(device)
+    if channels_last:
+        # oneDNN (CPU) and cuDNN (GPU) run 3x3 convs, ReLU and max pooling faster in NHWC; the values are
+        # the same up to float summation order
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return compressed
+
+
+def describe_device(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name and the number of threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+# --------------------------------------------------------------------------------------------------
+# timing
+
+
+class _StageClock:
+    """Timestamps at the stage boundaries of one forward, from hooks on ``backbone`` and ``roi_head``."""
+
+    def __init__(self, model: FasterRCNN, device: torch.device) -> None:
+        self.device = device
+        self.marks: dict[str, float] = {}
+        self.handles = [
+            model.backbone.register_forward_pre_hook(lambda _m, _a: self.mark("start")),
+            model.backbone.register_forward_hook(lambda _m, _a, _o: self.mark("backbone")),
+            model.roi_head.register_forward_pre_hook(lambda _m, _a: self.mark("proposals")),
+        ]
+
+    def mark(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.marks[name] = time.perf_counter()
+
+    def stages(self) -> dict[str, float]:
+        """Seconds of each stage and ``total`` for the last run."""
+        m = self.marks
+        out = {"backbone": m["backbone"] - m["start"], "proposals": m["proposals"] - m["backbone"],
+               "region_wise": m["end"] - m["proposals"]}
+        out["total"] = m["end"] - m["start"]
+        return out
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _run_once(model: FasterRCNN, batch: ImageBatch, clock: _StageClock, amp: bool) -> dict[str, float]:
+    clock.marks.clear()
+    with autocast(clock.device, amp):
+        out = model(batch.tensor, batch.image_sizes, batch.scales, proposal_mode="test")
+    model.detect(out, batch.image_sizes, batch.scales, batch.original_sizes)
+    clock.mark("end")
+    return clock.stages()
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+@dataclass
+class BenchResult:
+    """Per-image medians in milliseconds (``ms_per_image`` keys ``total`` and ``STAGES``) and the settings.
+
+    ``image_size`` is ``[H, W]`` of the padded network input (the largest one when images differ).
+    ``runs_ms`` holds every timed run's per-image figures. ``to_json()`` is ``frcnn bench --json``.
+    """
+
+    device: str
+    device_name: str
+    batch_size: int
+    image_size: list[int]
+    ms_per_image: dict[str, float]
+    images_per_s: float
+    peak_memory_mb: float
+    runs: int
+    warmup: int
+    amp: bool
+    channels_last: bool
+    svd_layers: list[str] = field(default_factory=list)
+    runs_ms: list[dict[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """The ``frcnn bench --json`` document of shared/DESIGN.md."""
+        return {"device": self.device, "batch_size": self.batch_size, "image_size": list(self.image_size),
+                "ms_per_image": {k: self.ms_per_image[k] for k in ("total", *STAGES)},
+                "images_per_s": self.images_per_s, "peak_memory_mb": self.peak_memory_mb}
+
+
+def _medians(per_run: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in per_run) for k in ("total", *STAGES)}
+
+
+@torch.inference_mode()
+def time_model(model: FasterRCNN, batches: Sequence[ImageBatch], *, runs: int = 10, warmup: int = 2,
+               amp: bool = True) -> tuple[list[dict[str, float]], float]:
+    """Per-image milliseconds of each timed run (``total`` and ``STAGES``) and the peak memory in MiB.
+
+    ``warmup`` untimed runs, then ``runs`` timed runs, cycling through ``batches`` (on the model's
+    device). ``amp``: bf16 autocast on CUDA (no effect on the CPU).
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    device = next(model.parameters()).device
+    clock = _StageClock(model, device)
+    try:
+        for i in range(warmup):
+            _run_once(model, batches[i % len(batches)], clock, amp)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        per_run = []
+        for i in range(runs):
+            batch = batches[(warmup + i) % len(batches)]
+            seconds = _run_once(model, batch, clock, amp)
+            per_run.append({k: 1000.0 * v / len(batch) for k, v in seconds.items()})
+    finally:
+        clock.close()
+    return per_run, _peak_memory_mb(device)
+
+
+def run_benchmark(model: FasterRCNN, images: Sequence[Tensor] | None = None, *, device: torch.device,
+                  batch_size: int = 1, runs: int = 10, warmup: int = 2,
+                  channels_last: bool = True) -> BenchResult:
+    """Time ``model`` (prepared here with ``prepare_model``) on ``images`` (uint8 ``[3, H, W]``; None:
+    one synthetic 500×375 image) in batches of ``batch_size``; the paper's Table 4 as a ``BenchResult``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    svd_layers = prepare_model(model, device, channels_last=channels_last)
+    batches = make_batches(list(images) if images else [synthetic_image()], model.cfg.input, batch_size, device,
+                           channels_last=channels_last)
+    amp = bool(model.cfg.solver.amp)
+    per_run, peak = time_model(model, batches, runs=runs, warmup=warmup, amp=amp)
+    ms = _medians(per_run)
+    largest = max(batches, key=lambda b: b.tensor.shape[-2] * b.tensor.shape[-1])
+    return BenchResult(
+        device=str(device), device_name=describe_device(device), batch_size=batch_size,
+        image_size=[int(v) for v in largest.tensor.shape[-2:]], ms_per_image=ms,
+        images_per_s=1000.0 / ms["total"] if ms["total"] > 0 else float("inf"), peak_memory_mb=peak,
+        runs=runs, warmup=warmup, amp=amp and device.type == "cuda", channels_last=channels_last,
+        svd_layers=svd_layers, runs_ms=per_run)
+
+
+def load_images(paths: Sequence[str | Path]) -> list[Tensor]:
+    """Decoded uint8 RGB images of ``image_files(paths)``."""
+    return [load_image(p) for p in image_files(paths)]

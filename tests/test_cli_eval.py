@@ -1,0 +1,159 @@
+"""frcnn eval: detector AP (JSON, devkit result files, plots, class checks) and proposal recall."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from frcnn_cli.cli.evaluate import split_of
+from frcnn_cli.cli.main import cli
+from frcnn_cli.config import apply_overrides, get_preset
+from frcnn_cli.data.manifest import ImageRecord, Manifest, manifest_hash, write_manifest
+from frcnn_cli.inference import detect_manifest
+from frcnn_cli.model.checkpoint import save_checkpoint
+from frcnn_cli.model.detector import FasterRCNN
+from frcnn_cli.proposals import SETTINGS, ProposalWriter
+
+CLASSES = ["cat", "dog"]
+
+
+def _records():
+    return [
+        ImageRecord("im 0", "a.png", 64, 48, [[10.0, 10.0, 30.0, 30.0]], [0], [False]),
+        ImageRecord("im1", "b.png", 64, 48, [[0.0, 0.0, 20.0, 20.0], [30.0, 5.0, 60.0, 40.0]], [1, 0],
+                    [False, True]),
+        ImageRecord("im2", "c.png", 64, 48, [], [], []),
+    ]
+
+
+def _manifest(root, name="synth-test", classes=CLASSES) -> Manifest:
+    return Manifest(name, list(classes), str(root), _records())
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    for name, colour in (("a", (200, 30, 30)), ("b", (20, 90, 200)), ("c", (90, 90, 90))):
+        Image.new("RGB", (64, 48), colour).save(root / f"{name}.png")
+    data = root / "synth-test.json"
+    write_manifest(data, _manifest(root))
+    torch.manual_seed(0)
+    cfg = apply_overrides(get_preset("tiny"), ["input.test_scale=64", "input.max_size=96"])
+    model = FasterRCNN(cfg, CLASSES).eval()
+    ckpt = root / "model.pt"
+    save_checkpoint(ckpt, model, stage="final", provenance={})
+    return root, data, ckpt, model
+
+
+def _eval(*args):
+    return CliRunner().invoke(cli, ["eval", *map(str, args)])
+
+
+def test_eval_json_schema_and_metric_choice(setup):
+    _, data, ckpt, _ = setup
+    result = _eval("--model", ckpt, "--data", data, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert set(summary) == {"metric", "map", "ap"} and summary["metric"] == "11point"
+    assert list(summary["ap"]) == CLASSES
+    assert all(0.0 <= v <= 1.0 for v in summary["ap"].values())
+    assert summary["map"] == pytest.approx(sum(summary["ap"].values()) / 2)
+    assert "mAP" in result.stderr and "AP (%)" in result.stderr
+    area = _eval("--model", ckpt, "--data", data, "--json", "--metric", "area")
+    assert json.loads(area.stdout)["metric"] == "area"
+    voc07 = _eval("--model", ckpt, "--data", data, "--json", "--voc2007")
+    assert json.loads(voc07.stdout) == summary
+
+
+def test_eval_out_writes_devkit_files_in_voc_pixels_and_plots(setup, tmp_path):
+    root, data, ckpt, model = setup
+    out = tmp_path / "out"
+    result = _eval("--model", ckpt, "--data", data, "--out", out, "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["ap_summary.png", "comp4_det_test_cat.txt", "comp4_det_test_dog.txt", "pr_cat.png",
+                     "pr_dog.png"]
+    dets = detect_manifest(model, _manifest(root), device=torch.device("cpu"), batch_size=2)
+    ids = ["im 0", "im1", "im2"]
+    for k, name in enumerate(CLASSES):
+        want = [(ids[i], float(s), *(b + torch.tensor([1.0, 1.0, 0.0, 0.0])).tolist())
+                for i, d in enumerate(dets) for s, b, lab in zip(d["scores"], d["boxes"], d["labels"])
+                if lab == k + 1]
+        lines = (out / f"comp4_det_test_{name}.txt").read_text().splitlines()
+        got = [line.rsplit(" ", 5) for line in lines]
+        assert len(got) == len(want) > 0
+        for g, w in zip(got, want):
+            assert g[0] == w[0]
+            assert [float(v) for v in g[1:]] == pytest.approx(list(w[1:]), abs=2e-3)
+
+
+def test_eval_without_matplotlib_warns_and_writes_the_result_files(setup, tmp_path, monkeypatch):
+    _, data, ckpt, _ = setup
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = _eval("--model", ckpt, "--data", data, "--out", tmp_path, "--proposals-n", "1")
+    assert result.exit_code == 0, result.output
+    assert "matplotlib is not installed" in result.stderr
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".txt", ".txt"]
+    lines = sum(len(p.read_text().splitlines()) for p in tmp_path.iterdir())
+    assert 0 < lines <= 2 * 3  # one proposal per image: at most one box per class and image
+
+
+def test_split_is_the_manifest_names_last_part():
+    assert split_of("voc2007-test") == "test"
+    assert split_of("voc2007+2012-trainval") == "trainval"
+    assert split_of("mydata") == "test" and split_of("odd-") == "test"
+
+
+def test_a_manifest_with_other_classes_is_refused_naming_both_files(setup, tmp_path):
+    root, _, ckpt, _ = setup
+    other = tmp_path / "birds.json"
+    write_manifest(other, _manifest(root, classes=["cat", "bird"]))
+    result = _eval("--model", ckpt, "--data", other)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    message = " ".join(result.output.split())
+    assert str(other) in message and str(ckpt) in message
+    assert "only in the manifest: bird; only in the model: dog" in message
+    swapped = tmp_path / "swapped.json"
+    write_manifest(swapped, _manifest(root, classes=["dog", "cat"]))
+    result = _eval("--model", ckpt, "--data", swapped)
+    assert result.exit_code != 0 and "another order" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "exactly one of --model"),
+    (("--model", "m.pt", "--proposals", "p.h5"), "exactly one of --model"),
+    (("--model", "m.pt", "--voc2007", "--metric", "area"), "cannot go with --metric area"),
+    (("--proposals", "p.h5", "--no-rpn-nms"), "apply to --model only"),
+])
+def test_options_that_do_not_go_together_are_usage_errors(setup, args, message):
+    _, data, _, _ = setup
+    result = _eval(*args, "--data", data)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_proposal_recall_at_each_iou_and_the_fig2_plot(setup, tmp_path):
+    root, data, _, _ = setup
+    manifest = _manifest(root)
+    attrs = {key: 0 for key in SETTINGS} | {"config": {}}
+    path = tmp_path / "p.h5"
+    with ProposalWriter(path, manifest_hash=manifest_hash(manifest), attrs=attrs, manifest=manifest) as w:
+        w.write(0, torch.tensor([[10.0, 10.0, 30.0, 30.0]]), torch.tensor([0.9]))  # IoU 1 with the cat
+        # the dog [0, 0, 20, 20] is covered with IoU 320/400 = 0.8; the difficult cat does not count
+        w.write(1, torch.tensor([[0.0, 0.0, 20.0, 16.0], [30.0, 5.0, 60.0, 40.0]]), torch.tensor([0.8, 0.7]))
+        w.write(2, torch.zeros((0, 4)), torch.zeros(0))
+        w.finish()
+    out = tmp_path / "out"
+    result = _eval("--proposals", path, "--data", data, "--json", "--out", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["iou_thresholds"] == pytest.approx([0.5 + 0.05 * i for i in range(10)])
+    assert summary["recall"]["300"] == pytest.approx([1.0] * 7 + [0.5] * 3)
+    assert summary["average_recall"]["100"] == pytest.approx(0.85)
+    assert summary["num_objects"] == 2
+    assert (out / "recall_vs_iou.png").stat().st_size > 0

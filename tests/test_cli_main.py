@@ -1,0 +1,50 @@
+"""The ``frcnn`` group: every command of the contract is listed, errors are one clean line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from frcnn_cli import __version__
+from frcnn_cli.cli.main import cli
+
+CONTRACT_COMMANDS = ["prepare", "train-rpn", "dump-proposals", "train-detector", "train", "detect", "eval",
+                     "bench", "demo"]
+
+
+def test_help_lists_every_command_of_the_contract_in_workflow_order():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    listed = [line.split()[0] for line in result.output.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed == CONTRACT_COMMANDS
+
+
+def test_prepare_lists_its_three_sources():
+    result = CliRunner().invoke(cli, ["prepare", "--help"])
+    assert result.exit_code == 0
+    for sub in ("voc", "folder", "synth"):
+        assert f"  {sub} " in result.output
+
+
+def test_version():
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_python_dash_m_runs_the_same_group():
+    done = subprocess.run([sys.executable, "-m", "frcnn_cli", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0
+    assert "train-detector" in done.stdout
+
+
+def test_a_library_error_becomes_one_error_line_and_exit_code_without_traceback(tmp_path):
+    result = CliRunner().invoke(cli, ["train-rpn", "--data", str(tmp_path / "missing.json"),
+                                      "--out", str(tmp_path / "x.pt")])
+    assert result.exit_code != 0
+    assert result.output.startswith("Error:")
+    assert "missing.json" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "x.pt").exists()
