@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import DeviceError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_device(name: str | None) -> torch.device:
     """``cpu``, ``cuda``, ``cuda:N`` or None (cuda when available, else cpu)."""
+    import torch  # deferred: the CLI starts without loading torch
+
     if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -31,5 +35,7 @@ def resolve_device(name: str | None) -> torch.device:
 def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast on CUDA when ``enabled``; a no-op context on the CPU."""
     if device.type == "cuda" and enabled:
+        import torch
+
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

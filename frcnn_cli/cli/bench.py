@@ -1,13 +1,108 @@
-"""``frcnn bench``."""
+"""``frcnn bench``: the paper's Table 4 (ms per image per stage) for this machine."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
-from ..errors import FrcnnError
+from ..config import apply_overrides, resolve_config
+from ..data.voc import VOC_CLASSES
+from ..devices import resolve_device
+from ..errors import ConfigError
+from . import console
+from .options import positive_int
+
+# Faster R-CNN, Table 4 (K40 GPU, ms per image): shared convs, proposals, region-wise, total, fps
+PAPER_TABLE4 = {"vgg16": (141, 10, 47, 198, 5), "zf": (31, 3, 25, 59, 17)}
+# keys that change the network's layers: a checkpoint's weights fix them
+_STRUCTURAL = ("backbone", "anchors.", "rpn.conv_channels", "rpn.objectness", "roi_head.pooler",
+               "roi_head.box_target_")
+
+
+def _check_overrides(set_: tuple[str, ...]) -> None:
+    for item in set_:
+        key = item.split("=", 1)[0].strip()
+        if any(key == s or key.startswith(s) for s in _STRUCTURAL):
+            raise ConfigError(f"--set {item}: '{key}' is fixed by the checkpoint's weights and cannot be "
+                              f"changed for a benchmark; drop it, or benchmark a --config preset instead")
+
+
+def _build_model(model_path: Path | None, config: str | None, set_: tuple[str, ...]):
+    """The model to time and whether its weights are random."""
+    from ..model.detector import FasterRCNN
+
+    if (model_path is None) == (config is None):
+        raise ConfigError("give exactly one of --model CKPT (a trained model) or --config PRESET (random "
+                          "weights, speed only), e.g. frcnn bench --config vgg16")
+    if model_path is not None:
+        from ..model.checkpoint import load_model
+
+        _check_overrides(set_)
+        model, _ = load_model(model_path)
+        model.cfg = apply_overrides(model.cfg, list(set_))
+        return model, False
+    cfg = apply_overrides(resolve_config(config), list(set_))
+    return FasterRCNN(cfg, list(VOC_CLASSES)), True
+
+
+def _fmt(ms: float) -> str:
+    return f"{ms:.1f}"
+
+
+def _show(result, backbone: str, random_weights: bool) -> None:
+    paper = PAPER_TABLE4.get(backbone)
+    columns = ["stage", "ms / image"] + ([f"paper {backbone} (K40)"] if paper else [])
+    names = [("shared convs", "backbone"), ("proposals", "proposals"), ("region-wise", "region_wise"),
+             ("total", "total")]
+    rows = []
+    for i, (label, key) in enumerate(names):
+        row = [label, _fmt(result.ms_per_image[key])]
+        rows.append(row + ([str(paper[i])] if paper else []))
+    rows.append(["images/s", f"{result.images_per_s:.2f}"] + ([str(paper[4])] if paper else []))
+    h, w = result.image_size
+    title = (f"frcnn bench: {backbone} on {result.device} ({result.device_name}), batch {result.batch_size}, "
+             f"input {w}x{h}, median of {result.runs} runs after {result.warmup} warm-up")
+    console.table(title, columns, rows)
+    notes = [f"peak memory {result.peak_memory_mb:.0f} MiB"
+             + (" (process peak RSS)" if result.device == "cpu" else " (max allocated)")]
+    notes.append("bf16 autocast" if result.amp else "float32")
+    if result.svd_layers:
+        notes.append(f"truncated SVD of {', '.join(result.svd_layers)}")
+    console.info("; ".join(notes))
+    if random_weights:
+        console.warn("random weights (--config without --model): the timings are for speed only; the "
+                     "post-processing of a trained model has more boxes above the score threshold")
 
 
 @click.command("bench")
-def bench() -> None:
-    """Table-4 timing breakdown (not available yet)."""
-    raise FrcnnError("frcnn bench is not available yet in this version")
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A trained checkpoint.")
+@click.option("--config", default=None, metavar="PRESET|FILE",
+              help="A preset (vgg16, zf, resnet50, resnet101, tiny) or .toml file: random weights, speed only.")
+@click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
+              help="Override a setting, e.g. --set roi_head.fc_svd_rank=1024 (repeatable).")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
+@click.option("--batch-size", type=positive_int, default=1, show_default=True, help="Images per forward.")
+@click.option("--runs", type=positive_int, default=10, show_default=True, help="Timed runs (median).")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed runs first.")
+@click.option("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def bench(images, model_path, config, set_, device, batch_size, runs, warmup, threads, as_json):
+    """Milliseconds per image of the shared convs, the proposal stage and the region-wise stage (the
+    paper's Table 4), images/s and peak memory. Without IMAGE|DIR a synthetic 500x375 image is timed."""
+    import torch
+
+    from ..bench import load_images, run_benchmark
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model, random_weights = _build_model(model_path, config, set_)
+    dev = resolve_device(device)
+    decoded = load_images(images) if images else None
+    result = run_benchmark(model, decoded, device=dev, batch_size=batch_size, runs=runs, warmup=warmup)
+    _show(result, model.cfg.backbone, random_weights)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))

@@ -8,9 +8,6 @@ import click
 
 from ..data.manifest import read_manifest
 from ..devices import resolve_device
-from ..train.pipeline import PipelineRequest, run_pipeline
-from ..train.stage import StageRequest, run_stage
-from ..train.steps import config_for_init, stage_spec
 from . import console
 from .options import config_options, load_cli_config, positive_int
 
@@ -38,6 +35,9 @@ def _training_options(f):
 
 def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every,
                   resume, device, proposals=None) -> None:
+    from ..train.stage import StageRequest, run_stage
+    from ..train.steps import config_for_init, stage_spec
+
     manifest = read_manifest(data)
     cfg = load_cli_config(config, (), None)
     init = init or cfg.init
@@ -115,6 +115,8 @@ def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thr
 def train(data, workdir, config, set_, mode, iters, seed, checkpoint_every, resume, device):
     """The whole 4-step alternating optimisation (or --mode joint), resumable: rerun to continue."""
     del resume  # a run folder always resumes
+    from ..train.pipeline import PipelineRequest, run_pipeline
+
     manifest = read_manifest(data)
     cfg = load_cli_config(config, set_, seed)
     every = checkpoint_every if checkpoint_every is not None else max(1, (iters or cfg.solver.det_iters) // 10)

@@ -11,8 +11,15 @@ from ..proposals import ProposalStore
 
 
 def device_batches(loader: Iterable, device: torch.device, *, channels_last: bool = False) -> Iterator:
-    """``(ImageBatch, Targets)`` from the loader, moved to ``device`` (non-blocking from pinned memory)."""
-    for batch, targets in loader:
+    """``(ImageBatch, Targets)`` from the loader, moved to ``device`` (non-blocking from pinned memory).
+
+    Starting a DataLoader iterator draws its workers' base seed from the global RNG; it is started under
+    ``fork_rng`` so that the global stream (anchor and RoI sampling, dropout) is the same whether a run
+    starts at iteration 0 or resumes at k with the RNG state saved there.
+    """
+    with torch.random.fork_rng(devices=[]):
+        iterator = iter(loader)
+    for batch, targets in iterator:
         batch = batch.to(device, non_blocking=True)
         if channels_last:
             batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)

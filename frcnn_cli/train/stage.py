@@ -70,6 +70,7 @@ class _MetricsLog:
     def __init__(self, path: Path | None, stage: str) -> None:
         self.path, self.stage, self.tb = path, stage, None
         if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(ImportError, ModuleNotFoundError):
                 from torch.utils.tensorboard import SummaryWriter
 
