@@ -112,11 +112,10 @@ def prepare_model(model: FasterRCNN, device: torch.device, *, channels_last: boo
     Returns the names of the layers the SVD compressed (empty when it is off). Inference only: a model
     compressed here must not be saved as a checkpoint or trained.
     """
-    model.eval()
+    model.eval().to(device)
     compressed: list[str] = []
-    if model.cfg.roi_head.fc_svd_rank > 0:
+    if model.cfg.roi_head.fc_svd_rank > 0:  # on the device: the factorisation is fast on a GPU
         compressed = compress_fc_svd(model, model.cfg.roi_head.fc_svd_rank)
-    model.to(device)
     if channels_last:
         # oneDNN (CPU) and cuDNN (GPU) run 3x3 convs, ReLU and max pooling faster in NHWC; the values are
         # the same up to float summation order

@@ -174,7 +174,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = get_origin(hint)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a table of settings, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a table of settings, got {value!r}; write it as a "
+                              f"[{key}] table of key = value lines")
         return _build(hint, value, key + ".")
     if origin is tuple:
         args = get_args(hint)
@@ -182,30 +183,33 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         item_hint = args[0]
         if len(args) != 2 or args[1] is not Ellipsis:
             if len(items) != len(args):
-                raise ConfigError(f"config key '{key}' needs {len(args)} values, got {len(items)} ({value!r})")
+                raise ConfigError(f"config key '{key}' needs {len(args)} values, got {len(items)} "
+                                  f"({value!r}); give {len(args)} comma-separated values")
         return tuple(_coerce(v, item_hint, key) for v in items)
     if hint is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}; use true or false")
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, (int, str)) and not (
             isinstance(value, float) and value.is_integer()
         ):
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}; give a whole number")
         try:
             return int(value)
         except ValueError:
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}") from None
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}; give a whole "
+                              "number") from None
     if hint is float:
         try:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}") from None
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}; give a number such as "
+                              "0.001") from None
     if hint is str:
         return str(value)
     return value
@@ -217,14 +221,15 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) 
     unknown = sorted(set(data) - names)
     if unknown:
         key = prefix + unknown[0]
-        raise ConfigError(f"unknown config key '{key}'; allowed keys here: {', '.join(sorted(names))}")
+        raise ConfigError(f"unknown config key '{key}'; use one of the keys allowed here: "
+                          f"{', '.join(sorted(names))}")
     values = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     if base is not None:
         for k in list(values):
             if dataclasses.is_dataclass(hints[k]) and isinstance(data[k], dict):
                 values[k] = _build(hints[k], data[k], prefix + k + ".", getattr(base, k))
-        return _validate(replace(base, **values))
-    return _validate(cls(**values))
+        return _validate(replace(base, **values), prefix)
+    return _validate(cls(**values), prefix)
 
 
 _CHOICES = {
@@ -236,12 +241,13 @@ _CHOICES = {
 }
 
 
-def _validate(obj: Any) -> Any:
+def _validate(obj: Any, prefix: str = "") -> Any:
     for f in fields(obj):
         value = getattr(obj, f.name)
         if f.name in _CHOICES and value not in _CHOICES[f.name]:
             raise ConfigError(
-                f"config key '{f.name}' is {value!r}; allowed values: {', '.join(_CHOICES[f.name])}"
+                f"config key '{prefix}{f.name}' is {value!r}; choose one of the allowed values: "
+                f"{', '.join(_CHOICES[f.name])}"
             )
     return obj
 
@@ -299,7 +305,8 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
     """Apply ``key=value`` strings such as ``rpn.nms_thresh=0.6`` or ``anchors.scales=4,8,16``."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set '{item}' is not key=value; e.g. --set rpn.nms_thresh=0.6")
+            raise ConfigError(f"--set '{item}' is not key=value; write it as key=value, e.g. --set "
+                              "rpn.nms_thresh=0.6")
         key, raw = item.split("=", 1)
         key = key.strip()
         parts = key.split(".")

@@ -198,17 +198,25 @@ class ProposalWriter:
             raise ProposalStoreError(f"proposals for image {img_id} are not finite; the model has diverged: "
                                      "train it again or use an earlier checkpoint")
         order = np.argsort(-s, kind="stable")
-        images = self._file["images"]
-        name = str(index)
-        if name in images:
-            del images[name]
-        group = images.create_group(name)
-        group.attrs["id"] = img_id
-        group.create_dataset("boxes", data=b[order])
-        group.create_dataset("scores", data=s[order])
-        group.attrs["done"] = 1  # last: a group without it was interrupted and is rewritten on resume
-        self._file.flush()
+        try:
+            images = self._file["images"]
+            name = str(index)
+            if name in images:
+                del images[name]
+            group = images.create_group(name)
+            group.attrs["id"] = img_id
+            group.create_dataset("boxes", data=b[order])
+            group.create_dataset("scores", data=s[order])
+            group.attrs["done"] = 1  # last: a group without it was interrupted and is rewritten on resume
+            self._file.flush()
+        except OSError as exc:  # a full disk, a lost mount: what is written so far stays for a rerun
+            raise self._write_error(exc, f"at image {img_id}") from None
         self._done.add(index)
+
+    def _write_error(self, exc: OSError, where: str) -> ProposalStoreError:
+        return ProposalStoreError(
+            f"cannot write {self.partial} {where} ({exc.strerror or exc}); free some space or choose another "
+            "output, then rerun the same command: the images written so far are kept")
 
     def finish(self) -> Path:
         """Mark the file complete, close and fsync it and rename it to ``path``."""
@@ -217,18 +225,22 @@ class ProposalWriter:
             raise ProposalStoreError(
                 f"{self.partial}: {len(todo)} of {len(self.image_ids)} images have no proposals yet "
                 f"(first: {self.image_ids[todo[0]]}); write them before finishing")
-        self._file.attrs["complete"] = 1
-        self._file.close()
-        _fsync(self.partial)
-        os.replace(self.partial, self.path)
+        try:
+            self._file.attrs["complete"] = 1
+            self._file.close()
+            _fsync(self.partial)
+            os.replace(self.partial, self.path)
+        except OSError as exc:
+            raise self._write_error(exc, "while finishing it") from None
         with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsynced
             _fsync(self.path.parent)
         return self.path
 
     def close(self) -> None:
-        """Close without finishing; the ``.partial`` stays for a resume."""
+        """Close without finishing; the ``.partial`` stays for a resume (which checks every image in it)."""
         if self._file.id.valid:
-            self._file.close()
+            with contextlib.suppress(OSError):  # after a failed write, whose error is the one that matters
+                self._file.close()
 
     def __enter__(self) -> ProposalWriter:
         return self

@@ -3,10 +3,14 @@
 Reliability suite (tests/test_bad_input.py, test_odd_input.py, test_crash_safety.py, test_security.py):
 a tiny model at 64 px, checkpoints of it with random weights, an 8+4 image synthetic set, and the check
 that a failed command printed one clean ``Error:`` line and wrote nothing.
+
+Training (tests/test_train_*.py, test_ddp.py): a 12+6 image synthetic set, the tiny preset at 96 px, the
+CLI run in this process, one intra-op thread, and the paper's four steps run once per session.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +20,7 @@ import torch
 
 TINY_OVERRIDES = ("input.train_scales=64", "input.test_scale=64", "input.max_size=96", "solver.num_workers=0")
 ACTION = re.compile(r"\b(use|fix|give|check|run|rerun|delete|choose|add|replace|remove|upgrade|pick|lower|make|"
-                    r"dump|train|evaluate|prepare|free|try|rename|keep|write|name|ask)\b", re.IGNORECASE)
+                    r"dump|train|evaluate|prepare|free|try|rename|keep|write|name|ask|needs)\b", re.IGNORECASE)
 
 
 def tiny_config(*extra: str):
@@ -28,14 +32,16 @@ def tiny_config(*extra: str):
 
 @pytest.fixture()
 def tiny_checkpoint(tmp_path) -> Callable[..., Path]:
-    """``make(name, classes, *, parts=..., stage="final", cfg=None)``: a checkpoint of a random tiny model."""
+    """``make(name, classes, *, parts=..., stage="final", overrides=())``: a checkpoint of a random tiny model
+    (``tiny_config(*overrides)``) with ``parts`` under ``tmp_path/ckpts/name``."""
     from frcnn_cli.model.checkpoint import save_checkpoint
     from frcnn_cli.model.detector import FasterRCNN
 
     def make(name: str = "model.pt", classes: Sequence[str] = ("circle", "bottle", "car", "triangle", "donut"),
-             *, parts: Sequence[str] = ("backbone", "rpn", "roi_head"), stage: str = "final", cfg=None) -> Path:
+             *, parts: Sequence[str] = ("backbone", "rpn", "roi_head"), stage: str = "final",
+             overrides: Sequence[str] = ()) -> Path:
         torch.manual_seed(0)
-        model = FasterRCNN(cfg if cfg is not None else tiny_config(), list(classes))
+        model = FasterRCNN(tiny_config(*overrides), list(classes))
         path = tmp_path / "ckpts" / name
         save_checkpoint(path, model, stage=stage, provenance={}, parts=tuple(parts))
         return path
@@ -79,3 +85,124 @@ def assert_clean_error() -> Callable[..., None]:
         return message
 
     return check
+
+
+# --------------------------------------------------------------------------------------------------
+# training (tests/test_train_steps.py, test_train_resume.py, test_train_pipeline.py, test_ddp.py)
+
+TRAIN_OVERRIDES = ("input.train_scales=96", "input.test_scale=96", "input.max_size=128", "solver.num_workers=0",
+                   "solver.log_every=1")
+
+
+@pytest.fixture(scope="session")
+def train_config() -> Callable[..., object]:
+    """``config(*extra)``: the tiny preset at 96 px, no loader workers, a metrics line every iteration, and
+    ``extra`` ``--set`` overrides."""
+    from frcnn_cli.config import apply_overrides, get_preset
+
+    def config(*extra: str):
+        return apply_overrides(get_preset("tiny"), [*TRAIN_OVERRIDES, *extra])
+
+    return config
+
+
+@pytest.fixture(scope="session")
+def train_options() -> Callable[..., list[str]]:
+    """``options(*extra)``: the ``--config tiny --set …`` arguments of ``train_config(*extra)``."""
+
+    def options(*extra: str) -> list[str]:
+        return ["--config", "tiny", *(a for kv in (*TRAIN_OVERRIDES, *extra) for a in ("--set", kv))]
+
+    return options
+
+
+@contextlib.contextmanager
+def single_thread():
+    """One intra-op thread inside: on a busy 2-core machine the tiny model trains about 5x faster so."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """``single_thread()`` for a whole test module (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def frcnn() -> Callable[..., object]:
+    """``run(*args, ok=True)``: ``frcnn ARGS`` in this process (CliRunner); with ``ok`` it must exit 0."""
+    from click.testing import CliRunner
+
+    from frcnn_cli.cli.main import cli
+
+    def run(*args, ok: bool = True):
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+        if ok:
+            assert result.exit_code == 0, f"frcnn {' '.join(map(str, args))}:\n{result.output}"
+        return result
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def train_set(tmp_path_factory) -> tuple[Path, Path]:
+    """``(trainval.json, test.json)``: 12 + 6 synthetic images of about 256x192. Do not modify it."""
+    from frcnn_cli.data.synthetic import make_synthetic_set
+
+    root = tmp_path_factory.mktemp("train_set")
+    return make_synthetic_set(root / "set", n_train=12, n_test=6, seed=1)
+
+
+@pytest.fixture(scope="session")
+def four_steps(train_set, train_options, frcnn, tmp_path_factory) -> dict[str, Path]:
+    """The paper's four steps from the command line, 3 iterations each, from random init (``--init none``):
+    ``rpn1.pt``, ``props1.h5``, ``det1.pt``, ``rpn2.pt``, ``props2.h5``, ``final.pt`` (and
+    ``metrics.jsonl``) in one folder, keyed by stem, plus ``data`` (the manifest). Do not modify them."""
+    work = tmp_path_factory.mktemp("four_steps")
+    p = {name: work / f"{name}{'.h5' if name.startswith('props') else '.pt'}"
+         for name in ("rpn1", "props1", "det1", "rpn2", "props2", "final")}
+    data, opts = train_set[0], train_options()
+    common = ["--data", data, "--iters", 3]
+    with single_thread():
+        frcnn("train-rpn", *common, "--out", p["rpn1"], "--init", "none", *opts)
+        frcnn("dump-proposals", "--model", p["rpn1"], "--data", data, "--out", p["props1"])
+        frcnn("train-detector", *common, "--out", p["det1"], "--init", "none", "--proposals", p["props1"], *opts)
+        frcnn("train-rpn", *common, "--out", p["rpn2"], "--init", p["det1"], "--freeze-shared")
+        frcnn("dump-proposals", "--model", p["rpn2"], "--data", data, "--out", p["props2"])
+        frcnn("train-detector", *common, "--out", p["final"], "--init", p["rpn2"], "--freeze-shared",
+              "--proposals", p["props2"])
+    return {**p, "data": data, "metrics": work / "metrics.jsonl"}
+
+
+class Killed(BaseException):
+    """A ``kill -9`` as far as the code under test can tell: no ``except Exception`` catches it."""
+
+
+@pytest.fixture()
+def kill_after_saving(monkeypatch) -> Callable[..., None]:
+    """``arm(iteration, name=None)``: the next training stage that writes its resume file (``*.resume.pt``,
+    or the file called ``name``) at ``iteration`` raises ``Killed`` just after, once."""
+    from frcnn_cli.train import stage
+
+    real, armed = stage.save_checkpoint, {}
+
+    def save(path, model, **kwargs):
+        real(path, model, **kwargs)
+        iteration = (kwargs.get("train_state") or {}).get("iteration")
+        name = Path(path).name
+        if armed and iteration == armed["iteration"] and name.endswith(".resume.pt") and (
+                armed["name"] in (None, name)):
+            armed.clear()
+            raise Killed(f"killed after writing {path} at iteration {iteration}")
+
+    def arm(iteration: int, name: str | None = None) -> None:
+        armed.update(iteration=iteration, name=name)
+
+    monkeypatch.setattr(stage, "save_checkpoint", save)
+    return arm

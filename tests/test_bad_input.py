@@ -206,7 +206,9 @@ def test_an_image_changed_after_prepare_names_the_image(synth_set, tmp_path, tin
     out = tmp_path / "out"
     result = _run("dump-proposals", "--model", tiny_checkpoint(), "--data", manifest, "--out",
                   out / "p.h5")
-    assert_clean_error(result, "image 000000", "is 20x20 but the manifest says", "re-run it", out_dir=out)
+    assert_clean_error(result, "image 000000", "is 20x20 but the manifest says", "re-run it")
+    # nothing under the final name; the unfinished dump stays for a rerun once the image is fixed
+    assert [p.name for p in out.iterdir()] == ["p.h5.partial"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,11 +218,11 @@ def test_an_image_changed_after_prepare_names_the_image(synth_set, tmp_path, tin
 CONFIG_CASES = {
     "unknown_preset": (["--config", "vgg17"], ["unknown preset 'vgg17'", "choose one of vgg16, zf"]),
     "unknown_set_key": (["--set", "rpn.nms_thres=0.5"], ["--set rpn.nms_thres=0.5", "unknown config key "
-                                                         "'rpn.nms_thres'", "allowed keys here"]),
+                                                         "'rpn.nms_thres'", "use one of the keys allowed here"]),
     "unknown_section": (["--set", "optimizer.lr=0.5"], ["unknown config key 'optimizer'"]),
     "wrong_type": (["--set", "solver.lr=fast"], ["--set solver.lr=fast", "'solver.lr' must be a number"]),
     "wrong_int": (["--set", "rpn.batch_size_per_image=1.5"], ["'rpn.batch_size_per_image' must be an integer"]),
-    "bad_choice": (["--set", "rpn.objectness=foo"], ["'objectness' is 'foo'", "allowed values: softmax, sigmoid"]),
+    "bad_choice": (["--set", "rpn.objectness=foo"], ["'rpn.objectness' is 'foo'", "allowed values: softmax, sigmoid"]),
     "not_key_value": (["--set", "solver.lr"], ["--set 'solver.lr' is not key=value"]),
     "zero_iters": (["--iters", "0"], ["'--iters': 0 is not in the range x>=1"]),
     "negative_iters": (["--iters", "-5"], ["'--iters': -5 is not in the range x>=1"]),

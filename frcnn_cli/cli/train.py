@@ -33,6 +33,13 @@ def _training_options(f):
     return f
 
 
+def _is_main_process() -> bool:
+    """Under ``torchrun`` only rank 0 talks (messages, progress, the output path); the other ranks train quietly."""
+    from ..train import distributed
+
+    return distributed.is_main()
+
+
 def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every,
                   resume, device, proposals=None) -> None:
     from ..train.stage import StageRequest, run_stage
@@ -47,11 +54,14 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
                        device=resolve_device(device), iters=iters, proposals_path=proposals,
                        checkpoint_every=checkpoint_every, resume=resume,
                        metrics_path=out.parent / "metrics.jsonl")
-    console.info(f"training {spec.name} on {len(manifest.images)} images ({cfg.name}, {req.device})")
+    talk = _is_main_process()
+    if talk:
+        console.info(f"training {spec.name} on {len(manifest.images)} images ({cfg.name}, {req.device})")
     with console.TrainingProgress(spec.kind) as progress:
         req.on_log = progress
         run_stage(req)
-    click.echo(str(out))
+    if talk:
+        click.echo(str(out))
 
 
 @click.command("train-rpn")
@@ -121,13 +131,17 @@ def train(data, workdir, config, set_, mode, iters, seed, checkpoint_every, resu
     cfg = load_cli_config(config, set_, seed)
     every = checkpoint_every if checkpoint_every is not None else max(1, (iters or cfg.solver.det_iters) // 10)
 
+    talk = _is_main_process()
+
     def on_step(name: str, what: str) -> None:
-        console.info({"start": f"[bold]step {name}[/bold]", "done": f"step {name} done",
-                      "skip": f"step {name} already done"}[what])
+        if talk:
+            console.info({"start": f"[bold]step {name}[/bold]", "done": f"step {name} done",
+                          "skip": f"step {name} already done"}[what])
 
     with console.TrainingProgress("training") as progress:
         req = PipelineRequest(cfg=cfg, manifest=manifest, manifest_path=data, workdir=workdir,
                               device=resolve_device(device), mode=mode, iters=iters, checkpoint_every=every,
                               on_log=progress, on_step=on_step)
         final = run_pipeline(req)
-    click.echo(str(final))
+    if talk:
+        click.echo(str(final))

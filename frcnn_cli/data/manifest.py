@@ -32,6 +32,7 @@ from ..errors import DataError
 
 FORMAT = "frcnn-manifest"
 VERSION = 1
+MAX_SIDE = 65_535  # pixels: JPEG's limit, and far beyond any image a detector is trained on
 
 
 @dataclass
@@ -189,11 +190,15 @@ def _record_problem(rec: Any, num_classes: int) -> str | None:
     if not isinstance(rec, dict):
         return "not a JSON object"
     for key in ("id", "path"):
-        if not isinstance(rec.get(key), str) or not rec[key]:
-            return f"\"{key}\" is missing or empty"
+        if not isinstance(rec.get(key), str) or not rec[key] or "\x00" in rec[key]:
+            return f"\"{key}\" is missing, empty or holds a NUL character"
+    path = rec["path"]
+    if not os.path.isabs(path) and os.path.normpath(path).split(os.sep)[0] == os.pardir:
+        return (f"path {path!r} leaves the manifest root with '..'; use a path inside the root or an "
+                "absolute path")
     width, height = rec.get("width"), rec.get("height")
-    if not (_is_int(width) and _is_int(height) and width > 0 and height > 0):
-        return f"width/height {width!r}x{height!r} must be positive integers"
+    if not (_is_int(width) and _is_int(height) and 0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+        return f"width/height {width!r}x{height!r} must be positive integers of at most {MAX_SIDE} pixels"
     boxes, labels, difficult = rec.get("boxes"), rec.get("labels"), rec.get("difficult")
     if not (isinstance(boxes, list) and isinstance(labels, list) and isinstance(difficult, list)):
         return "\"boxes\", \"labels\" and \"difficult\" must be lists"

@@ -27,6 +27,7 @@ Shapes: D detections of one class, G ground-truth objects, K classes.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,9 +230,25 @@ def evaluate_detections(detections: Detections, manifest, *, iou_thresh: float =
     return {"metric": metric, "iou_thresh": iou_thresh, "ap": ap, "npos": npos, "map": mean}
 
 
+def _file_part(text: str) -> str:
+    """``text`` with characters other than letters, digits, '.', '-' and '_' replaced by '_' (as the plots'
+    names), so that a split or class name from an untrusted manifest never leaves the output folder."""
+    return re.sub(r"[^\w.-]", "_", text)
+
+
 def result_file_name(split: str, class_name: str) -> str:
-    """The devkit's file name ``comp4_det_<split>_<class>.txt``."""
-    return f"comp4_det_{split}_{class_name}.txt"
+    """The devkit's file name ``comp4_det_<split>_<class>.txt`` (one file name: path characters become '_')."""
+    return f"comp4_det_{_file_part(split)}_{_file_part(class_name)}.txt"
+
+
+def _result_names(split: str, classes) -> list[str]:
+    """Every class's result file name; two classes that would share one is a ``DataError``."""
+    names = [result_file_name(split, name) for name in classes]
+    for k, name in enumerate(names):
+        if names.index(name) != k:
+            raise DataError(f"classes {classes[names.index(name)]!r} and {classes[k]!r} would share the result "
+                            f"file {name}; rename one of them in the class list")
+    return names
 
 
 def write_result_files(out_dir: str | os.PathLike, detections: Detections, manifest,
@@ -244,7 +261,8 @@ def write_result_files(out_dir: str | os.PathLike, detections: Detections, manif
     """
     out_dir = Path(out_dir)
     paths = []
-    for k, name in enumerate(manifest.classes):
+    file_names = _result_names(split, list(manifest.classes))
+    for k, file_name in enumerate(file_names):
         lines = []
         if k in detections:
             image, scores, boxes = _as_arrays(detections[k])
@@ -252,7 +270,7 @@ def write_result_files(out_dir: str | os.PathLike, detections: Detections, manif
             ids = [manifest.images[i].id for i in image.tolist()]
             for img_id, s, (x1, y1, x2, y2) in zip(ids, scores.tolist(), boxes.tolist()):
                 lines.append(f"{img_id} {s:.6f} {x1 + 1:.3f} {y1 + 1:.3f} {x2:.3f} {y2:.3f}\n")
-        path = out_dir / result_file_name(split, name)
+        path = out_dir / file_name
         atomic_write_text(path, "".join(lines))
         paths.append(path)
     return paths

@@ -109,7 +109,8 @@ def torch_load_safely(path: Path, what: str, map_location: Any = "cpu") -> Any:
                                   f"refused unread for safety; use a file of plain tensors written by "
                                   f"torch.save (frcnn writes only such files)") from None
         raise CheckpointError(f"{what} {path} is not a readable torch file ({type(exc).__name__}); the file "
-                              f"is damaged or not a .pt/.pth file") from None
+                              f"is damaged or not a .pt/.pth file: give a file written by frcnn (or "
+                              f"torch.save)") from None
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
@@ -169,7 +170,8 @@ def _load_state(module: torch.nn.Module, state: dict, name: str, path: str | os.
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:400]
         raise CheckpointError(f"checkpoint {path}: its '{name}' part does not fit this model ({detail}); "
-                              f"the config differs from the one it was trained with") from None
+                              f"the config differs from the one it was trained with: use that config (or "
+                              f"a checkpoint made with this one)") from None
 
 
 def load_model(path: str | os.PathLike, device: Any = "cpu") -> tuple[FasterRCNN, dict]:
@@ -179,7 +181,8 @@ def load_model(path: str | os.PathLike, device: Any = "cpu") -> tuple[FasterRCNN
     try:
         cfg = config_from_dict(ckpt["config"])
     except ConfigError as exc:
-        raise CheckpointError(f"checkpoint {path} holds a config this frcnn cannot read ({exc})") from None
+        raise CheckpointError(f"checkpoint {path} holds a config this frcnn cannot read ({exc}); use the "
+                              f"frcnn version that wrote it, or train the model again") from None
     model = FasterRCNN(cfg, list(ckpt["classes"]))
     load_parts(model, ckpt, tuple(ckpt["parts"]), path)
     return model.to(device).eval(), ckpt

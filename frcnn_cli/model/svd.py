@@ -17,7 +17,7 @@ model must never be written as a checkpoint or trained; compress after loading t
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import ConfigError
 
@@ -35,12 +35,31 @@ class SVDLinear(nn.Sequential):
         return self.reduce.out_features
 
 
+def _top_singular_pair(weight: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """``(reduce [r, I], expand [O, r])`` with ``expand @ reduce`` the best rank-r approximation of ``weight``.
+
+    From the eigenvectors of the smaller Gram matrix rather than a full SVD (minutes for VGG16's fc6 on
+    a CPU): with ``U_r`` the top-r eigenvectors of ``W Wᵀ`` (the left singular vectors), ``U_r U_rᵀ W``
+    is the truncated SVD, split as ``Σ_r V_rᵀ = U_rᵀ W`` and ``U_r``. When ``O > I`` the right singular
+    vectors ``V_r`` of ``Wᵀ W`` give ``V_rᵀ`` and ``W V_r = U_r Σ_r``. Either way the product is an
+    orthogonal projection of ``W``, so at full rank it is ``W`` up to float rounding.
+    """
+    out_features, in_features = weight.shape
+    if out_features <= in_features:
+        _, vecs = torch.linalg.eigh(weight @ weight.T)  # eigenvalues ascending
+        u = vecs[:, -rank:].flip(1)
+        return u.T @ weight, u
+    _, vecs = torch.linalg.eigh(weight.T @ weight)
+    v = vecs[:, -rank:].flip(1)
+    return v.T.contiguous(), weight @ v
+
+
 @torch.no_grad()
 def factorize_linear(layer: nn.Linear, rank: int) -> SVDLinear:
-    """The rank-``rank`` truncated SVD of ``layer`` (capped at ``min(O, I)``) as an ``SVDLinear``.
+    """The rank-``rank`` truncated SVD of ``layer`` (rank capped at ``min(O, I)``) as an ``SVDLinear``.
 
-    The SVD is computed in float64 on the layer's device for accuracy; the new weights take the layer's
-    dtype and device.
+    Computed in float32 on the layer's device (seconds on a GPU; VGG16's fc6, 4096 x 25088, takes
+    about a minute on a 2-core CPU); the new weights take the layer's dtype and device.
     """
     if rank < 1:
         raise ConfigError(f"config key 'roi_head.fc_svd_rank' is {rank}; give a positive rank (e.g. 1024) "
@@ -48,10 +67,10 @@ def factorize_linear(layer: nn.Linear, rank: int) -> SVDLinear:
     weight = layer.weight
     out_features, in_features = weight.shape
     rank = min(int(rank), out_features, in_features)
-    u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)  # [O, k], [k], [k, I]
+    reduce_w, expand_w = _top_singular_pair(weight.detach().float(), rank)
     fact = SVDLinear(in_features, out_features, rank).to(device=weight.device, dtype=weight.dtype)
-    fact.reduce.weight.copy_(s[:rank, None] * vh[:rank])
-    fact.expand.weight.copy_(u[:, :rank])
+    fact.reduce.weight.copy_(reduce_w)
+    fact.expand.weight.copy_(expand_w)
     if layer.bias is not None:
         fact.expand.bias.copy_(layer.bias)
     else:

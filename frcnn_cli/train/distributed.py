@@ -51,6 +51,15 @@ def shard_kwargs() -> dict:
     return {"rank": rank(), "world_size": world_size()}
 
 
+def all_gather_objects(obj: object) -> list:
+    """``[obj of rank 0, obj of rank 1, …]`` on every rank (a collective: every rank must call it)."""
+    if world_size() <= 1 or not dist.is_initialized():
+        return [obj]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def barrier() -> None:
     if world_size() > 1 and dist.is_initialized():
         dist.barrier()

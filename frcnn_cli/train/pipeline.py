@@ -108,11 +108,11 @@ def _run_step(req: PipelineRequest, step: Step) -> None:
     out = step_path(req.workdir, step)
     steps = {s.name: s for s in (ALTERNATING if req.mode == "alternating" else JOINT)}
     if step.kind == "dump":
-        model, ckpt = load_model(step_path(req.workdir, steps[step.model_from]), device=req.device)
-        if distributed.is_main():
+        if distributed.is_main():  # one rank dumps; the others wait for the file
+            model_path = step_path(req.workdir, steps[step.model_from])
+            model, _ = load_model(model_path, device=req.device)
             dump_proposals(model, req.manifest, req.manifest_path, out, device=req.device,
-                           checkpoint_path=step_path(req.workdir, steps[step.model_from]),
-                           progress=req.progress)
+                           checkpoint_path=model_path, progress=req.progress)
         distributed.barrier()
         return
     init = str(step_path(req.workdir, steps[step.init_from])) if step.init_from else req.cfg.init
@@ -129,6 +129,7 @@ def run_pipeline(req: PipelineRequest) -> Path:
     if req.mode not in ("alternating", "joint"):
         raise ConfigError(f"--mode must be alternating or joint, got {req.mode}")
     req.workdir.mkdir(parents=True, exist_ok=True)
+    req.device = distributed.setup(req.device)  # before any barrier: a resumed run may start with a dump
     state_path = req.workdir / "state.json"
     state = _read_state(state_path)
     if state is None:

@@ -114,7 +114,8 @@ def _load_resume(req: StageRequest, model, optimizer) -> int:
     model.load_state_dict({f"{p}.{k}": v for p, sd in ckpt["parts"].items() for k, v in sd.items()},
                           strict=False)
     optimizer.load_state_dict(state["optimizer"])
-    _restore_rng(state["rng"])
+    per_rank = state.get("rng_per_rank") or []
+    _restore_rng(per_rank[distributed.rank()] if len(per_rank) == distributed.world_size() else state["rng"])
     return int(state["iteration"])
 
 
@@ -122,11 +123,13 @@ def _saver(req: StageRequest, model, optimizer, parts: tuple[str, ...], prov: di
     label = _stage_label(req.spec)
 
     def save(done: int) -> None:
+        # every rank samples anchors and RoIs with its own RNG stream: rank 0 keeps them all
+        rngs = distributed.all_gather_objects(_rng_state()) if done < total else []
         if not distributed.is_main():
             return
         if done < total:
             state = {"iteration": done, "total": total, "optimizer": optimizer.state_dict(),
-                     "rng": _rng_state(), "manifest_hash": prov["manifest_hash"]}
+                     "rng": rngs[0], "rng_per_rank": rngs, "manifest_hash": prov["manifest_hash"]}
             save_checkpoint(resume_path(req.out), model, stage=label, provenance=prov,
                             parts=model.part_names, train_state=state)
             return

@@ -1,0 +1,113 @@
+"""What every benchmark script shares: the machine line, interleaved timing, the ratio-against-target line.
+
+Run by hand, not in CI. Scripts import this module from their own folder (``python benchmarks/x.py``).
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's frcnn_cli
+
+
+def cpu_name() -> str:
+    """``lscpu``'s model name (from /proc/cpuinfo), or what platform knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> str:
+    """One line: device, CPU, threads, torch/torchvision versions, load average."""
+    import torchvision
+
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    try:
+        load = "load average " + " ".join(f"{v:.1f}" for v in __import__("os").getloadavg())
+    except OSError:
+        load = ""
+    return (f"device {dev}; CPU {cpu_name()} ({__import__('os').cpu_count()} logical CPUs, "
+            f"torch threads {torch.get_num_threads()}); torch {torch.__version__}, torchvision "
+            f"{torchvision.__version__}; {load}")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(runs: dict[str, Callable[[], dict[str, float]]], *, repeats: int, warmup: int,
+                device: torch.device) -> dict[str, list[dict[str, float]]]:
+    """Run every entry of ``runs`` ``warmup`` times untimed, then ``repeats`` times, the entries taking
+    turns (order reversed every other round) so that a change in the machine's load hits all alike.
+
+    Each callable returns its own figures (seconds of its parts); the result holds them per entry."""
+    names = list(runs)
+    for _ in range(warmup):
+        for name in names:
+            runs[name]()
+    out: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            synchronize(device)
+            out[name].append(runs[name]())
+    return out
+
+
+def median_of(samples: list[dict[str, float]], key: str) -> float:
+    return statistics.median(s[key] for s in samples)
+
+
+class Stopwatch:
+    """``lap(name)`` records seconds since the previous lap (synchronising CUDA first)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        synchronize(device)
+        self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        synchronize(self.device)
+        now = time.perf_counter()
+        self.laps[name] = now - self.last
+        self.last = now
+
+
+def ratio_line(what: str, ours: float, peer: float, unit: str, *, target: float | None = None,
+               higher_is_better: bool = False, peer_name: str = "torchvision") -> str:
+    """``what: frcnn X unit | peer Y unit | ratio R`` plus whether the target ratio is met and by how much."""
+    ratio = ours / peer if peer else float("inf")
+    line = f"{what}: frcnn {ours:.2f} {unit} | {peer_name} {peer:.2f} {unit} | ratio {ratio:.3f}"
+    if target is None:
+        return line
+    if higher_is_better:
+        met = ratio >= target
+        gap = (target / ratio - 1.0) * 100 if ratio > 0 else float("inf")
+        goal = f"target >= {target:g}x"
+        how = f"frcnn needs {gap:.1f}% more" if not met else ""
+    else:
+        met = ratio <= target
+        gap = (1.0 - target / ratio) * 100
+        goal = f"target <= {target:g}x"
+        how = f"frcnn needs {gap:.1f}% less time ({ours - target * peer:.2f} {unit})" if not met else ""
+    return f"{line} ({goal}: {'met' if met else 'MISSED, ' + how})"
+
+
+def target_line(what: str, value: float, target: float, unit: str) -> str:
+    """``what: X unit (target >= T: met | MISSED by ...)`` for absolute higher-is-better targets."""
+    met = value >= target
+    miss = "" if met else f", short by {target - value:.2f} {unit} ({(1 - value / target) * 100:.1f}%)"
+    return f"{what}: {value:.2f} {unit} (target >= {target:g}: {'met' if met else 'MISSED'}{miss})"

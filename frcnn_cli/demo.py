@@ -1,0 +1,181 @@
+"""``frcnn demo``: the whole paper in miniature on the synthetic shapes set, on a laptop CPU in minutes.
+
+Makes the synthetic set (``DIR/data``), runs the 4-step alternating optimisation with the ``tiny`` preset
+(``DIR/run``, resumable: a rerun continues after the last finished step), evaluates the unified model with
+the VOC2007 metric (11-point AP at IoU 0.5) on the test split, draws the detections of a few test images
+(``DIR/detections/``), dumps the test proposals of the final model and plots their recall against IoU
+(the paper's Fig. 2), and writes ``DIR/summary.json`` atomically. The same pipeline with the ``vgg16``
+preset on PASCAL VOC is what the paper describes; docs/demo.md explains the tiny preset's choices.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_write_json
+from .config import Config, get_preset
+from .data.manifest import Manifest, read_manifest
+from .data.synthetic import make_synthetic_set
+from .errors import DataError
+from .evaluate.recall import proposal_recall
+from .evaluate.voc import detections_by_class, evaluate_detections
+from .inference import detect_manifest, dump_proposals
+from .model.checkpoint import load_model
+from .proposals import ProposalStore
+from .train.loop import LoopState
+from .train.pipeline import PipelineRequest, run_pipeline
+
+SUMMARY_FORMAT = "frcnn-demo-summary"
+SUMMARY_VERSION = 1
+PRESET = "tiny"
+DEFAULT_TRAIN = 200  # make_synthetic_set's own defaults
+DEFAULT_TEST = 60
+DEFAULT_SEED = 0
+PICTURES = 4  # test images drawn with their detections
+DRAW_SCORE = 0.5  # detections drawn: score at least this (all of them count for the AP)
+RECALL_TOP_NS = (10, 50, 100, 300)
+
+StepCallback = Callable[[str, str], None]
+
+
+def _make_data(data_dir: Path, n_train: int, n_test: int, seed: int,
+               on_step: StepCallback | None) -> tuple[Path, Path]:
+    """The synthetic set under ``data_dir``, made unless a complete one of the same size is there."""
+    train_path, test_path = data_dir / "trainval.json", data_dir / "test.json"
+    if train_path.exists() and test_path.exists():
+        sizes = (len(read_manifest(train_path).images), len(read_manifest(test_path).images))
+        if sizes != (n_train, n_test):
+            raise DataError(f"{data_dir} holds a synthetic set of {sizes[0]} + {sizes[1]} images, not "
+                            f"{n_train} + {n_test}; rerun with --train {sizes[0]} --test {sizes[1]} or use "
+                            "another --workdir")
+        _notify(on_step, "data", "skip")
+        return train_path, test_path
+    _notify(on_step, "data", "start")
+    paths = make_synthetic_set(data_dir, n_train=n_train, n_test=n_test, seed=seed)
+    _notify(on_step, "data", "done")
+    return paths
+
+
+def _notify(on_step: StepCallback | None, name: str, what: str) -> None:
+    if on_step is not None:
+        on_step(name, what)
+
+
+def _plain_detections(det: dict[str, torch.Tensor], classes: list[str], min_score: float) -> list[dict]:
+    """One image's detections as ``{"label", "score", "box"}`` dicts, score at least ``min_score``."""
+    keep = det["scores"] >= min_score
+    return [{"label": classes[int(label) - 1], "score": float(score), "box": [float(v) for v in box]}
+            for box, score, label in zip(det["boxes"][keep].tolist(), det["scores"][keep].tolist(),
+                                         det["labels"][keep].tolist())]
+
+
+def _draw_pictures(results: list[dict], manifest: Manifest, out_dir: Path) -> list[str]:
+    """The first ``PICTURES`` test images with objects, their detections drawn, as ``out_dir/<id>.jpg``."""
+    from .detect import draw_detections
+
+    chosen = [i for i, rec in enumerate(manifest.images) if rec.boxes][:PICTURES]
+    paths = []
+    for i in chosen:
+        rec = manifest.images[i]
+        dets = _plain_detections(results[i], manifest.classes, DRAW_SCORE)
+        out = draw_detections(manifest.image_path(rec), dets, out_dir / f"{rec.id}.jpg", classes=manifest.classes)
+        paths.append(str(out.resolve()))
+    return paths
+
+
+def _recall(model, manifest: Manifest, manifest_path: Path, workdir: Path, device: torch.device,
+            final: Path, notes: list[str]) -> tuple[dict, str | None]:
+    """Dump the test proposals of the final model; recall against IoU and its plot (when matplotlib is here)."""
+    props = workdir / "run" / "test_proposals.h5"
+    if not props.exists():
+        dump_proposals(model, manifest, manifest_path, props, device=device, checkpoint_path=final)
+    with ProposalStore(props) as store:
+        result = proposal_recall(store, manifest, top_ns=RECALL_TOP_NS)
+    recall = {"average_recall": {str(n): v for n, v in result["average_recall"].items()},
+              "recall_at_0.5": {str(n): r[0] for n, r in result["recall"].items()},
+              "recall_at_0.7": {str(n): r[result["iou_thresholds"].index(0.7)] for n, r in result["recall"].items()},
+              "proposals": str(props.resolve())}
+    if importlib.util.find_spec("matplotlib") is None:
+        notes.append("the recall plot was skipped: matplotlib is not installed (pip install frcnn[plot])")
+        return recall, None
+    from .evaluate.plots import plot_recall_vs_iou
+
+    path = plot_recall_vs_iou(result, workdir / "recall_vs_iou.png",
+                              title="Recall vs IoU, test proposals of the demo model")
+    return recall, str(path.resolve())
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: a class without positives gets null."""
+    return None if value is None or math.isnan(value) else round(float(value), 6)
+
+
+def _iterations(cfg: Config, iters: int | None) -> dict[str, int]:
+    return {"rpn": iters or cfg.solver.rpn_iters, "detector": iters or cfg.solver.det_iters}
+
+
+def _evaluate(final: Path, test_path: Path, workdir: Path, device: torch.device,
+              on_step: StepCallback | None, notes: list[str]) -> dict:
+    """Detections, VOC2007 AP, the drawn pictures and the recall plot of the final model."""
+    test = read_manifest(test_path)
+    _notify(on_step, "eval", "start")
+    model, _ = load_model(final, device=device)
+    results = detect_manifest(model, test, device=device)
+    ev = evaluate_detections(detections_by_class(results, len(test.classes)), test, iou_thresh=0.5,
+                             metric="11point")
+    _notify(on_step, "eval", "done")
+    _notify(on_step, "pictures", "start")
+    pictures = _draw_pictures(results, test, workdir / "detections")
+    recall, plot = _recall(model, test, test_path, workdir, device, final, notes)
+    _notify(on_step, "pictures", "done")
+    return {"map": _finite(ev["map"]), "metric": "voc2007 (11-point AP, IoU 0.5)",
+            "ap": {k: _finite(v) for k, v in ev["ap"].items()}, "npos": ev["npos"],
+            "pictures": {"detections": pictures, "recall_vs_iou": plot}, "recall": recall,
+            "test_images": len(test.images)}
+
+
+def run_demo(workdir: str | Path, *, device: torch.device | str = "cpu", n_train: int = DEFAULT_TRAIN,
+             n_test: int = DEFAULT_TEST, iters: int | None = None, seed: int = DEFAULT_SEED,
+             on_log: Callable[[LoopState], None] | None = None, on_step: StepCallback | None = None,
+             progress: Callable[[int, str], None] | None = None) -> dict:
+    """Run (or continue) the demo in ``workdir``; returns the summary also written to ``workdir/summary.json``.
+
+    ``iters``: iterations of every training step instead of the preset's (quick runs and tests).
+    ``on_step(name, "start" | "done" | "skip")`` for ``data``, the six training steps, ``eval`` and
+    ``pictures``; ``on_log`` at the training loop's logging steps; ``progress(done, text)`` during dumps.
+    """
+    start = time.perf_counter()
+    workdir, device = Path(workdir), torch.device(device)
+    workdir.mkdir(parents=True, exist_ok=True)
+    train_path, test_path = _make_data(workdir / "data", n_train, n_test, seed, on_step)
+    cfg = get_preset(PRESET)
+    skipped: list[str] = []
+
+    def step_cb(name: str, what: str) -> None:
+        if what == "skip":
+            skipped.append(name)
+        _notify(on_step, name, what)
+
+    train = read_manifest(train_path)
+    every = max(1, (iters or cfg.solver.det_iters) // 4)
+    final = run_pipeline(PipelineRequest(cfg=cfg, manifest=train, manifest_path=train_path, workdir=workdir / "run",
+                                         device=device, iters=iters, checkpoint_every=every, on_log=on_log,
+                                         on_step=step_cb, progress=progress))
+    notes: list[str] = []
+    if skipped:
+        notes.append(f"resumed: steps {', '.join(skipped)} were already done by an earlier run; "
+                     "seconds counts this run only")
+    summary = {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION,
+               **_evaluate(final, test_path, workdir, device, on_step, notes)}
+    summary.update({"seconds": round(time.perf_counter() - start, 1), "device": str(device),
+                    "config": cfg.name, "iterations": _iterations(cfg, iters), "train_images": len(train.images),
+                    "seed": seed, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "model": str(final.resolve()), "notes": notes})
+    atomic_write_json(workdir / "summary.json", summary)
+    return summary

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from frcnn_cli.bench import STAGES, make_batches, prepare_model, synthetic_image, time_model
+from frcnn_cli.cli.main import cli
+from frcnn_cli.config import apply_overrides, get_preset
+from frcnn_cli.model.checkpoint import save_checkpoint
+from frcnn_cli.model.detector import FasterRCNN
+
+KEYS = {"device", "batch_size", "image_size", "ms_per_image", "images_per_s", "peak_memory_mb"}
+CPU = torch.device("cpu")
+
+
+def _bench(*args: str):
+    return CliRunner().invoke(cli, ["bench", *args])
+
+
+def _tiny(**overrides) -> FasterRCNN:
+    torch.manual_seed(0)
+    cfg = apply_overrides(get_preset("tiny"), [f"{k}={v}" for k, v in overrides.items()])
+    return FasterRCNN(cfg, ["a", "b"])
+
+
+def _check_document(doc: dict) -> None:
+    assert set(doc) == KEYS
+    assert set(doc["ms_per_image"]) == {"total", *STAGES}
+    ms = doc["ms_per_image"]
+    assert all(ms[k] > 0 for k in STAGES)
+    assert sum(ms[k] for k in STAGES) == pytest.approx(ms["total"], rel=0.02)
+    assert doc["images_per_s"] == pytest.approx(1000.0 / ms["total"])
+    assert doc["peak_memory_mb"] > 0
+
+
+def test_bench_json_is_the_design_document_for_the_synthetic_image():
+    result = _bench("--config", "tiny", "--json", "--runs", "2", "--warmup", "1", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    _check_document(doc)
+    assert doc["device"] == "cpu" and doc["batch_size"] == 1
+    # 500x375 at tiny's test scale 192 (max 320): scale 192/375, 256x192, already a multiple of 16
+    assert doc["image_size"] == [192, 256]
+    assert "shared convs" in result.stderr and "random weights" in result.stderr
+
+
+def test_bench_times_image_folders_in_batches(tmp_path):
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    Image.new("RGB", (100, 80), (10, 200, 30)).save(folder / "sub" / "a.png")
+    (folder / "notes.txt").write_text("not an image")
+    result = _bench("--config", "tiny", str(folder), "--batch-size", "2", "--runs", "1", "--warmup", "0",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    _check_document(doc)
+    # 100x80: scale 192/80 = 2.4 -> 240x192; the one image fills both places of the batch
+    assert doc["batch_size"] == 2 and doc["image_size"] == [192, 240]
+
+
+def test_bench_of_a_checkpoint(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, _tiny(), stage="test", provenance={})
+    result = _bench("--model", str(path), "--runs", "1", "--warmup", "0", "--json",
+                    "--set", "rpn.test_post_nms_top_n=50")
+    assert result.exit_code == 0, result.output
+    _check_document(json.loads(result.stdout))
+    assert "random weights" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "tiny", "--model", "m.pt"], "exactly one of --model"),
+    ([], "exactly one of --model"),
+    (["--config", "nope"], "unknown preset 'nope'"),
+    (["--config", "tiny", "missing.jpg"], "image missing.jpg does not exist"),
+    (["--model", "missing.pt"], "checkpoint missing.pt does not exist"),
+    (["--model", "missing.pt", "--set", "backbone=zf"], "fixed by the checkpoint"),
+    (["--config", "tiny", "--device", "tpu"], "device"),
+])
+def test_bench_errors_are_one_clean_line(args, message):
+    result = _bench(*args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert result.output.count("Error:") == 1 and "Traceback" not in result.output
+
+
+def test_bench_refuses_an_empty_folder_and_a_zero_batch(tmp_path):
+    result = _bench("--config", "tiny", str(tmp_path))
+    assert result.exit_code != 0 and "holds no images" in result.output
+    result = _bench("--config", "tiny", "--batch-size", "0")
+    assert result.exit_code == 2 and "--batch-size" in result.output
+
+
+def test_every_timed_run_splits_exactly_into_the_three_stages():
+    model = _tiny()
+    prepare_model(model, CPU)
+    batches = make_batches([synthetic_image(1)], model.cfg.input, 2, CPU, channels_last=True)
+    per_run, peak = time_model(model, batches, runs=3, warmup=1)
+    assert len(per_run) == 3 and peak > 0
+    for run in per_run:
+        assert run["backbone"] + run["proposals"] + run["region_wise"] == pytest.approx(run["total"], rel=1e-9)
+
+
+def test_batches_cycle_the_images_to_whole_batches():
+    cfg = get_preset("tiny").input
+    images = [synthetic_image(i) for i in range(4)]
+    batches = make_batches(images, cfg, 3, CPU)
+    assert [len(b) for b in batches] == [3, 3]
+    assert torch.equal(batches[1].tensor[1], batches[0].tensor[0])  # image 0 again fills the second batch
+    assert make_batches(images[:1], cfg, 1, CPU, channels_last=True)[0].tensor.is_contiguous(
+        memory_format=torch.channels_last)
+
+
+def test_prepare_model_uses_channels_last_and_the_configured_svd():
+    model = _tiny(**{"roi_head.fc_svd_rank": 64})
+    names = prepare_model(model, CPU)
+    assert names == ["roi_head.head_top.fc6", "roi_head.head_top.fc7"]
+    assert not model.training
+    assert model.backbone.conv2.weight.is_contiguous(memory_format=torch.channels_last)
