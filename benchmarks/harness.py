@@ -71,19 +71,32 @@ def median_of(samples: list[dict[str, float]], key: str) -> float:
 
 
 class Stopwatch:
-    """``lap(name)`` records seconds since the previous lap (synchronising CUDA first)."""
+    """``lap(name)`` records seconds since the previous lap (synchronising CUDA first).
+
+    ``Stopwatch.clock`` is wall-clock time; ``use_cpu_clock()`` switches every stopwatch to the process's
+    CPU time, which a busy shared machine disturbs far less — meaningful with one torch thread only
+    (with several, CPU time adds the threads up and counts their spinning)."""
+
+    clock = staticmethod(time.perf_counter)
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         synchronize(device)
-        self.last = time.perf_counter()
+        self.last = self.clock()
         self.laps: dict[str, float] = {}
 
     def lap(self, name: str) -> None:
         synchronize(self.device)
-        now = time.perf_counter()
+        now = self.clock()
         self.laps[name] = now - self.last
         self.last = now
+
+
+def use_cpu_clock() -> None:
+    """Time with the process's CPU time (``time.process_time``) instead of the wall clock."""
+    if torch.get_num_threads() != 1:
+        raise SystemExit("--clock cpu needs --threads 1: CPU time adds up the threads")
+    Stopwatch.clock = staticmethod(time.process_time)
 
 
 def ratio_line(what: str, ours: float, peer: float, unit: str, *, target: float | None = None,

@@ -26,7 +26,7 @@ import argparse
 from dataclasses import replace
 
 import torch
-from harness import Stopwatch, environment, interleaved, median_of, ratio_line, target_line
+from harness import Stopwatch, environment, interleaved, median_of, ratio_line, target_line, use_cpu_clock
 from torchvision_peer import build_torchvision_vgg16, torchvision_network
 
 from frcnn_cli.bench import prepare_model
@@ -50,6 +50,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--image-size", default="375x500", help="HxW of the synthetic input images")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--variants", default="frcnn,torchvision", help=f"comma-separated of {', '.join(VARIANTS)}")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: process CPU time (with --threads 1), steadier on a busy shared machine")
     p.add_argument("--svd-rank", type=int, default=1024, help="rank of the frcnn-svd variant's fc6/fc7")
     args = p.parse_args()
     args.runs = args.runs or (2 if args.quick else 3)
@@ -153,12 +155,14 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        use_cpu_clock()
     device = resolve_device(args.device)
     size = tuple(int(v) for v in args.image_size.lower().split("x"))
     print(environment(device))
     min_size, max_size = scales(args.quick)
     print(f"VGG16, images {size[1]}x{size[0]} -> shorter side {min_size} (max {max_size}), random weights, "
-          f"median of {args.runs} runs after {args.warmup} warm-up, variants {args.variants}")
+          f"median of {args.runs} runs after {args.warmup} warm-up, {args.clock} clock, variants {args.variants}")
     models = {}
     for variant in args.variants:
         if variant == "torchvision":

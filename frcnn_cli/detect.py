@@ -99,6 +99,10 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu") -
         raise CheckpointError(
             f"checkpoint {path} (stage '{ckpt.get('stage')}') has no detection head, only "
             f"{sorted(ckpt['parts'])}; give a detector: the output of train-detector or of frcnn train")
+    if "rpn" not in ckpt["parts"]:
+        raise CheckpointError(
+            f"checkpoint {path} (stage '{ckpt.get('stage')}') has a detection head but no trained RPN (a step-2 "
+            f"detector); detect and evaluate with the unified model of step 4 (final.pt of frcnn train)")
     return model, ckpt
 
 

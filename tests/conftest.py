@@ -20,7 +20,7 @@ import torch
 
 TINY_OVERRIDES = ("input.train_scales=64", "input.test_scale=64", "input.max_size=96", "solver.num_workers=0")
 ACTION = re.compile(r"\b(use|fix|give|check|run|rerun|delete|choose|add|replace|remove|upgrade|pick|lower|make|"
-                    r"dump|train|evaluate|prepare|free|try|rename|keep|write|name|ask|needs)\b", re.IGNORECASE)
+                    r"dump|train|evaluate|prepare|free|try|rename|keep|write|name|ask|needs|drop)\b", re.IGNORECASE)
 
 
 def tiny_config(*extra: str):

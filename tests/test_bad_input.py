@@ -464,6 +464,48 @@ def test_eval_results_under_a_regular_file_cannot_be_written(synth_set, tmp_path
     assert_clean_error(result, "cannot write", "plain.txt")
 
 
+# --------------------------------------------------------------------------------------------------
+# bench, demo and the train pipeline
+
+
+def test_bench_refuses_bad_models_presets_images_and_devices(tmp_path, tiny_checkpoint, assert_clean_error):
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(2).bytes(3000))
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    model = tiny_checkpoint()
+    cases = [
+        (["--config", "vgg17"], ["unknown preset 'vgg17'"]),
+        (["--model", noise], ["noise.pt is not a readable torch file"]),
+        (["--model", model, "--config", "tiny"], ["give exactly one of --model CKPT"]),
+        (["--config", "tiny", "--device", "cuda"], ["no CUDA GPU", "use --device cpu"]),
+        (["--config", "tiny", tmp_path / "ghost.jpg"], ["ghost.jpg does not exist"]),
+        (["--config", "tiny", tmp_path / "notes.jpg"], ["notes.jpg cannot be decoded"]),
+        (["--model", model, "--set", "backbone=zf"], ["'backbone' is fixed by the checkpoint's weights"]),
+    ]
+    for args, needles in cases:
+        assert_clean_error(_run("bench", *args), *needles)
+
+
+def test_demo_on_a_device_that_is_not_here(tmp_path, assert_clean_error):
+    result = _run("demo", "--workdir", tmp_path / "demo", "--device", "cuda:3")
+    assert_clean_error(result, "--device cuda:3", "use --device cpu", out_dir=tmp_path / "demo")
+
+
+@pytest.mark.xfail(strict=True, reason="frcnn_cli/demo.py run_demo and train/pipeline.py run_pipeline call "
+                   "workdir.mkdir() unguarded: NotADirectoryError traceback. Fix: wrap the mkdir in "
+                   "`except OSError as exc: raise FrcnnError(f'cannot create {workdir}: {exc.strerror}; "
+                   "choose a --workdir you can write to')`")
+@pytest.mark.parametrize("command", ["demo", "train"])
+def test_a_workdir_under_a_regular_file_cannot_be_made(synth_set, tmp_path, command, assert_clean_error):
+    (tmp_path / "plain.txt").write_text("x")
+    workdir = tmp_path / "plain.txt" / "run"
+    if command == "demo":
+        result = _run("demo", "--workdir", workdir, "--train", "2", "--test", "1", "--iters", "1")
+    else:
+        result = _run("train", "--data", synth_set[0], "--workdir", workdir, *TINY, "--iters", "1")
+    assert_clean_error(result, "plain.txt", "--workdir")
+
+
 def test_a_real_process_prints_the_error_on_stderr_only(tmp_path):
     """The installed entry point: the one error line on stderr, nothing on stdout, exit code 1."""
     frcnn = Path(sys.executable).with_name("frcnn")

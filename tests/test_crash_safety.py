@@ -177,7 +177,8 @@ def test_kill_9_during_dump_proposals_then_rerun_gives_the_same_file(reference, 
     from frcnn_cli import proposals
 
     written, write = [], proposals.ProposalWriter.write
-    monkeypatch.setattr(proposals.ProposalWriter, "write", lambda self, k, b, s: (written.append(k), write(self, k, b, s)))
+    monkeypatch.setattr(proposals.ProposalWriter, "write",
+                        lambda self, k, b, s: (written.append(k), write(self, k, b, s)))
     _ok(*args)
     assert written and min(written) >= 3 and written == list(range(min(written), 8))  # only what was missing
     assert not Path(f"{out}.partial").exists()
@@ -185,9 +186,10 @@ def test_kill_9_during_dump_proposals_then_rerun_gives_the_same_file(reference, 
     _assert_same_hdf5(out, reference / "props1.h5")
 
 
-def test_kill_9_during_the_train_pipeline_then_rerun_is_bit_identical(reference, synth_set, tmp_path):
+def test_kill_9_during_the_train_pipeline_then_rerun_is_bit_identical(reference, synth_set, tmp_path, monkeypatch):
     work = tmp_path / "run"
     args = ["train", "--data", synth_set[0], "--workdir", work, *TRAIN]
+    at_kill = {}
 
     def while_dead():
         names = {p.name for p in work.iterdir()}
@@ -195,16 +197,23 @@ def test_kill_9_during_the_train_pipeline_then_rerun_is_bit_identical(reference,
         assert not names & {"det1.pt", "rpn2.pt", "props2.h5", "final.pt"}
         _assert_final_files_load(work)
         assert json.loads((work / "state.json").read_text())["done"] == ["rpn1", "props1"]
-        assert read_checkpoint(work / "det1.pt.resume.pt")["train_state"]["iteration"] == 1
+        at_kill["iteration"] = read_checkpoint(work / "det1.pt.resume.pt")["train_state"]["iteration"]
 
     _kill_when(args, "saved det1.pt.resume.pt", tmp_path / "log.txt", while_dead)
-    _ok(*args)  # the same command again: skips rpn1/props1, resumes det1 at iteration 1
+    from frcnn_cli.train import stage
+
+    saves, save = [], stage.save_checkpoint
+    monkeypatch.setattr(stage, "save_checkpoint", lambda path, model, **kw: (
+        saves.append((Path(path).name, (kw.get("train_state") or {}).get("iteration"))), save(path, model, **kw)))
+    _ok(*args)  # the same command again: skips rpn1 and props1, resumes det1 where it stopped
+    assert at_kill["iteration"] in (1, 2)  # the SIGKILL came in the pause after iteration 1 (or just after 2)
+    assert saves[0] == ("det1.pt.resume.pt", at_kill["iteration"] + 1) and "rpn1.pt" not in dict(saves)
 
     for name in ("rpn1", "det1", "rpn2", "final"):
         _assert_same_checkpoint(work / f"{name}.pt", reference / f"{name}.pt")
     for name, model in (("props1", "rpn1"), ("props2", "rpn2")):
-        # the attributes that name files of the run folder differ; each must be this folder's own
-        ignore = ("/@checkpoint", "/@checkpoint_hash")
+        # the attributes that name files of the run folder (and their digest) differ: each is this folder's own
+        ignore = ("/@checkpoint", "/@checkpoint_hash", "/@settings_digest")
         _assert_same_hdf5(work / f"{name}.h5", reference / f"{name}.h5", ignore=ignore)
         with h5py.File(work / f"{name}.h5", "r") as f:
             assert f.attrs["checkpoint_hash"] == file_sha256(work / f"{model}.pt")
@@ -290,25 +299,27 @@ def test_a_full_disk_during_training_keeps_the_last_resume_state(synth_set, tmp_
 
 def test_a_full_disk_while_writing_result_files_keeps_the_old_ones(synth_set, tmp_path, tiny_checkpoint,
                                                                   monkeypatch, assert_clean_error):
+    from frcnn_cli import atomic
+    from frcnn_cli.data.manifest import read_manifest
+
     out = tmp_path / "results"
     model = tiny_checkpoint()
     _ok("eval", "--model", model, "--data", synth_set[1], "--out", out)
-    files = sorted(out.glob("comp4_det_*.txt"))
+    files = [out / f"comp4_det_test_{name}.txt" for name in read_manifest(synth_set[1]).classes]  # write order
     for path in files:
         path.write_text("an older result\n")
-    from frcnn_cli import atomic
-
     real, calls = atomic._fsync_path, []
 
     def fsync(path):
         calls.append(path)
-        if len(calls) == 2:
+        if len([p for p in calls if p.name.endswith(".tmp")]) == 2:  # the second result file's data
             _enospc()
         real(path)
 
     monkeypatch.setattr(atomic, "_fsync_path", fsync)
     result = _run("eval", "--model", model, "--data", synth_set[1], "--out", out)
-    assert_clean_error(result, f"cannot write {files[1].parent}", "No space left on device")
+    assert_clean_error(result, f"cannot write {files[1]}: No space left on device", "free some space")
+    assert files[0].read_text() != "an older result\n"  # written before the disk filled up
     assert all(p.read_text() == "an older result\n" for p in files[1:]) and _temporaries(tmp_path) == []
 
 
@@ -319,7 +330,7 @@ def test_a_full_disk_during_a_dump_keeps_what_was_written_and_a_rerun_finishes_i
 
     def create_dataset(self, *args, **kwargs):
         calls.append(args)
-        if len(calls) == 7:  # the 4th image's boxes
+        if len(calls) == 8:  # /image_ids, then boxes and scores of each image: the 4th image's boxes
             _enospc()
         return real(self, *args, **kwargs)
 

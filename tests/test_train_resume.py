@@ -46,10 +46,12 @@ def kill_and_resume(frcnn, kill_after_saving, args: list, out, at: int) -> None:
     assert not resume.exists()  # a finished stage leaves only its checkpoint
 
 
+@pytest.mark.parametrize("workers", [0, 1])
 def test_a_killed_rpn_run_resumes_to_the_uninterrupted_weights_bit_for_bit(
-        train_set, frcnn, train_options, kill_after_saving, tmp_path):
+        train_set, frcnn, train_options, kill_after_saving, tmp_path, workers):
     args = ["train-rpn", "--data", train_set[0], "--init", "none", "--iters", 10, "--checkpoint-every", 5,
-            "--seed", 11, *train_options("rpn.batch_size_per_image=32")]  # a random anchor minibatch
+            "--seed", 11, *train_options("rpn.batch_size_per_image=32",  # a random anchor minibatch
+                                         f"solver.num_workers={workers}")]
     frcnn(*args, "--out", tmp_path / "whole" / "rpn.pt")
     kill_and_resume(frcnn, kill_after_saving, args, tmp_path / "cut" / "rpn.pt", at=5)
     assert_same_weights(tmp_path / "whole" / "rpn.pt", tmp_path / "cut" / "rpn.pt")
@@ -80,6 +82,19 @@ def test_a_resume_file_of_another_manifest_is_refused(train_set, frcnn, train_op
     assert f"Error: {out}.resume.pt was made from another dataset manifest than {train_set[1]}" in result.output
 
 
+def test_a_resume_file_of_another_stage_is_refused(train_set, frcnn, train_options, kill_after_saving,
+                                                    four_steps, tmp_path):
+    out = tmp_path / "model.pt"
+    args = ["--data", train_set[0], "--init", "none", "--iters", 4, "--checkpoint-every", 2, "--out", out,
+            *train_options()]
+    kill_after_saving(2)
+    with pytest.raises(BaseException, match=KILLED):
+        frcnn("train-rpn", *args)
+    result = frcnn("train-detector", *args, "--proposals", four_steps["props1"], "--resume", ok=False)
+    assert result.exit_code == 1
+    assert f"Error: {out}.resume.pt holds an interrupted 'rpn' stage, not 'detector'" in result.output
+
+
 def test_a_non_finite_loss_stops_the_run_naming_stage_and_iteration(train_set, frcnn, train_options,
                                                                      monkeypatch, tmp_path):
     real, calls = FasterRCNN.losses, []
@@ -103,7 +118,6 @@ def test_a_non_finite_loss_stops_the_run_naming_stage_and_iteration(train_set, f
     assert all(torch.isfinite(v).all() for sd in last_good["parts"].values() for v in sd.values())
 
 
-@pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights(train_set, frcnn, train_options,
                                                                         tmp_path):
     """The real thing: ``kill -9`` of ``frcnn train-rpn`` in another process once its resume file exists."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import re
 import sys
+import textwrap
 
 import click
 
@@ -52,7 +53,7 @@ def _help_markdown(text: str) -> str:
     parts = []
     for verbatim, lines in _paragraphs(text):
         if verbatim:
-            body = inspect.cleandoc("\n".join(lines))
+            body = textwrap.dedent("\n".join(lines)).strip("\n")
             parts.append(f"```text\n{body}\n```")
         else:
             parts.append(_escape(" ".join(line.strip() for line in lines)))
@@ -142,9 +143,11 @@ def _arguments(cmd: click.Command) -> list[str]:
     lines = []
     for arg in (p for p in cmd.params if isinstance(p, click.Argument)):
         name = arg.metavar or arg.name.upper()
-        count = "one or more" if arg.nargs == -1 else "one" if arg.nargs == 1 else f"{arg.nargs}"
-        need = "required" if arg.required else "optional"
-        lines.append(f"- `{name}` ({need}, {count}): {_type(arg)}")
+        if arg.nargs == -1:
+            count = "one or more" if arg.required else "zero or more"
+        else:
+            count = f"{'required' if arg.required else 'optional'}, {'one' if arg.nargs == 1 else arg.nargs}"
+        lines.append(f"- `{name}` ({count}): {_type(arg)}")
     return lines
 
 

@@ -8,6 +8,7 @@ import click
 
 from ..data.manifest import read_manifest
 from ..devices import resolve_device
+from ..errors import CheckpointError
 from . import console
 from .options import config_options, load_cli_config, positive_int
 
@@ -47,7 +48,7 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
 
     manifest = read_manifest(data)
     cfg = load_cli_config(config, (), None)
-    init = init or cfg.init
+    init = init or load_cli_config(None, set_, None, base=cfg).init
     cfg = load_cli_config(None, set_, seed, base=config_for_init(cfg, init, config_given=config is not None))
     spec = stage_spec(kind, freeze_shared=freeze_shared)
     req = StageRequest(cfg=cfg, spec=spec, manifest=manifest, manifest_path=data, out=out, init=init,
@@ -102,7 +103,10 @@ def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thr
 
     manifest = read_manifest(data)
     dev = resolve_device(device)
-    model, _ = load_model(model_path, device=dev)
+    model, ckpt = load_model(model_path, device=dev)
+    if "rpn" not in ckpt["parts"]:
+        raise CheckpointError(f"checkpoint {model_path} (stage '{ckpt.get('stage')}') has no RPN; dump proposals "
+                              "with the output of train-rpn (steps 1 and 3)")
     with console.ProgressReporter("proposals", len(manifest.images), every=50) as bar:
         dump(model, manifest, data, out, device=dev, checkpoint_path=model_path, batch_size=batch_size,
              nms_thresh=nms_thresh, pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n,

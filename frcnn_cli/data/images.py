@@ -84,7 +84,7 @@ def load_image(path: str | Path) -> Tensor:
     except _DECODE_ERRORS as exc:
         raise DataError(
             f"image {path} cannot be decoded ({exc}): it is truncated, corrupt or not an image; "
-            "replace the file or remove it from the dataset and re-run frcnn prepare"
+            "replace the file or leave it out (if it belongs to a dataset, re-run frcnn prepare)"
         ) from None
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 

@@ -125,6 +125,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     return _validate(torch_load_safely(path, "checkpoint", map_location), path)
 
 
+def is_frcnn_checkpoint(path: str | os.PathLike) -> bool:
+    """True when ``path`` holds a frcnn checkpoint, False for a plain weights file (state dict)."""
+    obj = torch_load_safely(Path(path), "weights file", "cpu") if Path(path).is_file() else None
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
 def _backbone_of(ckpt: dict) -> str:
     return str(ckpt["config"].get("backbone", "?"))
 

@@ -111,6 +111,10 @@ def _load_resume(req: StageRequest, model, optimizer) -> int:
     if state.get("manifest_hash") != manifest_hash(req.manifest):
         raise TrainingError(f"{path} was made from another dataset manifest than {req.manifest_path}; "
                             f"delete {path} to start this stage afresh")
+    if ckpt.get("stage") != _stage_label(req.spec):
+        raise TrainingError(f"{path} holds an interrupted '{ckpt.get('stage')}' stage, not "
+                            f"'{_stage_label(req.spec)}'; resume it with the command that started it, or "
+                            f"delete {path} to start this stage afresh")
     model.load_state_dict({f"{p}.{k}": v for p, sd in ckpt["parts"].items() for k, v in sd.items()},
                           strict=False)
     optimizer.load_state_dict(state["optimizer"])

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from ..config import Config, SolverConfig
 from ..errors import CheckpointError, ConfigError
-from ..model.checkpoint import load_parts, read_checkpoint
+from ..model.checkpoint import is_frcnn_checkpoint, load_parts, read_checkpoint
 from ..model.detector import FasterRCNN
 from ..model.weights import init_backbone
 
@@ -89,12 +89,12 @@ def build_stage_model(cfg: Config, classes: list[str], spec: StageSpec,
     initialisation (N(0, 0.01) for the RPN and cls_score, N(0, 0.001) for bbox_pred).
     """
     model = FasterRCNN(cfg, classes)
-    if init in ("imagenet", "none"):
+    if init in ("imagenet", "none") or not is_frcnn_checkpoint(init):
         if spec.freeze_shared:
             raise ConfigError("--freeze-shared needs --init CHECKPOINT: the shared convs must come from an "
                               "earlier step (step 3: --init det1.pt, step 4: --init rpn2.pt)")
-        init_backbone(model.backbone_parts, cfg.backbone, init)
-        return model, {"init": init}, ()
+        init_backbone(model.backbone_parts, cfg.backbone, init)  # imagenet, none, or a weights file
+        return model, {"init": str(init)}, ()
     ckpt = read_checkpoint(init)
     present = tuple(p for p in model.part_names if p in ckpt.get("parts", {}))
     if spec.kind == "detector" and spec.freeze_shared and "rpn" not in present:
@@ -108,8 +108,11 @@ def build_stage_model(cfg: Config, classes: list[str], spec: StageSpec,
 
 
 def config_for_init(cfg: Config, init: str, config_given: bool) -> Config:
-    """A checkpoint init brings its own config unless ``--config`` was given; backbones must agree."""
-    if init in ("imagenet", "none"):
+    """A checkpoint init brings its own config unless ``--config`` was given; backbones must agree.
+
+    ``imagenet``, ``none`` and plain weights files (a state dict, e.g. converted Caffe weights) keep ``cfg``.
+    """
+    if init in ("imagenet", "none") or not is_frcnn_checkpoint(init):
         return cfg
     from ..config import config_from_dict
 
