@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 from click.testing import CliRunner
+from conftest import TINY_OVERRIDES, tiny_config
 
 from frcnn_cli.cli.main import cli
 from frcnn_cli.model.checkpoint import read_checkpoint
 from frcnn_cli.model.detector import FasterRCNN
-
-from conftest import TINY_OVERRIDES, tiny_config
 
 
 def _set_args(*extra: str) -> list[str]:
