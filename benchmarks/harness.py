@@ -103,7 +103,7 @@ def ratio_line(what: str, ours: float, peer: float, unit: str, *, target: float 
                higher_is_better: bool = False, peer_name: str = "torchvision") -> str:
     """``what: frcnn X unit | peer Y unit | ratio R`` plus whether the target ratio is met and by how much."""
     ratio = ours / peer if peer else float("inf")
-    line = f"{what}: frcnn {ours:.2f} {unit} | {peer_name} {peer:.2f} {unit} | ratio {ratio:.3f}"
+    line = f"{what}: frcnn {ours:.4g} {unit} | {peer_name} {peer:.4g} {unit} | ratio {ratio:.3f}"
     if target is None:
         return line
     if higher_is_better:

@@ -118,7 +118,7 @@ def train_options() -> Callable[..., list[str]]:
 
 @contextlib.contextmanager
 def single_thread():
-    """One intra-op thread inside: on a busy 2-core machine the tiny model trains about 5x faster so."""
+    """One intra-op thread inside: on a busy 2-core machine the tiny model trains about 5x faster."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

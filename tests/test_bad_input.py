@@ -232,7 +232,7 @@ CONFIG_CASES = {
     "unknown_device": (["--device", "quantum"], ["unknown device 'quantum'", "use cpu or cuda"]),
     "freeze_shared_without_checkpoint": (["--freeze-shared", "--init", "none"],
                                          ["--freeze-shared needs --init CHECKPOINT", "--init det1.pt"]),
-    "missing_init_checkpoint": (["--init", "NOWHERE/det1.pt"], ["det1.pt does not exist", "check the path"]),
+    "missing_init_checkpoint": (["--init", "NOWHERE/det1.pt"], ["det1.pt does not exist"]),
 }
 
 

@@ -1,5 +1,9 @@
 """Several processes under DistributedDataParallel on a CPU (gloo): every rank ends with the same weights,
-each trains on its own share of every global batch, and only rank 0 writes."""
+each trains on its own share of every global batch, and only rank 0 writes.
+
+The ranks are forked from the test process (the environment torchrun would give them, no second import of
+torch: seconds instead of half a minute); one slow test runs the real ``torchrun -m frcnn_cli``.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,11 @@ import torch
 from frcnn_cli.model.checkpoint import read_checkpoint
 from frcnn_cli.model.detector import FasterRCNN
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(not torch.distributed.is_available() or "fork" not in multiprocessing.get_all_start_methods(),
+                       reason="needs torch.distributed (gloo) and fork"),
+]
 ITERS = 4
 
 

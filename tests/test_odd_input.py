@@ -74,6 +74,19 @@ def odd_folder(tmp_path):
     return images, xml, specs
 
 
+def _four_steps(data: Path, work: Path) -> None:
+    """The paper's four steps by hand, 2 iterations each, ending in ``work/final.pt``."""
+    _run("train-rpn", "--data", data, "--out", work / "rpn1.pt", *TINY, "--iters", "2")
+    _run("dump-proposals", "--model", work / "rpn1.pt", "--data", data, "--out", work / "props1.h5")
+    _run("train-detector", "--data", data, "--proposals", work / "props1.h5", "--out", work / "det1.pt", *TINY,
+         "--iters", "2")
+    _run("train-rpn", "--data", data, "--out", work / "rpn2.pt", "--init", work / "det1.pt", "--freeze-shared",
+         "--iters", "2", "--device", "cpu")
+    _run("dump-proposals", "--model", work / "rpn2.pt", "--data", data, "--out", work / "props2.h5")
+    _run("train-detector", "--data", data, "--proposals", work / "props2.h5", "--out", work / "final.pt",
+         "--init", work / "rpn2.pt", "--freeze-shared", "--iters", "2", "--device", "cpu")
+
+
 def test_odd_images_prepare_train_evaluate_and_detect(odd_folder, tmp_path):
     images, xml, specs = odd_folder
     work = tmp_path / "work dir"
@@ -90,16 +103,13 @@ def test_odd_images_prepare_train_evaluate_and_detect(odd_folder, tmp_path):
     assert (recs["sixteen"].width, recs["sixteen"].height) == (60, 44)
     assert recs["été photo ünï 1"].path == "photos d'été/été photo ünï 1.png"
 
-    _run("train-rpn", "--data", manifest_path, "--out", work / "rpn.pt", *TINY, "--iters", "2")
-    _run("dump-proposals", "--model", work / "rpn.pt", "--data", manifest_path, "--out", work / "props.h5")
-    _run("train-detector", "--data", manifest_path, "--proposals", work / "props.h5", "--out", work / "det.pt",
-         *TINY, "--iters", "2")
-    result = _run("eval", "--model", work / "det.pt", "--data", manifest_path, "--json")
+    _four_steps(manifest_path, work)
+    result = _run("eval", "--model", work / "final.pt", "--data", manifest_path, "--json")
     summary = json.loads(result.stdout)
     assert set(summary["ap"]) == {"cat", "dog"} and (summary["map"] is None or 0 <= summary["map"] <= 1)
 
     out = work / "sortie à voir"
-    result = _run("detect", images, "--model", work / "det.pt", "--out", out, "--json", "--score-thresh", "0")
+    result = _run("detect", images, "--model", work / "final.pt", "--out", out, "--json", "--score-thresh", "0")
     found = {Path(r["image"]).stem: r for r in json.loads(result.stdout)}
     assert set(found) == set(specs)
     for stem, (_, (w, h), _) in specs.items():

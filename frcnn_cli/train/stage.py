@@ -18,7 +18,7 @@ import torch
 from ..config import Config
 from ..data.images import DetectionDataset, make_loader
 from ..data.manifest import Manifest, manifest_hash
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, FrcnnError, TrainingError
 from ..model.checkpoint import file_sha256, read_checkpoint, save_checkpoint
 from ..proposals import ProposalStore
 from . import distributed
@@ -70,7 +70,6 @@ class _MetricsLog:
     def __init__(self, path: Path | None, stage: str) -> None:
         self.path, self.stage, self.tb = path, stage, None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(ImportError, ModuleNotFoundError):
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -152,6 +151,13 @@ def _check_request(req: StageRequest) -> None:
         raise ConfigError(f"--checkpoint-every must be 0 (off) or positive, got {req.checkpoint_every}")
     if not req.manifest.images:
         raise ConfigError(f"{req.manifest_path} holds no images; there is nothing to train on")
+    for path in (req.out, req.metrics_path):
+        if path is not None:
+            try:  # before any training: a checkpoint that cannot be written is better known now
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise FrcnnError(f"cannot write {path}: {exc.strerror or exc}; choose an output folder you "
+                                 "can write to") from None
 
 
 def run_stage(req: StageRequest) -> Path:
