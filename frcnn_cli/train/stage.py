@@ -200,8 +200,8 @@ def run_stage(req: StageRequest) -> Path:
 
     hooks = LoopHooks(on_log=on_log, save=_saver(req, model, optimizer, parts, prov, total),
                       checkpoint_every=req.checkpoint_every, log_every=cfg.solver.log_every)
-    schedule = Schedule(cfg.solver.lr, steps, cfg.solver.gamma, cfg.solver.warmup_iters,
-                        cfg.solver.warmup_factor)
+    warmup = min(cfg.solver.warmup_iters, max(steps[0] if steps else total, 1) // 2)  # short runs warm up less
+    schedule = Schedule(cfg.solver.lr, steps, cfg.solver.gamma, warmup, cfg.solver.warmup_factor)
     note = (f"the last good state is in {resume_path(req.out)}." if req.checkpoint_every else
             "no checkpoint was written (use --checkpoint-every N to keep one).")
     run_loop(model=wrapped, core=model, spec=spec, optimizer=optimizer, schedule=schedule,
