@@ -43,8 +43,8 @@ from .config import InputConfig
 from .data.images import ImageBatch, batch_from_images, load_image
 from .devices import autocast
 from .errors import DataError
+from .inference import prepare_model
 from .model.detector import FasterRCNN
-from .model.svd import compress_fc_svd
 
 STAGES = ("backbone", "proposals", "region_wise")
 SYNTHETIC_SIZE = (375, 500)  # (height, width): a typical PASCAL VOC image
@@ -103,26 +103,6 @@ def make_batches(images: Sequence[Tensor], input_cfg: InputConfig, batch_size: i
 
 # --------------------------------------------------------------------------------------------------
 # model
-
-
-def prepare_model(model: FasterRCNN, device: torch.device, *, channels_last: bool = True) -> list[str]:
-    """Put ``model`` in its inference settings on ``device`` (in place): eval mode, channels-last convs,
-    cuDNN autotuning on CUDA, truncated SVD of fc6/fc7 when ``cfg.roi_head.fc_svd_rank > 0``.
-
-    Returns the names of the layers the SVD compressed (empty when it is off). Inference only: a model
-    compressed here must not be saved as a checkpoint or trained.
-    """
-    model.eval().to(device)
-    compressed: list[str] = []
-    if model.cfg.roi_head.fc_svd_rank > 0:  # on the device: the factorisation is fast on a GPU
-        compressed = compress_fc_svd(model, model.cfg.roi_head.fc_svd_rank)
-    if channels_last:
-        # oneDNN (CPU) and cuDNN (GPU) run 3x3 convs, ReLU and max pooling faster in NHWC; the values are
-        # the same up to float summation order
-        model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return compressed
 
 
 def describe_device(device: torch.device) -> str:

@@ -2,13 +2,16 @@
 
 Defaults are py-faster-rcnn's alternating-optimisation values (shared/reference); presets change only
 what differs. ``config_to_dict`` / ``config_from_dict`` round-trip exactly, and the dict goes into every
-artefact (checkpoints, proposal files, run folders).
+artefact (checkpoints, proposal files, run folders). Every number is checked against its range
+(``_RANGES``) whenever a section is made, so a file, a ``--set`` or a checkpoint's stored config can never
+ask for, say, a zero stride or a 10^6-pixel input: a ``ConfigError`` names the key and the range.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -22,10 +25,20 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 BACKBONES = ("vgg16", "zf", "resnet50", "resnet101", "tiny")
+MAX_INPUT_SIDE = 8192  # pixels of a rescaled image side: a config (or a checkpoint's) may not ask for more
+MAX_CHANNELS = 8192
+
+
+class _Checked:
+    """A config section whose numbers are checked against ``_RANGES`` whenever one is made (``replace`` too),
+    so that no path (a file, ``--set``, a checkpoint's config, code) gets a value that cannot work."""
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
 
 
 @dataclass(frozen=True)
-class InputConfig:
+class InputConfig(_Checked):
     """Image rescaling, normalisation and augmentation."""
 
     train_scales: tuple[int, ...] = (600,)  # shorter side; one drawn per image when several
@@ -40,7 +53,7 @@ class InputConfig:
 
 
 @dataclass(frozen=True)
-class AnchorConfig:
+class AnchorConfig(_Checked):
     base_size: int = 16
     ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     scales: tuple[float, ...] = (8.0, 16.0, 32.0)
@@ -48,7 +61,7 @@ class AnchorConfig:
 
 
 @dataclass(frozen=True)
-class RPNConfig:
+class RPNConfig(_Checked):
     conv_channels: int = 512  # 256 for ZF
     objectness: str = "softmax"  # "softmax" (2k scores, the paper) or "sigmoid" (k logistic outputs)
     positive_iou: float = 0.7  # >=
@@ -71,7 +84,7 @@ class RPNConfig:
 
 
 @dataclass(frozen=True)
-class RoIHeadConfig:
+class RoIHeadConfig(_Checked):
     pooler: str = "roipool"  # "roipool" (the paper) or "roialign"
     sampling_ratio: int = 2  # roialign only
     batch_size_per_image: int = 64  # 128 RoIs per 2 images
@@ -85,12 +98,12 @@ class RoIHeadConfig:
     box_loss_sigma: float = 1.0
     score_thresh: float = 0.05  # >
     nms_thresh: float = 0.3
-    detections_per_image: int = 100
+    detections_per_image: int = 100  # 0 = keep all
     fc_svd_rank: int = 0  # truncated SVD of fc6/fc7 at test time (0 = off), as Fast R-CNN
 
 
 @dataclass(frozen=True)
-class SolverConfig:
+class SolverConfig(_Checked):
     lr: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 0.0005
@@ -113,7 +126,7 @@ class SolverConfig:
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(_Checked):
     """The whole configuration of a model and its training."""
 
     name: str = "vgg16"
@@ -125,6 +138,58 @@ class Config:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_head: RoIHeadConfig = field(default_factory=RoIHeadConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
+
+
+_POSITIVE, _NON_NEGATIVE, _UNIT = (0, math.inf, True), (0, math.inf, False), (0, 1, False)
+_AT_LEAST_1, _FINITE, _SIDE = (1, math.inf, False), (-math.inf, math.inf, False), (1, MAX_INPUT_SIDE, False)
+_RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {  # key -> (low, high, low excluded)
+    "InputConfig": {"train_scales": _SIDE, "test_scale": _SIDE, "max_size": _SIDE, "pixel_range": _POSITIVE,
+                    "pixel_mean": _FINITE, "pixel_std": _POSITIVE, "size_divisor": (1, 1024, False)},
+    "AnchorConfig": {"base_size": _POSITIVE, "ratios": _POSITIVE, "scales": _POSITIVE, "stride": _AT_LEAST_1},
+    "RPNConfig": {"conv_channels": (1, MAX_CHANNELS, False), "positive_iou": _UNIT, "negative_iou": _UNIT,
+                  "batch_size_per_image": _AT_LEAST_1, "positive_fraction": _UNIT, "allowed_border": _FINITE,
+                  "box_loss_sigma": _POSITIVE, "box_loss_weight": _NON_NEGATIVE, "nms_thresh": _UNIT,
+                  "min_size": _NON_NEGATIVE, **{f"{m}_{w}_nms_top_n": _NON_NEGATIVE
+                                               for m in ("train", "test", "dump") for w in ("pre", "post")}},
+    "RoIHeadConfig": {"sampling_ratio": _NON_NEGATIVE, "batch_size_per_image": _AT_LEAST_1,
+                      "fg_fraction": _UNIT, "fg_iou": _UNIT, "bg_iou_hi": _UNIT, "bg_iou_lo": _UNIT,
+                      "box_target_means": _FINITE, "box_target_stds": _POSITIVE, "box_loss_sigma": _POSITIVE,
+                      "score_thresh": _UNIT, "nms_thresh": _UNIT, "detections_per_image": _NON_NEGATIVE,
+                      "fc_svd_rank": _NON_NEGATIVE},
+    "SolverConfig": {"lr": _POSITIVE, "momentum": _UNIT, "weight_decay": _NON_NEGATIVE, "gamma": _POSITIVE,
+                     "bias_lr_factor": _NON_NEGATIVE, "warmup_iters": _NON_NEGATIVE,
+                     "warmup_factor": _POSITIVE, "log_every": _NON_NEGATIVE, "num_workers": (0, 256, False),
+                     **{f"{k}_iters": _AT_LEAST_1 for k in ("rpn", "det", "joint")},
+                     **{f"{k}_steps": _NON_NEGATIVE for k in ("rpn", "det", "joint")},
+                     **{f"{k}_images_per_batch": _AT_LEAST_1 for k in ("rpn", "det")}},
+    "Config": {"seed": (0, 2**63 - 1, False)},
+}
+_SECTIONS = {"InputConfig": "input.", "AnchorConfig": "anchors.", "RPNConfig": "rpn.",
+             "RoIHeadConfig": "roi_head.", "SolverConfig": "solver.", "Config": ""}
+_NON_EMPTY = ("train_scales", "ratios", "scales")
+
+
+def _describe(low: float, high: float, low_excluded: bool, many: bool) -> str:
+    if high < math.inf:
+        return f"from {low} to {high}"
+    if low == -math.inf:
+        return "that are finite" if many else "that is finite"
+    return "above 0" if (low, low_excluded) == (0, True) else f"of {low} or more"
+
+
+def _check_ranges(section: Any) -> None:
+    kind = type(section).__name__
+    for name, (low, high, low_excluded) in _RANGES[kind].items():
+        value = getattr(section, name)
+        many = isinstance(value, tuple)
+        ok = not many or bool(value) or name not in _NON_EMPTY
+        for v in value if many else (value,):
+            ok = ok and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
+                low < v if low_excluded else low <= v) and v <= high
+        if not ok:
+            raise ConfigError(f"config key '{_SECTIONS[kind]}{name}' is {value!r}; give "
+                              f"{'one or more values' if many else 'a value'} "
+                              f"{_describe(low, high, low_excluded, many)}")
 
 
 def _with(cfg: Config, **sections: dict[str, Any]) -> Config:

@@ -10,8 +10,10 @@ preset on PASCAL VOC is what the paper describes; docs/demo.md explains the tiny
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -140,18 +142,45 @@ def _evaluate(final: Path, test_path: Path, workdir: Path, device: torch.device,
             "test_images": len(test.images)}
 
 
+def default_threads() -> int:
+    """Intra-op threads of a CPU demo: half the cores (1 on a 2-core machine), leaving the rest to the
+    data loader's worker and to whatever else runs; more threads than free cores make PyTorch's CPU
+    kernels wait on each other, several times slower on a busy 2-core machine."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+@contextlib.contextmanager
+def _threads(device: torch.device, threads: int | None):
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_demo(workdir: str | Path, *, device: torch.device | str = "cpu", n_train: int = DEFAULT_TRAIN,
              n_test: int = DEFAULT_TEST, iters: int | None = None, seed: int = DEFAULT_SEED,
-             on_log: Callable[[LoopState], None] | None = None, on_step: StepCallback | None = None,
-             progress: Callable[[int, str], None] | None = None) -> dict:
+             threads: int | None = None, on_log: Callable[[LoopState], None] | None = None,
+             on_step: StepCallback | None = None, progress: Callable[[int, str], None] | None = None) -> dict:
     """Run (or continue) the demo in ``workdir``; returns the summary also written to ``workdir/summary.json``.
 
     ``iters``: iterations of every training step instead of the preset's (quick runs and tests).
+    ``threads``: PyTorch intra-op threads on the CPU while the demo runs (default ``default_threads()``).
     ``on_step(name, "start" | "done" | "skip")`` for ``data``, the six training steps, ``eval`` and
     ``pictures``; ``on_log`` at the training loop's logging steps; ``progress(done, text)`` during dumps.
     """
+    device = torch.device(device)
+    with _threads(device, threads):
+        return _run(Path(workdir), device, n_train, n_test, iters, seed, on_log, on_step, progress)
+
+
+def _run(workdir: Path, device: torch.device, n_train: int, n_test: int, iters: int | None, seed: int,
+         on_log, on_step, progress) -> dict:
     start = time.perf_counter()
-    workdir, device = Path(workdir), torch.device(device)
     workdir.mkdir(parents=True, exist_ok=True)
     train_path, test_path = _make_data(workdir / "data", n_train, n_test, seed, on_step)
     cfg = get_preset(PRESET)

@@ -31,6 +31,7 @@ from .atomic import atomic_path, atomic_write_text
 from .data.images import batch_from_images, load_image
 from .devices import autocast
 from .errors import CheckpointError, ConfigError, DataError
+from .inference import prepare_model, to_device
 from .model.checkpoint import load_model
 from .model.detector import FasterRCNN
 
@@ -145,7 +146,7 @@ def _image_result(path: Path, size: tuple[int, int], det: dict, classes: list[st
 
 def _detect_batch(model: FasterRCNN, images: list[torch.Tensor], device: torch.device,
                   ablation: ProposalAblation | None, keys: Sequence[int]) -> list[dict]:
-    batch = batch_from_images(images, model.cfg.input).to(device)
+    batch = to_device(batch_from_images(images, model.cfg.input), device)
     if ablation is None:
         with autocast(device, model.cfg.solver.amp):
             out = model(batch.tensor, batch.image_sizes, batch.scales, proposal_mode="test")
@@ -168,7 +169,7 @@ def detect_images(model: FasterRCNN, paths: Sequence[str | os.PathLike], *, devi
     """
     device = torch.device(device)
     keep = label_filter(model, classes_filter)
-    model.eval().to(device)
+    prepare_model(model, device)
     paths = [Path(p) for p in paths]
     results: list[dict] = []
     with _score_floor(model, score_thresh):

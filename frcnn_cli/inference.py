@@ -22,6 +22,7 @@ from .data.manifest import Manifest, manifest_hash
 from .devices import autocast
 from .model.checkpoint import file_sha256
 from .model.detector import FasterRCNN, ForwardOutput
+from .model.svd import compress_fc_svd
 from .proposals import ProposalWriter
 
 Progress = Callable[[int, str], None]
@@ -38,6 +39,35 @@ def manifest_batches(manifest: Manifest, model: FasterRCNN, *, indices: Sequence
                         collate_fn=partial(_collate_images, size_divisor=divisor),
                         pin_memory=torch.cuda.is_available())
     yield from loader
+
+
+def prepare_model(model: FasterRCNN, device: torch.device, *, channels_last: bool = True,
+                  svd: bool = True) -> list[str]:
+    """Put ``model`` in its inference settings on ``device`` (in place): eval mode, channels-last convs,
+    cuDNN autotuning on CUDA, and (``svd``) the truncated SVD of fc6/fc7 when
+    ``cfg.roi_head.fc_svd_rank > 0`` (a proposal dump, which never runs fc6/fc7, passes ``svd=False``).
+
+    Returns the names of the layers the SVD compressed (empty when it is off). Inference only: a model
+    compressed here must not be saved as a checkpoint or trained.
+    """
+    model.eval().to(device)
+    compressed: list[str] = []
+    if svd and model.cfg.roi_head.fc_svd_rank > 0:  # on the device: the factorisation is fast on a GPU
+        compressed = compress_fc_svd(model, model.cfg.roi_head.fc_svd_rank)
+    if channels_last:
+        # oneDNN (CPU) and cuDNN (GPU) run 3x3 convs, ReLU and max pooling faster in NHWC; the values are
+        # the same up to float summation order
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return compressed
+
+
+def to_device(batch: ImageBatch, device: torch.device) -> ImageBatch:
+    """``batch`` on ``device``, images in channels-last layout (as ``prepare_model`` puts the convs)."""
+    batch = batch.to(device, non_blocking=True)
+    batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
+    return batch
 
 
 def _collate_images(items: list[dict], size_divisor: int) -> ImageBatch:
@@ -86,7 +116,7 @@ def dump_proposals(model: FasterRCNN, manifest: Manifest, manifest_path: Path, o
     """
     settings = _dump_settings(model, nms_thresh, pre_nms_top_n, post_nms_top_n)
     _with_dump_settings(model, settings)
-    model.eval().to(device)
+    prepare_model(model, device, svd=False)
     attrs = {"checkpoint_hash": file_sha256(checkpoint_path), "checkpoint": str(checkpoint_path),
              "nms_thresh": settings.nms_thresh, "pre_nms_top_n": settings.pre_nms_top_n,
              "post_nms_top_n": settings.post_nms_top_n, "min_size": settings.min_size,
@@ -97,7 +127,7 @@ def dump_proposals(model: FasterRCNN, manifest: Manifest, manifest_path: Path, o
         done = len(manifest.images) - len(todo)
         for batch in manifest_batches(manifest, model, indices=todo, batch_size=batch_size,
                                       num_workers=num_workers):
-            result = _forward(model, batch.to(device, non_blocking=True), device, run_roi_head=False,
+            result = _forward(model, to_device(batch, device), device, run_roi_head=False,
                               proposal_mode="dump")
             scales = batch.scales.tolist()
             boxes = [(p.float() / s).cpu() for p, s in zip(result.proposals, scales)]
@@ -119,11 +149,11 @@ def detect_manifest(model: FasterRCNN, manifest: Manifest, *, device: torch.devi
 
     ``ablation``: test proposals made as one of the paper's Table 1 ablations (``frcnn_cli.ablations``).
     """
-    model.eval().to(device)
+    prepare_model(model, device)
     results: list[dict[str, torch.Tensor] | None] = [None] * len(manifest.images)
     done = 0
     for batch in manifest_batches(manifest, model, batch_size=batch_size, num_workers=num_workers):
-        dev_batch = batch.to(device, non_blocking=True)
+        dev_batch = to_device(batch, device)
         if ablation is None:
             out = _forward(model, dev_batch, device, proposal_mode="test")
         else:

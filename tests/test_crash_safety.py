@@ -206,8 +206,10 @@ def test_kill_9_during_the_train_pipeline_then_rerun_is_bit_identical(reference,
     monkeypatch.setattr(stage, "save_checkpoint", lambda path, model, **kw: (
         saves.append((Path(path).name, (kw.get("train_state") or {}).get("iteration"))), save(path, model, **kw)))
     _ok(*args)  # the same command again: skips rpn1 and props1, resumes det1 where it stopped
-    assert at_kill["iteration"] in (1, 2)  # the SIGKILL came in the pause after iteration 1 (or just after 2)
-    assert saves[0] == ("det1.pt.resume.pt", at_kill["iteration"] + 1) and "rpn1.pt" not in dict(saves)
+    # the SIGKILL came in the pause after iteration 1 (on a very busy machine, maybe an iteration later)
+    assert 1 <= at_kill["iteration"] < 4
+    assert saves[0][0].startswith("det1.pt") and saves[0][1] == at_kill["iteration"] + 1
+    assert not [name for name, _ in saves if name.startswith("rpn1")]
 
     for name in ("rpn1", "det1", "rpn2", "final"):
         _assert_same_checkpoint(work / f"{name}.pt", reference / f"{name}.pt")

@@ -78,9 +78,11 @@ def _report(summary: dict, workdir: Path) -> None:
 @click.option("--test", "n_test", type=positive_int, default=DEFAULT_TEST, show_default=True,
               help="Synthetic test images.")
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Seed of the synthetic set.")
+@click.option("--threads", type=positive_int, default=None,
+              help="PyTorch threads on the CPU [half the cores: 1 on a 2-core machine].")
 @click.option("--iters", type=positive_int, default=None, hidden=True,
               help="Iterations of every training step (quick runs; the preset's otherwise).")
-def demo(workdir, device, n_train, n_test, seed, iters) -> None:
+def demo(workdir, device, n_train, n_test, seed, threads, iters) -> None:
     """Synthetic shapes, the paper's 4-step training (tiny preset), VOC2007 evaluation, pictures.
 
     Ends with WORKDIR/summary.json ({"map", "seconds", "ap", "pictures", …}), whose path is printed.
@@ -90,6 +92,6 @@ def demo(workdir, device, n_train, n_test, seed, iters) -> None:
     console.info(f"frcnn demo in {workdir} on {dev}: {n_train} training and {n_test} test images")
     reporter = _Reporter()
     summary = run_demo(workdir, device=dev, n_train=n_train, n_test=n_test, iters=iters, seed=seed,
-                       on_log=reporter.on_log, on_step=reporter.on_step)
+                       threads=threads, on_log=reporter.on_log, on_step=reporter.on_step)
     _report(summary, workdir)
     click.echo(str((workdir / "summary.json").resolve()))
