@@ -30,12 +30,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
 
 from .boxes import BoxCoder, clip_boxes, small_box_mask
 from .devices import autocast
 from .model.detector import FasterRCNN, ForwardOutput
-from .model.rpn import generate_proposals, objectness_scores
+from .model.rpn import generate_proposals, objectness_scores, select_proposals
 
 
 @dataclass(frozen=True)
@@ -69,38 +68,6 @@ class ProposalAblation:
         if self.top_n is not None:
             parts.append(f"N={self.top_n}")
         return "RPN proposals" + (f" ({', '.join(parts)})" if parts else "")
-
-
-def select_proposals(boxes: Tensor, priority: Tensor, valid: Tensor, *, pre_nms_top_n: int,
-                     post_nms_top_n: int, nms_thresh: float | None) -> list[tuple[Tensor, Tensor]]:
-    """Per image the best boxes by ``priority``: ``[(boxes [R_i, 4], priority [R_i])]``, descending.
-
-    ``boxes [N, M, 4]``, ``priority [N, M]``, ``valid`` BoolTensor ``[N, M]`` (boxes that may be chosen).
-    Keeps the ``pre_nms_top_n`` highest valid boxes (0 = all), suppresses with NMS at ``nms_thresh``
-    (None: no NMS; one ``batched_nms`` call with the image as group), then keeps ``post_nms_top_n``
-    (0 = all). The proposal layer of ``rpn.generate_proposals``, but for boxes already made (anchors,
-    decoded boxes) and any ranking (objectness, random).
-    """
-    n, m = priority.shape
-    ranked = torch.where(valid, priority.float(), torch.full_like(priority, float("-inf"), dtype=torch.float))
-    k = m if pre_nms_top_n <= 0 else min(pre_nms_top_n, m)
-    top_priority, top_idx = ranked.topk(k, dim=1, sorted=True)  # [N, k]
-    keep_valid = valid.gather(1, top_idx)
-    cand_boxes = boxes.gather(1, top_idx[..., None].expand(n, k, 4))[keep_valid]
-    cand_priority = top_priority[keep_valid]
-    cand_image = torch.arange(n, device=boxes.device)[:, None].expand(n, k)[keep_valid]
-    if nms_thresh is None:
-        keep = torch.arange(cand_image.shape[0], device=boxes.device)  # grouped by image, sorted in each
-    else:
-        keep = batched_nms(cand_boxes.float(), cand_priority, cand_image, nms_thresh)
-    kept_image = cand_image[keep]
-    out = []
-    for i in range(n):
-        sel = keep[kept_image == i]
-        if post_nms_top_n > 0:
-            sel = sel[:post_nms_top_n]
-        out.append((cand_boxes[sel], cand_priority[sel]))
-    return out
 
 
 def _random_priority(shape: tuple[int, int], keys: Sequence[int], seed: int, device: torch.device) -> Tensor:

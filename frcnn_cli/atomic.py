@@ -17,7 +17,8 @@ from pathlib import Path
 from .errors import FrcnnError
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's contents to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -25,9 +26,10 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename in it) to the disk, where the filesystem allows it."""
     with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsynced
-        _fsync_path(folder)
+        fsync_path(folder)
 
 
 def _make_temp(path: Path) -> Path:
@@ -53,7 +55,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _make_temp(path)
     try:
         yield tmp
-        _fsync_path(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -63,7 +65,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 f"cannot write {path}: {exc.strerror or exc}; free some space or choose another output"
             ) from exc
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -156,7 +156,7 @@ _RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {  # key -> (low, hig
                       "box_target_means": _FINITE, "box_target_stds": _POSITIVE, "box_loss_sigma": _POSITIVE,
                       "score_thresh": _UNIT, "nms_thresh": _UNIT, "detections_per_image": _NON_NEGATIVE,
                       "fc_svd_rank": _NON_NEGATIVE},
-    "SolverConfig": {"lr": _POSITIVE, "momentum": _UNIT, "weight_decay": _NON_NEGATIVE, "gamma": _POSITIVE,
+    "SolverConfig": {"lr": _NON_NEGATIVE, "momentum": _UNIT, "weight_decay": _NON_NEGATIVE, "gamma": _POSITIVE,
                      "bias_lr_factor": _NON_NEGATIVE, "warmup_iters": _NON_NEGATIVE,
                      "warmup_factor": _POSITIVE, "log_every": _NON_NEGATIVE, "num_workers": (0, 256, False),
                      **{f"{k}_iters": _AT_LEAST_1 for k in ("rpn", "det", "joint")},

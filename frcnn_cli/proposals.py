@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .atomic import fsync_dir, fsync_path
 from .errors import ProposalStoreError
 
 FORMAT = "frcnn-proposals"
@@ -60,14 +61,6 @@ def _plain(value: Any) -> Any:
 def _digest(manifest_hash: str, image_ids: Sequence[str], attrs: dict[str, Any]) -> str:
     content = {"manifest_hash": manifest_hash, "image_ids": list(image_ids), "attrs": attrs}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _as_numpy(x: Tensor | np.ndarray, dtype=np.float32) -> np.ndarray:
@@ -228,12 +221,11 @@ class ProposalWriter:
         try:
             self._file.attrs["complete"] = 1
             self._file.close()
-            _fsync(self.partial)
+            fsync_path(self.partial)
             os.replace(self.partial, self.path)
         except OSError as exc:
             raise self._write_error(exc, "while finishing it") from None
-        with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsynced
-            _fsync(self.path.parent)
+        fsync_dir(self.path.parent)
         return self.path
 
     def close(self) -> None:

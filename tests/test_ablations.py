@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn_cli.ablations import ProposalAblation, ablated_forward, ablated_proposals, select_proposals
+from frcnn_cli.ablations import ProposalAblation, ablated_forward, ablated_proposals
 from frcnn_cli.boxes import BoxCoder, box_iou, clip_boxes, small_box_mask
 from frcnn_cli.config import apply_overrides, get_preset
 from frcnn_cli.data.manifest import ImageRecord, Manifest
 from frcnn_cli.inference import detect_manifest
 from frcnn_cli.model.detector import FasterRCNN
-from frcnn_cli.model.rpn import objectness_scores
+from frcnn_cli.model.rpn import objectness_scores, select_proposals
 
 SIZES = torch.tensor([[64, 96], [48, 80]])
 SCALES = torch.tensor([1.0, 1.0])

@@ -23,6 +23,8 @@ from frcnn_cli.cli.main import cli
 from frcnn_cli.data.manifest import manifest_hash, read_manifest
 from frcnn_cli.proposals import ProposalWriter
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # faster on a busy 2-core machine
+
 TINY = ["--config", "tiny", "--set", "input.train_scales=64", "--set", "input.test_scale=64",
         "--set", "input.max_size=96", "--set", "solver.num_workers=0", "--device", "cpu"]
 
@@ -233,6 +235,19 @@ CONFIG_CASES = {
     "freeze_shared_without_checkpoint": (["--freeze-shared", "--init", "none"],
                                          ["--freeze-shared needs --init CHECKPOINT", "--init det1.pt"]),
     "missing_init_checkpoint": (["--init", "NOWHERE/det1.pt"], ["det1.pt does not exist"]),
+    "nms_out_of_range": (["--set", "rpn.nms_thresh=5"], ["'rpn.nms_thresh' is 5.0; give a value from 0 to 1"]),
+    "zero_size_divisor": (["--set", "input.size_divisor=0"], ["'input.size_divisor' is 0; give a value from 1"]),
+    "no_train_scales": (["--set", "input.train_scales=[]"], ["'input.train_scales' is (); give one or more"]),
+    "huge_test_scale": (["--set", "input.test_scale=100000"], ["'input.test_scale' is 100000", "from 1 to 8192"]),
+    "negative_lr": (["--set", "solver.lr=-0.1"], ["'solver.lr' is -0.1; give a value of 0 or more"]),
+    "nan_lr": (["--set", "solver.lr=nan"], ["'solver.lr' is nan"]),
+    "negative_workers": (["--set", "solver.num_workers=-1"], ["'solver.num_workers' is -1; give a value from 0"]),
+    "zero_conv_channels": (["--set", "rpn.conv_channels=0"], ["'rpn.conv_channels' is 0"]),
+    "zero_anchor_ratio": (["--set", "anchors.ratios=0,1"], ["'anchors.ratios' is (0.0, 1.0); give one or more "
+                                                           "values above 0"]),
+    "zero_pixel_std": (["--set", "input.pixel_std=0,1,1"], ["'input.pixel_std' is (0.0, 1.0, 1.0)"]),
+    "huge_seed": (["--seed", str(10**30)], ["'seed' is 1000000000000000000000000000000; give a value from 0 to"]),
+    "negative_seed": (["--seed", "-4"], ["'seed' is -4"]),
 }
 
 

@@ -21,6 +21,8 @@ from frcnn_cli.cli.main import cli
 from frcnn_cli.data.manifest import ImageRecord, Manifest, read_manifest, write_manifest
 from frcnn_cli.model.checkpoint import read_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # faster on a busy 2-core machine
+
 TINY = ["--config", "tiny", "--set", "input.train_scales=64", "--set", "input.test_scale=64",
         "--set", "input.max_size=96", "--set", "solver.num_workers=0", "--device", "cpu", "--init", "none"]
 

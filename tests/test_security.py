@@ -26,6 +26,8 @@ from frcnn_cli.model.backbones import build_backbone
 from frcnn_cli.model.weights import init_backbone
 from frcnn_cli.proposals import ProposalWriter
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # faster on a busy 2-core machine
+
 TINY = ["--config", "tiny", "--set", "input.train_scales=64", "--set", "input.test_scale=64",
         "--set", "input.max_size=96", "--set", "solver.num_workers=0", "--device", "cpu"]
 
@@ -96,6 +98,28 @@ def test_a_pickle_payload_in_a_weights_file_is_refused(evil):
     with pytest.raises(CheckpointError, match="refused unread"):
         init_backbone(build_backbone("tiny"), "tiny", str(path))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    (("input", "test_scale"), 10**6, "'input.test_scale' is 1000000; give a value from 1 to 8192"),
+    (("rpn", "conv_channels"), 10**9, "'rpn.conv_channels' is 1000000000"),
+    (("input", "size_divisor"), 0, "'input.size_divisor' is 0"),
+])
+def test_a_checkpoint_config_asking_for_absurd_sizes_is_refused_before_allocation(tmp_path, tiny_checkpoint,
+                                                                                  key, value, needle,
+                                                                                  assert_clean_error):
+    path = tiny_checkpoint("bomb.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"][key[0]][key[1]] = value
+    if key[1] == "test_scale":
+        ckpt["config"]["input"]["max_size"] = value  # a 1000000 x 1333333 input: 16 TB of floats
+    torch.save(ckpt, path)
+    image = tmp_path / "small.png"
+    Image.new("RGB", (40, 30)).save(image)
+    before = _peak_rss_mb()
+    result = _run("detect", image, "--model", path, "--out", tmp_path / "out")
+    assert_clean_error(result, "bomb.pt holds a config this frcnn cannot read", needle, out_dir=tmp_path / "out")
+    assert _peak_rss_mb() - before < 300
 
 
 # --------------------------------------------------------------------------------------------------

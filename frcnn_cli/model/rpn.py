@@ -75,20 +75,37 @@ def generate_proposals(anchors: Tensor, scores: Tensor, deltas: Tensor, image_si
     sizes = image_sizes.to(boxes.device, boxes.dtype)
     boxes = clip_boxes(boxes, sizes[:, 0:1], sizes[:, 1:2])
     valid = small_box_mask(boxes, min_sizes.to(boxes.device, boxes.dtype)[:, None])
-    ranked = torch.where(valid, scores, torch.full_like(scores, float("-inf")))
+    return select_proposals(boxes, scores, valid, pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n,
+                            nms_thresh=nms_thresh)
+
+
+def select_proposals(boxes: Tensor, priority: Tensor, valid: Tensor, *, pre_nms_top_n: int,
+                     post_nms_top_n: int, nms_thresh: float | None) -> list[tuple[Tensor, Tensor]]:
+    """Per image the best boxes by ``priority``: ``[(boxes [R_i, 4], priority [R_i])]``, descending.
+
+    ``boxes [N, M, 4]``, ``priority [N, M]``, ``valid`` BoolTensor ``[N, M]`` (boxes that may be chosen).
+    Keeps the ``pre_nms_top_n`` highest valid boxes (0 = all), suppresses with NMS at ``nms_thresh``
+    (None: no NMS; one ``batched_nms`` call with the image as group), then keeps ``post_nms_top_n``
+    (0 = all). The proposal layer's selection, shared by ``generate_proposals`` and the test-time ablations
+    (boxes already made: decoded or anchors; any ranking: objectness or random).
+    """
+    n, m = priority.shape
+    ranked = torch.where(valid, priority.float(), torch.full_like(priority, float("-inf"), dtype=torch.float))
     k = m if pre_nms_top_n <= 0 else min(pre_nms_top_n, m)
-    top_scores, top_idx = ranked.topk(k, dim=1, sorted=True)  # [N, k]
+    top_priority, top_idx = ranked.topk(k, dim=1, sorted=True)  # [N, k]
     keep_valid = valid.gather(1, top_idx)
-    image_idx = torch.arange(n, device=scores.device)[:, None].expand(n, k)
     cand_boxes = boxes.gather(1, top_idx[..., None].expand(n, k, 4))[keep_valid]
-    cand_scores = top_scores[keep_valid]
-    cand_image = image_idx[keep_valid]
-    keep = batched_nms(cand_boxes, cand_scores, cand_image, nms_thresh)  # sorted by score, descending
+    cand_priority = top_priority[keep_valid]
+    cand_image = torch.arange(n, device=boxes.device)[:, None].expand(n, k)[keep_valid]
+    if nms_thresh is None:
+        keep = torch.arange(cand_image.shape[0], device=boxes.device)  # grouped by image, sorted in each
+    else:
+        keep = batched_nms(cand_boxes.float(), cand_priority, cand_image, nms_thresh)
     kept_image = cand_image[keep]
     out = []
     for i in range(n):
         sel = keep[kept_image == i]
         if post_nms_top_n > 0:
             sel = sel[:post_nms_top_n]
-        out.append((cand_boxes[sel], cand_scores[sel]))
+        out.append((cand_boxes[sel], cand_priority[sel]))
     return out
