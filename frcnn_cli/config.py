@@ -209,9 +209,9 @@ def _presets() -> dict[str, Config]:
         rpn={"conv_channels": 128, "min_size": 4.0, "test_pre_nms_top_n": 1000, "test_post_nms_top_n": 100,
              "train_pre_nms_top_n": 2000, "train_post_nms_top_n": 300, "dump_post_nms_top_n": 300},
         roi_head={"pooler": "roialign"},
-        solver={"lr": 0.01, "rpn_iters": 400, "rpn_steps": (300,), "det_iters": 400, "det_steps": (300,),
+        solver={"lr": 0.01, "rpn_iters": 400, "rpn_steps": (300,), "det_iters": 500, "det_steps": (375,),
                 "joint_iters": 600, "joint_steps": (450,), "rpn_images_per_batch": 4,
-                "det_images_per_batch": 4, "warmup_iters": 50, "num_workers": 0, "log_every": 10},
+                "det_images_per_batch": 4, "warmup_iters": 50, "num_workers": 1, "log_every": 10},
     )
     return {c.name: c for c in (vgg16, zf, resnet50, resnet101, tiny)}
 

@@ -310,7 +310,7 @@ def test_a_full_disk_while_writing_result_files_keeps_the_old_ones(synth_set, tm
     files = [out / f"comp4_det_test_{name}.txt" for name in read_manifest(synth_set[1]).classes]  # write order
     for path in files:
         path.write_text("an older result\n")
-    real, calls = atomic._fsync_path, []
+    real, calls = atomic.fsync_path, []
 
     def fsync(path):
         calls.append(path)
@@ -318,7 +318,7 @@ def test_a_full_disk_while_writing_result_files_keeps_the_old_ones(synth_set, tm
             _enospc()
         real(path)
 
-    monkeypatch.setattr(atomic, "_fsync_path", fsync)
+    monkeypatch.setattr(atomic, "fsync_path", fsync)
     result = _run("eval", "--model", model, "--data", synth_set[1], "--out", out)
     assert_clean_error(result, f"cannot write {files[1]}: No space left on device", "free some space")
     assert files[0].read_text() != "an older result\n"  # written before the disk filled up
