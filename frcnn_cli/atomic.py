@@ -45,6 +45,16 @@ def _make_temp(path: Path) -> Path:
     return Path(tmp)
 
 
+def ensure_dir(path: str | os.PathLike, option: str = "--workdir") -> Path:
+    """Create the folder ``path`` (and its parents) or raise a ``FrcnnError`` that says which ``option`` to fix."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FrcnnError(f"cannot create {path}: {exc.strerror or exc}; choose a {option} you can write to") from None
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it to ``path``.

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_json
+from .atomic import atomic_write_json, ensure_dir
 from .config import Config, get_preset
 from .data.manifest import Manifest, read_manifest
 from .data.synthetic import make_synthetic_set
@@ -181,7 +181,7 @@ def run_demo(workdir: str | Path, *, device: torch.device | str = "cpu", n_train
 def _run(workdir: Path, device: torch.device, n_train: int, n_test: int, iters: int | None, seed: int,
          on_log, on_step, progress) -> dict:
     start = time.perf_counter()
-    workdir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(workdir)
     train_path, test_path = _make_data(workdir / "data", n_train, n_test, seed, on_step)
     cfg = get_preset(PRESET)
     skipped: list[str] = []

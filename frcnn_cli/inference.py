@@ -166,23 +166,3 @@ def detect_manifest(model: FasterRCNN, manifest: Manifest, *, device: torch.devi
         if progress is not None:
             progress(done, "")
     return results
-
-
-def detections_by_class(results: list[dict[str, torch.Tensor]], num_classes: int) -> dict:
-    """``{class index 0..K-1: (image indices, scores, boxes)}`` as numpy arrays, for ``evaluate_detections``."""
-    import numpy as np
-
-    per_class: dict[int, tuple] = {}
-    labels = [r["labels"].numpy() for r in results]
-    for k in range(num_classes):
-        image_idx, scores, boxes = [], [], []
-        for i, (r, lab) in enumerate(zip(results, labels)):
-            keep = lab == k + 1
-            if keep.any():
-                image_idx.append(np.full(int(keep.sum()), i, dtype=np.int64))
-                scores.append(r["scores"].numpy()[keep])
-                boxes.append(r["boxes"].numpy()[keep])
-        per_class[k] = (np.concatenate(image_idx) if image_idx else np.zeros(0, np.int64),
-                        np.concatenate(scores) if scores else np.zeros(0, np.float32),
-                        np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32))
-    return per_class

@@ -503,13 +503,7 @@ def test_demo_on_a_device_that_is_not_here(tmp_path, assert_clean_error):
     assert_clean_error(result, "--device cuda:3", "use --device cpu", out_dir=tmp_path / "demo")
 
 
-_DEMO_WORKDIR = pytest.mark.xfail(strict=True, reason=(
-    "frcnn_cli/demo.py run_demo calls workdir.mkdir() unguarded: NotADirectoryError traceback. Fix: as "
-    "train/pipeline.py, `except OSError as exc: raise FrcnnError(f'cannot create {workdir}: {exc.strerror}; "
-    "choose a --workdir you can write to')`"))
-
-
-@pytest.mark.parametrize("command", [pytest.param("demo", marks=_DEMO_WORKDIR), "train"])
+@pytest.mark.parametrize("command", ["demo", "train"])
 def test_a_workdir_under_a_regular_file_cannot_be_made(synth_set, tmp_path, command, assert_clean_error):
     (tmp_path / "plain.txt").write_text("x")
     workdir = tmp_path / "plain.txt" / "run"

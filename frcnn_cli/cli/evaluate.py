@@ -87,8 +87,8 @@ def _write_ap_outputs(out: Path, dets: dict, manifest: Manifest, result: dict) -
 def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str, out: Path | None,
                 batch_size: int, device: str | None, ablation) -> dict:
     from ..detect import load_detector
-    from ..evaluate.voc import evaluate_detections
-    from ..inference import detect_manifest, detections_by_class
+    from ..evaluate.voc import detections_by_class, evaluate_detections
+    from ..inference import detect_manifest
 
     dev = resolve_device(device)
     model, _ = load_detector(model_path, dev)

@@ -25,7 +25,8 @@ def _training_options(f):
     f = click.option("--freeze-shared", is_flag=True,
                      help="Freeze the shared convs taken from --init (steps 3 and 4).")(f)
     f = click.option("--init", default=None,
-                     help="imagenet, none (explicit random init) or a checkpoint (default: the preset's).")(f)
+                     help="imagenet, none (explicit random init), a frcnn checkpoint or a weights file "
+                          "(a state dict, e.g. converted Caffe weights) (default: the preset's).")(f)
     f = config_options(f)
     f = click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
                      help="Checkpoint to write (.pt).")(f)

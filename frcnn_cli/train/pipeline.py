@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write_json
+from ..atomic import atomic_write_json, ensure_dir
 from ..config import Config, config_from_dict, config_to_dict
 from ..data.manifest import Manifest, manifest_hash
-from ..errors import ConfigError, DataError, FrcnnError
+from ..errors import ConfigError, DataError
 from ..inference import dump_proposals
 from ..model.checkpoint import load_model
 from . import distributed
@@ -128,11 +128,7 @@ def run_pipeline(req: PipelineRequest) -> Path:
     """Run (or continue) every step; returns the path of the final unified model."""
     if req.mode not in ("alternating", "joint"):
         raise ConfigError(f"--mode must be alternating or joint, got {req.mode}")
-    try:
-        req.workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FrcnnError(f"cannot create {req.workdir}: {exc.strerror or exc}; choose a --workdir you can "
-                         "write to") from None
+    ensure_dir(req.workdir)
     req.device = distributed.setup(req.device)  # before any barrier: a resumed run may start with a dump
     state_path = req.workdir / "state.json"
     state = _read_state(state_path)
