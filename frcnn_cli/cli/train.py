@@ -124,7 +124,7 @@ def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thr
 @click.option("--iters", type=positive_int, default=None, help="Iterations of EACH training step.")
 @click.option("--seed", type=int, default=None)
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=None,
-              help="Resumable state every N iterations [a tenth of each step].")
+              help="Resumable state every N iterations [a tenth of the detector steps' iterations].")
 @click.option("--resume", is_flag=True, help="Accepted for symmetry: rerunning the same command resumes.")
 @click.option("--device", default=None)
 def train(data, workdir, config, set_, mode, iters, seed, checkpoint_every, resume, device):

@@ -128,6 +128,10 @@ def run_pipeline(req: PipelineRequest) -> Path:
     """Run (or continue) every step; returns the path of the final unified model."""
     if req.mode not in ("alternating", "joint"):
         raise ConfigError(f"--mode must be alternating or joint, got {req.mode}")
+    init = req.cfg.init
+    if init not in ("imagenet", "none") and not Path(init).is_file():
+        raise ConfigError(f"init {init} does not exist; give imagenet, none, a weights file or a checkpoint "
+                          "(--set init=...)")
     ensure_dir(req.workdir)
     req.device = distributed.setup(req.device)  # before any barrier: a resumed run may start with a dump
     state_path = req.workdir / "state.json"
