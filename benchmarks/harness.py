@@ -99,6 +99,19 @@ def use_cpu_clock() -> None:
     Stopwatch.clock = staticmethod(time.process_time)
 
 
+def setup_run(args) -> torch.device:
+    """Apply ``--threads`` and ``--clock`` and resolve ``--device``; prints the environment line."""
+    from frcnn_cli.devices import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        use_cpu_clock()
+    device = resolve_device(args.device)
+    print(environment(device))
+    return device
+
+
 def ratio_line(what: str, ours: float, peer: float, unit: str, *, target: float | None = None,
                higher_is_better: bool = False, peer_name: str = "torchvision") -> str:
     """``what: frcnn X unit | peer Y unit | ratio R`` plus whether the target ratio is met and by how much."""

@@ -26,14 +26,14 @@ import argparse
 from dataclasses import replace
 
 import torch
-from harness import Stopwatch, environment, interleaved, median_of, ratio_line, target_line, use_cpu_clock
+from harness import Stopwatch, interleaved, median_of, ratio_line, setup_run, target_line
 from torchvision_peer import build_torchvision_vgg16, torchvision_network
 
 from frcnn_cli.bench import prepare_model
 from frcnn_cli.config import Config, get_preset
 from frcnn_cli.data.images import batch_from_images
 from frcnn_cli.data.voc import VOC_CLASSES
-from frcnn_cli.devices import autocast, resolve_device
+from frcnn_cli.devices import autocast
 from frcnn_cli.model.detector import FasterRCNN
 from frcnn_cli.model.svd import SVDLinear
 
@@ -153,13 +153,8 @@ def report(batch_size: int, results: dict, device: torch.device) -> None:
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.clock == "cpu":
-        use_cpu_clock()
-    device = resolve_device(args.device)
+    device = setup_run(args)
     size = tuple(int(v) for v in args.image_size.lower().split("x"))
-    print(environment(device))
     min_size, max_size = scales(args.quick)
     print(f"VGG16, images {size[1]}x{size[0]} -> shorter side {min_size} (max {max_size}), random weights, "
           f"median of {args.runs} runs after {args.warmup} warm-up, {args.clock} clock, variants {args.variants}")

@@ -22,14 +22,14 @@ import argparse
 from dataclasses import replace
 
 import torch
-from harness import Stopwatch, environment, interleaved, median_of, ratio_line, use_cpu_clock
+from harness import Stopwatch, interleaved, median_of, ratio_line, setup_run
 from torchvision_peer import build_torchvision_vgg16
 
 from frcnn_cli.config import Config, get_preset
 from frcnn_cli.data.images import batch_from_images
 from frcnn_cli.data.targets import Targets
 from frcnn_cli.data.voc import VOC_CLASSES
-from frcnn_cli.devices import autocast, resolve_device
+from frcnn_cli.devices import autocast
 from frcnn_cli.model.detector import FasterRCNN
 from frcnn_cli.train.loop import build_optimizer
 from frcnn_cli.train.steps import freeze_for_stage, stage_spec
@@ -172,13 +172,8 @@ def schedule_hours(rates: dict[str, float], cfg: Config) -> float:
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.clock == "cpu":
-        use_cpu_clock()
-    device = resolve_device(args.device)
+    device = setup_run(args)
     cfg = train_config(args.quick)
-    print(environment(device))
     print(f"VGG16 training, shorter side {cfg.input.train_scales[0]} (max {cfg.input.max_size}), "
           f"median of {args.steps} steps after {args.warmup} warm-up, {args.clock} clock")
     data = synthetic_data(2)

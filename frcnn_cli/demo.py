@@ -22,6 +22,7 @@ import torch
 
 from .atomic import atomic_write_json, ensure_dir
 from .config import Config, get_preset
+from .data import synthetic
 from .data.manifest import Manifest, read_manifest
 from .data.synthetic import make_synthetic_set
 from .errors import DataError
@@ -36,9 +37,7 @@ from .train.pipeline import PipelineRequest, run_pipeline
 SUMMARY_FORMAT = "frcnn-demo-summary"
 SUMMARY_VERSION = 1
 PRESET = "tiny"
-DEFAULT_TRAIN = 200  # make_synthetic_set's own defaults
-DEFAULT_TEST = 60
-DEFAULT_SEED = 0
+DEFAULT_TRAIN, DEFAULT_TEST, DEFAULT_SEED = synthetic.DEFAULT_TRAIN, synthetic.DEFAULT_TEST, synthetic.DEFAULT_SEED
 PICTURES = 4  # test images drawn with their detections
 DRAW_SCORE = 0.5  # detections drawn: score at least this (all of them count for the AP)
 RECALL_TOP_NS = (10, 50, 100, 300)

@@ -48,3 +48,17 @@ def test_a_library_error_becomes_one_error_line_and_exit_code_without_traceback(
     assert "missing.json" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_the_public_api_is_importable_from_the_package():
+    import frcnn_cli
+
+    for name in frcnn_cli.__all__:
+        assert getattr(frcnn_cli, name) is not None, name
+    assert frcnn_cli.get_preset("zf").rpn.conv_channels == 256
+
+
+def test_the_command_line_starts_without_loading_torch():
+    code = "import sys, frcnn_cli.cli.main; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", "a CLI module imports torch at start-up: import it inside the command"

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ..demo import DEFAULT_SEED, DEFAULT_TEST, DEFAULT_TRAIN, run_demo
+from ..data.synthetic import DEFAULT_SEED, DEFAULT_TEST, DEFAULT_TRAIN
 from ..devices import resolve_device
-from ..train.loop import LoopState
+
+if TYPE_CHECKING:
+    from ..train.loop import LoopState
 from . import console
 from .options import positive_int
 
@@ -91,6 +94,8 @@ def demo(workdir, device, n_train, n_test, seed, threads, iters) -> None:
     dev = resolve_device(device)
     console.info(f"frcnn demo in {workdir} on {dev}: {n_train} training and {n_test} test images")
     reporter = _Reporter()
+    from ..demo import run_demo
+
     summary = run_demo(workdir, device=dev, n_train=n_train, n_test=n_test, iters=iters, seed=seed,
                        threads=threads, on_log=reporter.on_log, on_step=reporter.on_step)
     _report(summary, workdir)

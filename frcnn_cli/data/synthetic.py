@@ -234,8 +234,13 @@ def _image_size(rng: np.random.Generator, image_size: tuple[int, int]) -> tuple[
     return (h, w) if rng.random() < 0.2 else (w, h)
 
 
-def make_synthetic_set(out_dir: Path, *, n_train: int = 200, n_test: int = 60, seed: int = 0,
-                       image_size: tuple[int, int] = (256, 192)) -> tuple[Path, Path]:
+DEFAULT_TRAIN = 200  # images in the trainval split (the demo's and `frcnn prepare synth`'s default)
+DEFAULT_TEST = 60
+DEFAULT_SEED = 0
+
+
+def make_synthetic_set(out_dir: Path, *, n_train: int = DEFAULT_TRAIN, n_test: int = DEFAULT_TEST,
+                       seed: int = DEFAULT_SEED, image_size: tuple[int, int] = (256, 192)) -> tuple[Path, Path]:
     """Write the set under ``out_dir``; return the paths of ``trainval.json`` and ``test.json``.
 
     Layout: ``JPEGImages/<id>.jpg``, ``Annotations/<id>.xml``, ``ImageSets/Main/{trainval,test}.txt``,
