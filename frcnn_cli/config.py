@@ -49,7 +49,7 @@ class InputConfig(_Checked):
     pixel_range: float = 1.0  # 1.0: pixels in [0, 1]; 255.0: Caffe's [0, 255]
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # in pixel_order and pixel_range
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # Caffe: (1, 1, 1)
-    size_divisor: int = 16  # padded batch sides are multiples of this
+    size_divisor: int = 1  # padded batch sides are multiples of this (1: the largest image, as py-faster-rcnn)
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ def _presets() -> dict[str, Config]:
     resnet101 = replace(vgg16, name="resnet101", backbone="resnet101")
     tiny = _with(
         replace(vgg16, name="tiny", backbone="tiny", init="none", seed=3),
-        input={"train_scales": (192,), "test_scale": 192, "max_size": 320},
+        input={"train_scales": (192,), "test_scale": 192, "max_size": 320, "size_divisor": 16},
         anchors={"scales": (1.5, 3.0, 6.0)},
         rpn={"conv_channels": 128, "min_size": 4.0, "test_pre_nms_top_n": 1000, "test_post_nms_top_n": 100,
              "train_pre_nms_top_n": 2000, "train_post_nms_top_n": 300, "dump_post_nms_top_n": 300},

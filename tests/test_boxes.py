@@ -104,7 +104,8 @@ def test_encode_equals_py_faster_rcnn_bbox_transform():
 
 
 def test_decode_equals_py_faster_rcnn_bbox_transform_inv():
-    # bbox_transform_inv has no "-1" on x2, y2, so its output already is in our convention
+    # the same numbers as bbox_transform_inv; py-faster-rcnn then reads them as inclusive corners, so its
+    # boxes are one pixel larger than ours (docs/reproducing-the-paper.md, "Known deviations")
     boxes = BoxCoder().decode(PFR_DELTAS, PFR_EX + PLUS_ONE)
     torch.testing.assert_close(boxes, PFR_DECODED, atol=1e-8, rtol=0)
 

@@ -42,9 +42,9 @@ def _spy(stage, record: dict) -> None:
     real_batches, real_save, real_loop = stage.device_batches, stage.save_checkpoint, stage.run_loop
 
     def device_batches(loader, device, **kwargs):
-        for batch, targets in real_batches(loader, device, **kwargs):
+        for batch, targets, proposals in real_batches(loader, device, **kwargs):
             record["seen"].append(list(zip(batch.indices.tolist(), batch.flipped.tolist())))
-            yield batch, targets
+            yield batch, targets, proposals
 
     def save_checkpoint(path, model, **kwargs):
         record["saves"].append(str(path))

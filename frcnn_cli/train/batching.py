@@ -10,8 +10,11 @@ from ..data.images import scale_and_flip_proposals
 from ..proposals import ProposalStore
 
 
-def device_batches(loader: Iterable, device: torch.device, *, channels_last: bool = False) -> Iterator:
-    """``(ImageBatch, Targets)`` from the loader, moved to ``device`` (non-blocking from pinned memory).
+def device_batches(loader: Iterable, device: torch.device, *, channels_last: bool = False,
+                   proposals_for: Callable | None = None) -> Iterator:
+    """``(ImageBatch, Targets, proposals)`` from the loader, moved to ``device`` (non-blocking from pinned
+    memory). ``proposals_for(batch)`` (a detector stage's stored proposals, else None) reads the batch's
+    indices, scales and flips while they are still on the host, so no device sync is needed for them.
 
     Starting a DataLoader iterator draws its workers' base seed from the global RNG; it is started under
     ``fork_rng`` so that the global stream (anchor and RoI sampling, dropout) is the same whether a run
@@ -20,14 +23,16 @@ def device_batches(loader: Iterable, device: torch.device, *, channels_last: boo
     with torch.random.fork_rng(devices=[]):
         iterator = iter(loader)
     for batch, targets in iterator:
+        proposals = proposals_for(batch) if proposals_for is not None else None
         batch = batch.to(device, non_blocking=True)
         if channels_last:
             batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
-        yield batch, targets.to(device, non_blocking=True)
+        yield batch, targets.to(device, non_blocking=True), proposals
 
 
 def proposal_source(store: ProposalStore, device: torch.device) -> Callable:
-    """``proposals_for(batch)``: each image's stored proposals, scaled and flipped like the image.
+    """``proposals_for(batch)``: each image's stored proposals, scaled and flipped like the image, on
+    ``device``; ``batch`` is the loader's (host) batch.
 
     Flipped training images get their proposals by flipping the stored ones, as py-faster-rcnn.
     """

@@ -101,12 +101,12 @@ def _check_finite(first_bad: torch.Tensor, spec: StageSpec, hooks_note: str) -> 
 
 
 def run_loop(*, model: nn.Module, core: nn.Module, spec: StageSpec, optimizer: torch.optim.Optimizer,
-             schedule: Schedule, batches: Iterator, proposals_for: Callable | None, start: int, total: int,
+             schedule: Schedule, batches: Iterator, start: int, total: int,
              amp: bool, hooks: LoopHooks, last_good_note: str = "") -> None:
     """Train ``model`` (possibly DDP-wrapped ``core``) from iteration ``start`` to ``total``.
 
-    ``batches`` yields ``(ImageBatch, Targets)`` already on the model's device; ``proposals_for(batch)``
-    gives the external proposals of a detector stage. The non-finite check reads one device flag only at
+    ``batches`` yields ``(ImageBatch, Targets, proposals)`` already on the model's device (``proposals``:
+    a detector stage's external proposals, else None). The non-finite check reads one device flag only at
     logging and checkpoint steps, so a GPU run has no per-iteration host sync.
     """
     model.train()
@@ -114,8 +114,7 @@ def run_loop(*, model: nn.Module, core: nn.Module, spec: StageSpec, optimizer: t
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     tick, images = time.perf_counter(), 0
     for it in range(start, total):
-        batch, targets = next(batches)
-        proposals = proposals_for(batch) if proposals_for is not None else None
+        batch, targets, proposals = next(batches)
         _set_lr(optimizer, schedule.lr_at(it))
         losses = _forward_losses(model, core, spec, batch, targets, proposals, amp)
         loss = sum(losses.values())

@@ -205,9 +205,9 @@ def run_stage(req: StageRequest) -> Path:
     note = (f"the last good state is in {resume_path(req.out)}." if req.checkpoint_every else
             "no checkpoint was written (use --checkpoint-every N to keep one).")
     run_loop(model=wrapped, core=model, spec=spec, optimizer=optimizer, schedule=schedule,
-             batches=device_batches(loader, req.device, channels_last=channels_last), start=start, total=total,
-             proposals_for=proposal_source(store, req.device) if store is not None else None,
-             amp=cfg.solver.amp, hooks=hooks, last_good_note=note)
+             batches=device_batches(loader, req.device, channels_last=channels_last,
+                                    proposals_for=proposal_source(store, req.device) if store is not None else None),
+             start=start, total=total, amp=cfg.solver.amp, hooks=hooks, last_good_note=note)
     distributed.barrier()
     return req.out
 
