@@ -360,7 +360,9 @@ class ProposalStore:
         want = manifest_hash(manifest)
         ids = [rec.id for rec in manifest.images]
         missing = [i for i in ids if i not in self._index_of]
-        redo = f"dump the proposals again: `frcnn dump-proposals --data {manifest_path} --out {self.path}`"
+        new = Path(manifest_path).with_suffix("").name + "-proposals.h5"
+        redo = (f"give the proposal file made for {manifest_path}, or dump one: "
+                f"`frcnn dump-proposals --model RPN.pt --data {manifest_path} --out {new}`")
         if self.manifest_hash != want:
             extra = f"; {len(missing)} of its {len(ids)} images are not in it" if missing else ""
             raise ProposalStoreError(

@@ -402,7 +402,7 @@ HDF5_CASES = {
     "truncated": (lambda p, s: _truncated(p, s[0]), ["props.h5 is not a readable HDF5 file", "dump-proposals"]),
     "foreign": (lambda p, s: _foreign(p), ["props.h5 is an HDF5 file but not a frcnn proposal file"]),
     "other_manifest": (lambda p, s: _store(p, s[1]), ["props.h5 was made from another manifest",
-                                                      "trainval.json", "dump the proposals again"]),
+                                                      "trainval.json", "give the proposal file made for"]),
     "missing": (lambda p, s: p, ["props.h5 does not exist", "frcnn dump-proposals"]),
     "random_bytes": (lambda p, s: _write(p, np.random.default_rng(1).bytes(3000)) or p,
                      ["props.h5 is not a readable HDF5 file"]),

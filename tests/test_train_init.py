@@ -41,3 +41,13 @@ def test_set_init_is_honoured_like_the_init_option(tmp_path, synth_set):
                                       *_set_args(f"init={tmp_path / 'nowhere.pth'}")])
     assert result.exit_code != 0
     assert "nowhere.pth" in result.output
+
+
+def test_resume_without_a_saved_state_says_it_starts_from_iteration_zero(tmp_path, synth_set):
+    trainval, _ = synth_set
+    result = CliRunner().invoke(cli, ["train-rpn", "--data", str(trainval), "--out", str(tmp_path / "r.pt"),
+                                      "--config", "tiny", "--init", "none", "--iters", "1", "--resume",
+                                      *_set_args()])
+    assert result.exit_code == 0, result.output
+    assert "starting from iteration 0" in result.output
+

@@ -93,3 +93,5 @@ def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, 
         console.info(f"wrote {len(results)} image(s) and {escape(str(out / 'detections.json'))}")
     if as_json:
         click.echo(lib.detections_json(results))
+    elif out is not None:
+        click.echo(str(out / "detections.json"))

@@ -184,3 +184,5 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, out, as_json
         summary = _eval_proposals(proposals_path, data, manifest, out)
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False, allow_nan=False))
+    elif out is not None:
+        click.echo(str(out))

@@ -23,7 +23,8 @@ class FrcnnGroup(click.Group):
         except FrcnnError as exc:
             raise _ErrorMessage(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
-            raise _ErrorMessage("interrupted; rerun the same command with --resume to continue", 130) from None
+            raise _ErrorMessage("interrupted; to continue, rerun the same command (train-rpn and train-detector "
+                                "with --resume: they continue from the last --checkpoint-every state)", 130) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)  # in the order of the workflow, not alphabetical

@@ -59,11 +59,25 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
     talk = _is_main_process()
     if talk:
         console.info(f"training {spec.name} on {len(manifest.images)} images ({cfg.name}, {req.device})")
+    if resume:
+        _say_where_resume_starts(out)
     with console.TrainingProgress(spec.kind) as progress:
         req.on_log = progress
         run_stage(req)
     if talk:
         click.echo(str(out))
+
+
+def _say_where_resume_starts(out: Path) -> None:
+    from ..model.checkpoint import read_checkpoint
+    from ..train.stage import resume_path
+
+    path = resume_path(out)
+    if not path.exists():
+        console.warn(f"--resume: there is no {path} (no resumable state was kept); starting from iteration 0")
+        return
+    state = read_checkpoint(path).get("train_state") or {}
+    console.info(f"resuming from {path} at iteration {state.get('iteration')} of {state.get('total')}")
 
 
 @click.command("train-rpn")

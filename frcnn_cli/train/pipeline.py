@@ -89,7 +89,8 @@ def _check_same_run(state: dict, req: PipelineRequest, path: Path) -> Config:
         raise DataError(f"{req.workdir} holds a run on another dataset than {req.manifest_path} "
                         f"(see {path}); use another --workdir or the original manifest")
     if state["mode"] != req.mode or state.get("iters") != req.iters:
-        raise ConfigError(f"{req.workdir} holds a {state['mode']} run with --iters {state.get('iters')}; "
+        iters = state.get("iters") or "of the preset"
+        raise ConfigError(f"{req.workdir} holds an {state['mode']} run with iterations {iters}; "
                           "rerun it with the same options or use another --workdir")
     saved = config_from_dict(state["config"])
     if saved != req.cfg:

@@ -101,7 +101,7 @@ def _provenance(req: StageRequest, init_info: dict, total: int, seed: int) -> di
     return prov
 
 
-def _load_resume(req: StageRequest, model, optimizer) -> int:
+def _load_resume(req: StageRequest, model, optimizer, total: int) -> int:
     path = resume_path(req.out)
     if not (req.resume and path.exists()):
         return 0
@@ -114,6 +114,9 @@ def _load_resume(req: StageRequest, model, optimizer) -> int:
         raise TrainingError(f"{path} holds an interrupted '{ckpt.get('stage')}' stage, not "
                             f"'{_stage_label(req.spec)}'; resume it with the command that started it, or "
                             f"delete {path} to start this stage afresh")
+    if state.get("total", total) != total:
+        raise TrainingError(f"{path} is a run of {state['total']} iterations, this one asks for {total}; resume "
+                            f"with the same --iters, or delete {path} to start this stage afresh")
     model.load_state_dict({f"{p}.{k}": v for p, sd in ckpt["parts"].items() for k, v in sd.items()},
                           strict=False)
     optimizer.load_state_dict(state["optimizer"])
@@ -179,7 +182,7 @@ def run_stage(req: StageRequest) -> Path:
     default_iters, steps = spec.iterations(cfg.solver)
     total, steps = scaled_schedule(default_iters, steps, req.iters)
     optimizer = build_optimizer(model, cfg.solver)
-    start = _load_resume(req, model, optimizer)
+    start = _load_resume(req, model, optimizer, total)
     if start >= total:
         raise TrainingError(f"{resume_path(req.out)} is already at iteration {start} of {total}; "
                             "delete it or ask for more --iters")
