@@ -181,7 +181,8 @@ def test_difficult_boxes_are_excluded_and_empty_images_kept(tmp_path):
 def test_batch_from_images_uses_the_test_scale():
     batch = batch_from_images([torch.zeros((3, 375, 500), dtype=torch.uint8)], _cfg().input, ["x"])
     assert batch.image_sizes.tolist() == [[600, 800]] and batch.scales.tolist() == [pytest.approx(1.6)]
-    assert batch.tensor.shape == (1, 3, 608, 800) and batch.original_sizes.tolist() == [[375, 500]]
+    # the paper's presets pad only to the largest image (py-faster-rcnn), not to a multiple of 16
+    assert batch.tensor.shape == (1, 3, 600, 800) and batch.original_sizes.tolist() == [[375, 500]]
 
 
 # ------------------------------------------------------------------ order and loading
@@ -259,7 +260,9 @@ def test_loader_resumes_mid_epoch_with_multi_scale(tmp_path):
 
 
 def test_inference_loader_sees_each_image_once_unflipped_with_workers(tmp_path):
-    ds = DetectionDataset(_tiny_manifest(tmp_path, 5), _cfg(test_scale=24), train=False)
+    cfg = _cfg(test_scale=24)
+    cfg = replace(cfg, input=replace(cfg.input, size_divisor=16))
+    ds = DetectionDataset(_tiny_manifest(tmp_path, 5), cfg, train=False)
     loader = make_loader(ds, batch_size=2, shuffle=False, seed=0, num_workers=2)
     assert len(loader) == 3
     batches = list(loader)

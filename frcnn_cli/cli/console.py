@@ -14,8 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-# a log file or pipe gets wide lines rather than rich's 80-column fallback, so no table cell is cut
-err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+err_console = Console(stderr=True, highlight=False)
 
 
 def info(message: str) -> None:
