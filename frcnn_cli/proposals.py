@@ -10,11 +10,9 @@ Layout (readable by any HDF5 tool)::
                       attrs id, done=1 (written last); datasets boxes (float32 R x 4, original image pixels,
                       0-based continuous, sorted by score, descending) and scores (float32 R)
 
-Datasets are contiguous and uncompressed: proposal coordinates hardly compress (gzip level 1 saved ~10 %)
-and reads were twice as slow. ``ProposalWriter`` writes ``<path>.partial`` and flushes after each image; a
-rerun after a crash (even ``kill -9``) skips the images marked done, and ``finish()`` renames the file into
-place only when every image is there. ``ProposalStore`` treats the file as untrusted: it checks format,
-version, completeness and every dataset's shape and type before reading it into memory.
+Datasets are uncompressed (gzip saved ~10 % and halved read speed). ``ProposalWriter`` flushes
+``<path>.partial`` after each image, resumes after a crash, and renames it into place when complete;
+``ProposalStore`` checks format, version, completeness and every dataset's shape before reading data.
 """
 
 from __future__ import annotations
@@ -94,10 +92,8 @@ class ProposalWriter:
     ``attrs`` must hold the settings of :data:`SETTINGS` (``config`` may be a dict: stored as JSON).
     Reopening a ``.partial`` written with the same manifest hash, image ids and attrs resumes it
     (``done(key)`` is then true for the images already written); one written with anything else, or one
-    that cannot be read, is discarded with a note to ``on_note`` (default: the logger). Closing without
-    ``finish()`` (or leaving the ``with`` block) keeps the ``.partial`` for a later resume.
-    Images are the manifest's (``manifest=``) or given as ``image_ids``, in manifest order; keys are
-    manifest indices (int) or image ids (str).
+    that cannot be read, is discarded with a note to ``on_note`` (default: the logger); closing without
+    ``finish()`` keeps it for a later resume. Images: ``manifest=`` or ``image_ids``; keys: index or id.
     """
 
     def __init__(self, path: str | os.PathLike, *, manifest_hash: str, attrs: dict[str, Any],
@@ -401,5 +397,4 @@ class ProposalStore:
 def bytes_per_proposal(path: str | os.PathLike) -> float:
     """File size divided by the number of proposals in it (for benchmarks)."""
     with ProposalStore(path) as store:
-        total = store.num_proposals()
-    return os.path.getsize(path) / max(total, 1)
+        return os.path.getsize(path) / max(store.num_proposals(), 1)

@@ -206,3 +206,28 @@ def kill_after_saving(monkeypatch) -> Callable[..., None]:
 
     monkeypatch.setattr(stage, "save_checkpoint", save)
     return arm
+
+
+class PicklePayload:
+    """An object whose unpickling touches ``marker``: proves a loader never runs pickled code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def write_proposal_store(path: Path, manifest_path: Path, boxes, scores) -> Path:
+    """A complete proposal file for every image of ``manifest_path``, each with ``boxes``/``scores`` (numpy)."""
+    from frcnn_cli.data.manifest import manifest_hash, read_manifest
+    from frcnn_cli.proposals import ProposalWriter
+
+    manifest = read_manifest(manifest_path)
+    attrs = {"checkpoint_hash": "0" * 64, "nms_thresh": 0.7, "pre_nms_top_n": 0, "post_nms_top_n": 300,
+             "min_size": 4.0, "scale": 64, "max_size": 96, "config": {}}
+    with ProposalWriter(path, manifest_hash=manifest_hash(manifest), attrs=attrs, manifest=manifest) as w:
+        for i in range(len(manifest.images)):
+            w.write(i, boxes, scores)
+        w.finish()
+    return path

@@ -17,11 +17,11 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import write_proposal_store
 from PIL import Image
 
 from frcnn_cli.cli.main import cli
-from frcnn_cli.data.manifest import manifest_hash, read_manifest
-from frcnn_cli.proposals import ProposalWriter
+from frcnn_cli.data.manifest import read_manifest
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # faster on a busy 2-core machine
 
@@ -376,14 +376,8 @@ def test_eval_and_detect_refuse_a_checkpoint_without_a_detection_head(synth_set,
 
 
 def _store(path: Path, manifest_path: Path) -> Path:
-    manifest = read_manifest(manifest_path)
-    attrs = {"checkpoint_hash": "0" * 64, "nms_thresh": 0.7, "pre_nms_top_n": 0, "post_nms_top_n": 300,
-             "min_size": 4.0, "scale": 64, "max_size": 96, "config": {}}
-    with ProposalWriter(path, manifest_hash=manifest_hash(manifest), attrs=attrs, manifest=manifest) as w:
-        for i in range(len(manifest.images)):
-            w.write(i, np.array([[1, 1, 20, 20], [5, 5, 30, 30]], np.float32), np.array([0.9, 0.4], np.float32))
-        w.finish()
-    return path
+    boxes, scores = np.array([[1, 1, 20, 20], [5, 5, 30, 30]], np.float32), np.array([0.9, 0.4], np.float32)
+    return write_proposal_store(path, manifest_path, boxes, scores)
 
 
 def _foreign(path: Path) -> Path:

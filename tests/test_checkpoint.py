@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PicklePayload
 
 from frcnn_cli.config import config_to_dict, get_preset
 from frcnn_cli.errors import CheckpointError
@@ -112,18 +113,10 @@ def test_random_bytes_are_not_a_checkpoint(tmp_path):
         read_checkpoint(empty)
 
 
-class _Payload:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 def test_a_pickle_payload_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "payload-ran"
     path = tmp_path / "evil.pt"
-    torch.save({"format": "frcnn-checkpoint", "version": 1, "parts": {}, "x": _Payload(marker)}, path)
+    torch.save({"format": "frcnn-checkpoint", "version": 1, "parts": {}, "x": PicklePayload(marker)}, path)
     with pytest.raises(CheckpointError) as info:
         read_checkpoint(path)
     assert "refused" in str(info.value) and str(path) in str(info.value)

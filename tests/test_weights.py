@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import urllib.error
-from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+from conftest import PicklePayload
 
 from frcnn_cli.errors import CheckpointError
 from frcnn_cli.model.backbones import build_backbone
@@ -206,18 +206,10 @@ def test_a_file_that_is_not_a_state_dict_is_an_error(tmp_path):
         init_backbone(build_backbone("tiny"), "tiny", str(garbage))
 
 
-class _Payload:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 def test_a_pickle_payload_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    torch.save({"conv1.weight": torch.zeros(1), "x": _Payload(marker)}, path)
+    torch.save({"conv1.weight": torch.zeros(1), "x": PicklePayload(marker)}, path)
     with pytest.raises(CheckpointError, match="refused"):
         init_backbone(build_backbone("tiny"), "tiny", str(path))
     assert not marker.exists()
