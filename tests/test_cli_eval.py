@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -137,17 +138,21 @@ def test_options_that_do_not_go_together_are_usage_errors(setup, args, message):
     assert result.exit_code == 2 and message in result.output
 
 
-def test_proposal_recall_at_each_iou_and_the_fig2_plot(setup, tmp_path):
-    root, data, _, _ = setup
+def _recall_file(root, path):
     manifest = _manifest(root)
     attrs = {key: 0 for key in SETTINGS} | {"config": {}}
-    path = tmp_path / "p.h5"
     with ProposalWriter(path, manifest_hash=manifest_hash(manifest), attrs=attrs, manifest=manifest) as w:
         w.write(0, torch.tensor([[10.0, 10.0, 30.0, 30.0]]), torch.tensor([0.9]))  # IoU 1 with the cat
         # the dog [0, 0, 20, 20] is covered with IoU 320/400 = 0.8; the difficult cat does not count
         w.write(1, torch.tensor([[0.0, 0.0, 20.0, 16.0], [30.0, 5.0, 60.0, 40.0]]), torch.tensor([0.8, 0.7]))
         w.write(2, torch.zeros((0, 4)), torch.zeros(0))
         w.finish()
+    return path
+
+
+def test_proposal_recall_at_each_iou_and_the_fig2_plot(setup, tmp_path):
+    root, data, _, _ = setup
+    path = _recall_file(root, tmp_path / "p.h5")
     out = tmp_path / "out"
     result = _eval("--proposals", path, "--data", data, "--json", "--out", out)
     assert result.exit_code == 0, result.output
@@ -157,3 +162,44 @@ def test_proposal_recall_at_each_iou_and_the_fig2_plot(setup, tmp_path):
     assert summary["average_recall"]["100"] == pytest.approx(0.85)
     assert summary["num_objects"] == 2
     assert (out / "recall_vs_iou.png").stat().st_size > 0
+
+
+HEADER = ["N", *(f"{0.5 + 0.05 * i:.2f}" for i in range(10)), "AR"]
+
+
+def _header_cells(text: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith("┃"))
+    return [cell.strip() for cell in line.strip("┃").split("┃")]
+
+
+def test_the_recall_table_is_whole_in_a_log_file(setup, tmp_path, monkeypatch):
+    """stderr to a file or pipe: rich falls back to 80 columns, too few for 12 columns of recall."""
+    from rich.console import Console
+
+    from frcnn_cli.cli import console
+
+    monkeypatch.setattr(console, "err_console", Console(stderr=True, highlight=False, width=80))
+    root, data, _, _ = setup
+    result = _eval("--proposals", _recall_file(root, tmp_path / "p.h5"), "--data", data)
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.stderr
+    assert _header_cells(result.stderr) == HEADER
+    assert "│ 300  │ 1.000 │ 1.000 │" in result.stderr and "0.850" in result.stderr
+
+
+def test_a_table_on_a_terminal_keeps_the_terminal_width(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from frcnn_cli.cli import console
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(console, "err_console", Console(file=screen, width=60, highlight=False))
+    console.table("recall", HEADER, [["300", *["1.000"] * 10, "0.850"]])
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", screen.getvalue()).splitlines()  # without the colour codes
+    assert lines and max(len(line) for line in lines) == 60

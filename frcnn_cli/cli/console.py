@@ -1,7 +1,7 @@
 """The one place rich is set up: a console on stderr, progress bars, tables.
 
 Results go to stdout (``click.echo``); everything for a person watching goes to stderr. Progress bars are
-plain log lines when stderr is not a terminal.
+plain log lines when stderr is not a terminal; tables there are as wide as they need to be.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ import sys
 import time
 from collections.abc import Callable
 
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 err_console = Console(stderr=True, highlight=False)
+_UNLIMITED = 1 << 20  # characters: the width a table is measured in when no terminal limits it
 
 
 def info(message: str) -> None:
@@ -66,14 +68,37 @@ class ProgressReporter:
         return self.update
 
 
+def _writes_to_terminal() -> bool:
+    isatty = getattr(err_console.file, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _print_whole(renderable: RenderableType) -> None:
+    """Print on stderr: as wide as the terminal on one, else as wide as ``renderable`` needs.
+
+    A log file or pipe has no width, and rich's 80-column fallback would squeeze a wide table until its
+    cells end in '…'; there it gets a console of the table's own width (the other lines keep rich's).
+    """
+    if _writes_to_terminal():
+        err_console.print(renderable)
+        return
+    needed = Measurement.get(err_console, err_console.options.update(max_width=_UNLIMITED), renderable).maximum
+    if needed <= err_console.width:
+        err_console.print(renderable)
+        return
+    wide = Console(file=err_console.file, width=needed, highlight=False, color_system=err_console.color_system,
+                   force_terminal=err_console.is_terminal, no_color=err_console.no_color)
+    wide.print(renderable)
+
+
 def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    """Render a table on stderr."""
+    """Render a table on stderr, never cut in a log file or pipe (``_print_whole``)."""
     t = Table(title=title)
     for c in columns:
         t.add_column(c)
     for r in rows:
         t.add_row(*r)
-    err_console.print(t)
+    _print_whole(t)
 
 
 class TrainingProgress:
