@@ -132,10 +132,19 @@ def test_a_manifest_with_other_classes_is_refused_naming_both_files(setup, tmp_p
     (("--model", "m.pt", "--voc2007", "--metric", "area"), "cannot go with --metric area"),
     (("--proposals", "p.h5", "--no-rpn-nms"), "apply to --model only"),
 ])
-def test_options_that_do_not_go_together_are_usage_errors(setup, args, message):
+def test_options_that_do_not_go_together_are_one_error_line(setup, args, message, assert_clean_error):
+    """Like every other command's option conflicts (bench, prepare folder): ``Error: …``, exit 2, no usage block."""
     _, data, _, _ = setup
     result = _eval(*args, "--data", data)
-    assert result.exit_code == 2 and message in result.output
+    assert result.exit_code == 2 and "Usage:" not in result.output
+    assert result.output.startswith("Error:")
+    assert_clean_error(result, message)
+
+
+def test_an_unknown_option_keeps_clicks_usage_error(setup):
+    _, data, _, _ = setup
+    result = _eval("--modle", "m.pt", "--data", data)
+    assert result.exit_code == 2 and "Usage: " in result.output and "No such option '--modle'" in result.output
 
 
 def _recall_file(root, path):

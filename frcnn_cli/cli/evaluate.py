@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from ..data.manifest import Manifest, read_manifest
 from ..devices import resolve_device
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..evaluate.voc import METRICS
 from . import console
 from .detect import ablation_from_options, ablation_options
@@ -139,15 +139,15 @@ def _eval_proposals(proposals_path: Path, data: Path, manifest: Manifest, out: P
 
 
 def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, ablation) -> str:
-    """The AP metric; a ``click.UsageError`` for options that do not go together."""
+    """The AP metric; a ``ConfigError`` (one ``Error:`` line, exit 2) for options that do not go together."""
     if (model_path is None) == (proposals_path is None):
-        raise click.UsageError("give exactly one of --model CKPT (detection AP) and --proposals P.h5 "
-                               "(proposal recall)")
+        raise ConfigError("give exactly one of --model CKPT (detection AP) and --proposals P.h5 "
+                          "(proposal recall)")
     if voc2007 and metric not in (None, "11point"):
-        raise click.UsageError(f"--voc2007 is the 11-point metric; it cannot go with --metric {metric}")
+        raise ConfigError(f"--voc2007 is the 11-point metric; it cannot go with --metric {metric}: drop one")
     if proposals_path is not None and (voc2007 or metric is not None or ablation is not None):
-        raise click.UsageError("--voc2007, --metric and the proposal ablations (--proposals-n, --no-rpn-*) "
-                               "apply to --model only")
+        raise ConfigError("--voc2007, --metric and the proposal ablations (--proposals-n, --no-rpn-*) "
+                          "apply to --model only; drop them for --proposals")
     return metric or "11point"
 
 

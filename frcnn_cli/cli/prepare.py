@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..data.manifest import Manifest, PrepareReport, read_manifest, write_manifest
+from ..errors import ConfigError
 from . import console
 
 MAX_WARNINGS = 10  # warnings listed one by one; the rest are counted
@@ -123,7 +124,7 @@ def folder(images_dir: Path, annotations_dir: Path, classes_file: Path | None, s
     from ..data.voc import prepare_folder, read_class_file
 
     if split_file is not None and val_fraction is not None:
-        raise click.UsageError("give --split-file or --val-fraction, not both")
+        raise ConfigError("give --split-file or --val-fraction, not both")
     classes = read_class_file(classes_file) if classes_file is not None else None
     name = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
     warnings: list[str] = []
