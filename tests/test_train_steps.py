@@ -219,3 +219,58 @@ def test_step_numbers_of_the_schedule_scale_with_iters():
     assert scaled_schedule(80000, (60000,), None) == (80000, (60000,))
     assert scaled_schedule(80000, (60000,), 40) == (40, (30,))
     assert scaled_schedule(400, (300,), 3) == (3, (2,))
+
+
+# --------------------------------------------------------------------------------------------------
+# shared convs from an unexpected step: a warning; the start line only once every input is checked
+
+
+def test_step_four_from_a_step_one_rpn_warns_and_trains(four_steps, frcnn, tmp_path):
+    out = tmp_path / "final_from_rpn1.pt"
+    result = frcnn("train-detector", "--data", four_steps["data"], "--out", out, "--init", four_steps["rpn1"],
+                   "--freeze-shared", "--proposals", four_steps["props2"], "--iters", 1)
+    warning = " ".join(result.stderr[result.stderr.index("Warning:"):].split())
+    assert f"shared convs of {four_steps['rpn1']}, a step-1 RPN (stage 'rpn')" in warning
+    assert "--init rpn2.pt" in warning and "fc6/fc7 start from random weights" in warning
+    assert result.stderr.count("Warning:") == 1 and "Error" not in result.output
+    assert out.exists()
+
+
+def test_the_papers_steps_three_and_four_do_not_warn(four_steps, frcnn, tmp_path):
+    for command, init, extra in (("train-rpn", "det1", []),
+                                 ("train-detector", "rpn2", ["--proposals", four_steps["props2"]])):
+        result = frcnn(command, "--data", four_steps["data"], "--out", tmp_path / f"{command}.pt", "--init",
+                       four_steps[init], "--freeze-shared", "--iters", 1, *extra)
+        assert "Warning" not in result.stderr and "training" in result.stderr
+
+
+@pytest.mark.parametrize("kind, stage, parts, expected", [
+    ("detector", "rpn-shared-frozen", ["backbone", "rpn", "roi_head"], None),
+    ("detector", "detector-shared-frozen", ["backbone", "rpn", "roi_head"], None),
+    ("detector", "joint", ["backbone", "rpn", "roi_head"], None),
+    ("detector", "rpn", ["backbone", "rpn"], "a step-1 RPN (stage 'rpn')"),
+    ("detector", "final", ["backbone", "rpn", "roi_head"], "stage 'final', which frcnn does not write"),
+    ("rpn", "detector", ["backbone", "roi_head"], None),
+    ("rpn", "rpn-shared-frozen", ["backbone", "rpn", "roi_head"], None),
+    ("rpn", "rpn", ["backbone", "rpn"], "step 3 freezes the step-2 detector's convs"),
+])
+def test_which_init_checkpoints_a_frozen_step_warns_about(kind, stage, parts, expected):
+    from frcnn_cli.train.steps import shared_convs_warning, stage_spec
+
+    info = {"init": "x.pt", "init_stage": stage, "init_parts": parts}
+    warning = shared_convs_warning(stage_spec(kind, freeze_shared=True), info)
+    assert warning is None if expected is None else expected in warning
+    assert shared_convs_warning(stage_spec(kind), info) is None  # not frozen: any start is the user's choice
+    if warning is not None:
+        assert ("fc6/fc7" in warning) == (kind == "detector" and "roi_head" not in parts)
+
+
+@pytest.mark.parametrize("problem", ["proposals", "init"])
+def test_a_bad_init_or_proposal_file_fails_before_the_start_line(four_steps, frcnn, train_options, tmp_path,
+                                                                 problem):
+    proposals = tmp_path / "missing.h5" if problem == "proposals" else four_steps["props1"]
+    init = tmp_path / "missing.pt" if problem == "init" else "none"
+    result = frcnn("train-detector", "--data", four_steps["data"], "--out", tmp_path / "det.pt", "--init", init,
+                   "--proposals", proposals, "--iters", 1, *train_options(), ok=False)
+    assert result.exit_code != 0 and "missing." in result.output
+    assert result.output.startswith("Error:"), result.output  # no "training detector on 12 images" first

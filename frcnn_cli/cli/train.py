@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from ..data.manifest import read_manifest
 from ..devices import resolve_device
@@ -57,10 +58,14 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
                        checkpoint_every=checkpoint_every, resume=resume,
                        metrics_path=out.parent / "metrics.jsonl")
     talk = _is_main_process()
-    if talk:
+
+    def on_start() -> None:  # after the init, the proposal file and the resume state are checked
         console.info(f"training {spec.name} on {len(manifest.images)} images ({cfg.name}, {req.device})")
-    if resume:
-        _say_where_resume_starts(out)
+        if resume:
+            _say_where_resume_starts(out)
+
+    req.on_start = on_start
+    req.on_warning = lambda message: console.warn(escape(message))  # paths may hold [brackets]
     with console.TrainingProgress(spec.kind) as progress:
         req.on_log = progress
         run_stage(req)

@@ -24,7 +24,7 @@ from ..proposals import ProposalStore
 from . import distributed
 from .batching import device_batches, proposal_source
 from .loop import LoopHooks, LoopState, Schedule, build_optimizer, run_loop
-from .steps import StageSpec, build_stage_model, freeze_for_stage, scaled_schedule
+from .steps import StageSpec, build_stage_model, freeze_for_stage, scaled_schedule, shared_convs_warning
 
 
 @dataclass
@@ -44,6 +44,8 @@ class StageRequest:
     resume: bool = False
     metrics_path: Path | None = None
     on_log: Callable[[LoopState], None] | None = None
+    on_warning: Callable[[str], None] | None = None  # something odd but allowed (rank 0 only)
+    on_start: Callable[[], None] | None = None  # once every input is checked, just before the first iteration
 
 
 def resume_path(out: Path) -> Path:
@@ -88,10 +90,6 @@ class _MetricsLog:
             self.tb.add_scalar(f"{self.stage}/lr", state.lr, state.iteration)
 
 
-def _stage_label(spec: StageSpec) -> str:
-    return spec.kind + ("-shared-frozen" if spec.freeze_shared else "")
-
-
 def _provenance(req: StageRequest, init_info: dict, total: int, seed: int) -> dict:
     prov = {"manifest_hash": manifest_hash(req.manifest), "manifest": str(req.manifest_path),
             "iterations": total, "seed": seed, **init_info}
@@ -110,9 +108,9 @@ def _load_resume(req: StageRequest, model, optimizer, total: int) -> int:
     if state.get("manifest_hash") != manifest_hash(req.manifest):
         raise TrainingError(f"{path} was made from another dataset manifest than {req.manifest_path}; "
                             f"delete {path} to start this stage afresh")
-    if ckpt.get("stage") != _stage_label(req.spec):
+    if ckpt.get("stage") != req.spec.label:
         raise TrainingError(f"{path} holds an interrupted '{ckpt.get('stage')}' stage, not "
-                            f"'{_stage_label(req.spec)}'; resume it with the command that started it, or "
+                            f"'{req.spec.label}'; resume it with the command that started it, or "
                             f"delete {path} to start this stage afresh")
     if state.get("total", total) != total:
         raise TrainingError(f"{path} is a run of {state['total']} iterations, this one asks for {total}; resume "
@@ -126,7 +124,7 @@ def _load_resume(req: StageRequest, model, optimizer, total: int) -> int:
 
 
 def _saver(req: StageRequest, model, optimizer, parts: tuple[str, ...], prov: dict, total: int):
-    label = _stage_label(req.spec)
+    label = req.spec.label
 
     def save(done: int) -> None:
         # every rank samples anchors and RoIs with its own RNG stream: rank 0 keeps them all
@@ -163,6 +161,16 @@ def _check_request(req: StageRequest) -> None:
                                  "can write to") from None
 
 
+def _announce(req: StageRequest, warning: str | None) -> None:
+    """The warning and the start, on rank 0, once the init, the proposals and the resume state are checked."""
+    if not distributed.is_main():
+        return
+    if warning is not None and req.on_warning is not None:
+        req.on_warning(warning)
+    if req.on_start is not None:
+        req.on_start()
+
+
 def run_stage(req: StageRequest) -> Path:
     """Train one stage and write its checkpoint to ``req.out``; returns ``req.out``."""
     _check_request(req)
@@ -187,6 +195,7 @@ def run_stage(req: StageRequest) -> Path:
         raise TrainingError(f"{resume_path(req.out)} is already at iteration {start} of {total}; "
                             "delete it or ask for more --iters")
     prov = _provenance(req, init_info, total, cfg.seed)
+    _announce(req, shared_convs_warning(spec, init_info))
     parts = tuple(p for p in model.part_names if p in spec.trainable or p in loaded)
     wrapped = distributed.wrap(model, req.device)
     dataset = DetectionDataset(req.manifest, cfg, train=True)
@@ -194,7 +203,7 @@ def run_stage(req: StageRequest) -> Path:
     loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=cfg.seed,
                          num_workers=cfg.solver.num_workers, start_iteration=start,
                          **distributed.shard_kwargs())
-    metrics = _MetricsLog(req.metrics_path if distributed.is_main() else None, _stage_label(spec))
+    metrics = _MetricsLog(req.metrics_path if distributed.is_main() else None, spec.label)
 
     def on_log(state: LoopState) -> None:
         metrics.write(state)

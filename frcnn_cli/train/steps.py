@@ -43,6 +43,11 @@ class StageSpec:
     def name(self) -> str:
         return f"{self.kind}{' (shared convs frozen)' if self.freeze_shared else ''}"
 
+    @property
+    def label(self) -> str:
+        """The ``stage`` its checkpoints record: rpn, detector, rpn-shared-frozen, detector-shared-frozen, joint."""
+        return self.kind + ("-shared-frozen" if self.freeze_shared else "")
+
     def iterations(self, solver: SolverConfig) -> tuple[int, tuple[int, ...]]:
         """The preset's iteration count and lr drops for this kind of stage."""
         return {
@@ -105,6 +110,37 @@ def build_stage_model(cfg: Config, classes: list[str], spec: StageSpec,
         load_parts(model, ckpt, (part,), init, head_top_only=head_top_only and part == "roi_head")
     provenance = {"init": str(init), "init_stage": ckpt.get("stage"), "init_parts": list(present)}
     return model, provenance, present
+
+
+# checkpoint stages whose shared convs a --freeze-shared step keeps: the step-2 detector's as steps 3 and 4
+# keep them, or convs trained jointly with both heads
+_SHARED_CONVS_KEPT = ("rpn-shared-frozen", "detector-shared-frozen", "joint")
+_STEP_DESCRIPTIONS = {"rpn": "a step-1 RPN (stage 'rpn')", "detector": "a step-2 detector (stage 'detector')"}
+
+
+def shared_convs_warning(spec: StageSpec, init_info: dict) -> str | None:
+    """A warning when ``--freeze-shared`` keeps convs other than those of the paper's schedule, else None.
+
+    Step 3 freezes the step-2 detector's convs (``--init det1.pt``); step 4 freezes the same convs as kept by
+    step 3 (``--init rpn2.pt``), so that the RPN and the detector of the result share them. Another
+    checkpoint (e.g. step 1's ``rpn1.pt``) may be on purpose: a warning, not an error.
+    """
+    if not spec.freeze_shared or "init_stage" not in init_info:
+        return None
+    stage, init = init_info["init_stage"], init_info["init"]
+    if stage in _SHARED_CONVS_KEPT or (spec.kind == "rpn" and stage == "detector"):
+        return None
+    what = _STEP_DESCRIPTIONS.get(str(stage), f"a checkpoint of stage '{stage}', which frcnn does not write")
+    if spec.kind == "rpn":
+        paper, fix = "step 3 freezes the step-2 detector's convs", "--init det1.pt"
+    else:
+        paper = ("step 4 freezes the step-2 detector's convs as kept by step 3 (the output of frcnn train-rpn "
+                 "--init det1.pt --freeze-shared)")
+        fix = "--init rpn2.pt"
+    message = f"--freeze-shared freezes the shared convs of {init}, {what}; the paper's {paper}"
+    if spec.kind == "detector" and "roi_head" not in init_info.get("init_parts", ()):
+        message += f"; {init} has no region head either, so fc6/fc7 start from random weights"
+    return message + f". Training goes on: stop it and use {fix} unless this is on purpose"
 
 
 def config_for_init(cfg: Config, init: str, config_given: bool) -> Config:
