@@ -178,3 +178,24 @@ def test_prepare_synth_writes_both_manifests_and_folder_prepare_agrees(tmp_path)
     assert [(r.id, r.boxes, r.labels, r.difficult) for r in prepared.images] == [
         (r.id, r.boxes, r.labels, r.difficult) for r in trainval.images]
     assert json.loads((tmp_path / "again.json").read_text())["format"] == "frcnn-manifest"
+
+
+def test_a_class_without_training_objects_is_named_with_its_split(tmp_path):
+    images, xml = _folder(tmp_path, n=4)  # ant and zebra
+    (xml / "im0.xml").write_text(_xml([("ant", (1, 1, 8, 8), False), ("cat", (2, 2, 9, 9), True)], (16, 12)))
+    (tmp_path / "classes.txt").write_text("ant\nbee\ncat\nzebra\n")
+    out = tmp_path / "mine.json"
+    result = _run("folder", "--images", str(images), "--annotations", str(xml), "--classes",
+                  str(tmp_path / "classes.txt"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    warnings = [" ".join(w.split()) for w in result.stderr.split("Warning:")[1:]]
+    assert len(warnings) == 1, result.stderr
+    assert warnings[0].startswith(f"classes 'bee', 'cat' have no objects (difficult ones aside) in split mine ({out})")
+    assert "never learns them" in warnings[0]
+
+
+def test_no_class_warning_when_every_class_has_objects(tmp_path):
+    images, xml = _folder(tmp_path, n=4)
+    result = _run("folder", "--images", str(images), "--annotations", str(xml), "--out", str(tmp_path / "m.json"))
+    assert result.exit_code == 0, result.output
+    assert "Warning" not in result.stderr

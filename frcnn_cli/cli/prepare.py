@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from ..data.manifest import Manifest, PrepareReport, read_manifest, write_manifest
 from ..errors import ConfigError
@@ -34,7 +35,19 @@ class _Progress:
             self.bar.__exit__(*exc)
 
 
-def _show_report(report: PrepareReport) -> None:
+def _warn_classes_without_objects(report: PrepareReport, path: Path) -> None:
+    missing = report.classes_without_objects
+    if not missing:
+        return
+    names = ", ".join(repr(name) for name in missing)
+    one = len(missing) == 1
+    which, them, their = (f"class {names} has", "it", "its") if one else (f"classes {names} have", "them", "their")
+    console.warn(escape(f"{which} no objects (difficult ones aside) in split {report.name} ({path}): a model "
+                        f"trained on this split never learns {them}, and {their} AP on it is n/a; check the "
+                        "class list and the annotations"))
+
+
+def _show_report(report: PrepareReport, path: Path) -> None:
     rows = [[name, str(n), str(hard), str(images)] for name, (n, hard, images) in report.per_class.items()]
     rows.append(["[bold]all[/bold]", str(report.objects), str(report.difficult), str(report.images)])
     console.table(report.name, ["class", "objects", "difficult", "images"], rows)
@@ -45,14 +58,15 @@ def _show_report(report: PrepareReport) -> None:
         console.warn(message)
     if len(report.warnings) > MAX_WARNINGS:
         console.warn(f"... and {len(report.warnings) - MAX_WARNINGS} more warnings")
+    _warn_classes_without_objects(report, path)
 
 
 def _finish(outputs: list[tuple[Path, Manifest]], warnings: list[str]) -> None:
     """Write every manifest (atomically), show the summaries (warnings once), print the paths."""
     for path, manifest in outputs:
         write_manifest(path, manifest)
-    for i, (_, manifest) in enumerate(outputs):
-        _show_report(PrepareReport.from_manifest(manifest, warnings if i == 0 else ()))
+    for i, (path, manifest) in enumerate(outputs):
+        _show_report(PrepareReport.from_manifest(manifest, warnings if i == 0 else ()), path)
     for path, _ in outputs:
         click.echo(str(path))
 
@@ -156,6 +170,6 @@ def synth(out_dir: Path, n_train: int, n_test: int, seed: int) -> None:
 
     paths = make_synthetic_set(out_dir, n_train=n_train, n_test=n_test, seed=seed)
     for path in paths:
-        _show_report(PrepareReport.from_manifest(read_manifest(path)))
+        _show_report(PrepareReport.from_manifest(read_manifest(path)), path)
     for path in paths:
         click.echo(str(path))

@@ -253,6 +253,11 @@ class PrepareReport:
     max_size: tuple[int, int]
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def classes_without_objects(self) -> list[str]:
+        """Classes with no object but difficult ones: training never sees them (difficult boxes are no targets)."""
+        return [name for name, (n, hard, _) in self.per_class.items() if n - hard == 0]
+
     @classmethod
     def from_manifest(cls, manifest: Manifest, warnings: Sequence[str] = ()) -> PrepareReport:
         k = len(manifest.classes)
