@@ -3,13 +3,22 @@
 Write to a temporary file in the destination folder, flush and fsync it, then ``os.replace`` it over
 the real name (atomic on POSIX and Windows). On any exception the temporary file is removed and the
 previous file under the real name, if any, is left untouched.
+
+Only a ``kill -9`` or a power cut leaves the temporary file behind. Its name, ``.NAME.pidPID-HOST.RANDOM.tmp``,
+says which process on which machine (``HOST``: 8 hex digits of a hash of the host name) wrote it, so a
+later write of ``NAME`` removes the ones whose writer is gone. A file of a live process (this one or
+another), of another machine (a shared filesystem), or without that mark is never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,11 +41,66 @@ def fsync_dir(folder: Path) -> None:
         fsync_path(folder)
 
 
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.pid(?P<pid>\d+)-(?P<host>[0-9a-f]{8})\.\w+\.tmp")
+# folder -> output name -> [(pid, temporary)] of other writers on this machine: a folder is listed once per
+# process (a detect --out folder of 10,000 images would otherwise be listed for every image)
+_others_temps: dict[str, dict[str, list[tuple[int, Path]]]] = {}
+
+
+@functools.cache
+def _host_id() -> str:
+    """8 hex digits for this machine: a PID says nothing about a process on another one."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _pid_alive(pid: int) -> bool:
+    """False only when no process ``pid`` exists here; True when in doubt (not POSIX, no permission)."""
+    if os.name != "posix" or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _temps_of_other_writers(folder: Path) -> dict[str, list[tuple[int, Path]]]:
+    key = os.path.abspath(folder)
+    if key not in _others_temps:
+        found: dict[str, list[tuple[int, Path]]] = {}
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                mark = _TEMP_NAME.fullmatch(entry.name)
+                if mark and mark["host"] == _host_id() and int(mark["pid"]) != os.getpid():
+                    found.setdefault(mark["name"], []).append((int(mark["pid"]), Path(entry.path)))
+        _others_temps[key] = found
+    return _others_temps[key]
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of ``path`` that writers on this machine left when killed; the ones deleted.
+
+    Called by every atomic write before it makes its own; a live writer's file is never touched.
+    """
+    path = Path(path)
+    removed = []
+    for pid, tmp in _temps_of_other_writers(path.parent).pop(path.name, []):
+        if not _pid_alive(pid):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
 def _make_temp(path: Path) -> Path:
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        remove_stale_temps(path)
+        prefix = f".{path.name}.pid{os.getpid()}-{_host_id()}."
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
     except OSError as exc:
         raise FrcnnError(
             f"cannot write {path}: {exc.strerror or exc}; choose an output folder you can write to"
