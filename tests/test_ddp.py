@@ -225,3 +225,39 @@ def test_a_killed_ddp_run_resumes_every_rank_exactly(two_ranks, train_set, ddp_c
     whole = read_checkpoint(two_ranks[0])["parts"]
     for name, state in read_checkpoint(out)["parts"].items():
         assert all(torch.equal(v, whole[name][k]) for k, v in state.items()), name
+
+
+# --------------------------------------------------------------------------------------------------
+# dump-proposals on its own under torchrun: one writer (the ranks as torchrun's environment describes them)
+
+
+def _dump_as_rank(rank: int, checkpoint, data, out, monkeypatch):
+    from click.testing import CliRunner
+
+    from frcnn_cli.cli.main import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", str(rank))
+    return CliRunner().invoke(cli, ["dump-proposals", "--model", str(checkpoint), "--data", str(data),
+                                    "--out", str(out), "--device", "cpu"])
+
+
+def test_dump_proposals_under_torchrun_dumps_on_rank_0_only(tiny_checkpoint, synth_set, tmp_path, monkeypatch):
+    from frcnn_cli.proposals import ProposalStore
+
+    checkpoint, data, out = tiny_checkpoint(), synth_set[1], tmp_path / "out" / "props.h5"
+    other = _dump_as_rank(2, checkpoint, data, out, monkeypatch)
+    assert other.exit_code == 0, other.output
+    assert other.stdout == "" and "rank 2: dump-proposals runs on rank 0 only" in other.stderr
+    assert not out.parent.exists()  # nothing written
+    main = _dump_as_rank(0, checkpoint, data, out, monkeypatch)
+    assert main.exit_code == 0, main.output
+    assert main.stdout.split() == [str(out)]
+    assert "rank 0 dumps every image" in " ".join(main.stderr.split())
+    with ProposalStore(out) as store:
+        assert len(store.image_ids) == 4
+
+
+def test_dump_proposals_on_another_rank_leaves_even_a_bad_command_to_rank_0(tmp_path, monkeypatch):
+    result = _dump_as_rank(1, tmp_path / "missing.pt", tmp_path / "missing.json", tmp_path / "p.h5", monkeypatch)
+    assert result.exit_code == 0 and "Error" not in result.output  # rank 0 reports it, once

@@ -105,6 +105,21 @@ def train_detector(data, out, config, set_, init, freeze_shared, iters, seed, ch
                   resume=resume, device=device, proposals=proposals)
 
 
+def _dumps_in_this_process(out: Path) -> bool:
+    """Under torchrun only rank 0 dumps (one writer for ``out``); the other ranks say so and leave."""
+    from ..train import distributed
+
+    world = distributed.world_size()
+    if world <= 1:
+        return True
+    if distributed.is_main():
+        console.warn(f"dump-proposals runs in one process: under torchrun rank 0 dumps every image to "
+                     f"{escape(str(out))} and the other {world - 1} rank(s) exit; run it without torchrun")
+        return True
+    console.info(f"rank {distributed.rank()}: dump-proposals runs on rank 0 only; this process exits")
+    return False
+
+
 @click.command("dump-proposals")
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="A checkpoint with an RPN (train-rpn's output).")
@@ -117,10 +132,15 @@ def train_detector(data, out, config, set_, init, freeze_shared, iters, seed, ch
 @click.option("--batch-size", type=positive_int, default=1, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N.")
 def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thresh, batch_size, device):
-    """Run the RPN over every image of a manifest and store the proposals (resumes an interrupted dump)."""
+    """Run the RPN over every image of a manifest and store the proposals (resumes an interrupted dump).
+
+    One process writes the file: under torchrun, rank 0 dumps every image and the other ranks exit at once.
+    """
     from ..inference import dump_proposals as dump
     from ..model.checkpoint import load_model
 
+    if not _dumps_in_this_process(out):
+        return
     manifest = read_manifest(data)
     dev = resolve_device(device)
     model, ckpt = load_model(model_path, device=dev)
