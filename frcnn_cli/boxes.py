@@ -10,6 +10,7 @@ Shapes: N, M boxes; C classes whose deltas sit side by side (``4*C`` columns).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -74,6 +75,16 @@ def flip_boxes(boxes: Tensor, width) -> Tensor:
     return flipped
 
 
+@lru_cache(maxsize=64)
+def _constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``Tensor[len(values)]`` on ``device``, made once (a host-to-device copy is a sync on CUDA); read-only.
+
+    Made outside inference mode, so a tensor first cached by inference can still be saved for backward.
+    """
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+
 class BoxCoder:
     """The paper's parameterisation (Eq. 2), optionally normalised by target means/stds.
 
@@ -89,9 +100,7 @@ class BoxCoder:
         self.clamp = clamp
 
     def _stats(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        mean = torch.tensor(self.means, dtype=like.dtype, device=like.device)
-        std = torch.tensor(self.stds, dtype=like.dtype, device=like.device)
-        return mean, std
+        return _constant(self.means, like.dtype, like.device), _constant(self.stds, like.dtype, like.device)
 
     def encode(self, reference: Tensor, boxes: Tensor) -> Tensor:
         """Deltas ``Tensor[N, 4]`` that move ``reference[i]`` onto ``boxes[i]``."""

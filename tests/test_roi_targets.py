@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from frcnn_cli.config import RoIHeadConfig
+from frcnn_cli.model import roi_targets
 from frcnn_cli.model.roi_targets import fast_rcnn_losses, label_and_sample_rois
 
 CFG = RoIHeadConfig()  # 64 RoIs per image, 16 fg, fg >= 0.5, bg [0, 0.5), stds (0.1, 0.1, 0.2, 0.2)
@@ -179,3 +180,43 @@ def test_fast_rcnn_losses_with_no_rois_are_zero_with_grad():
     assert losses["loss_cls"].item() == 0.0 and losses["loss_box"].item() == 0.0
     (losses["loss_cls"] + losses["loss_box"]).backward()
     assert logits.grad.shape == (0, 3)
+
+
+def reference_sample(category, box_image, num_images, cfg, sample):
+    """The former ``_sample`` (per-group counts by ``bincount``), unchanged."""
+    order = torch.arange(category.shape[0], device=category.device)
+    if sample:
+        order = torch.argsort(torch.rand(category.shape[0], device=category.device))
+    group = box_image * 3 + category
+    order = order[torch.argsort(group[order], stable=True)]
+    if not sample:
+        return order[category[order] != 2]
+    counts = torch.bincount(group, minlength=num_images * 3)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(order.shape[0], device=order.device) - starts[group[order]]
+    per_image = counts.view(num_images, 3)
+    batch = cfg.batch_size_per_image
+    n_fg = per_image[:, 0].clamp(max=int(round(cfg.fg_fraction * batch)))
+    n_bg = torch.minimum(batch - n_fg, per_image[:, 1])
+    quota = torch.stack((n_fg, n_bg, torch.zeros_like(n_fg)), 1).view(-1)
+    return order[rank < quota[group[order]]]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_sampling_draws_exactly_what_the_bincount_version_drew(seed):
+    gen = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(0, 400, (int(torch.randint(1, 5, (1,), generator=gen)),), generator=gen).tolist()
+    box_image = torch.cat([torch.full((s,), i) for i, s in enumerate(sizes)])
+    category = torch.multinomial(torch.tensor([0.1, 0.6, 0.3]), box_image.shape[0], replacement=True,
+                                 generator=gen) if box_image.numel() else box_image
+    cfg = replace(CFG, batch_size_per_image=128)
+    for sample in (True, False):
+        torch.manual_seed(seed)
+        got = roi_targets._sample(category, box_image, len(sizes), cfg, sample)
+        torch.manual_seed(seed)
+        assert torch.equal(got, reference_sample(category, box_image, len(sizes), cfg, sample))
+        if sample:  # exact counts: min(32, #fg) fg and min(128 - fg, #bg) bg per image
+            for i in range(len(sizes)):
+                mine = category[got][box_image[got] == i]
+                fg, bg = int((category[box_image == i] == 0).sum()), int((category[box_image == i] == 1).sum())
+                assert int((mine == 0).sum()) == min(32, fg) and int((mine == 1).sum()) == min(128 - min(32, fg), bg)

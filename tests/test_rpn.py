@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
+from torchvision.ops import batched_nms
 
 from frcnn_cli.boxes import BoxCoder
-from frcnn_cli.model.rpn import RPNHead, generate_proposals, objectness_scores
+from frcnn_cli.model.rpn import RPNHead, generate_proposals, objectness_scores, select_proposals
 
 
 def _layout_head(objectness: str, a: int) -> RPNHead:
@@ -131,3 +132,44 @@ def test_proposals_apply_the_deltas_and_carry_no_gradient():
 def test_an_image_with_every_box_too_small_gets_no_proposals():
     [(boxes, scores)] = _proposals([SCORES_1], [[100, 100]], [100.0], pre=2, post=2)
     assert boxes.shape == (0, 4) and scores.shape == (0,)
+
+
+def reference_select_proposals(boxes, priority, valid, *, pre_nms_top_n, post_nms_top_n, nms_thresh):
+    """The former ``select_proposals`` (a boolean mask per image after NMS), unchanged."""
+    n, m = priority.shape
+    ranked = torch.where(valid, priority.float(), torch.full_like(priority, float("-inf"), dtype=torch.float))
+    k = m if pre_nms_top_n <= 0 else min(pre_nms_top_n, m)
+    top_priority, top_idx = ranked.topk(k, dim=1, sorted=True)
+    keep_valid = valid.gather(1, top_idx)
+    cand_boxes = boxes.gather(1, top_idx[..., None].expand(n, k, 4))[keep_valid]
+    cand_priority = top_priority[keep_valid]
+    cand_image = torch.arange(n, device=boxes.device)[:, None].expand(n, k)[keep_valid]
+    if nms_thresh is None:
+        keep = torch.arange(cand_image.shape[0], device=boxes.device)
+    else:
+        keep = batched_nms(cand_boxes.float(), cand_priority, cand_image, nms_thresh)
+    kept_image = cand_image[keep]
+    out = []
+    for i in range(n):
+        sel = keep[kept_image == i]
+        if post_nms_top_n > 0:
+            sel = sel[:post_nms_top_n]
+        out.append((cand_boxes[sel], cand_priority[sel]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_select_proposals_equals_the_per_image_reference_on_random_inputs(seed):
+    gen = torch.Generator().manual_seed(seed)
+    n, m = int(torch.randint(1, 5, (1,), generator=gen)), int(torch.randint(1, 1500, (1,), generator=gen))
+    xy = torch.randint(0, 60, (n, m, 2), generator=gen).float()
+    boxes = torch.cat((xy, xy + torch.randint(1, 30, (n, m, 2), generator=gen).float()), 2)
+    priority = torch.randint(0, 50, (n, m), generator=gen).float() / 50  # many equal priorities
+    valid = torch.rand(n, m, generator=gen) < [0.9, 0.5, 0.0, 1.0][seed % 4]
+    for pre, post, nms in [(0, 0, 0.7), (300, 40, 0.7), (m // 2, 5, 0.5), (0, 0, None), (50, 10, None)]:
+        got = select_proposals(boxes, priority, valid, pre_nms_top_n=pre, post_nms_top_n=post, nms_thresh=nms)
+        want = reference_select_proposals(boxes, priority, valid, pre_nms_top_n=pre, post_nms_top_n=post,
+                                          nms_thresh=nms)
+        assert len(got) == n
+        for (b, s), (rb, rs) in zip(got, want):
+            assert torch.equal(b, rb) and torch.equal(s, rs), (pre, post, nms)

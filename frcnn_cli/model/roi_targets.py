@@ -8,6 +8,9 @@ ignored otherwise. Per image ``min(round(fg_fraction * batch), #fg)`` foreground
 batch may hold fewer RoIs. Regression targets are the normalised deltas of the matched gt box
 (``BoxCoder(means, stds).encode``), zeros for background.
 
+All images are labelled and sampled together; on CUDA the only host sync is the final selection of the
+variable number S of RoIs (one ``nonzero``), which the RoI head needs to size its input.
+
 Shapes: N images, R_i proposals of image i, G_i gt boxes of image i, C candidates of all images
 (proposals + gt), S sampled RoIs, K classes without background.
 """
@@ -29,9 +32,10 @@ _FG, _BG, _IGNORED = 0, 1, 2
 
 
 def _flat_with_image_index(tensors: list[Tensor], device) -> Tensor:
-    """``Tensor[sum n_i]`` holding ``i`` for every row of ``tensors[i]``."""
-    counts = torch.tensor([t.shape[0] for t in tensors], device=device)
-    return torch.repeat_interleave(torch.arange(len(tensors), device=device), counts)
+    """``LongTensor[sum n_i]`` holding ``i`` for every row of ``tensors[i]`` (fills of host-known sizes: no
+    host-to-device copy and no ``repeat_interleave`` count read back)."""
+    parts = [torch.full((t.shape[0],), i, dtype=torch.long, device=device) for i, t in enumerate(tensors)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long, device=device)
 
 
 def _candidates(proposals: list[Tensor], gt_boxes: list[Tensor], add_gt: bool) -> tuple[Tensor, Tensor]:
@@ -61,24 +65,37 @@ def _match(boxes: Tensor, box_image: Tensor, gt_boxes: list[Tensor], gt_labels: 
     return max_iou.clamp(min=0.0), all_gt[matched], all_labels[matched]
 
 
+def _group_starts(sorted_group: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+    """First position ``[num_groups]`` and size ``[num_groups]`` of each group id in ``sorted_group``
+    (ascending), by ``searchsorted``: ``bincount`` would read its maximum back to the host on CUDA."""
+    ids = torch.arange(num_groups + 1, dtype=sorted_group.dtype, device=sorted_group.device)
+    bounds = torch.searchsorted(sorted_group, ids)
+    return bounds[:-1], bounds[1:] - bounds[:-1]
+
+
 def _sample(category: Tensor, box_image: Tensor, num_images: int, cfg: RoIHeadConfig, sample: bool) -> Tensor:
-    """Indices of the kept candidates, grouped by image, fg before bg (random order within with sampling)."""
+    """Indices of the kept candidates, grouped by image, fg before bg (random order within with sampling).
+
+    A random permutation (``argsort`` of ``torch.rand`` keys), stably sorted by (image, category): each
+    group's first ``quota`` entries are a uniform draw without replacement. Counts and quotas stay on the
+    device; the one host sync is the final variable-length selection (``S`` must be known to size the RoIs).
+    """
     order = torch.arange(category.shape[0], device=category.device)
     if sample:
         order = torch.argsort(torch.rand(category.shape[0], device=category.device))
     group = box_image * 3 + category
     order = order[torch.argsort(group[order], stable=True)]
     if not sample:
-        return order[category[order] != _IGNORED]
-    counts = torch.bincount(group, minlength=num_images * 3)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(order.shape[0], device=order.device) - starts[group[order]]
+        return order[category[order] != _IGNORED]  # the one sync
+    sorted_group = group[order]
+    starts, counts = _group_starts(sorted_group, num_images * 3)
+    rank = torch.arange(order.shape[0], device=order.device) - starts[sorted_group]
     per_image = counts.view(num_images, 3)
     batch = cfg.batch_size_per_image
     n_fg = per_image[:, _FG].clamp(max=int(round(cfg.fg_fraction * batch)))
     n_bg = torch.minimum(batch - n_fg, per_image[:, _BG])
     quota = torch.stack((n_fg, n_bg, torch.zeros_like(n_fg)), 1).view(-1)
-    return order[rank < quota[group[order]]]
+    return order[rank < quota[sorted_group]]  # the one sync
 
 
 @torch.no_grad()

@@ -88,24 +88,36 @@ def select_proposals(boxes: Tensor, priority: Tensor, valid: Tensor, *, pre_nms_
     (None: no NMS; one ``batched_nms`` call with the image as group), then keeps ``post_nms_top_n``
     (0 = all). The proposal layer's selection, shared by ``generate_proposals`` and the test-time ablations
     (boxes already made: decoded or anchors; any ranking: objectness or random).
+
+    Host syncs on CUDA: one to compact the valid candidates, those inside ``batched_nms`` (torchvision's
+    NMS reads its result back), and one for the per-image counts (``_split_by_image``).
     """
     n, m = priority.shape
     ranked = torch.where(valid, priority.float(), torch.full_like(priority, float("-inf"), dtype=torch.float))
     k = m if pre_nms_top_n <= 0 else min(pre_nms_top_n, m)
     top_priority, top_idx = ranked.topk(k, dim=1, sorted=True)  # [N, k]
-    keep_valid = valid.gather(1, top_idx)
-    cand_boxes = boxes.gather(1, top_idx[..., None].expand(n, k, 4))[keep_valid]
-    cand_priority = top_priority[keep_valid]
-    cand_image = torch.arange(n, device=boxes.device)[:, None].expand(n, k)[keep_valid]
+    flat = valid.gather(1, top_idx).reshape(n * k).nonzero().squeeze(1)  # a sync: how many are valid
+    cand_boxes = boxes.gather(1, top_idx[..., None].expand(n, k, 4)).reshape(n * k, 4)[flat]
+    cand_priority = top_priority.reshape(n * k)[flat]
+    cand_image = flat // k  # grouped by image, sorted by priority in each
     if nms_thresh is None:
-        keep = torch.arange(cand_image.shape[0], device=boxes.device)  # grouped by image, sorted in each
+        keep = torch.arange(cand_image.shape[0], device=boxes.device)
     else:
         keep = batched_nms(cand_boxes.float(), cand_priority, cand_image, nms_thresh)
-    kept_image = cand_image[keep]
-    out = []
-    for i in range(n):
-        sel = keep[kept_image == i]
-        if post_nms_top_n > 0:
-            sel = sel[:post_nms_top_n]
-        out.append((cand_boxes[sel], cand_priority[sel]))
-    return out
+    return [(cand_boxes[sel], cand_priority[sel]) for sel in _split_by_image(keep, cand_image[keep], n,
+                                                                             post_nms_top_n)]
+
+
+def _split_by_image(keep: Tensor, kept_image: Tensor, n: int, top_n: int) -> list[Tensor]:
+    """``keep [K]`` (image ``kept_image [K]`` each) split into ``n`` index tensors, the order of ``keep``
+    kept within an image and at most ``top_n`` each (0 = all). One stable sort by image, the group
+    boundaries by ``searchsorted`` (``bincount`` would read its maximum back on CUDA) and a single
+    ``.tolist()`` of starts and counts: the only host sync."""
+    image, order = torch.sort(kept_image, stable=True)
+    bounds = torch.searchsorted(image, torch.arange(n + 1, dtype=image.dtype, device=image.device))
+    counts = bounds[1:] - bounds[:-1]
+    if top_n > 0:
+        counts = counts.clamp(max=top_n)
+    starts, counts = torch.stack((bounds[:-1], counts)).tolist()
+    grouped = keep[order]
+    return [grouped[start:start + count] for start, count in zip(starts, counts)]

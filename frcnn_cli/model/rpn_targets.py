@@ -1,8 +1,13 @@
 """Anchor labelling, the 256-anchor sampling and the RPN loss (py-faster-rcnn's anchor target layer).
 
 Shapes: N images, M anchors per image (``anchors.py`` grid order), A anchors per cell, H x W feature grid
-(M = H*W*A), G ground-truth boxes of an image, C objectness outputs per anchor (2 softmax, 1 sigmoid).
-Labels: 1 object, 0 background, -1 ignored.
+(M = H*W*A), G ground-truth boxes of an image (G_max: the most of any image of the batch), C objectness
+outputs per anchor (2 softmax, 1 sigmoid). Labels: 1 object, 0 background, -1 ignored.
+
+The training path (``rpn_losses``) never waits for the device: the images of a batch are labelled together
+(the anchors are shared, the gt boxes padded to G_max with a validity mask), the sampling ranks random keys
+instead of drawing index lists, and targets and losses are masked with ``torch.where`` rather than boolean
+indexing, so nothing reads a count back to the host (no ``.item()``, ``nonzero`` or ``.tolist()``).
 """
 
 from __future__ import annotations
@@ -13,11 +18,61 @@ from torch import Tensor
 
 from ..boxes import BoxCoder, box_iou
 from ..config import RPNConfig
-from .anchors import inside_mask
 from .losses import smooth_l1
 
+_CODER = BoxCoder()  # the RPN's targets are not normalised
 
-def label_anchors(anchors: Tensor, gt_boxes: Tensor, image_size: tuple[int, int], *,
+
+def pad_gt_boxes(gt_boxes: list[Tensor], device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """``(boxes [N, G_max, 4] float32, valid BoolTensor[N, G_max])``: each image's gt boxes in their order,
+    then zero rows marked invalid; ``G_max >= 1`` so that an all-empty batch still has a gt axis."""
+    g = max([b.shape[0] for b in gt_boxes] + [1])
+    boxes = torch.zeros(len(gt_boxes), g, 4, dtype=torch.float32, device=device)
+    valid = torch.zeros(len(gt_boxes), g, dtype=torch.bool, device=device)
+    for i, b in enumerate(gt_boxes):  # a copy and a fill of host-known sizes each: no sync
+        boxes[i, :b.shape[0]].copy_(b.to(device, torch.float32))
+        valid[i, :b.shape[0]].fill_(True)
+    return boxes, valid
+
+
+def _inside(anchors: Tensor, image_sizes: Tensor, border: float, enabled: bool) -> Tensor:
+    """``BoolTensor[N, M]``: anchors inside each ``(h, w)`` of ``image_sizes [N, 2]``, ``border`` px allowed
+    (``anchors.inside_mask``; the limit ``size + border`` is summed in float64 and rounded to the anchors'
+    dtype, as when it is a Python number). All True when not ``enabled``."""
+    n, m = image_sizes.shape[0], anchors.shape[0]
+    if not enabled:
+        return torch.ones(n, m, dtype=torch.bool, device=anchors.device)
+    limits = (image_sizes.to(anchors.device, torch.float64) + border).to(anchors.dtype)  # [N, 2]
+    low = (anchors[:, 0] >= -border) & (anchors[:, 1] >= -border)  # [M]
+    return low & (anchors[:, 2] <= limits[:, 1:2]) & (anchors[:, 3] <= limits[:, 0:1])
+
+
+def label_anchors_batch(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_sizes: Tensor, *,
+                        positive_iou: float = 0.7, negative_iou: float = 0.3, allowed_border: float = 0.0,
+                        ignore_cross_boundary: bool = True) -> tuple[Tensor, Tensor]:
+    """``label_anchors`` for a whole batch at once, without a host sync.
+
+    ``anchors [M, 4]`` (shared), ``gt_boxes [N, G_max, 4]`` with ``gt_valid BoolTensor[N, G_max]``
+    (``pad_gt_boxes``), ``image_sizes [N, 2]`` (h, w) on the anchors' device. Returns ``(labels
+    LongTensor[N, M], matched_gt LongTensor[N, M])``, image by image equal to ``label_anchors``. IoU is one
+    ``[M, N, G_max]`` tensor where pairs with an outside anchor or a padding gt are -1: below any real IoU,
+    so the maxima, the first-index argmax and the tie rule see exactly the image's own pairs.
+    """
+    m, (n, g) = anchors.shape[0], gt_valid.shape
+    inside = _inside(anchors, image_sizes, allowed_border, ignore_cross_boundary).t()  # [M, N]
+    iou = box_iou(anchors.float(), gt_boxes.reshape(n * g, 4).float()).view(m, n, g)  # anchor-major
+    iou = iou.masked_fill(~(inside[:, :, None] & gt_valid[None]), -1.0)
+    max_iou, matched_gt = iou.max(dim=2)  # [M, N]
+    gt_max = iou.max(dim=0).values  # [N, G_max]
+    best_for_some_gt = ((iou == gt_max) & (gt_max > 0)).any(dim=2)
+    positive = best_for_some_gt | (inside & (max_iou >= positive_iou))
+    negative = inside & (max_iou < negative_iou)
+    ignored = torch.full_like(matched_gt, -1)
+    labels = torch.where(positive, 1, torch.where(negative, torch.zeros_like(ignored), ignored))
+    return labels.t().contiguous(), matched_gt.t().contiguous()
+
+
+def label_anchors(anchors: Tensor, gt_boxes: Tensor, image_size: tuple[int, int] | Tensor, *,
                   positive_iou: float = 0.7, negative_iou: float = 0.3, allowed_border: float = 0.0,
                   ignore_cross_boundary: bool = True) -> tuple[Tensor, Tensor]:
     """Label every anchor of one image: ``(labels LongTensor[M] in {1, 0, -1}, matched_gt LongTensor[M])``.
@@ -28,90 +83,85 @@ def label_anchors(anchors: Tensor, gt_boxes: Tensor, image_size: tuple[int, int]
     anchor tied at some ground truth's highest IoU (where that IoU is > 0) is an object, even below
     ``positive_iou``; then every anchor with best IoU >= ``positive_iou`` is an object. ``matched_gt`` is the
     index of each anchor's best ground truth (0 where there is none). With no ground truth every inside
-    anchor is background.
+    anchor is background. ``anchors [M, 4]``, ``gt_boxes [G, 4]``. One image through
+    ``label_anchors_batch`` (a host ``image_size`` is copied to the device).
     """
-    m = anchors.shape[0]
-    device = anchors.device
-    if ignore_cross_boundary:
-        inside = inside_mask(anchors, image_size[0], image_size[1], allowed_border)
-    else:
-        inside = torch.ones(m, dtype=torch.bool, device=device)
-    labels = torch.full((m,), -1, dtype=torch.long, device=device)
-    if gt_boxes.shape[0] == 0:
-        labels[inside] = 0
-        return labels, torch.zeros(m, dtype=torch.long, device=device)
-    iou = box_iou(anchors.float(), gt_boxes.to(device, torch.float32))
-    iou = torch.where(inside[:, None], iou, torch.full_like(iou, -1.0))  # outside anchors never match
-    max_iou, matched_gt = iou.max(dim=1)
-    gt_max = iou.max(dim=0).values  # [G]
-    best_for_some_gt = ((iou == gt_max[None, :]) & (gt_max[None, :] > 0)).any(dim=1)
-    labels[inside & (max_iou < negative_iou)] = 0
-    labels[best_for_some_gt] = 1
-    labels[inside & (max_iou >= positive_iou)] = 1
-    return labels, matched_gt
+    gt, valid = pad_gt_boxes([gt_boxes], anchors.device)
+    sizes = torch.as_tensor(image_size, device=anchors.device).reshape(1, 2)
+    labels, matched = label_anchors_batch(
+        anchors, gt, valid, sizes, positive_iou=positive_iou, negative_iou=negative_iou,
+        allowed_border=allowed_border, ignore_cross_boundary=ignore_cross_boundary)
+    return labels[0], matched[0]
 
 
-def _keep_at_most(labels: Tensor, value: int, limit: int) -> None:
-    """Set all but a random ``limit`` of the entries equal to ``value`` to -1 (in place)."""
-    idx = torch.nonzero(labels == value).squeeze(1)
-    if idx.numel() > limit:
-        drop = idx[torch.randperm(idx.numel(), device=labels.device)[max(limit, 0):]]
-        labels[drop] = -1
+def _smallest_keys(keys: Tensor, members: Tensor, limit: Tensor | int, k: int) -> Tensor:
+    """``members`` (BoolTensor ``[..., M]``) whose key is among the ``limit`` smallest keys of the members of
+    their row; ``limit`` an int or a ``[..., 1]`` tensor, at most ``k`` (a host bound for ``topk``).
+    ``keys`` in [0, 1); the ``k`` smallest are found by ``topk``, cheaper than sorting the row."""
+    k = max(0, min(k, keys.shape[-1]))
+    masked = torch.where(members, keys, torch.full_like(keys, 2.0))
+    values, index = masked.topk(k, dim=-1, largest=False, sorted=True)  # ascending: position = rank
+    rank = torch.arange(k, device=keys.device)
+    return torch.zeros_like(members).scatter_(-1, index, (values < 2.0) & (rank < limit))
 
 
 def sample_labels(labels: Tensor, batch_size: int, positive_fraction: float) -> Tensor:
-    """The mini-batch of one image: at most ``int(positive_fraction*batch_size)`` objects, background up to
-    ``batch_size`` in all; the others become -1. A random subset (``torch.randperm`` on the labels' device,
-    global RNG), as py-faster-rcnn's ``npr.choice(..., replace=False)``. Returns a new ``LongTensor[M]``.
+    """The mini-batch of each image: at most ``int(positive_fraction*batch_size)`` objects, background up to
+    ``batch_size`` in all; the others become -1. ``labels LongTensor[..., M]`` (one image ``[M]`` or a
+    batch ``[N, M]``, sampled row by row); returns a new tensor of the same shape.
+
+    Uniform without replacement, as py-faster-rcnn's ``npr.choice(..., replace=False)``: every anchor gets a
+    float64 key from ``torch.rand`` on the labels' device (global RNG), and the objects with the
+    ``limit`` smallest keys among the objects are kept, likewise for background (equal keys, a chance of
+    about 1e-8 per image, are still broken deterministically). The background limit
+    ``batch_size - kept objects`` stays a tensor: no count reaches the host.
     """
-    labels = labels.clone()
-    _keep_at_most(labels, 1, int(positive_fraction * batch_size))
-    num_pos = int((labels == 1).sum())
-    _keep_at_most(labels, 0, batch_size - num_pos)
-    return labels
+    keys = torch.rand(labels.shape, dtype=torch.float64, device=labels.device)
+    pos, neg = labels == 1, labels == 0
+    pos_limit = int(positive_fraction * batch_size)
+    keep_pos = _smallest_keys(keys, pos, pos_limit, pos_limit)
+    keep_neg = _smallest_keys(keys, neg, batch_size - keep_pos.sum(dim=-1, keepdim=True), batch_size)
+    dropped = (pos & ~keep_pos) | (neg & ~keep_neg)
+    return torch.where(dropped, torch.full_like(labels, -1), labels)
 
 
-def _anchors_per_cell(anchors: Tensor) -> int:
-    """A, read off the grid: the leading anchors share cell (0, 0)'s centre (all templates are concentric)."""
+def _anchors_per_cell(anchors: Tensor) -> Tensor:
+    """A as a 0-d LongTensor, read off the grid without a sync: the leading anchors share cell (0, 0)'s
+    centre (all templates are concentric); the first anchor with another centre is at index A."""
     centres = (anchors[:, :2] + anchors[:, 2:]) * 0.5
-    same = (centres == centres[0]).all(dim=1)
-    differs = torch.nonzero(~same)
-    return int(differs[0, 0]) if differs.numel() else int(anchors.shape[0])
+    differs = (centres != centres[0]).any(dim=1)
+    first = torch.argmax(differs.to(torch.int32))  # the first maximum: the first differing anchor
+    return torch.where(differs.any(), first, torch.full_like(first, anchors.shape[0]))
 
 
 def _targets(anchors: Tensor, gt_boxes: list[Tensor], image_sizes: Tensor,
              cfg: RPNConfig) -> tuple[Tensor, Tensor]:
-    """Sampled labels ``[N, M]`` and regression targets ``[N, M, 4]`` (zero except on object anchors)."""
-    sizes = image_sizes.tolist()
-    coder = BoxCoder()
-    all_labels, all_targets = [], []
-    for gt, (h, w) in zip(gt_boxes, sizes):
-        labels, matched = label_anchors(
-            anchors, gt, (h, w), positive_iou=cfg.positive_iou, negative_iou=cfg.negative_iou,
-            allowed_border=cfg.allowed_border, ignore_cross_boundary=cfg.ignore_cross_boundary)
-        labels = sample_labels(labels, cfg.batch_size_per_image, cfg.positive_fraction)
-        targets = torch.zeros_like(anchors, dtype=torch.float32)
-        pos = labels == 1
-        if gt.shape[0] > 0:
-            gt = gt.to(anchors.device, torch.float32)
-            targets[pos] = coder.encode(anchors[pos].float(), gt[matched[pos]])
-        all_labels.append(labels)
-        all_targets.append(targets)
-    return torch.stack(all_labels), torch.stack(all_targets)
+    """Sampled labels ``LongTensor[N, M]`` and regression targets ``[N, M, 4]`` (zero except on objects)."""
+    gt, valid = pad_gt_boxes(gt_boxes, anchors.device)
+    labels, matched = label_anchors_batch(
+        anchors, gt, valid, image_sizes.to(anchors.device), positive_iou=cfg.positive_iou,
+        negative_iou=cfg.negative_iou, allowed_border=cfg.allowed_border,
+        ignore_cross_boundary=cfg.ignore_cross_boundary)
+    labels = sample_labels(labels, cfg.batch_size_per_image, cfg.positive_fraction)
+    n, m = labels.shape
+    matched_boxes = gt.gather(1, matched[..., None].expand(n, m, 4))  # [N, M, 4]
+    encoded = _CODER.encode(anchors.float().repeat(n, 1), matched_boxes.reshape(n * m, 4)).view(n, m, 4)
+    return labels, torch.where((labels == 1)[..., None], encoded, torch.zeros_like(encoded))
 
 
 def rpn_losses(cls_logits: Tensor, deltas: Tensor, anchors: Tensor, gt_boxes: list[Tensor],
                image_sizes: Tensor, *, cfg: RPNConfig) -> dict[str, Tensor]:
     """``{"loss_rpn_cls", "loss_rpn_box"}`` for ``cls_logits [N, M, C]``, ``deltas [N, M, 4]``.
 
-    Each image's anchors are labelled (``label_anchors``) and sampled (``sample_labels``,
+    Each image's anchors are labelled (``label_anchors_batch``) and sampled (``sample_labels``,
     ``cfg.batch_size_per_image`` anchors, ``cfg.positive_fraction`` objects at most). The classification
     term is cross-entropy (softmax, C=2) or binary cross-entropy (sigmoid, C=1) on the sampled anchors; the
     box term is the smooth-L1 (``sigma = cfg.box_loss_sigma``) of ``deltas - targets`` summed over the 4
-    coordinates of the object anchors. Normalisation, ``cfg.loss_normalization``:
+    coordinates of the object anchors. Both are masked sums over all anchors (no host sync). Normalisation,
+    ``cfg.loss_normalization``:
 
     * ``"sampled"`` (py-faster-rcnn): both terms divided by the number of sampled anchors of all images
-      (the cls term is then the mean cross-entropy);
+      (at least 1; the cls term is then the mean cross-entropy);
     * ``"paper"`` (Eq. 1): cls summed / (``batch_size_per_image`` * N) (N_cls = 256 per image), box summed
       * 10 / (N * H*W) (lambda = 10, N_reg = the number of anchor locations H*W of the map, with A read
       off the anchor grid).
@@ -121,20 +171,22 @@ def rpn_losses(cls_logits: Tensor, deltas: Tensor, anchors: Tensor, gt_boxes: li
     """
     n, m, _ = cls_logits.shape
     labels, targets = _targets(anchors, gt_boxes, image_sizes, cfg)
-    sampled = labels >= 0
-    pos = labels == 1
-    logits = cls_logits.float()[sampled]
+    sampled, pos = labels >= 0, labels == 1
+    logits = cls_logits.float()
     if logits.shape[-1] == 1:
-        cls_sum = F.binary_cross_entropy_with_logits(logits[:, 0], labels[sampled].float(), reduction="sum")
+        per_anchor = F.binary_cross_entropy_with_logits(logits[..., 0], pos.float(), reduction="none")
+        cls_sum = torch.where(sampled, per_anchor, torch.zeros_like(per_anchor)).sum()
     else:
-        cls_sum = F.cross_entropy(logits, labels[sampled], reduction="sum")
-    box_sum = smooth_l1(deltas.float()[pos] - targets[pos], cfg.box_loss_sigma).sum()
+        cls_sum = F.cross_entropy(logits.reshape(n * m, -1), labels.reshape(n * m), ignore_index=-1,
+                                  reduction="sum")
+    per_coord = smooth_l1(deltas.float() - targets, cfg.box_loss_sigma)
+    box_sum = torch.where(pos[..., None], per_coord, torch.zeros_like(per_coord)).sum()
     if cfg.loss_normalization == "paper":
         locations = m // _anchors_per_cell(anchors)
         loss_cls = cls_sum / float(cfg.batch_size_per_image * n)
-        loss_box = box_sum * (10.0 / float(n * locations))
+        loss_box = box_sum * (10.0 / (n * locations).double()).float()
     else:
-        num_sampled = max(int(sampled.sum()), 1)
+        num_sampled = sampled.sum().clamp(min=1)
         loss_cls = cls_sum / num_sampled
         loss_box = box_sum / num_sampled
     return {"loss_rpn_cls": loss_cls, "loss_rpn_box": loss_box * cfg.box_loss_weight}

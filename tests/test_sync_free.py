@@ -1,0 +1,120 @@
+"""The training-time target code does not wait for the device.
+
+On the CPU a ``TorchFunctionMode`` records every call that would make the host wait on a CUDA device:
+reading values back (``.item()``, ``.tolist()``, ``bool``/``int``/``float`` of a tensor), output sizes that
+depend on values (``nonzero``, boolean-mask indexing, ``bincount``, ``unique``, ``repeat_interleave``
+without ``output_size``) and tensors made from host data (``torch.tensor``: a host-to-device copy). With a
+GPU, ``torch.cuda.set_sync_debug_mode("error")`` checks the real thing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from frcnn_cli.config import RoIHeadConfig, RPNConfig
+from frcnn_cli.model.anchors import AnchorGrid
+from frcnn_cli.model.roi_targets import label_and_sample_rois
+from frcnn_cli.model.rpn import _split_by_image, select_proposals
+from frcnn_cli.model.rpn_targets import rpn_losses
+
+_READ_BACK = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "argwhere",
+              "masked_select", "unique", "unique_consecutive", "bincount", "cpu", "numpy", "equal", "allclose",
+              "tensor", "as_tensor"}
+_INDEXING = {"__getitem__", "__setitem__", "index_put", "index_put_"}
+
+
+def _has_mask(index) -> bool:
+    parts = index if isinstance(index, (tuple, list)) else (index,)
+    return any((isinstance(p, torch.Tensor) and p.dtype == torch.bool)
+               or (isinstance(p, slice) and any(isinstance(v, torch.Tensor) for v in (p.start, p.stop, p.step)))
+               for p in parts)
+
+
+class SyncRecorder(TorchFunctionMode):
+    """Names of the calls that would sync on CUDA, in order (``self.syncs``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.syncs: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        if name in _READ_BACK or (name in _INDEXING and len(args) > 1 and _has_mask(args[1])) \
+                or (name == "where" and len(args) + len(kwargs) == 1) \
+                or (name == "repeat_interleave" and isinstance(kwargs.get("repeats", args[1] if len(args) > 1
+                                                                          else None), torch.Tensor)
+                    and kwargs.get("output_size") is None):
+            self.syncs.append(name)
+        return func(*args, **kwargs)
+
+
+def _batch():
+    anchors = AnchorGrid(base_size=16, ratios=(0.5, 1, 2), scales=(8, 16, 32), stride=16).grid(20, 26, "cpu")
+    gt = [torch.tensor([[30.0, 40.0, 200.0, 220.0], [250.0, 10.0, 400.0, 120.0]]), torch.zeros(0, 4),
+          torch.tensor([[0.0, 0.0, 100.0, 90.0]])]
+    return anchors, gt, torch.tensor([[320, 416], [300, 400], [280, 416]])
+
+
+def _rpn_loss_inputs(objectness: str):
+    anchors, gt, sizes = _batch()
+    torch.manual_seed(0)
+    logits = torch.randn(3, anchors.shape[0], 2 if objectness == "softmax" else 1, requires_grad=True)
+    deltas = torch.randn(3, anchors.shape[0], 4, requires_grad=True)
+    return logits, deltas, anchors, gt, sizes
+
+
+@pytest.mark.parametrize(("objectness", "normalization"),
+                         [("softmax", "sampled"), ("sigmoid", "sampled"), ("softmax", "paper")])
+def test_rpn_losses_make_no_host_sync(objectness, normalization):
+    cfg = RPNConfig(objectness=objectness, loss_normalization=normalization)
+    inputs = _rpn_loss_inputs(objectness)
+    rpn_losses(*inputs, cfg=cfg)  # warm-up: the box coder's constants are made once per device
+    with SyncRecorder() as recorder:
+        losses = rpn_losses(*inputs, cfg=cfg)
+    assert recorder.syncs == []
+    (losses["loss_rpn_cls"] + losses["loss_rpn_box"]).backward()
+
+
+def test_roi_sampling_makes_one_sync_for_the_number_of_rois():
+    anchors, gt, _ = _batch()
+    proposals = [anchors[::7] + 3.0, anchors[1::11], anchors[2::5] - 1.0]
+    labels = [torch.arange(1, g.shape[0] + 1) for g in gt]
+    label_and_sample_rois(proposals, gt, labels, cfg=RoIHeadConfig())
+    with SyncRecorder() as recorder:
+        rois, _, _ = label_and_sample_rois(proposals, gt, labels, cfg=RoIHeadConfig())
+    assert recorder.syncs == ["__getitem__"] and rois.shape[0] > 0
+
+
+def test_proposal_split_reads_the_counts_back_once():
+    keep = torch.randperm(50)
+    image = torch.randint(0, 4, (50,))
+    with SyncRecorder() as recorder:
+        parts = _split_by_image(keep, image, 5, 6)
+    assert recorder.syncs == ["tolist"]
+    assert [p.tolist() for p in parts] == [keep[image == i][:6].tolist() for i in range(5)]
+
+
+def test_selection_without_nms_syncs_for_the_valid_count_and_the_split():
+    boxes = torch.rand(2, 100, 4).cumsum(-1)
+    with SyncRecorder() as recorder:
+        select_proposals(boxes, torch.rand(2, 100), torch.rand(2, 100) < 0.7, pre_nms_top_n=40,
+                         post_nms_top_n=20, nms_thresh=None)
+    assert recorder.syncs == ["nonzero", "tolist"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rpn_losses_on_cuda_pass_the_sync_debug_mode():
+    cfg = RPNConfig()
+    logits, deltas, anchors, gt, sizes = (x.cuda() if isinstance(x, torch.Tensor) else [g.cuda() for g in x]
+                                          for x in _rpn_loss_inputs("softmax"))
+    rpn_losses(logits, deltas, anchors, gt, sizes, cfg=cfg)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = rpn_losses(logits, deltas, anchors, gt, sizes, cfg=cfg)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(losses["loss_rpn_cls"]).item()
