@@ -10,7 +10,9 @@ against the targets of issue 7: CPU at most 0.8x torchvision's latency; CUDA (bf
 torchvision's images/s, 60 images/s at batch 1 and 500 images/s batched.
 
 Variants (``--variants``): ``frcnn`` (frcnn's inference settings: channels-last, inference mode, bf16
-on CUDA: ``frcnn_cli.bench.prepare_model``), ``frcnn-nchw`` (the same without channels-last),
+on CUDA, Winograd F(4x4, 3x3) convs on the CPU: ``frcnn_cli.inference.prepare_model``), ``frcnn-direct``
+(the same with oneDNN's direct convolutions: ``solver.cpu_winograd=false``), ``frcnn-nchw`` (the same
+as frcnn without channels-last),
 ``frcnn-svd`` (fc6/fc7 as rank-``--svd-rank`` factor pairs: Fast R-CNN's truncated SVD; random
 factors, so the timing is that of a real compression without its one-off factorisation),
 ``torchvision``.
@@ -37,7 +39,7 @@ from frcnn_cli.devices import autocast
 from frcnn_cli.model.detector import FasterRCNN
 from frcnn_cli.model.svd import SVDLinear
 
-VARIANTS = ("frcnn", "frcnn-nchw", "frcnn-svd", "torchvision")
+VARIANTS = ("frcnn", "frcnn-direct", "frcnn-nchw", "frcnn-svd", "torchvision")
 
 
 def parse_args() -> argparse.Namespace:
@@ -67,10 +69,11 @@ def scales(quick: bool) -> tuple[int, int]:
     return (256, 448) if quick else (600, 1000)
 
 
-def frcnn_config(quick: bool) -> Config:
+def frcnn_config(quick: bool, winograd: bool = True) -> Config:
     cfg = get_preset("vgg16")
     test_scale, max_size = scales(quick)
-    return replace(cfg, input=replace(cfg.input, test_scale=test_scale, max_size=max_size))
+    return replace(cfg, input=replace(cfg.input, test_scale=test_scale, max_size=max_size),
+                   solver=replace(cfg.solver, cpu_winograd=winograd))
 
 
 def random_svd(model: FasterRCNN, rank: int) -> None:
@@ -83,7 +86,7 @@ def random_svd(model: FasterRCNN, rank: int) -> None:
 
 def build_frcnn(variant: str, args, device: torch.device) -> FasterRCNN:
     torch.manual_seed(0)
-    model = FasterRCNN(frcnn_config(args.quick), list(VOC_CLASSES))
+    model = FasterRCNN(frcnn_config(args.quick, winograd=variant != "frcnn-direct"), list(VOC_CLASSES))
     if variant == "frcnn-svd":
         random_svd(model, args.svd_rank)
     prepare_model(model, device, channels_last=variant != "frcnn-nchw")

@@ -191,6 +191,7 @@ class BenchResult:
     amp: bool
     channels_last: bool
     svd_layers: list[str] = field(default_factory=list)
+    winograd_layers: list[str] = field(default_factory=list)
     runs_ms: list[dict[str, float]] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -238,7 +239,7 @@ def run_benchmark(model: FasterRCNN, images: Sequence[Tensor] | None = None, *, 
     one synthetic 500×375 image) in batches of ``batch_size``; the paper's Table 4 as a ``BenchResult``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    svd_layers = prepare_model(model, device, channels_last=channels_last)
+    settings = prepare_model(model, device, channels_last=channels_last)
     batches = make_batches(list(images) if images else [synthetic_image()], model.cfg.input, batch_size, device,
                            channels_last=channels_last)
     amp = bool(model.cfg.solver.amp)
@@ -250,7 +251,7 @@ def run_benchmark(model: FasterRCNN, images: Sequence[Tensor] | None = None, *, 
         image_size=[int(v) for v in largest.tensor.shape[-2:]], ms_per_image=ms,
         images_per_s=1000.0 / ms["total"] if ms["total"] > 0 else float("inf"), peak_memory_mb=peak,
         runs=runs, warmup=warmup, amp=amp and device.type == "cuda", channels_last=channels_last,
-        svd_layers=svd_layers, runs_ms=per_run)
+        svd_layers=settings.svd_layers, winograd_layers=settings.winograd_layers, runs_ms=per_run)
 
 
 def load_images(paths: Sequence[str | Path]) -> list[Tensor]:

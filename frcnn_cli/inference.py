@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from .devices import autocast
 from .model.checkpoint import file_sha256
 from .model.detector import FasterRCNN, ForwardOutput
 from .model.svd import compress_fc_svd
+from .model.winograd import use_winograd
 from .proposals import ProposalWriter
 
 Progress = Callable[[int, str], None]
@@ -41,26 +42,38 @@ def manifest_batches(manifest: Manifest, model: FasterRCNN, *, indices: Sequence
     yield from loader
 
 
-def prepare_model(model: FasterRCNN, device: torch.device, *, channels_last: bool = True,
-                  svd: bool = True) -> list[str]:
-    """Put ``model`` in its inference settings on ``device`` (in place): eval mode, channels-last convs,
-    cuDNN autotuning on CUDA, and (``svd``) the truncated SVD of fc6/fc7 when
-    ``cfg.roi_head.fc_svd_rank > 0`` (a proposal dump, which never runs fc6/fc7, passes ``svd=False``).
+@dataclass
+class InferenceSettings:
+    """What ``prepare_model`` changed: layers the truncated SVD compressed, convs that run as Winograd."""
 
-    Returns the names of the layers the SVD compressed (empty when it is off). Inference only: a model
-    compressed here must not be saved as a checkpoint or trained.
+    svd_layers: list[str] = field(default_factory=list)
+    winograd_layers: list[str] = field(default_factory=list)
+
+
+def prepare_model(model: FasterRCNN, device: torch.device, *, channels_last: bool = True,
+                  svd: bool = True) -> InferenceSettings:
+    """Put ``model`` in its inference settings on ``device`` (in place): eval mode, channels-last convs,
+    cuDNN autotuning on CUDA, on the CPU the 3×3 convs with at least 128 channels as Winograd F(4×4, 3×3)
+    when ``cfg.solver.cpu_winograd`` (``frcnn_cli.model.winograd``), and (``svd``) the truncated SVD of
+    fc6/fc7 when ``cfg.roi_head.fc_svd_rank > 0`` (a proposal dump, which never runs fc6/fc7, passes
+    ``svd=False``).
+
+    Inference only: a model compressed here must not be saved as a checkpoint or trained (the Winograd
+    convs keep the parameters and state-dict keys, but the SVD changes them).
     """
     model.eval().to(device)
-    compressed: list[str] = []
+    settings = InferenceSettings()
     if svd and model.cfg.roi_head.fc_svd_rank > 0:  # on the device: the factorisation is fast on a GPU
-        compressed = compress_fc_svd(model, model.cfg.roi_head.fc_svd_rank)
+        settings.svd_layers = compress_fc_svd(model, model.cfg.roi_head.fc_svd_rank)
+    if device.type == "cpu" and model.cfg.solver.cpu_winograd:
+        settings.winograd_layers = use_winograd(model)
     if channels_last:
         # oneDNN (CPU) and cuDNN (GPU) run 3x3 convs, ReLU and max pooling faster in NHWC; the values are
         # the same up to float summation order
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return compressed
+    return settings
 
 
 def to_device(batch: ImageBatch, device: torch.device) -> ImageBatch:

@@ -117,7 +117,8 @@ def test_batches_cycle_the_images_to_whole_batches():
 
 def test_prepare_model_uses_channels_last_and_the_configured_svd():
     model = _tiny(**{"roi_head.fc_svd_rank": 64})
-    names = prepare_model(model, CPU)
-    assert names == ["roi_head.head_top.fc6", "roi_head.head_top.fc7"]
+    settings = prepare_model(model, CPU)
+    assert settings.svd_layers == ["roi_head.head_top.fc6", "roi_head.head_top.fc7"]
+    assert settings.winograd_layers == ["backbone.conv5", "rpn.conv"]  # tiny's 3x3 stride-1 128-channel convs
     assert not model.training
     assert model.backbone.conv2.weight.is_contiguous(memory_format=torch.channels_last)
