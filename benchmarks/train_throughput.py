@@ -30,7 +30,9 @@ from frcnn_cli.data.images import batch_from_images
 from frcnn_cli.data.targets import Targets
 from frcnn_cli.data.voc import VOC_CLASSES
 from frcnn_cli.devices import autocast
+from frcnn_cli.inference import prepare_model, to_device
 from frcnn_cli.model.detector import FasterRCNN
+from frcnn_cli.model.winograd import use_winograd
 from frcnn_cli.train.loop import build_optimizer
 from frcnn_cli.train.steps import freeze_for_stage, stage_spec
 
@@ -91,6 +93,8 @@ def frcnn_step_runner(kind: str, cfg: Config, data, device: torch.device):
     optimizer = build_optimizer(model, cfg.solver)
     if device.type == "cuda" and cfg.solver.channels_last:  # as train/stage.py
         model.to(memory_format=torch.channels_last)
+    if device.type == "cpu" and cfg.solver.cpu_winograd:  # as train/stage.py: frozen convs' forward
+        use_winograd(model)
     model.train()
     n = spec.images_per_batch(cfg.solver)
     images, boxes, labels = data
@@ -117,8 +121,9 @@ def frcnn_step_runner(kind: str, cfg: Config, data, device: torch.device):
 
 def dump_runner(cfg: Config, data, device: torch.device):
     torch.manual_seed(0)
-    model = FasterRCNN(cfg, list(VOC_CLASSES)).to(device).eval()
-    batch = batch_from_images(data[0][:1], cfg.input).to(device)
+    model = FasterRCNN(cfg, list(VOC_CLASSES))
+    prepare_model(model, device, svd=False)  # as frcnn dump-proposals
+    batch = to_device(batch_from_images(data[0][:1], cfg.input), device)
 
     @torch.inference_mode()
     def run() -> dict[str, float]:

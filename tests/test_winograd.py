@@ -150,3 +150,20 @@ def test_detections_with_and_without_winograd_agree(monkeypatch):
     assert torch.equal(det_a["labels"], det_b["labels"]) and len(det_a["labels"]) > 0
     assert float((det_a["boxes"] - det_b["boxes"]).abs().max()) < 1e-2
     assert float((det_a["scores"] - det_b["scores"]).abs().max()) < 1e-4
+
+
+def test_in_training_only_frozen_convs_take_the_winograd_path(monkeypatch):
+    # train/stage.py swaps the convs on the CPU: steps 3 and 4 run the frozen shared convs' forward as
+    # Winograd, while a conv that is trained (or must pass gradients back) stays the direct convolution
+    calls = []
+    real = winograd.winograd_conv3x3
+    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *a: calls.append(1) or real(*a))
+    frozen = WinogradConv2d.from_conv(nn.Conv2d(8, 8, 3, padding=1)).requires_grad_(False)
+    trained = WinogradConv2d.from_conv(nn.Conv2d(8, 8, 3, padding=1))
+    x = torch.randn(1, 8, 16, 16)
+    features = frozen(x)
+    assert len(calls) == 1 and not features.requires_grad
+    trained(features).sum().backward()
+    assert len(calls) == 1 and trained.weight.grad is not None
+    frozen(x.requires_grad_(True)).sum().backward()  # gradient needed for the input: direct
+    assert len(calls) == 1 and x.grad is not None

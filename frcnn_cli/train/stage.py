@@ -20,6 +20,7 @@ from ..data.images import DetectionDataset, make_loader
 from ..data.manifest import Manifest, manifest_hash
 from ..errors import ConfigError, FrcnnError, TrainingError
 from ..model.checkpoint import file_sha256, read_checkpoint, save_checkpoint
+from ..model.winograd import use_winograd
 from ..proposals import ProposalStore
 from . import distributed
 from .batching import device_batches, proposal_source
@@ -187,6 +188,8 @@ def run_stage(req: StageRequest) -> Path:
     channels_last = req.device.type == "cuda" and cfg.solver.channels_last
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if req.device.type == "cpu" and cfg.solver.cpu_winograd:
+        use_winograd(model)  # frozen convs (steps 3 and 4) run forward as Winograd; trained ones stay direct
     default_iters, steps = spec.iterations(cfg.solver)
     total, steps = scaled_schedule(default_iters, steps, req.iters)
     optimizer = build_optimizer(model, cfg.solver)
