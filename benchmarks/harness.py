@@ -100,15 +100,18 @@ def use_cpu_clock() -> None:
 
 
 def setup_run(args) -> torch.device:
-    """Apply ``--threads`` and ``--clock`` and resolve ``--device``; prints the environment line."""
-    from frcnn_cli.devices import resolve_device
+    """Apply ``--threads`` and ``--clock``, resolve ``--device``, and give the process the allocator settings
+    of the ``frcnn`` CLI (``keep_freed_memory``: both detectors of a run profit alike; the environment
+    variable ``FRCNN_SYSTEM_MALLOC=1`` keeps glibc's defaults); prints the environment line."""
+    from frcnn_cli.devices import keep_freed_memory, resolve_device
 
+    kept = keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.clock == "cpu":
         use_cpu_clock()
     device = resolve_device(args.device)
-    print(environment(device))
+    print(environment(device) + f"; allocator keeps freed memory: {'yes' if kept else 'no (system default)'}")
     return device
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from ..devices import keep_freed_memory
 from ..errors import FrcnnError
 
 
@@ -18,6 +19,7 @@ class FrcnnGroup(click.Group):
     """A group whose commands' ``FrcnnError``s become clean one-line errors, never tracebacks."""
 
     def invoke(self, ctx: click.Context):
+        keep_freed_memory()  # every command that runs a model pays fewer page faults (devices.py)
         try:
             return super().invoke(ctx)
         except FrcnnError as exc:
