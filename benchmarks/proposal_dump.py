@@ -7,7 +7,8 @@ Peer: what one would write with torchvision: decode each JPEG (``torchvision.io.
 ``FasterRCNN`` (``torchvision_peer.py``) transform + backbone + RPN with all anchors before NMS and 2000
 after, boxes mapped back to original pixels, and a pickle of per-image float32 boxes and scores (as
 py-faster-rcnn's ``rpn_generate.py`` pickles its proposals). Both read the same files; frcnn's time
-includes its HDF5 writes, the peer's its pickle.
+includes its HDF5 writes, the peer's its pickle. Each first runs one untimed image (kernel selection,
+first allocations), then all of them, wall clock.
 
     python benchmarks/proposal_dump.py --quick      # 8 images, shorter side 256
     python benchmarks/proposal_dump.py --images 50
@@ -25,13 +26,13 @@ from pathlib import Path
 
 import torch
 import torchvision
-from harness import environment, ratio_line
+from harness import ratio_line, setup_run
 from torchvision_peer import build_torchvision_vgg16
 
 from frcnn_cli.config import Config, get_preset
 from frcnn_cli.data.manifest import read_manifest
 from frcnn_cli.data.synthetic import make_synthetic_set
-from frcnn_cli.devices import autocast, resolve_device
+from frcnn_cli.devices import autocast
 from frcnn_cli.inference import dump_proposals
 from frcnn_cli.model.checkpoint import save_checkpoint
 from frcnn_cli.model.detector import FasterRCNN
@@ -50,6 +51,8 @@ def run_frcnn(cfg: Config, manifest_path: Path, work: Path, device: torch.device
     model = FasterRCNN(cfg, manifest.classes)
     ckpt = work / "model.pt"
     save_checkpoint(ckpt, model, stage="benchmark", provenance={})
+    warmup = replace(manifest, images=manifest.images[:1])  # untimed: kernel selection, first allocations
+    dump_proposals(model, warmup, manifest_path, work / "warmup.h5", device=device, checkpoint_path=ckpt)
     out = work / "proposals.h5"
     start = time.perf_counter()
     dump_proposals(model, manifest, manifest_path, out, device=device, checkpoint_path=ckpt,
@@ -82,6 +85,7 @@ def run_torchvision(cfg: Config, manifest_path: Path, work: Path, device: torch.
     model = build_torchvision_vgg16(min_size=cfg.input.test_scale, max_size=cfg.input.max_size,
                                     pre_nms_test=10**9, post_nms_test=2000).eval().to(device)
     out = work / "proposals.pkl"
+    _torchvision_proposals(model, manifest.image_path(manifest.images[0]), device)  # untimed warm-up
     start = time.perf_counter()
     stored = [_torchvision_proposals(model, manifest.image_path(rec), device) for rec in manifest.images]
     with open(out, "wb") as f:
@@ -99,12 +103,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    args.clock = "wall"
+    device = setup_run(args)
     cfg = dump_config(args.quick)
     count = args.images or (8 if args.quick else 20)
-    print(environment(device))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         manifest_path, _ = make_synthetic_set(work / "set", n_train=count, n_test=0, image_size=(500, 375))
