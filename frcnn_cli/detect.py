@@ -28,10 +28,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .ablations import ProposalAblation, ablated_forward
 from .atomic import atomic_path, atomic_write_text
-from .data.images import batch_from_images, load_image
+from .data.images import ImageBatch, load_image
 from .devices import autocast
 from .errors import CheckpointError, ConfigError, DataError
-from .inference import prepare_model, to_device
+from .inference import detections_to_host, file_batches, prepare_model, to_device
 from .model.checkpoint import load_model
 from .model.detector import FasterRCNN
 
@@ -134,7 +134,7 @@ def _score_floor(model: FasterRCNN, score_thresh: float) -> Iterator[None]:
         model.cfg = saved
 
 
-def _image_result(path: Path, size: tuple[int, int], det: dict, classes: list[str], keep: set[int] | None,
+def _image_result(path: Path, size: Sequence[int], det: dict, classes: list[str], keep: set[int] | None,
                   score_thresh: float) -> dict:
     rows = []
     for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
@@ -144,28 +144,32 @@ def _image_result(path: Path, size: tuple[int, int], det: dict, classes: list[st
     return {"image": str(path), "width": int(size[1]), "height": int(size[0]), "detections": rows}
 
 
-def _detect_batch(model: FasterRCNN, images: list[torch.Tensor], device: torch.device,
-                  ablation: ProposalAblation | None, keys: Sequence[int]) -> list[dict]:
-    batch = to_device(batch_from_images(images, model.cfg.input), device)
+def _detect_batch(model: FasterRCNN, batch: ImageBatch, device: torch.device,
+                  ablation: ProposalAblation | None) -> list[dict]:
+    on_device = to_device(batch, device)
     if ablation is None:
         with autocast(device, model.cfg.solver.amp):
-            out = model(batch.tensor, batch.image_sizes, batch.scales, proposal_mode="test")
+            out = model(on_device.tensor, on_device.image_sizes, on_device.scales, proposal_mode="test")
     else:
-        out = ablated_forward(model, batch.tensor, batch.image_sizes, batch.scales, ablation, keys=keys)
-    dets = model.detect(out, batch.image_sizes, batch.scales, batch.original_sizes)
-    return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in d.items()} for d in dets]
+        out = ablated_forward(model, on_device.tensor, on_device.image_sizes, on_device.scales, ablation,
+                              keys=batch.indices.tolist())
+    dets = model.detect(out, on_device.image_sizes, on_device.scales, on_device.original_sizes)
+    return detections_to_host(dets)
 
 
 @torch.inference_mode()
 def detect_images(model: FasterRCNN, paths: Sequence[str | os.PathLike], *, device: torch.device | str = "cpu",
                   batch_size: int = 1, score_thresh: float = 0.5, classes_filter: Sequence[str] | None = None,
-                  ablation: ProposalAblation | None = None, progress: Progress | None = None) -> list[dict]:
+                  ablation: ProposalAblation | None = None, progress: Progress | None = None,
+                  num_workers: int = 0) -> list[dict]:
     """Detections of every image in ``paths`` (files), ``batch_size`` images per forward on ``device``.
 
-    Keeps detections with ``score >= score_thresh`` (as py-faster-rcnn's demo; a threshold below the
-    model's own ``cfg.roi_head.score_thresh`` lowers that one too) of the classes ``classes_filter``
-    (names; None: all). ``ablation``: the paper's Table 1 test-time proposal ablations. Returns one dict
-    per image in the module docstring's layout, in the order of ``paths``.
+    Images are decoded, rescaled and normalised by ``num_workers`` loader processes (0: this one; the
+    results are the same). Keeps detections with ``score >= score_thresh`` (as py-faster-rcnn's demo; a
+    threshold below the model's own ``cfg.roi_head.score_thresh`` lowers that one too) of the classes
+    ``classes_filter`` (names; None: all). ``ablation``: the paper's Table 1 test-time proposal ablations.
+    Returns one dict per image in the module docstring's layout, in the order of ``paths``; an unreadable
+    image is a ``DataError`` naming it.
     """
     device = torch.device(device)
     keep = label_filter(model, classes_filter)
@@ -173,13 +177,10 @@ def detect_images(model: FasterRCNN, paths: Sequence[str | os.PathLike], *, devi
     paths = [Path(p) for p in paths]
     results: list[dict] = []
     with _score_floor(model, score_thresh):
-        for start in range(0, len(paths), max(1, batch_size)):
-            chunk = paths[start:start + max(1, batch_size)]
-            images = [load_image(p) for p in chunk]
-            dets = _detect_batch(model, images, device, ablation, range(start, start + len(chunk)))
-            for path, image, det in zip(chunk, images, dets):
-                results.append(_image_result(path, tuple(image.shape[-2:]), det, model.classes, keep,
-                                             score_thresh))
+        for batch in file_batches(paths, model, device, batch_size=batch_size, num_workers=num_workers):
+            dets = _detect_batch(model, batch, device, ablation)
+            for index, size, det in zip(batch.indices.tolist(), batch.original_sizes.tolist(), dets):
+                results.append(_image_result(paths[index], size, det, model.classes, keep, score_thresh))
             if progress is not None:
                 progress(len(results), "")
     return results

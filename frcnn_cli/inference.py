@@ -1,7 +1,8 @@
-"""Batched inference over a manifest: proposal dumps (HDF5) and detections, on the model's device.
+"""Batched inference over a manifest or image files: proposal dumps (HDF5) and detections, on the model's device.
 
-One loop serves ``dump-proposals``, ``eval`` and the demo: images are decoded and rescaled by the data
-loader's workers, a batch goes to the device once, and results come back to the host once per batch.
+One loader serves ``dump-proposals``, ``eval``, ``detect`` and the demo: images are decoded, rescaled and
+normalised by the data loader's workers, a batch goes to the device once, and results come back to the host
+once per batch.
 """
 
 from __future__ import annotations
@@ -9,15 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from .ablations import ProposalAblation, ablated_forward
 from .config import config_to_dict
-from .data.images import DetectionDataset, ImageBatch, collate
+from .data.images import DetectionDataset, ImageBatch, ImageFilesDataset, inference_loader
 from .data.manifest import Manifest, manifest_hash
 from .devices import autocast
 from .model.checkpoint import file_sha256
@@ -34,12 +33,33 @@ def manifest_batches(manifest: Manifest, model: FasterRCNN, *, indices: Sequence
     """The manifest's images (all, or ``indices``) at the test scale, unflipped, in batches."""
     dataset = DetectionDataset(manifest, model.cfg, train=False)
     order = list(range(len(manifest.images))) if indices is None else list(indices)
-    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    divisor = model.cfg.input.size_divisor
-    loader = DataLoader(dataset, batch_sampler=chunks, num_workers=num_workers,
-                        collate_fn=partial(_collate_images, size_divisor=divisor),
-                        pin_memory=torch.cuda.is_available())
-    yield from loader
+    yield from inference_loader(dataset, _chunks(order, batch_size), size_divisor=model.cfg.input.size_divisor,
+                                num_workers=num_workers, pin_memory=torch.cuda.is_available())
+
+
+def _chunks(order: list[int], size: int) -> list[list[int]]:
+    size = max(1, size)
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def file_batches(paths: Sequence[Path], model: FasterRCNN, device: torch.device, *, batch_size: int = 1,
+                 num_workers: int = 0) -> Iterator[ImageBatch]:
+    """Image files (``frcnn detect``) at the test scale in batches, in the order of ``paths`` (``indices``
+    are positions in ``paths``); pinned for a CUDA ``device``."""
+    dataset = ImageFilesDataset(list(paths), model.cfg.input)
+    yield from inference_loader(dataset, _chunks(list(range(len(paths))), batch_size),
+                                size_divisor=model.cfg.input.size_divisor, num_workers=num_workers,
+                                pin_memory=device.type == "cuda")
+
+
+def detections_to_host(dets: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """``model.detect``'s per-image ``boxes``, ``scores`` (float32) and ``labels`` (int64) on the host, in one
+    copy for the batch (a device waits once)."""
+    packed = torch.cat([torch.cat([d["boxes"].float(), d["scores"].float()[:, None], d["labels"].float()[:, None]],
+                                  1) for d in dets]).cpu()
+    parts = packed.split([len(d["scores"]) for d in dets])
+    return [{"boxes": p[:, :4].contiguous(), "scores": p[:, 4].contiguous(), "labels": p[:, 5].long()}
+            for p in parts]
 
 
 @dataclass
@@ -81,10 +101,6 @@ def to_device(batch: ImageBatch, device: torch.device) -> ImageBatch:
     batch = batch.to(device, non_blocking=True)
     batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
     return batch
-
-
-def _collate_images(items: list[dict], size_divisor: int) -> ImageBatch:
-    return collate(items, size_divisor)[0]
 
 
 def _forward(model: FasterRCNN, batch: ImageBatch, device: torch.device, **kwargs) -> ForwardOutput:
@@ -173,8 +189,8 @@ def detect_manifest(model: FasterRCNN, manifest: Manifest, *, device: torch.devi
             out = ablated_forward(model, dev_batch.tensor, dev_batch.image_sizes, dev_batch.scales, ablation,
                                   keys=batch.indices.tolist())
         dets = model.detect(out, dev_batch.image_sizes, dev_batch.scales, dev_batch.original_sizes)
-        for index, det in zip(batch.indices.tolist(), dets):
-            results[index] = {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in det.items()}
+        for index, det in zip(batch.indices.tolist(), detections_to_host(dets)):
+            results[index] = det
         done += len(batch)
         if progress is not None:
             progress(done, "")

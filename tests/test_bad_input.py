@@ -185,7 +185,8 @@ def test_a_missing_manifest_says_how_to_make_one(tmp_path, assert_clean_error):
     assert_clean_error(result, "nope.json does not exist", "frcnn prepare", out_dir=out)
 
 
-def test_an_image_deleted_after_prepare_names_the_image(synth_set, tmp_path, assert_clean_error):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_deleted_after_prepare_names_the_image(synth_set, tmp_path, workers, assert_clean_error):
     data = _manifest_json(synth_set)
     root = tmp_path / "root"
     (root / "JPEGImages").mkdir(parents=True)
@@ -193,24 +194,37 @@ def test_an_image_deleted_after_prepare_names_the_image(synth_set, tmp_path, ass
         (root / rec["path"]).write_bytes((Path(data["root"]) / rec["path"]).read_bytes())
     manifest = _save_json(tmp_path / "m.json", {**data, "root": str(root)})
     out = tmp_path / "out"
-    result = _run("train-rpn", "--data", manifest, "--out", out / "rpn.pt", *TINY, "--iters", "2")
+    result = _run("train-rpn", "--data", manifest, "--out", out / "rpn.pt", *TINY, "--iters", "2",
+                  "--set", f"solver.num_workers={workers}")
     assert_clean_error(result, "000000.jpg does not exist", "re-run frcnn prepare", out_dir=out)
 
 
-def test_an_image_changed_after_prepare_names_the_image(synth_set, tmp_path, tiny_checkpoint, assert_clean_error):
-    data = _manifest_json(synth_set)
+def _manifest_with_a_changed_image(manifest_path: Path, tmp_path: Path) -> Path:
+    """A copy of the set whose first image is now 20x20."""
+    data = json.loads(manifest_path.read_text())
     root = tmp_path / "root"
     (root / "JPEGImages").mkdir(parents=True)
     for rec in data["images"]:
         (root / rec["path"]).write_bytes((Path(data["root"]) / rec["path"]).read_bytes())
     Image.new("RGB", (20, 20)).save(root / data["images"][0]["path"], format="JPEG")
-    manifest = _save_json(tmp_path / "m.json", {**data, "root": str(root)})
+    return _save_json(tmp_path / "m.json", {**data, "root": str(root)})
+
+
+def test_an_image_changed_after_prepare_names_the_image(synth_set, tmp_path, tiny_checkpoint, assert_clean_error):
+    manifest = _manifest_with_a_changed_image(synth_set[0], tmp_path)
     out = tmp_path / "out"
     result = _run("dump-proposals", "--model", tiny_checkpoint(), "--data", manifest, "--out",
                   out / "p.h5")
     assert_clean_error(result, "image 000000", "is 20x20 but the manifest says", "re-run it")
     # nothing under the final name; the unfinished dump stays for a rerun once the image is fixed
     assert [p.name for p in out.iterdir()] == ["p.h5.partial"]
+
+
+def test_eval_with_loader_workers_names_a_changed_image(synth_set, tmp_path, tiny_checkpoint, assert_clean_error):
+    manifest = _manifest_with_a_changed_image(synth_set[1], tmp_path)
+    model = tiny_checkpoint(overrides=("solver.num_workers=1",))
+    result = _run("eval", "--model", model, "--data", manifest, "--out", tmp_path / "out")
+    assert_clean_error(result, "image 000", "is 20x20 but the manifest says", "re-run it", out_dir=tmp_path / "out")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -447,8 +461,9 @@ def test_detect_on_a_missing_file(tmp_path, tiny_checkpoint, assert_clean_error)
     assert_clean_error(result, "ghost.jpg does not exist", "give image files", out_dir=out)
 
 
+@pytest.mark.parametrize("workers", [0, 1])
 @pytest.mark.parametrize("damage", ["truncated_jpeg", "text_as_png"])
-def test_detect_on_an_undecodable_image_names_it(tmp_path, tiny_checkpoint, damage, assert_clean_error):
+def test_detect_on_an_undecodable_image_names_it(tmp_path, tiny_checkpoint, damage, workers, assert_clean_error):
     (tmp_path / "in").mkdir()
     Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / "in" / "fine.png")
     if damage == "truncated_jpeg":
@@ -459,7 +474,8 @@ def test_detect_on_an_undecodable_image_names_it(tmp_path, tiny_checkpoint, dama
         bad = tmp_path / "in" / "photo.png"
         bad.write_text("hello")
     out = tmp_path / "out"
-    result = _run("detect", tmp_path / "in", "--model", tiny_checkpoint(), "--out", out)
+    model = tiny_checkpoint(overrides=(f"solver.num_workers={workers}",))  # 2 images: 1 worker
+    result = _run("detect", tmp_path / "in", "--model", model, "--out", out)
     assert_clean_error(result, f"image {bad} cannot be decoded", "replace the file", out_dir=out)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -12,7 +13,16 @@ from PIL import Image
 
 from frcnn_cli.cli.main import cli
 from frcnn_cli.config import apply_overrides, get_preset
-from frcnn_cli.detect import PALETTE, detect_images, draw_detections, find_images, output_paths
+from frcnn_cli.data import images as images_module
+from frcnn_cli.detect import (
+    PALETTE,
+    detect_images,
+    detections_json,
+    draw_detections,
+    find_images,
+    output_paths,
+    save_detections,
+)
 from frcnn_cli.errors import ConfigError, DataError
 from frcnn_cli.model.checkpoint import save_checkpoint
 from frcnn_cli.model.detector import FasterRCNN
@@ -149,6 +159,40 @@ def test_a_threshold_below_the_models_own_shows_low_scores_and_leaves_the_config
     dets = detect_images(low, [paths["rgb"]], score_thresh=0.0)[0]["detections"]
     assert dets and all(d["score"] == pytest.approx(0.006648, abs=2e-6) for d in dets)
     assert low.cfg.roi_head.score_thresh == 0.05
+
+
+def _blocks(path, height, width, seed, mode="RGB"):
+    """Random 8x8-pixel blocks: edges for the RPN, and an image that resizing cannot blur into one grey."""
+    shape = (height // 8 + 1, width // 8 + 1) + ((3,) if mode == "RGB" else ())
+    pixels = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+    Image.fromarray(pixels[:height, :width], mode).save(path)
+    return path
+
+
+def test_loader_workers_give_byte_identical_output(tmp_path, monkeypatch):
+    """Decoding and rescaling in a worker (one thread) or here: the same JSON and drawn files, in order."""
+    torch.manual_seed(0)
+    cfg = apply_overrides(get_preset("tiny"), ["input.test_scale=128", "input.max_size=192"])
+    model = FasterRCNN(cfg, CLASSES).eval()
+    (tmp_path / "in").mkdir()
+    paths = [_blocks(tmp_path / "in" / "photo.jpg", 400, 600, 0),  # shrunk by rows (data/resize.py)
+             _blocks(tmp_path / "in" / "small.png", 48, 64, 1), _blocks(tmp_path / "in" / "grey.png", 90, 70, 2, "L"),
+             _blocks(tmp_path / "in" / "wide.bmp", 60, 500, 3), _blocks(tmp_path / "in" / "tall.png", 300, 130, 4)]
+    workers = []
+    loader = images_module.failsafe_loader
+    monkeypatch.setattr(images_module, "failsafe_loader",
+                        lambda *a, **kw: workers.append(kw["num_workers"]) or loader(*a, **kw))
+    outputs = []
+    for n in (0, 1):
+        results = detect_images(model, paths, batch_size=2, score_thresh=0.0, num_workers=n)
+        save_detections(results, tmp_path / f"out{n}", classes=CLASSES)
+        files = sorted(p for p in (tmp_path / f"out{n}").rglob("*") if p.is_file())
+        outputs.append((detections_json(results), {p.name: p.read_bytes() for p in files}))
+    assert workers == [0, 1]
+    assert outputs[0] == outputs[1]
+    results = json.loads(outputs[0][0])
+    assert [r["image"] for r in results] == [str(p) for p in paths]
+    assert all(r["detections"] for r in results) and len(outputs[0][1]) == 6
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,10 +12,12 @@ from frcnn_cli.config import get_preset
 from frcnn_cli.data.images import (
     DetectionDataset,
     ImageBatch,
+    ImageFilesDataset,
     ResumableBatchSampler,
     batch_from_images,
     collate,
     compute_scale,
+    inference_loader,
     load_image,
     make_loader,
     normalize,
@@ -269,3 +271,36 @@ def test_inference_loader_sees_each_image_once_unflipped_with_workers(tmp_path):
     assert [b.indices.tolist() for b, _ in batches] == [[0, 1], [2, 3], [4]]
     assert not any(b.flipped.any() for b, _ in batches)
     assert all(b.tensor.shape[-1] % 16 == 0 and b.tensor.shape[-2] % 16 == 0 for b, _ in batches)
+
+
+def test_image_files_in_workers_come_in_order_as_without(tmp_path):
+    cfg = _cfg(test_scale=24)
+    paths = [tmp_path / f"{i}.png" for i in range(5)]
+    for i, path in enumerate(paths):
+        _save(path, np.random.default_rng(i).integers(0, 255, (20 + 3 * i, 30, 3), dtype=np.uint8))
+    ds = ImageFilesDataset(paths, cfg.input)
+    runs = [list(inference_loader(ds, [[3, 1], [0, 4], [2]], size_divisor=16, num_workers=w, pin_memory=False))
+            for w in (0, 2)]
+    for plain, worked in zip(*runs):
+        assert plain.ids == worked.ids and torch.equal(plain.tensor, worked.tensor)
+        assert torch.equal(plain.original_sizes, worked.original_sizes)
+    assert [b.indices.tolist() for b in runs[1]] == [[3, 1], [0, 4], [2]]
+    assert runs[1][0].ids == [str(paths[3]), str(paths[1])] and runs[1][0].original_sizes.tolist()[0] == [29, 30]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_item_error_in_a_worker_is_raised_as_it_is(tmp_path, workers):
+    """DataLoader would re-raise it as "Caught DataError in DataLoader worker process 0" and a traceback."""
+    good = _red_square_image(tmp_path)
+    (tmp_path / "bad.png").write_text("not an image")
+    ds = ImageFilesDataset([good, tmp_path / "bad.png", good], _cfg().input)
+    with pytest.raises(DataError) as caught:
+        list(inference_loader(ds, [[0], [1, 2], [2]], size_divisor=16, num_workers=workers, pin_memory=False))
+    assert str(caught.value).startswith(f"image {tmp_path / 'bad.png'} cannot be decoded (")
+    message = str(caught.value)
+    assert "\n" not in message and "Caught" not in message and "Traceback" not in message
+    rec = ImageRecord("r", good.name, 90, 80, [], [], [])  # the file is 100x80: a training loader's error
+    loader = make_loader(DetectionDataset(_manifest(tmp_path, [rec]), _cfg(), train=True), batch_size=1,
+                         shuffle=True, seed=0, num_workers=workers)
+    with pytest.raises(DataError, match=r"^image r \(.*red.png\) is 100x80 but the manifest says 90x80; .*re-run it$"):
+        next(iter(loader))

@@ -85,7 +85,8 @@ def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, 
         console.info(f"proposals: {ablation.describe()}")
     with console.ProgressReporter("detect", len(images), every=50) as bar:
         results = lib.detect_images(model, images, device=dev, batch_size=batch_size, score_thresh=score_thresh,
-                                classes_filter=wanted, ablation=ablation, progress=bar.update)
+                                    classes_filter=wanted, ablation=ablation, progress=bar.update,
+                                    num_workers=model.cfg.solver.num_workers)
     for result in results:
         _show(result, score_thresh)
     if out is not None:

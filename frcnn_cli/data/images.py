@@ -13,7 +13,9 @@ Policies (each one keeps pixels and boxes consistent):
 - **Resize.** ``torch.nn.functional.interpolate(bilinear, align_corners=False, antialias=False)`` on
   the float image: the sampling grid of cv2 ``INTER_LINEAR`` (py-faster-rcnn), without an anti-alias
   filter when shrinking, as cv2; values agree up to cv2's fixed-point weights. The output size is
-  ``resized_size`` and boxes are multiplied by the scalar ``scale``, as py-faster-rcnn does.
+  ``resized_size`` and boxes are multiplied by the scalar ``scale``, as py-faster-rcnn does. The values
+  do not depend on the thread count (a loader worker's or the main process's), and an image shrunk to
+  less than half its height is never converted to float whole (``frcnn_cli.data.resize``).
 - **Flip.** Boxes (and proposals) are mirrored in original pixels, ``x1' = W - x2``, and then scaled,
   exactly as py-faster-rcnn flips its roidb; pixels are mirrored after resizing, which equals resizing
   the mirrored image because the bilinear grid is symmetric. Flipping twice is the identity.
@@ -35,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -43,7 +44,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..boxes import flip_boxes
 from ..config import Config, InputConfig
 from ..errors import DataError
+from .loading import failsafe_loader
 from .manifest import ImageRecord, Manifest
+from .resize import resize_image
 from .targets import Targets
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -64,7 +67,7 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         return np.repeat(gray[..., None], 3, axis=2)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
-    return np.asarray(img.convert("RGB"))
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # no copy of an RGB image
 
 
 def load_image(path: str | Path) -> Tensor:
@@ -119,10 +122,7 @@ def normalize(image: Tensor, input_cfg: InputConfig) -> Tensor:
 def prepare_image(image: Tensor, scale: float, input_cfg: InputConfig, *, flip: bool = False) -> Tensor:
     """uint8 ``[3, H, W]`` RGB -> normalised float32 ``[3, round(H*s), round(W*s)]``, mirrored if ``flip``."""
     height, width = image.shape[-2:]
-    size = resized_size(height, width, scale)
-    x = image.float()
-    if size != (height, width):
-        x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
+    x = resize_image(image, resized_size(height, width, scale))
     if flip:
         x = x.flip(-1)
     return normalize(x, input_cfg)
@@ -198,16 +198,21 @@ def collate(items: list[dict[str, Any]], size_divisor: int = 16) -> tuple[ImageB
     return batch, Targets(boxes=[it["boxes"] for it in items], labels=[it["labels"] for it in items])
 
 
+def inference_item(image: Tensor, input_cfg: InputConfig, *, index: int, id: str) -> dict[str, Any]:
+    """A decoded uint8 image as an inference item (``DetectionDataset``'s layout): test scale, unflipped,
+    no boxes."""
+    h, w = image.shape[-2:]
+    scale = compute_scale(h, w, input_cfg.test_scale, input_cfg.max_size)
+    return {"image": prepare_image(image, scale, input_cfg), "scale": scale, "original_size": (h, w), "id": id,
+            "flipped": False, "index": index, "boxes": torch.zeros((0, 4)),
+            "labels": torch.zeros((0,), dtype=torch.int64)}
+
+
 def batch_from_images(images: list[Tensor], input_cfg: InputConfig,
                       ids: list[str] | None = None) -> ImageBatch:
-    """Inference batch of decoded uint8 images at the test scale (``frcnn detect``, ``frcnn bench``)."""
-    items = []
-    for i, image in enumerate(images):
-        h, w = image.shape[-2:]
-        scale = compute_scale(h, w, input_cfg.test_scale, input_cfg.max_size)
-        items.append({"image": prepare_image(image, scale, input_cfg), "scale": scale,
-                      "original_size": (h, w), "id": ids[i] if ids else str(i), "flipped": False, "index": i,
-                      "boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)})
+    """Inference batch of decoded uint8 images at the test scale (``frcnn bench``)."""
+    items = [inference_item(image, input_cfg, index=i, id=ids[i] if ids else str(i))
+             for i, image in enumerate(images)]
     return collate(items, input_cfg.size_divisor)[0]
 
 
@@ -264,6 +269,22 @@ class DetectionDataset(Dataset):
             "labels": labels, "id": rec.id, "index": index, "flipped": flipped, "scale": scale,
             "original_size": (height, width),
         }
+
+
+class ImageFilesDataset(Dataset):
+    """Image files as inference items (``frcnn detect``): item ``i`` is ``inference_item`` of ``paths[i]``,
+    its ``id`` the path; an unreadable file is ``load_image``'s ``DataError``."""
+
+    def __init__(self, paths: list[Path], input_cfg: InputConfig) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.input_cfg = input_cfg
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.paths[index]
+        return inference_item(load_image(path), self.input_cfg, index=index, id=str(path))
 
 
 class ResumableBatchSampler(Sampler):
@@ -340,6 +361,19 @@ def make_loader(dataset: DetectionDataset, *, batch_size: int, shuffle: bool, se
                                     infinite=shuffle if infinite is None else infinite,
                                     start_iteration=start_iteration, rank=rank, world_size=world_size)
     divisor = dataset.cfg.input.size_divisor if size_divisor is None else size_divisor
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                      collate_fn=partial(collate, size_divisor=divisor),
-                      pin_memory=torch.cuda.is_available())
+    return failsafe_loader(dataset, partial(collate, size_divisor=divisor), batch_sampler=sampler,
+                           num_workers=num_workers, pin_memory=torch.cuda.is_available())
+
+
+def inference_loader(dataset: Dataset, batches: list[list[int]], *, size_divisor: int, num_workers: int,
+                     pin_memory: bool) -> DataLoader:
+    """A DataLoader of ``ImageBatch`` for ``batches`` (lists of dataset indices, in this order): items
+    decoded, rescaled and normalised in up to ``num_workers`` processes (0: this one; none for a single
+    batch, which nothing could overlap). An ``FrcnnError`` of an item is raised as it is, as without workers
+    (``make_loader`` too)."""
+    return failsafe_loader(dataset, partial(_collate_images, size_divisor=size_divisor), batch_sampler=batches,
+                           num_workers=max(0, min(num_workers, len(batches) - 1)), pin_memory=pin_memory)
+
+
+def _collate_images(items: list[dict[str, Any]], size_divisor: int) -> ImageBatch:
+    return collate(items, size_divisor)[0]
