@@ -12,23 +12,10 @@ from ..data.voc import VOC_CLASSES
 from ..devices import resolve_device
 from ..errors import ConfigError
 from . import console
-from .options import positive_int
+from .options import apply_checkpoint_overrides, check_checkpoint_overrides, positive_int
 
 # Faster R-CNN, Table 4 (K40 GPU, ms per image): shared convs, proposals, region-wise, total, fps
 PAPER_TABLE4 = {"vgg16": (141, 10, 47, 198, 5), "zf": (31, 3, 25, 59, 17)}
-# keys that change the network's layers: a checkpoint's weights fix them
-_STRUCTURAL = ("backbone", "anchors.", "rpn.conv_channels", "rpn.objectness", "roi_head.pooler",
-               "roi_head.box_target_")
-
-
-def _check_overrides(set_: tuple[str, ...]) -> None:
-    for item in set_:
-        key = item.split("=", 1)[0].strip()
-        if any(key == s or key.startswith(s) for s in _STRUCTURAL):
-            raise ConfigError(f"--set {item}: '{key}' is fixed by the checkpoint's weights and cannot be "
-                              f"changed for a benchmark; drop it, or benchmark a --config preset instead")
-
-
 def _build_model(model_path: Path | None, config: str | None, set_: tuple[str, ...]):
     """The model to time and whether its weights are random."""
     from ..model.detector import FasterRCNN
@@ -39,9 +26,9 @@ def _build_model(model_path: Path | None, config: str | None, set_: tuple[str, .
     if model_path is not None:
         from ..model.checkpoint import load_model
 
-        _check_overrides(set_)
+        check_checkpoint_overrides(set_, model_path, advice="drop it, or benchmark a --config preset instead")
         model, _ = load_model(model_path)
-        model.cfg = apply_overrides(model.cfg, list(set_))
+        apply_checkpoint_overrides(model, set_, model_path)
         return model, False
     cfg = apply_overrides(resolve_config(config), list(set_))
     return FasterRCNN(cfg, list(VOC_CLASSES)), True

@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from ..devices import resolve_device
 from . import console
-from .options import positive_int
+from .options import apply_checkpoint_overrides, check_checkpoint_overrides, checkpoint_set_option, positive_int
 
 
 def ablation_options(f):
@@ -66,18 +66,21 @@ def _show(result: dict, score_thresh: float) -> None:
 @click.option("--classes", default=None, metavar="A,B", help="Only these classes (comma-separated names).")
 @click.option("--batch-size", type=positive_int, default=1, show_default=True, help="Images per forward pass.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
+@checkpoint_set_option
 @ablation_options
-def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, device, proposals_n, no_rpn_nms,
-           no_rpn_scores, no_rpn_reg) -> None:
+def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, device, set_, proposals_n,
+           no_rpn_nms, no_rpn_scores, no_rpn_reg) -> None:
     """Detect objects in images and folders of images (searched recursively).
 
     Boxes are in original image pixels, 0-based continuous x1 y1 x2 y2.
     """
     from .. import detect as lib
 
+    check_checkpoint_overrides(set_, model_path)
     images = lib.find_images(inputs, exclude=out)
     dev = resolve_device(device)
     model, _ = lib.load_detector(model_path, dev)
+    apply_checkpoint_overrides(model, set_, model_path)
     wanted = parse_class_list(classes)
     lib.label_filter(model, wanted)  # an unknown class name fails before any image is read
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)

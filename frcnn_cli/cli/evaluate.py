@@ -15,7 +15,7 @@ from ..errors import ConfigError, DataError
 from ..evaluate.voc import METRICS
 from . import console
 from .detect import ablation_from_options, ablation_options
-from .options import positive_int
+from .options import apply_checkpoint_overrides, check_checkpoint_overrides, checkpoint_set_option, positive_int
 
 IOU_THRESH = 0.5  # PASCAL VOC's overlap criterion
 SUMMARY_PLOT = "ap_summary.png"
@@ -85,13 +85,14 @@ def _write_ap_outputs(out: Path, dets: dict, manifest: Manifest, result: dict) -
 
 
 def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str, out: Path | None,
-                batch_size: int, device: str | None, ablation) -> dict:
+                batch_size: int, device: str | None, ablation, set_: tuple[str, ...] = ()) -> dict:
     from ..detect import load_detector
     from ..evaluate.voc import detections_by_class, evaluate_detections
     from ..inference import detect_manifest
 
     dev = resolve_device(device)
     model, _ = load_detector(model_path, dev)
+    apply_checkpoint_overrides(model, set_, model_path)
     check_classes(manifest, data, model.classes, model_path)
     if ablation is not None:
         console.info(f"proposals: {ablation.describe()}")
@@ -138,15 +139,15 @@ def _eval_proposals(proposals_path: Path, data: Path, manifest: Manifest, out: P
             "mean_proposals": result["mean_proposals"]}
 
 
-def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, ablation) -> str:
+def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, ablation, set_=()) -> str:
     """The AP metric; a ``ConfigError`` (one ``Error:`` line, exit 2) for options that do not go together."""
     if (model_path is None) == (proposals_path is None):
         raise ConfigError("give exactly one of --model CKPT (detection AP) and --proposals P.h5 "
                           "(proposal recall)")
     if voc2007 and metric not in (None, "11point"):
         raise ConfigError(f"--voc2007 is the 11-point metric; it cannot go with --metric {metric}: drop one")
-    if proposals_path is not None and (voc2007 or metric is not None or ablation is not None):
-        raise ConfigError("--voc2007, --metric and the proposal ablations (--proposals-n, --no-rpn-*) "
+    if proposals_path is not None and (voc2007 or metric is not None or ablation is not None or set_):
+        raise ConfigError("--voc2007, --metric, --set and the proposal ablations (--proposals-n, --no-rpn-*) "
                           "apply to --model only; drop them for --proposals")
     return metric or "11point"
 
@@ -166,8 +167,9 @@ def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, 
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--batch-size", type=positive_int, default=1, show_default=True, help="Images per forward pass.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
+@checkpoint_set_option
 @ablation_options
-def eval_command(model_path, proposals_path, data, voc2007, metric, out, as_json, batch_size, device,
+def eval_command(model_path, proposals_path, data, voc2007, metric, out, as_json, batch_size, device, set_,
                  proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg) -> None:
     """VOC AP of a detector (--model), or the recall of a proposal file (--proposals), on a manifest.
 
@@ -175,11 +177,12 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, out, as_json
     false positives. The result files' split is the manifest name's last '-' part (voc2007-test: test).
     """
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
-    metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation)
+    metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_)
+    check_checkpoint_overrides(set_, model_path)
     manifest = read_manifest(data)
     if model_path is not None:
         summary = _eval_model(model_path, data, manifest, metric=metric, out=out, batch_size=batch_size,
-                              device=device, ablation=ablation)
+                              device=device, ablation=ablation, set_=set_)
     else:
         summary = _eval_proposals(proposals_path, data, manifest, out)
     if as_json:

@@ -11,7 +11,14 @@ from ..data.manifest import read_manifest
 from ..devices import resolve_device
 from ..errors import CheckpointError
 from . import console
-from .options import config_options, load_cli_config, positive_int
+from .options import (
+    apply_checkpoint_overrides,
+    check_checkpoint_overrides,
+    checkpoint_set_option,
+    config_options,
+    load_cli_config,
+    positive_int,
+)
 
 _ITERS_HELP = "Iterations of this step (default: the preset's; lr drops keep their fraction of the run)."
 
@@ -131,7 +138,8 @@ def _dumps_in_this_process(out: Path) -> bool:
 @click.option("--nms", "nms_thresh", type=click.FloatRange(0, 1), default=None, help="NMS IoU threshold [0.7].")
 @click.option("--batch-size", type=positive_int, default=1, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N.")
-def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thresh, batch_size, device):
+@checkpoint_set_option
+def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thresh, batch_size, device, set_):
     """Run the RPN over every image of a manifest and store the proposals (resumes an interrupted dump).
 
     One process writes the file: under torchrun, rank 0 dumps every image and the other ranks exit at once.
@@ -141,9 +149,11 @@ def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thr
 
     if not _dumps_in_this_process(out):
         return
+    check_checkpoint_overrides(set_, model_path)
     manifest = read_manifest(data)
     dev = resolve_device(device)
     model, ckpt = load_model(model_path, device=dev)
+    apply_checkpoint_overrides(model, set_, model_path)
     if "rpn" not in ckpt["parts"]:
         raise CheckpointError(f"checkpoint {model_path} (stage '{ckpt.get('stage')}') has no RPN; dump proposals "
                               "with the output of train-rpn (steps 1 and 3)")
