@@ -160,7 +160,7 @@ def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thr
     with console.ProgressReporter("proposals", len(manifest.images), every=50) as bar:
         dump(model, manifest, data, out, device=dev, checkpoint_path=model_path, batch_size=batch_size,
              nms_thresh=nms_thresh, pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n,
-             progress=bar.update)
+             progress=bar.update, num_workers=model.cfg.solver.num_workers)
     click.echo(str(out))
 
 

@@ -113,7 +113,8 @@ def _run_step(req: PipelineRequest, step: Step) -> None:
             model_path = step_path(req.workdir, steps[step.model_from])
             model, _ = load_model(model_path, device=req.device)
             dump_proposals(model, req.manifest, req.manifest_path, out, device=req.device,
-                           checkpoint_path=model_path, progress=req.progress)
+                           checkpoint_path=model_path, progress=req.progress,
+                           num_workers=model.cfg.solver.num_workers)
         distributed.barrier()
         return
     init = str(step_path(req.workdir, steps[step.init_from])) if step.init_from else req.cfg.init
