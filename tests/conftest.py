@@ -19,6 +19,18 @@ import pytest
 import torch
 
 TINY_OVERRIDES = ("input.train_scales=64", "input.test_scale=64", "input.max_size=96", "solver.num_workers=0")
+# the same as command-line options, on the CPU
+TINY_CLI = ["--config", "tiny", *(arg for kv in TINY_OVERRIDES for arg in ("--set", kv)), "--device", "cpu"]
+
+
+def truncate_file(path: Path, keep: float = 0.5) -> None:
+    """Cut ``path`` to the first ``keep`` of its bytes (a file cut short by a crash or a full disk)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def write_file(path: Path, text: str | bytes) -> None:
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
 ACTION = re.compile(r"\b(use|fix|give|check|run|rerun|delete|choose|add|replace|remove|upgrade|pick|lower|make|"
                     r"dump|train|evaluate|prepare|free|try|rename|keep|write|name|ask|needs|drop)\b", re.IGNORECASE)
 
