@@ -6,7 +6,8 @@ D head dimension (fc7 width), K classes without background.
 RoIs are ``Tensor[S, 5]`` ``(image index, x1, y1, x2, y2)`` in scaled-image pixels, 0-based continuous.
 RoIPool reproduces Caffe's ``roi_pooling_layer`` exactly: Caffe rounds py-faster-rcnn's *inclusive*
 corners, which are ours minus one on x2, y2, so those are what ``torchvision.ops.roi_pool`` (same
-rounding and bins as Caffe) is given. RoIAlign uses ``aligned=True``: the pixel-centre shift of half a
+rounding and bins as Caffe) is given; on the CPU without gradients ``roipool.roi_pool_table`` computes the
+same values vectorised over channels. RoIAlign uses ``aligned=True``: the pixel-centre shift of half a
 pixel is exactly our continuous convention.
 """
 
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
 from ..errors import ConfigError
+from .roipool import roi_pool_table
 
 POOLERS = ("roipool", "roialign")
 
@@ -58,6 +60,8 @@ class RoIHead(nn.Module):
         if self.pooler == "roipool":
             # Caffe quantises inclusive pixel indices: ours [x1, y1, x2, y2] is inclusive [x1, y1, x2-1, y2-1]
             inclusive = torch.cat((rois[:, :3], rois[:, 3:] - 1.0), 1)
+            if features.device.type == "cpu" and not (torch.is_grad_enabled() and features.requires_grad):
+                return roi_pool_table(features, inclusive, self.pool_size, self.spatial_scale)  # same values
             return roi_pool(features, inclusive, self.pool_size, self.spatial_scale)
         return roi_align(features, rois, self.pool_size, self.spatial_scale, self.sampling_ratio,
                          aligned=True)
