@@ -37,7 +37,9 @@ from frcnn_cli.train.loop import build_optimizer
 from frcnn_cli.train.steps import freeze_for_stage, stage_spec
 
 KINDS = {"joint": ("joint", False), "rpn": ("rpn", False), "detector": ("detector", False),
-         "rpn-frozen": ("rpn", True), "detector-frozen": ("detector", True)}
+         "rpn-frozen": ("rpn", True), "detector-frozen": ("detector", True),
+         "joint-direct": ("joint", False)}  # oneDNN's direct convolutions (solver.cpu_winograd=false)
+SCHEDULE_KINDS = ("rpn", "detector", "rpn-frozen", "detector-frozen", "dump")
 VOC07_TRAINVAL = 5011
 
 
@@ -49,6 +51,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: CPU time, with --threads 1")
+    p.add_argument("--kinds", nargs="+", choices=(*KINDS, "dump"), default=[k for k in KINDS if k != "joint-direct"]
+                   + ["dump"], help="frcnn steps to time (default: all but joint-direct); torchvision always runs")
     args = p.parse_args()
     args.steps = args.steps or (2 if args.quick else 5)
     return args
@@ -87,13 +91,15 @@ def random_proposals(batch, count: int = 2000, seed: int = 1) -> list[torch.Tens
 def frcnn_step_runner(kind: str, cfg: Config, data, device: torch.device):
     name, frozen = KINDS[kind]
     spec = stage_spec(name, freeze_shared=frozen)
+    if kind.endswith("-direct"):
+        cfg = replace(cfg, solver=replace(cfg.solver, cpu_winograd=False))
     torch.manual_seed(0)
     model = FasterRCNN(cfg, list(VOC_CLASSES)).to(device)
     freeze_for_stage(model, spec)
     optimizer = build_optimizer(model, cfg.solver)
     if device.type == "cuda" and cfg.solver.channels_last:  # as train/stage.py
         model.to(memory_format=torch.channels_last)
-    if device.type == "cpu" and cfg.solver.cpu_winograd:  # as train/stage.py: frozen convs' forward
+    if device.type == "cpu" and cfg.solver.cpu_winograd:  # as train/stage.py
         use_winograd(model)
     model.train()
     n = spec.images_per_batch(cfg.solver)
@@ -182,16 +188,19 @@ def main() -> None:
     print(f"VGG16 training, shorter side {cfg.input.train_scales[0]} (max {cfg.input.max_size}), "
           f"median of {args.steps} steps after {args.warmup} warm-up, {args.clock} clock")
     data = synthetic_data(2)
-    runs = {kind: frcnn_step_runner(kind, cfg, data, device) for kind in KINDS}
-    runs["dump"] = dump_runner(cfg, data, device)
+    runs = {kind: frcnn_step_runner(kind, cfg, data, device) for kind in args.kinds if kind != "dump"}
+    if "dump" in args.kinds:
+        runs["dump"] = dump_runner(cfg, data, device)
     runs["torchvision"] = torchvision_runner(cfg, data, device)
     results = interleaved(runs, repeats=args.steps, warmup=args.warmup, device=device)
     rates = {name: images_per_s(samples) for name, samples in results.items()}
     peer = rates["torchvision"]
     for name, rate in rates.items():
         print(f"  {name:16s} {rate:8.3f} images/s   ({1000.0 / rate:9.1f} ms/image)")
-    for name in ("joint", *[k for k in KINDS if k != "joint"]):
+    for name in (k for k in KINDS if k in rates):
         print("  " + ratio_line(f"{name} step vs torchvision joint step", rates[name], peer, "img/s"))
+    if not all(k in rates for k in SCHEDULE_KINDS):
+        return
     hours = schedule_hours(rates, cfg)
     goal = " (target on one H100: <= 2 h)" if device.type == "cuda" else ""
     print(f"  4-step VOC07 schedule estimate at these rates: {hours:.1f} h{goal}"

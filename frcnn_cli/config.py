@@ -121,7 +121,7 @@ class SolverConfig(_Checked):
     warmup_factor: float = 0.001
     amp: bool = True  # bf16 autocast on CUDA
     channels_last: bool = True  # on CUDA
-    cpu_winograd: bool = True  # CPU inference: 3x3 convs with >= 128 channels as Winograd F(4x4, 3x3)
+    cpu_winograd: bool = True  # CPU inference and training: 3x3 convs with >= 128 channels as Winograd F(4x4, 3x3)
     log_every: int = 20
     num_workers: int = 2
 

@@ -73,7 +73,7 @@ def test_winograd_conv_is_the_conv_it_replaces():
     x = torch.randn(1, 128, 20, 24)
     with torch.no_grad():
         assert _relative_error(fast(x), x, conv.weight, conv.bias) < 5e-5
-    # with autograd it is the ordinary convolution, bit for bit, and gradients flow
+    # with autograd, on a map under MIN_TRAIN_PIXELS, its forward is the direct convolution, bit for bit
     y = fast(x)
     assert torch.equal(y, conv(x))
     y.sum().backward()
@@ -152,9 +152,82 @@ def test_detections_with_and_without_winograd_agree(monkeypatch):
     assert float((det_a["scores"] - det_b["scores"]).abs().max()) < 1e-4
 
 
-def test_in_training_only_frozen_convs_take_the_winograd_path(monkeypatch):
-    # train/stage.py swaps the convs on the CPU: steps 3 and 4 run the frozen shared convs' forward as
-    # Winograd, while a conv that is trained (or must pass gradients back) stays the direct convolution
+def test_the_input_gradient_kernel_is_the_flipped_transposed_kernel():
+    # the input gradient of a 3x3, padding-1 convolution is the convolution of the output gradient with
+    # weight.transpose(0, 1).flip(2, 3): kernel_transform(flipped=True) folds both into the transform
+    weight = torch.randn(6, 5, 3, 3, generator=torch.Generator().manual_seed(3))
+    flipped = kernel_transform(weight, 4, flipped=True)
+    assert flipped.shape == (36, 6, 5) and flipped.is_contiguous()
+    expected = kernel_transform(weight.transpose(0, 1).flip(2, 3).contiguous(), 4)
+    assert torch.allclose(flipped, expected, rtol=0, atol=1e-6)
+    # position (0, 0) of G g G^T is g[0, 0] / 16 (G's first row is [1/4, 0, 0])
+    assert torch.allclose(kernel_transform(weight, 4)[0], weight[:, :, 0, 0].T / 16)
+    assert torch.allclose(flipped[0], weight[:, :, 2, 2] / 16)
+
+
+def test_the_weight_gradient_of_nine_shifted_products_equals_torchs():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 5, 7, generator=gen, dtype=torch.float64)
+    grad = torch.randn(2, 4, 5, 7, generator=gen, dtype=torch.float64)
+    expected = torch.nn.grad.conv2d_weight(x, (4, 3, 3, 3), grad, padding=1)
+    assert torch.allclose(winograd.conv3x3_weight_grad(x, grad), expected, rtol=1e-12, atol=1e-12)
+    # tap (0, 0) of a single output pixel at (0, 0) sees the zero padding only; tap (1, 1) the pixel itself
+    x1, g1 = torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+    g1[0, 0, 0, 0] = 1
+    assert winograd.conv3x3_weight_grad(x1, g1)[0, 0].tolist() == [[0, 0, 0], [0, 1, 1], [0, 1, 1]]
+
+
+def _trained_pair(channels: int, generator: torch.Generator) -> tuple[nn.Conv2d, WinogradConv2d]:
+    conv = nn.Conv2d(channels, channels, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.05)
+        conv.bias.copy_(torch.randn(channels, generator=generator))
+    fast = WinogradConv2d.from_conv(nn.Conv2d(channels, channels, 3, padding=1))
+    fast.load_state_dict(conv.state_dict())
+    return conv, fast
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 48, 50), (2, 16, 33, 35), (2, 16, 12, 16)])
+def test_trained_convs_give_the_direct_convolutions_gradients(shape):
+    # 2400 and 2310 pixels per batch: Winograd forward and input gradient; 384: direct (MIN_TRAIN_PIXELS);
+    # the weight gradient from conv3x3_weight_grad in all three, on a channels-last input as after a
+    # Winograd layer
+    gen = torch.Generator().manual_seed(5)
+    conv, fast = _trained_pair(shape[1], gen)
+    x = torch.randn(shape, generator=gen).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(shape, generator=gen)
+    results = []
+    for module in (conv, fast):
+        xi = x.clone().requires_grad_(True)
+        y = torch.relu_(module(xi))  # an in-place op on the output, as VGG16's ReLU(inplace=True)
+        y.backward(grad)
+        results.append((y.detach(), xi.grad, module.weight.grad, module.bias.grad))
+    for got, expected in zip(results[1], results[0]):
+        assert float((got - expected).abs().max() / expected.abs().max()) < 5e-5
+
+
+def test_trained_convs_take_the_winograd_path_on_large_maps(monkeypatch):
+    calls = []
+    real = winograd.winograd_conv3x3
+    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *a: calls.append(a[0].shape) or real(*a))
+    fast = WinogradConv2d.from_conv(nn.Conv2d(8, 8, 3, padding=1))
+    x = torch.randn(1, 8, 48, 48, requires_grad=True)  # 2304 pixels >= MIN_TRAIN_PIXELS
+    fast(x).sum().backward()
+    assert len(calls) == 2  # forward and input gradient
+    calls.clear()
+    fast(x.detach()).sum().backward()  # no gradient for the input (the first trained conv): forward only
+    assert len(calls) == 1 and fast.weight.grad is not None
+    calls.clear()
+    with torch.no_grad():
+        fast.weight.add_(1.0)  # an optimizer step: the cached kernel transform must follow
+        expected = F.conv2d(x, fast.weight, fast.bias, padding=1)
+    assert torch.allclose(fast(x), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_in_training_small_maps_run_the_direct_convolution(monkeypatch):
+    # train/stage.py swaps the convs on the CPU: frozen convs run forward as Winograd on maps of at least
+    # MIN_PIXELS; a trained conv needs MIN_TRAIN_PIXELS per batch (its kernel transform is redone at
+    # every step), else it is the direct convolution
     calls = []
     real = winograd.winograd_conv3x3
     monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *a: calls.append(1) or real(*a))
@@ -165,5 +238,5 @@ def test_in_training_only_frozen_convs_take_the_winograd_path(monkeypatch):
     assert len(calls) == 1 and not features.requires_grad
     trained(features).sum().backward()
     assert len(calls) == 1 and trained.weight.grad is not None
-    frozen(x.requires_grad_(True)).sum().backward()  # gradient needed for the input: direct
+    frozen(x.requires_grad_(True)).sum().backward()  # gradient needed for the input: direct (small map)
     assert len(calls) == 1 and x.grad is not None

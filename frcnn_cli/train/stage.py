@@ -189,7 +189,7 @@ def run_stage(req: StageRequest) -> Path:
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if req.device.type == "cpu" and cfg.solver.cpu_winograd:
-        use_winograd(model)  # frozen convs (steps 3 and 4) run forward as Winograd; trained ones stay direct
+        use_winograd(model)  # 3x3 convs >= 128 channels: Winograd forward (and input gradient when trained)
     default_iters, steps = spec.iterations(cfg.solver)
     total, steps = scaled_schedule(default_iters, steps, req.iters)
     optimizer = build_optimizer(model, cfg.solver)
