@@ -4,15 +4,18 @@ frcnn's steps are those of ``frcnn_cli.train`` (``stage_spec`` freezing, ``build
 forward and losses as ``train/loop.py``): ``joint``; ``rpn`` (step 1), ``detector`` (step 2, on 2000
 stored-style proposals per image), ``rpn-frozen`` (step 3) and ``detector-frozen`` (step 4), each with
 its images per batch of the vgg16 preset (RPN 1, detector and joint 2); ``dump`` is the RPN-only
-inference of a proposal dump (no pre-NMS cap, top 2000). The peer is torchvision's ``FasterRCNN``
-(``torchvision_peer.py``: same VGG16, anchors, heads, 12000/2000 training proposals, 256 anchors and
-64 RoIs per image) training jointly on the same 2-image batches: its only mode. Random weights, random
+inference of a proposal dump (no pre-NMS cap, top 2000); ``joint-direct`` (not run unless named in
+``--kinds``) is the joint step with oneDNN's direct convolutions (``solver.cpu_winograd=false``). The
+peer is torchvision's ``FasterRCNN`` (``torchvision_peer.py``: same VGG16, anchors, heads, 12000/2000
+training proposals, 256 anchors and 64 RoIs per image) training jointly on the same 2-image batches: its
+only mode. Random weights, random
 ground truth (3 boxes per image), SGD lr 0.001, momentum 0.9, weight decay 0.0005, bf16 autocast on CUDA.
 
 The 4-step schedule estimate uses the preset's iterations (80k RPN, 40k detector, twice each) and two
 dumps of the 5011 VOC07 trainval images.
 
     python benchmarks/train_throughput.py --quick           # shorter side 256, 2 steps each
+    python benchmarks/train_throughput.py --kinds joint joint-direct --steps 2   # full size, two kinds
     python benchmarks/train_throughput.py --device cuda --steps 20 --warmup 5
 """
 
