@@ -177,6 +177,19 @@ def test_the_weight_gradient_of_nine_shifted_products_equals_torchs():
     assert winograd.conv3x3_weight_grad(x1, g1)[0, 0].tolist() == [[0, 0, 0], [0, 1, 1], [0, 1, 1]]
 
 
+@pytest.mark.parametrize("tile", [2, 4])
+def test_the_winograd_weight_gradient_equals_torchs(tile, monkeypatch):
+    # the adjoint of the forward's transforms: exact in real arithmetic, so float64 agrees to rounding,
+    # also on maps that are not a whole number of tiles (9x7) and in bands (the last one short)
+    monkeypatch.setattr(winograd, "_band_rows", lambda tiles_w, channels: 2)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, 9, 7, generator=gen, dtype=torch.float64)
+    grad = torch.randn(2, 4, 9, 7, generator=gen, dtype=torch.float64)
+    expected = torch.nn.grad.conv2d_weight(x, (4, 3, 3, 3), grad, padding=1)
+    got = winograd.winograd_weight_grad(x, grad, tile)
+    assert got.dtype == torch.float64 and torch.allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
 def _trained_pair(channels: int, generator: torch.Generator) -> tuple[nn.Conv2d, WinogradConv2d]:
     conv = nn.Conv2d(channels, channels, 3, padding=1)
     with torch.no_grad():
@@ -189,9 +202,9 @@ def _trained_pair(channels: int, generator: torch.Generator) -> tuple[nn.Conv2d,
 
 @pytest.mark.parametrize("shape", [(1, 16, 48, 50), (2, 16, 33, 35), (2, 16, 12, 16)])
 def test_trained_convs_give_the_direct_convolutions_gradients(shape):
-    # 2400 and 2310 pixels per batch: Winograd forward and input gradient; 384: direct (MIN_TRAIN_PIXELS);
-    # the weight gradient from conv3x3_weight_grad in all three, on a channels-last input as after a
-    # Winograd layer
+    # 2400 and 2310 pixels per batch: Winograd forward, input and weight gradients; 384 (< MIN_TRAIN_PIXELS):
+    # direct forward and input gradient, weight gradient from conv3x3_weight_grad; on a channels-last input
+    # as after a Winograd layer
     gen = torch.Generator().manual_seed(5)
     conv, fast = _trained_pair(shape[1], gen)
     x = torch.randn(shape, generator=gen).contiguous(memory_format=torch.channels_last)

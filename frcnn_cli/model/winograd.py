@@ -18,11 +18,12 @@ picks Winograd kernels for fp32 convolutions on GPUs, with TF32 about 1e-3). F(2
 the direct convolution. ``WinogradConv2d`` is an ``nn.Conv2d`` (same parameters, same state-dict keys)
 that takes this path for float32 CPU tensors and the ordinary one otherwise.
 
-Training (a conv whose weight or input needs a gradient) goes through ``_TrainedConv3x3``: the forward
-and the input gradient (itself a 3×3 convolution, with the flipped, transposed kernel) as Winograd on
-batches of at least ``MIN_TRAIN_PIXELS``, the weight gradient as nine matrix products over shifted rows
-of the padded input (``conv3x3_weight_grad``), which also spares oneDNN's backward-weights kernel on
-channels-last tensors (3.5–4.5× slower than on NCHW ones here).
+Training (a conv whose weight or input needs a gradient) goes through ``_TrainedConv3x3``: on batches of
+at least ``MIN_TRAIN_PIXELS`` the forward, the input gradient (itself a 3×3 convolution, with the
+flipped, transposed kernel) and the weight gradient (the adjoint of the forward's transforms) are all
+Winograd; smaller ones run the direct forward and input gradient and take the weight gradient as nine
+matrix products over shifted rows of the padded input (``conv3x3_weight_grad``). Both spare oneDNN's
+backward-weights kernel, 3.5–4.5× slower on channels-last tensors than on NCHW ones here.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ _TRANSFORMS: dict[int, tuple[list[list[float]], list[list[float]], list[list[flo
 
 MIN_CHANNELS = 128  # below this (input or output) the transforms cost more than the products save
 MIN_PIXELS = 256  # smaller maps (e.g. 12x16) run the direct convolution: too few tiles per product
-# with gradients the kernel transform is redone after every weight update (about 20 ms for 512x512 channels,
-# the saving of ~1000 pixels of convolution): below this many pixels per batch the direct convolution
-MIN_TRAIN_PIXELS = 2048
+# with gradients the kernel transforms (forward, flipped, and the weight gradient's adjoint; about 20 ms each
+# for 512x512 channels) are redone at every step: below this many pixels per batch they cost more than they save
+MIN_TRAIN_PIXELS = 1024
 
 
 def _kernel_matrix(tile: int, device: torch.device) -> Tensor:
@@ -120,11 +121,41 @@ def _output_transform(products: Tensor, tile: int, out: Tensor) -> None:
             _combine(out[:, jh, :, jw], at[jh], list(along_w[jw]))
 
 
+def _gradient_transform(slab: Tensor, tile: int, tiles_w: int, out: Tensor) -> None:
+    """``out [a, a, R, tiles_w, K]`` = ``A dY Aᵀ`` of every m×m tile ``dY`` of ``slab [R*m, tiles_w*m, K]``
+    (output gradients, zero beyond the map); ``out[iw, ih]`` is position ``(ih, iw)``: the adjoint of
+    ``_output_transform``."""
+    at = _TRANSFORMS[tile][2]
+    a, rows_out = tile + 2, out.shape[2]
+    rows = [slab[j::tile] for j in range(tile)]  # row j of every tile: [R, W', K] each
+    along_h = slab.new_empty(a, rows_out, slab.shape[1], slab.shape[2])
+    for i in range(a):
+        _combine(along_h[i], [at[j][i] for j in range(tile)], rows)
+    cols = [along_h[:, :, j::tile] for j in range(tile)]  # [a, R, tiles_w, K] each
+    for i in range(a):
+        _combine(out[i], [at[j][i] for j in range(tile)], cols)
+
+
 def _band_rows(tiles_w: int, channels: int) -> int:
     """Tile rows per band: matrix products of at least 256 rows, and about 32 K floats of input per tile
     position (the band's temporaries, ~5 MB, stay in cache). Tuned on a Zen 3 core: 0.34–0.6× the
     direct convolution's time for 128–512 channels, where whole-image temporaries were 0.5–1.9×."""
     return max(-(-256 // tiles_w), (1 << 15) // max(1, tiles_w * channels), 1)
+
+
+def _transformed_band(image: Tensor, r0: int, rows: int, slab: Tensor, v: Tensor) -> Tensor:
+    """``[a*a, rows*tiles_w, C]``: the input transforms of tile rows ``r0 … r0+rows-1`` of ``image [H, W, C]``
+    (zero padding of 1 around it), through the buffers ``slab [band*m + 2, tiles_w*m + 2, C]`` and
+    ``v [a, a, band, tiles_w, C]``."""
+    h, w, c = image.shape
+    a, tiles_w = v.shape[0], v.shape[3]
+    tile = a - 2
+    y0, y1 = r0 * tile - 1, min((r0 + rows) * tile + 1, h)  # image rows of the slab
+    slab.zero_()
+    slab[max(0, -y0):y1 - y0, 1:w + 1] = image[max(y0, 0):y1]
+    v_band = v[:, :, :rows]
+    _input_transform(slab[:rows * tile + 2], tile, tiles_w, v_band)
+    return v_band.reshape(a * a, rows * tiles_w, c)
 
 
 def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None, tile: int) -> Tensor:
@@ -145,12 +176,7 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None, tile: int) -> Te
     for i, image in enumerate(x.permute(0, 2, 3, 1)):
         for r0 in range(0, tiles_h, band):
             rows = min(band, tiles_h - r0)
-            y0, y1 = r0 * tile - 1, min((r0 + rows) * tile + 1, h)  # image rows of the slab
-            slab.zero_()
-            slab[max(0, -y0):y1 - y0, 1:w + 1] = image[max(y0, 0):y1]
-            v_band = v[:, :, :rows]
-            _input_transform(slab[:rows * tile + 2], tile, tiles_w, v_band)
-            vm = v_band.reshape(a * a, rows * tiles_w, c)
+            vm = _transformed_band(image, r0, rows, slab, v)
             pm = products[:, :rows * tiles_w]
             for p in range(a * a):
                 torch.mm(vm[p], u[p], out=pm[p])
@@ -160,6 +186,36 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None, tile: int) -> Te
     if bias is not None:
         out_nhwc.add_(bias)
     return out
+
+
+def winograd_weight_grad(x: Tensor, grad: Tensor, tile: int) -> Tensor:
+    """The weight gradient ``[K, C, 3, 3]`` of the 3×3, stride-1, padding-1 convolution of ``x [N, C, H, W]``
+    with output gradient ``grad [N, K, H, W]``, as Winograd: per tile position ``p`` the gradient of the
+    transformed kernel is ``Σ_tiles V[p]ᵀ Ŷ[p]`` (``V = Bᵀ d B`` as in the forward, ``Ŷ = A dY Aᵀ``), one
+    ``[C, T] @ [T, K]`` product per position (4× fewer multiply-adds than the direct sum), and the kernel
+    gradient is ``Gᵀ (…) G``: the adjoint of ``kernel_transform``'s matrix, in float64."""
+    n, c, h, w = x.shape
+    a, k = tile + 2, grad.shape[1]
+    tiles_h, tiles_w = -(-h // tile), -(-w // tile)
+    band = min(_band_rows(tiles_w, max(c, k)), tiles_h)
+    slab = x.new_empty(band * tile + 2, tiles_w * tile + 2, c)
+    v = x.new_empty(a, a, band, tiles_w, c)
+    grad_slab = grad.new_empty(band * tile, tiles_w * tile, k)
+    yhat = grad.new_empty(a, a, band, tiles_w, k)
+    acc = x.new_zeros(a * a, c, k)
+    for image, g_image in zip(x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1)):
+        for r0 in range(0, tiles_h, band):
+            rows = min(band, tiles_h - r0)
+            vm = _transformed_band(image, r0, rows, slab, v)
+            valid = min(rows * tile, h - r0 * tile)
+            grad_slab.zero_()
+            grad_slab[:valid, :w] = g_image[r0 * tile:r0 * tile + valid]
+            _gradient_transform(grad_slab[:rows * tile], tile, tiles_w, yhat[:, :, :rows])
+            ym = yhat[:, :, :rows].reshape(a * a, rows * tiles_w, k)
+            for p in range(a * a):
+                acc[p].addmm_(vm[p].T, ym[p])
+    weight_grad = _kernel_matrix(tile, x.device).T @ acc.view(a * a, c * k).double()  # [9, C*K]
+    return weight_grad.to(x.dtype).view(3, 3, c, k).permute(3, 2, 0, 1).contiguous()
 
 
 def conv3x3_weight_grad(x: Tensor, grad: Tensor) -> Tensor:
@@ -188,9 +244,10 @@ def conv3x3_weight_grad(x: Tensor, grad: Tensor) -> Tensor:
 
 
 class _TrainedConv3x3(torch.autograd.Function):
-    """A 3×3, stride-1, padding-1 convolution with gradients on the CPU. ``u`` given: forward and input
-    gradient as Winograd (the input gradient is itself such a convolution, with the flipped, transposed
-    kernel); ``u`` None: both direct. The weight gradient always by ``conv3x3_weight_grad``."""
+    """A 3×3, stride-1, padding-1 convolution with gradients on the CPU. ``u`` given: forward, input
+    gradient (itself such a convolution, with the flipped, transposed kernel) and weight gradient
+    (``winograd_weight_grad``) as Winograd; ``u`` None: forward and input gradient direct, the weight
+    gradient by ``conv3x3_weight_grad``."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, u: Tensor | None, tile: int) -> Tensor:
@@ -209,7 +266,9 @@ class _TrainedConv3x3(torch.autograd.Function):
             grad_x = winograd_conv3x3(grad, kernel_transform(weight, ctx.tile, flipped=True), None, ctx.tile)
         elif ctx.needs_input_grad[0]:
             grad_x = torch.nn.grad.conv2d_input(x.shape, weight, grad, padding=1)
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and ctx.winograd:
+            grad_w = winograd_weight_grad(x, grad, ctx.tile)
+        elif ctx.needs_input_grad[1]:
             grad_w = conv3x3_weight_grad(x, grad)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3))
