@@ -96,6 +96,8 @@ def test_small_maps_run_the_direct_convolution():
     x = torch.randn(1, 8, 12, 16)  # 192 pixels < MIN_PIXELS
     with torch.no_grad():
         assert torch.equal(fast(x), F.conv2d(x, fast.weight, fast.bias, padding=1))
+        unbatched = torch.randn(8, 20, 24)  # nn.Conv2d takes [C, H, W] too: the direct convolution
+        assert torch.equal(fast(unbatched), F.conv2d(unbatched, fast.weight, fast.bias, padding=1))
 
 
 def test_only_plain_3x3_convs_with_enough_channels_are_eligible():

@@ -303,6 +303,8 @@ class WinogradConv2d(nn.Conv2d):
         return self._cache[1]
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:  # an unbatched [C, H, W] input, as nn.Conv2d allows
+            return F.conv2d(x, self.weight, self.bias, padding=1)
         n, _, h, w = x.shape
         cpu_fp32 = x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
         params = (self.weight, self.bias) if self.bias is not None else (self.weight,)
