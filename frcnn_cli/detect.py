@@ -26,12 +26,11 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .ablations import ProposalAblation, ablated_forward
+from .ablations import ProposalAblation
 from .atomic import atomic_path, atomic_write_text
-from .data.images import ImageBatch, load_image
-from .devices import autocast
+from .data.images import load_image
 from .errors import CheckpointError, ConfigError, DataError
-from .inference import detections_to_host, file_batches, prepare_model, to_device
+from .inference import detect_batch, file_batches, prepare_model
 from .model.checkpoint import load_model
 from .model.detector import FasterRCNN
 
@@ -144,19 +143,6 @@ def _image_result(path: Path, size: Sequence[int], det: dict, classes: list[str]
     return {"image": str(path), "width": int(size[1]), "height": int(size[0]), "detections": rows}
 
 
-def _detect_batch(model: FasterRCNN, batch: ImageBatch, device: torch.device,
-                  ablation: ProposalAblation | None) -> list[dict]:
-    on_device = to_device(batch, device)
-    if ablation is None:
-        with autocast(device, model.cfg.solver.amp):
-            out = model(on_device.tensor, on_device.image_sizes, on_device.scales, proposal_mode="test")
-    else:
-        out = ablated_forward(model, on_device.tensor, on_device.image_sizes, on_device.scales, ablation,
-                              keys=batch.indices.tolist())
-    dets = model.detect(out, on_device.image_sizes, on_device.scales, on_device.original_sizes)
-    return detections_to_host(dets)
-
-
 @torch.inference_mode()
 def detect_images(model: FasterRCNN, paths: Sequence[str | os.PathLike], *, device: torch.device | str = "cpu",
                   batch_size: int = 1, score_thresh: float = 0.5, classes_filter: Sequence[str] | None = None,
@@ -178,7 +164,7 @@ def detect_images(model: FasterRCNN, paths: Sequence[str | os.PathLike], *, devi
     results: list[dict] = []
     with _score_floor(model, score_thresh):
         for batch in file_batches(paths, model, device, batch_size=batch_size, num_workers=num_workers):
-            dets = _detect_batch(model, batch, device, ablation)
+            dets = detect_batch(model, batch, device, ablation)
             for index, size, det in zip(batch.indices.tolist(), batch.original_sizes.tolist(), dets):
                 results.append(_image_result(paths[index], size, det, model.classes, keep, score_thresh))
             if progress is not None:

@@ -62,6 +62,20 @@ def detections_to_host(dets: list[dict[str, torch.Tensor]]) -> list[dict[str, to
             for p in parts]
 
 
+def detect_batch(model: FasterRCNN, batch: ImageBatch, device: torch.device,
+                 ablation: ProposalAblation | None = None) -> list[dict[str, torch.Tensor]]:
+    """Detections of a host ``batch``, image by image, on the host (``detections_to_host``): the forward on
+    ``device`` (``ablation``: one of the paper's Table 1 test-time proposal ablations) and ``model.detect``."""
+    on_device = to_device(batch, device)
+    if ablation is None:
+        out = _forward(model, on_device, device, proposal_mode="test")
+    else:
+        out = ablated_forward(model, on_device.tensor, on_device.image_sizes, on_device.scales, ablation,
+                              keys=batch.indices.tolist())
+    dets = model.detect(out, on_device.image_sizes, on_device.scales, on_device.original_sizes)
+    return detections_to_host(dets)
+
+
 @dataclass
 class InferenceSettings:
     """What ``prepare_model`` changed: layers the truncated SVD compressed, convs that run as Winograd."""
@@ -132,6 +146,15 @@ def _with_dump_settings(model: FasterRCNN, s: DumpSettings) -> None:
                                                dump_post_nms_top_n=s.post_nms_top_n))
 
 
+def _proposals_to_host(result: ForwardOutput, batch: ImageBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each image's proposals in original pixels (float32 ``[R_i, 4]``) and scores (``[R_i]``) on the host,
+    in one copy for the batch (a device waits once)."""
+    packed = torch.cat([torch.cat([p.float() / s, sc.float()[:, None]], 1)
+                        for p, s, sc in zip(result.proposals, batch.scales.tolist(), result.proposal_scores)]).cpu()
+    parts = packed.split([len(s) for s in result.proposal_scores])
+    return [(part[:, :4].contiguous(), part[:, 4].contiguous()) for part in parts]
+
+
 @torch.inference_mode()
 def dump_proposals(model: FasterRCNN, manifest: Manifest, manifest_path: Path, out: Path, *,
                    device: torch.device, checkpoint_path: Path, batch_size: int = 1,
@@ -158,11 +181,8 @@ def dump_proposals(model: FasterRCNN, manifest: Manifest, manifest_path: Path, o
                                       num_workers=num_workers):
             result = _forward(model, to_device(batch, device), device, run_roi_head=False,
                               proposal_mode="dump")
-            scales = batch.scales.tolist()
-            boxes = [(p.float() / s).cpu() for p, s in zip(result.proposals, scales)]
-            scores = [s.float().cpu() for s in result.proposal_scores]
-            for index, b, s in zip(batch.indices.tolist(), boxes, scores):
-                writer.write(index, b, s)
+            for index, (boxes, scores) in zip(batch.indices.tolist(), _proposals_to_host(result, batch)):
+                writer.write(index, boxes, scores)
             done += len(batch)
             if progress is not None:
                 progress(done, "")
@@ -182,14 +202,7 @@ def detect_manifest(model: FasterRCNN, manifest: Manifest, *, device: torch.devi
     results: list[dict[str, torch.Tensor] | None] = [None] * len(manifest.images)
     done = 0
     for batch in manifest_batches(manifest, model, batch_size=batch_size, num_workers=num_workers):
-        dev_batch = to_device(batch, device)
-        if ablation is None:
-            out = _forward(model, dev_batch, device, proposal_mode="test")
-        else:
-            out = ablated_forward(model, dev_batch.tensor, dev_batch.image_sizes, dev_batch.scales, ablation,
-                                  keys=batch.indices.tolist())
-        dets = model.detect(out, dev_batch.image_sizes, dev_batch.scales, dev_batch.original_sizes)
-        for index, det in zip(batch.indices.tolist(), detections_to_host(dets)):
+        for index, det in zip(batch.indices.tolist(), detect_batch(model, batch, device, ablation)):
             results[index] = det
         done += len(batch)
         if progress is not None:

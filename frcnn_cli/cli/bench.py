@@ -28,7 +28,7 @@ def _build_model(model_path: Path | None, config: str | None, set_: tuple[str, .
 
         check_checkpoint_overrides(set_, model_path, advice="drop it, or benchmark a --config preset instead")
         model, _ = load_model(model_path)
-        apply_checkpoint_overrides(model, set_, model_path)
+        apply_checkpoint_overrides(model, set_)
         return model, False
     cfg = apply_overrides(resolve_config(config), list(set_))
     return FasterRCNN(cfg, list(VOC_CLASSES)), True

@@ -80,7 +80,7 @@ def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, 
     images = lib.find_images(inputs, exclude=out)
     dev = resolve_device(device)
     model, _ = lib.load_detector(model_path, dev)
-    apply_checkpoint_overrides(model, set_, model_path)
+    apply_checkpoint_overrides(model, set_)
     wanted = parse_class_list(classes)
     lib.label_filter(model, wanted)  # an unknown class name fails before any image is read
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)

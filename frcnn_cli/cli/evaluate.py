@@ -92,7 +92,7 @@ def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str
 
     dev = resolve_device(device)
     model, _ = load_detector(model_path, dev)
-    apply_checkpoint_overrides(model, set_, model_path)
+    apply_checkpoint_overrides(model, set_)
     check_classes(manifest, data, model.classes, model_path)
     if ablation is not None:
         console.info(f"proposals: {ablation.describe()}")

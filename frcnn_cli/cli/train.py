@@ -153,7 +153,7 @@ def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thr
     manifest = read_manifest(data)
     dev = resolve_device(device)
     model, ckpt = load_model(model_path, device=dev)
-    apply_checkpoint_overrides(model, set_, model_path)
+    apply_checkpoint_overrides(model, set_)
     if "rpn" not in ckpt["parts"]:
         raise CheckpointError(f"checkpoint {model_path} (stage '{ckpt.get('stage')}') has no RPN; dump proposals "
                               "with the output of train-rpn (steps 1 and 3)")
