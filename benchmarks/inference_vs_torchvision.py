@@ -10,8 +10,8 @@ against the targets of issue 7: CPU at most 0.8x torchvision's latency; CUDA (bf
 torchvision's images/s, 60 images/s at batch 1 and 500 images/s batched.
 
 Variants (``--variants``): ``frcnn`` (frcnn's inference settings: channels-last, inference mode, bf16
-on CUDA, Winograd F(4x4, 3x3) convs on the CPU: ``frcnn_cli.inference.prepare_model``), ``frcnn-direct``
-(the same with oneDNN's direct convolutions: ``solver.cpu_winograd=false``), ``frcnn-nchw`` (the same
+on CUDA, Winograd F(4x4, 3x3) convs on the CPU: ``frcnn_cli.inference.Predictor``), ``frcnn-direct``
+(the same with oneDNN's direct convolutions: ``runtime.cpu_winograd=false``), ``frcnn-nchw`` (the same
 as frcnn without channels-last),
 ``frcnn-svd`` (fc6/fc7 as rank-``--svd-rank`` factor pairs: Fast R-CNN's truncated SVD; random
 factors, so the timing is that of a real compression without its one-off factorisation),
@@ -31,11 +31,11 @@ import torch
 from harness import Stopwatch, interleaved, median_of, ratio_line, setup_run, target_line
 from torchvision_peer import build_torchvision_vgg16, torchvision_network
 
-from frcnn_cli.bench import prepare_model
-from frcnn_cli.config import Config, get_preset
+from frcnn_cli.config import Config, RuntimeConfig, get_preset
 from frcnn_cli.data.images import batch_from_images
 from frcnn_cli.data.voc import VOC_CLASSES
 from frcnn_cli.devices import autocast
+from frcnn_cli.inference import InferenceSettings, Predictor
 from frcnn_cli.model.detector import FasterRCNN
 from frcnn_cli.model.svd import SVDLinear
 
@@ -69,11 +69,10 @@ def scales(quick: bool) -> tuple[int, int]:
     return (256, 448) if quick else (600, 1000)
 
 
-def frcnn_config(quick: bool, winograd: bool = True) -> Config:
+def frcnn_config(quick: bool) -> Config:
     cfg = get_preset("vgg16")
     test_scale, max_size = scales(quick)
-    return replace(cfg, input=replace(cfg.input, test_scale=test_scale, max_size=max_size),
-                   solver=replace(cfg.solver, cpu_winograd=winograd))
+    return replace(cfg, input=replace(cfg.input, test_scale=test_scale, max_size=max_size))
 
 
 def random_svd(model: FasterRCNN, rank: int) -> None:
@@ -84,28 +83,27 @@ def random_svd(model: FasterRCNN, rank: int) -> None:
         head[index] = SVDLinear(fc.in_features, fc.out_features, min(rank, fc.out_features, fc.in_features))
 
 
-def build_frcnn(variant: str, args, device: torch.device) -> FasterRCNN:
+def build_frcnn(variant: str, args, device: torch.device) -> Predictor:
+    """frcnn's model prepared as ``frcnn detect`` prepares it (the ``Predictor``), with the variant's runtime."""
     torch.manual_seed(0)
-    model = FasterRCNN(frcnn_config(args.quick, winograd=variant != "frcnn-direct"), list(VOC_CLASSES))
+    model = FasterRCNN(frcnn_config(args.quick), list(VOC_CLASSES))
     if variant == "frcnn-svd":
         random_svd(model, args.svd_rank)
-    prepare_model(model, device, channels_last=variant != "frcnn-nchw")
-    return model
+    runtime = RuntimeConfig(cpu_winograd=variant != "frcnn-direct", channels_last=variant != "frcnn-nchw")
+    return Predictor(model, device, InferenceSettings.from_config(model.cfg), runtime, owned=True)
 
 
-def frcnn_runner(model: FasterRCNN, images: list[torch.Tensor], device: torch.device, channels_last: bool):
-    amp = model.cfg.solver.amp
-
+def frcnn_runner(predictor: Predictor, images: list[torch.Tensor], device: torch.device, channels_last: bool):
     @torch.inference_mode()
     def run() -> dict[str, float]:
         watch = Stopwatch(device)
-        batch = batch_from_images(images, model.cfg.input).to(device)
+        batch = batch_from_images(images, predictor.settings.config.input).to(device)
         if channels_last:
             batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
         watch.lap("pre")
-        with autocast(device, amp):
-            out = model(batch.tensor, batch.image_sizes, batch.scales, proposal_mode="test")
-        model.detect(out, batch.image_sizes, batch.scales, batch.original_sizes)
+        out = predictor.forward(batch)  # the one forward, as frcnn detect runs it (autocast on CUDA)
+        predictor.model.detect(out, batch.image_sizes, batch.scales, batch.original_sizes,
+                               settings=predictor.settings.detections)
         watch.lap("net")
         return {**watch.laps, "total": watch.laps["pre"] + watch.laps["net"]}
 

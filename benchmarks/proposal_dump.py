@@ -31,12 +31,12 @@ from torchvision_peer import build_torchvision_vgg16
 
 from frcnn_cli.config import Config, get_preset
 from frcnn_cli.data.manifest import read_manifest
+from frcnn_cli.data.proposal_store import ProposalStore, bytes_per_proposal
 from frcnn_cli.data.synthetic import make_synthetic_set
 from frcnn_cli.devices import autocast
-from frcnn_cli.inference import dump_proposals
+from frcnn_cli.inference import InferenceSettings, Predictor, dump_proposals
 from frcnn_cli.model.checkpoint import save_checkpoint
 from frcnn_cli.model.detector import FasterRCNN
-from frcnn_cli.proposals import ProposalStore, bytes_per_proposal
 
 
 def dump_config(quick: bool) -> Config:
@@ -51,12 +51,12 @@ def run_frcnn(cfg: Config, manifest_path: Path, work: Path, device: torch.device
     model = FasterRCNN(cfg, manifest.classes)
     ckpt = work / "model.pt"
     save_checkpoint(ckpt, model, stage="benchmark", provenance={})
+    predictor = Predictor(model, device, InferenceSettings.from_config(cfg, mode="dump"))  # as frcnn dump-proposals
     warmup = replace(manifest, images=manifest.images[:1])  # untimed: kernel selection, first allocations
-    dump_proposals(model, warmup, manifest_path, work / "warmup.h5", device=device, checkpoint_path=ckpt)
+    dump_proposals(predictor, warmup, work / "warmup.h5", checkpoint_path=ckpt)
     out = work / "proposals.h5"
     start = time.perf_counter()
-    dump_proposals(model, manifest, manifest_path, out, device=device, checkpoint_path=ckpt,
-                   batch_size=batch_size)
+    dump_proposals(predictor, manifest, out, checkpoint_path=ckpt, batch_size=batch_size)
     seconds = time.perf_counter() - start
     with ProposalStore(out) as store:
         count = store.num_proposals()  # shapes only: the benchmark must not time a full read

@@ -5,7 +5,7 @@ forward and losses as ``train/loop.py``): ``joint``; ``rpn`` (step 1), ``detecto
 stored-style proposals per image), ``rpn-frozen`` (step 3) and ``detector-frozen`` (step 4), each with
 its images per batch of the vgg16 preset (RPN 1, detector and joint 2); ``dump`` is the RPN-only
 inference of a proposal dump (no pre-NMS cap, top 2000); ``joint-direct`` (not run unless named in
-``--kinds``) is the joint step with oneDNN's direct convolutions (``solver.cpu_winograd=false``). The
+``--kinds``) is the joint step with oneDNN's direct convolutions (``runtime.cpu_winograd=false``). The
 peer is torchvision's ``FasterRCNN`` (``torchvision_peer.py``: same VGG16, anchors, heads, 12000/2000
 training proposals, 256 anchors and 64 RoIs per image) training jointly on the same 2-image batches: its
 only mode. Random weights, random
@@ -28,20 +28,20 @@ import torch
 from harness import Stopwatch, interleaved, median_of, ratio_line, setup_run
 from torchvision_peer import build_torchvision_vgg16
 
-from frcnn_cli.config import Config, get_preset
+from frcnn_cli.config import Config, RuntimeConfig, get_preset
 from frcnn_cli.data.images import batch_from_images
 from frcnn_cli.data.targets import Targets
 from frcnn_cli.data.voc import VOC_CLASSES
-from frcnn_cli.devices import autocast
-from frcnn_cli.inference import prepare_model, to_device
+from frcnn_cli.devices import autocast, place_model
+from frcnn_cli.inference import InferenceSettings, Predictor
 from frcnn_cli.model.detector import FasterRCNN
-from frcnn_cli.model.winograd import use_winograd
+from frcnn_cli.model.rpn import ProposalSettings, RPNProposer
 from frcnn_cli.train.loop import build_optimizer
 from frcnn_cli.train.steps import freeze_for_stage, stage_spec
 
 KINDS = {"joint": ("joint", False), "rpn": ("rpn", False), "detector": ("detector", False),
          "rpn-frozen": ("rpn", True), "detector-frozen": ("detector", True),
-         "joint-direct": ("joint", False)}  # oneDNN's direct convolutions (solver.cpu_winograd=false)
+         "joint-direct": ("joint", False)}  # oneDNN's direct convolutions (runtime.cpu_winograd=false)
 SCHEDULE_KINDS = ("rpn", "detector", "rpn-frozen", "detector-frozen", "dump")
 VOC07_TRAINVAL = 5011
 
@@ -94,16 +94,13 @@ def random_proposals(batch, count: int = 2000, seed: int = 1) -> list[torch.Tens
 def frcnn_step_runner(kind: str, cfg: Config, data, device: torch.device):
     name, frozen = KINDS[kind]
     spec = stage_spec(name, freeze_shared=frozen)
-    if kind.endswith("-direct"):
-        cfg = replace(cfg, solver=replace(cfg.solver, cpu_winograd=False))
+    runtime = RuntimeConfig(cpu_winograd=not kind.endswith("-direct"))
     torch.manual_seed(0)
     model = FasterRCNN(cfg, list(VOC_CLASSES)).to(device)
     freeze_for_stage(model, spec)
     optimizer = build_optimizer(model, cfg.solver)
-    if device.type == "cuda" and cfg.solver.channels_last:  # as train/stage.py
-        model.to(memory_format=torch.channels_last)
-    if device.type == "cpu" and cfg.solver.cpu_winograd:  # as train/stage.py
-        use_winograd(model)
+    place_model(model, device, runtime, training=True)  # as train/stage.py
+    proposer = RPNProposer(ProposalSettings.from_config(cfg.rpn, "train")) if name == "joint" else None  # loop.py
     model.train()
     n = spec.images_per_batch(cfg.solver)
     images, boxes, labels = data
@@ -113,9 +110,9 @@ def frcnn_step_runner(kind: str, cfg: Config, data, device: torch.device):
 
     def run() -> dict[str, float]:
         watch = Stopwatch(device)
-        with autocast(device, cfg.solver.amp):
+        with autocast(device, runtime.amp):
             out = model(batch.tensor, batch.image_sizes, batch.scales, targets=targets, proposals=proposals,
-                        run_rpn=spec.run_rpn, run_roi_head=spec.run_roi_head, proposal_mode="train",
+                        run_rpn=spec.run_rpn, run_roi_head=spec.run_roi_head, proposer=proposer,
                         sample_rois=True)
             losses = model.losses(out, targets, batch.image_sizes)
         loss = sum(v.float() for v in losses.values())
@@ -131,14 +128,14 @@ def frcnn_step_runner(kind: str, cfg: Config, data, device: torch.device):
 def dump_runner(cfg: Config, data, device: torch.device):
     torch.manual_seed(0)
     model = FasterRCNN(cfg, list(VOC_CLASSES))
-    prepare_model(model, device, svd=False)  # as frcnn dump-proposals
-    batch = to_device(batch_from_images(data[0][:1], cfg.input), device)
+    predictor = Predictor(model, device, InferenceSettings.from_config(cfg, mode="dump"))  # as frcnn dump-proposals
+    batch = batch_from_images(data[0][:1], cfg.input).to(device)
+    batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def run() -> dict[str, float]:
         watch = Stopwatch(device)
-        with autocast(device, cfg.solver.amp):
-            model(batch.tensor, batch.image_sizes, batch.scales, run_roi_head=False, proposal_mode="dump")
+        predictor.forward(batch, detections=False)
         watch.lap("step")
         return {"step": watch.laps["step"], "images": 1.0}
 

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Config": "frcnn_cli.config",
     "get_preset": "frcnn_cli.config",
-    "apply_overrides": "frcnn_cli.config",
+    "apply_overrides": "frcnn_cli.config_io",
     "FrcnnError": "frcnn_cli.errors",
     "FasterRCNN": "frcnn_cli.model.detector",
     "load_model": "frcnn_cli.model.checkpoint",
@@ -24,7 +24,7 @@ _EXPORTS = {
     "detect_images": "frcnn_cli.detect",
     "detect_manifest": "frcnn_cli.inference",
     "evaluate_detections": "frcnn_cli.evaluate.voc",
-    "ProposalStore": "frcnn_cli.proposals",
+    "ProposalStore": "frcnn_cli.data.proposal_store",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -7,16 +7,16 @@ Stages, as the paper's Table 4 splits them:
 - ``region_wise``: RoI pooling, the fc layers (or res5), the predictors and the post-processing
   (softmax, box decoding, clipping, score threshold, per-class NMS, top 100).
 
-One timed run is one real ``FasterRCNN.forward`` plus ``detect`` on a batch, the code ``frcnn detect``
-runs; forward hooks on ``backbone`` and ``roi_head`` put the stage boundaries in it (with a
-``torch.cuda.synchronize`` at each boundary on a GPU), so the stages add up to the total of that run.
+One timed run is ``Predictor.run`` on a batch: the model's one forward plus ``detect`` and the copy of the
+detections to the host, the code ``frcnn detect`` runs; forward hooks on ``backbone`` and ``roi_head`` put
+the stage boundaries in it (with a ``torch.cuda.synchronize`` at each boundary on a GPU), so the stages add
+up to the total of that run.
 Pre-processing (decoding, resizing, normalising) is not timed, as in the paper. Figures are medians over
 the timed runs after the warm-up runs, per image (a batch's time divided by its size).
 
-Inference settings (``prepare_model``): eval mode, ``torch.inference_mode``, channels-last memory
-format for the convs (oneDNN on the CPU, cuDNN on a GPU), bf16 autocast on CUDA (``cfg.solver.amp``),
-``cudnn.benchmark`` on CUDA, and Fast R-CNN's truncated SVD of fc6/fc7 when
-``cfg.roi_head.fc_svd_rank > 0``.
+Inference settings: those of the ``Predictor`` (eval mode, ``torch.inference_mode``, channels-last memory
+format for the convs, Winograd convs on the CPU, bf16 autocast on CUDA with ``runtime.amp``, Fast R-CNN's
+truncated SVD of fc6/fc7 when ``roi_head.fc_svd_rank > 0``); the command sets ``cudnn.benchmark`` on CUDA.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the timed runs (weights included); on the
 CPU the process's peak resident set size (``getrusage`` ``ru_maxrss``), which also counts the Python
@@ -40,15 +40,13 @@ import torch
 from torch import Tensor
 
 from .config import InputConfig
-from .data.images import ImageBatch, batch_from_images, load_image
-from .devices import autocast
+from .data.images import ImageBatch, batch_from_images, find_images, load_image
 from .errors import DataError
-from .inference import prepare_model
+from .inference import Predictor
 from .model.detector import FasterRCNN
 
 STAGES = ("backbone", "proposals", "region_wise")
 SYNTHETIC_SIZE = (375, 500)  # (height, width): a typical PASCAL VOC image
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -59,28 +57,6 @@ def synthetic_image(seed: int = 0) -> Tensor:
     """A uint8 ``[3, 375, 500]`` RGB noise image: the size of a typical PASCAL image."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (3, *SYNTHETIC_SIZE), dtype=torch.uint8, generator=gen)
-
-
-def image_files(paths: Sequence[str | Path]) -> list[Path]:
-    """The image files among ``paths``: files as given, folders searched recursively (sorted).
-
-    A path that does not exist, or a folder without images, raises ``DataError`` naming it.
-    """
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not inside:
-                raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)}); give image "
-                                f"files or a folder with images")
-            found += inside
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise DataError(f"image {path} does not exist; check the path (or give no image to time a "
-                            f"synthetic {SYNTHETIC_SIZE[1]}x{SYNTHETIC_SIZE[0]} one)")
-    return found
 
 
 def make_batches(images: Sequence[Tensor], input_cfg: InputConfig, batch_size: int, device: torch.device, *,
@@ -155,11 +131,9 @@ class _StageClock:
             handle.remove()
 
 
-def _run_once(model: FasterRCNN, batch: ImageBatch, clock: _StageClock, amp: bool) -> dict[str, float]:
+def _run_once(predictor: Predictor, batch: ImageBatch, clock: _StageClock) -> dict[str, float]:
     clock.marks.clear()
-    with autocast(clock.device, amp):
-        out = model(batch.tensor, batch.image_sizes, batch.scales, proposal_mode="test")
-    model.detect(out, batch.image_sizes, batch.scales, batch.original_sizes)
+    predictor.run(batch)
     clock.mark("end")
     return clock.stages()
 
@@ -206,54 +180,53 @@ def _medians(per_run: list[dict[str, float]]) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def time_model(model: FasterRCNN, batches: Sequence[ImageBatch], *, runs: int = 10, warmup: int = 2,
-               amp: bool = True) -> tuple[list[dict[str, float]], float]:
+def time_model(predictor: Predictor, batches: Sequence[ImageBatch], *, runs: int = 10,
+               warmup: int = 2) -> tuple[list[dict[str, float]], float]:
     """Per-image milliseconds of each timed run (``total`` and ``STAGES``) and the peak memory in MiB.
 
-    ``warmup`` untimed runs, then ``runs`` timed runs, cycling through ``batches`` (on the model's
-    device). ``amp``: bf16 autocast on CUDA (no effect on the CPU).
+    ``warmup`` untimed runs, then ``runs`` timed runs, cycling through ``batches`` (on the predictor's
+    device).
     """
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    device = next(model.parameters()).device
-    clock = _StageClock(model, device)
+    device = predictor.device
+    clock = _StageClock(predictor.model, device)
     try:
         for i in range(warmup):
-            _run_once(model, batches[i % len(batches)], clock, amp)
+            _run_once(predictor, batches[i % len(batches)], clock)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         per_run = []
         for i in range(runs):
             batch = batches[(warmup + i) % len(batches)]
-            seconds = _run_once(model, batch, clock, amp)
+            seconds = _run_once(predictor, batch, clock)
             per_run.append({k: 1000.0 * v / len(batch) for k, v in seconds.items()})
     finally:
         clock.close()
     return per_run, _peak_memory_mb(device)
 
 
-def run_benchmark(model: FasterRCNN, images: Sequence[Tensor] | None = None, *, device: torch.device,
-                  batch_size: int = 1, runs: int = 10, warmup: int = 2,
-                  channels_last: bool = True) -> BenchResult:
-    """Time ``model`` (prepared here with ``prepare_model``) on ``images`` (uint8 ``[3, H, W]``; None:
-    one synthetic 500×375 image) in batches of ``batch_size``; the paper's Table 4 as a ``BenchResult``."""
+def run_benchmark(predictor: Predictor, images: Sequence[Tensor] | None = None, *, batch_size: int = 1,
+                  runs: int = 10, warmup: int = 2) -> BenchResult:
+    """Time ``predictor`` on ``images`` (uint8 ``[3, H, W]``; None: one synthetic 500×375 image) in batches
+    of ``batch_size``; the paper's Table 4 as a ``BenchResult``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    settings = prepare_model(model, device, channels_last=channels_last)
-    batches = make_batches(list(images) if images else [synthetic_image()], model.cfg.input, batch_size, device,
-                           channels_last=channels_last)
-    amp = bool(model.cfg.solver.amp)
-    per_run, peak = time_model(model, batches, runs=runs, warmup=warmup, amp=amp)
+    device, channels_last = predictor.device, predictor.runtime.channels_last
+    batches = make_batches(list(images) if images else [synthetic_image()], predictor.settings.config.input,
+                           batch_size, device, channels_last=channels_last)
+    per_run, peak = time_model(predictor, batches, runs=runs, warmup=warmup)
     ms = _medians(per_run)
     largest = max(batches, key=lambda b: b.tensor.shape[-2] * b.tensor.shape[-1])
     return BenchResult(
         device=str(device), device_name=describe_device(device), batch_size=batch_size,
         image_size=[int(v) for v in largest.tensor.shape[-2:]], ms_per_image=ms,
         images_per_s=1000.0 / ms["total"] if ms["total"] > 0 else float("inf"), peak_memory_mb=peak,
-        runs=runs, warmup=warmup, amp=amp and device.type == "cuda", channels_last=channels_last,
-        svd_layers=settings.svd_layers, winograd_layers=settings.winograd_layers, runs_ms=per_run)
+        runs=runs, warmup=warmup, amp=predictor.runtime.amp and device.type == "cuda",
+        channels_last=channels_last, svd_layers=predictor.svd_layers, winograd_layers=predictor.winograd_layers,
+        runs_ms=per_run)
 
 
 def load_images(paths: Sequence[str | Path]) -> list[Tensor]:
-    """Decoded uint8 RGB images of ``image_files(paths)``."""
-    return [load_image(p) for p in image_files(paths)]
+    """Decoded uint8 RGB images of ``find_images(paths)``."""
+    return [load_image(p) for p in find_images(paths)]

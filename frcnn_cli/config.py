@@ -1,40 +1,49 @@
 """Every hyper-parameter as a frozen dataclass; named presets; TOML files and ``--set`` overrides.
 
-Defaults are py-faster-rcnn's alternating-optimisation values (shared/reference); presets change only
-what differs. ``config_to_dict`` / ``config_from_dict`` round-trip exactly, and the dict goes into every
-artefact (checkpoints, proposal files, run folders). Every number is checked against its range
-(``_RANGES``) whenever a section is made, so a file, a ``--set`` or a checkpoint's stored config can never
-ask for, say, a zero stride or a 10^6-pixel input: a ``ConfigError`` names the key and the range.
+Two kinds of settings, kept apart:
+
+- ``Config``, the model and its training recipe: saved in every artefact (checkpoints, proposal files, run
+  folders), hashed and compared when a run resumes. Defaults are py-faster-rcnn's alternating-optimisation
+  values (shared/reference); presets change only what differs. Its test-time keys (``TEST_TIME_KEYS``) are
+  the defaults a checkpoint offers to ``detect``/``eval``/``dump-proposals``, and the only ones ``--set`` may
+  change there.
+- ``RuntimeConfig``, this machine now (loader workers, AMP, channels-last, Winograd convs, logging,
+  threads): never replayed from a checkpoint, a proposal file or ``state.json``, never compared on resume.
+  Spelt ``runtime.<key>``; the five that lived in ``solver`` before (``solver.num_workers``, ``amp``,
+  ``channels_last``, ``cpu_winograd``, ``log_every``) keep that spelling too.
+
+``config_to_dict`` / ``config_from_dict`` round-trip exactly. Every section is checked whenever one is made
+(``_Checked``: numbers against ``_RANGES``, names against ``_CHOICES``), so a file, a ``--set``, ``replace``
+or a checkpoint's stored config can never ask for, say, a zero stride, a 10^6-pixel input or an unknown
+backbone: a ``ConfigError`` names the key and what is allowed.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import sys
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any
 
 from .errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 BACKBONES = ("vgg16", "zf", "resnet50", "resnet101", "tiny")
+PIXEL_ORDERS = ("rgb", "bgr")
+OBJECTNESS = ("softmax", "sigmoid")
+LOSS_NORMALIZATIONS = ("sampled", "paper")
+POOLERS = ("roipool", "roialign")
+TRAIN_MODES = ("alternating", "joint")
 MAX_INPUT_SIDE = 8192  # pixels of a rescaled image side: a config (or a checkpoint's) may not ask for more
 MAX_CHANNELS = 8192
 
 
 class _Checked:
-    """A config section whose numbers are checked against ``_RANGES`` whenever one is made (``replace`` too),
-    so that no path (a file, ``--set``, a checkpoint's config, code) gets a value that cannot work."""
+    """A config section checked whenever one is made (``replace`` too): numbers against ``_RANGES``, names
+    against ``_CHOICES``, so that no path (a file, ``--set``, a checkpoint's config, code) gets a value that
+    cannot work."""
 
     def __post_init__(self) -> None:
         _check_ranges(self)
+        _check_choices(self)
 
 
 @dataclass(frozen=True)
@@ -119,11 +128,18 @@ class SolverConfig(_Checked):
     det_images_per_batch: int = 2
     warmup_iters: int = 0
     warmup_factor: float = 0.001
+
+
+@dataclass(frozen=True)
+class RuntimeConfig(_Checked):
+    """How this machine runs a command now; never saved as part of a model's recipe nor replayed from one."""
+
+    num_workers: int = 2  # data loader processes (0: load in the main process)
     amp: bool = True  # bf16 autocast on CUDA
-    channels_last: bool = True  # on CUDA
+    channels_last: bool = True  # NHWC convs: inference on CPU and CUDA, training on CUDA
     cpu_winograd: bool = True  # CPU inference and training: 3x3 convs with >= 128 channels as Winograd F(4x4, 3x3)
-    log_every: int = 20
-    num_workers: int = 2
+    log_every: int = 20  # training: a progress line and a metrics.jsonl row every N iterations (0: only the last)
+    threads: int = 0  # CPU intra-op threads (0: torch's default)
 
 
 @dataclass(frozen=True)
@@ -159,14 +175,21 @@ _RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {  # key -> (low, hig
                       "fc_svd_rank": _NON_NEGATIVE},
     "SolverConfig": {"lr": _NON_NEGATIVE, "momentum": _UNIT, "weight_decay": _NON_NEGATIVE, "gamma": _POSITIVE,
                      "bias_lr_factor": _NON_NEGATIVE, "warmup_iters": _NON_NEGATIVE,
-                     "warmup_factor": _POSITIVE, "log_every": _NON_NEGATIVE, "num_workers": (0, 256, False),
+                     "warmup_factor": _POSITIVE,
                      **{f"{k}_iters": _AT_LEAST_1 for k in ("rpn", "det", "joint")},
                      **{f"{k}_steps": _NON_NEGATIVE for k in ("rpn", "det", "joint")},
                      **{f"{k}_images_per_batch": _AT_LEAST_1 for k in ("rpn", "det")}},
     "Config": {"seed": (0, 2**63 - 1, False)},
+    "RuntimeConfig": {"num_workers": (0, 256, False), "log_every": _NON_NEGATIVE, "threads": (0, 4096, False)},
+}
+_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {  # key -> the allowed names, each list written once above
+    "InputConfig": {"pixel_order": PIXEL_ORDERS},
+    "RPNConfig": {"objectness": OBJECTNESS, "loss_normalization": LOSS_NORMALIZATIONS},
+    "RoIHeadConfig": {"pooler": POOLERS},
+    "Config": {"backbone": BACKBONES},
 }
 _SECTIONS = {"InputConfig": "input.", "AnchorConfig": "anchors.", "RPNConfig": "rpn.",
-             "RoIHeadConfig": "roi_head.", "SolverConfig": "solver.", "Config": ""}
+             "RoIHeadConfig": "roi_head.", "SolverConfig": "solver.", "Config": "", "RuntimeConfig": "runtime."}
 _NON_EMPTY = ("train_scales", "ratios", "scales")
 
 
@@ -193,6 +216,15 @@ def _check_ranges(section: Any) -> None:
                               f"{_describe(low, high, low_excluded, many)}")
 
 
+def _check_choices(section: Any) -> None:
+    kind = type(section).__name__
+    for name, allowed in _CHOICES.get(kind, {}).items():
+        value = getattr(section, name)
+        if value not in allowed:
+            raise ConfigError(f"config key '{_SECTIONS[kind]}{name}' is {value!r}; choose one of the allowed values: "
+                              f"{', '.join(allowed)}")
+
+
 def _with(cfg: Config, **sections: dict[str, Any]) -> Config:
     changes = {name: replace(getattr(cfg, name), **values) for name, values in sections.items()}
     return replace(cfg, **changes)
@@ -212,12 +244,30 @@ def _presets() -> dict[str, Config]:
         roi_head={"pooler": "roialign"},
         solver={"lr": 0.01, "rpn_iters": 400, "rpn_steps": (300,), "det_iters": 500, "det_steps": (375,),
                 "joint_iters": 600, "joint_steps": (450,), "rpn_images_per_batch": 4,
-                "det_images_per_batch": 4, "warmup_iters": 50, "num_workers": 1, "log_every": 10},
+                "det_images_per_batch": 4, "warmup_iters": 50},
     )
     return {c.name: c for c in (vgg16, zf, resnet50, resnet101, tiny)}
 
 
 PRESETS: dict[str, Config] = _presets()
+# the tiny preset's runs are short and share 2 cores with one loader process
+_PRESET_RUNTIME = {"tiny": RuntimeConfig(num_workers=1, log_every=10)}
+
+
+def runtime_defaults(config_name: str) -> RuntimeConfig:
+    """The runtime defaults that go with a preset (by the config's ``name``): this machine's choice, not the
+    model's, so a checkpoint of the preset gets them too whatever ran when it was trained."""
+    return _PRESET_RUNTIME.get(config_name, RuntimeConfig())
+
+
+# the keys of a Config that only matter at test time: the defaults a checkpoint offers, and the only ones
+# `--set` may change on a checkpoint (detect, eval, dump-proposals, bench --model)
+TEST_TIME_KEYS = ("input.test_scale", "input.max_size", "rpn.test_pre_nms_top_n", "rpn.test_post_nms_top_n",
+                  "rpn.dump_pre_nms_top_n", "rpn.dump_post_nms_top_n", "rpn.nms_thresh", "rpn.min_size",
+                  "roi_head.score_thresh", "roi_head.nms_thresh", "roi_head.detections_per_image",
+                  "roi_head.fc_svd_rank")
+RUNTIME_KEYS = tuple(f.name for f in fields(RuntimeConfig))
+LEGACY_RUNTIME_KEYS = ("amp", "channels_last", "cpu_winograd", "log_every", "num_workers")  # once in `solver`
 
 
 def get_preset(name: str) -> Config:
@@ -225,169 +275,3 @@ def get_preset(name: str) -> Config:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)} or a .toml file")
     return PRESETS[name]
-
-
-# --------------------------------------------------------------------------------------------------
-# dict round trip
-
-
-def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """A JSON-serialisable dict (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    origin = get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a table of settings, got {value!r}; write it as a "
-                              f"[{key}] table of key = value lines")
-        return _build(hint, value, key + ".")
-    if origin is tuple:
-        args = get_args(hint)
-        items = value if isinstance(value, (list, tuple)) else [value]
-        item_hint = args[0]
-        if len(args) != 2 or args[1] is not Ellipsis:
-            if len(items) != len(args):
-                raise ConfigError(f"config key '{key}' needs {len(args)} values, got {len(items)} "
-                                  f"({value!r}); give {len(args)} comma-separated values")
-        return tuple(_coerce(v, item_hint, key) for v in items)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}; use true or false")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)) and not (
-            isinstance(value, float) and value.is_integer()
-        ):
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}; give a whole number")
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}; give a whole "
-                              "number") from None
-    if hint is float:
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}; give a number such as "
-                              "0.001") from None
-    if hint is str:
-        return str(value)
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
-    hints = get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        key = prefix + unknown[0]
-        raise ConfigError(f"unknown config key '{key}'; use one of the keys allowed here: "
-                          f"{', '.join(sorted(names))}")
-    values = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    if base is not None:
-        for k in list(values):
-            if dataclasses.is_dataclass(hints[k]) and isinstance(data[k], dict):
-                values[k] = _build(hints[k], data[k], prefix + k + ".", getattr(base, k))
-        return _validate(replace(base, **values), prefix)
-    return _validate(cls(**values), prefix)
-
-
-_CHOICES = {
-    "backbone": BACKBONES,
-    "pixel_order": ("rgb", "bgr"),
-    "objectness": ("softmax", "sigmoid"),
-    "loss_normalization": ("sampled", "paper"),
-    "pooler": ("roipool", "roialign"),
-}
-
-
-def _validate(obj: Any, prefix: str = "") -> Any:
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        if f.name in _CHOICES and value not in _CHOICES[f.name]:
-            raise ConfigError(
-                f"config key '{prefix}{f.name}' is {value!r}; choose one of the allowed values: "
-                f"{', '.join(_CHOICES[f.name])}"
-            )
-    return obj
-
-
-def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
-    """Build a Config from a (possibly partial) dict; missing keys come from ``base`` or the defaults."""
-    if base is None and "name" not in data and "backbone" in data and data["backbone"] in PRESETS:
-        base = PRESETS[data["backbone"]]
-    return _build(Config, dict(data), "", base if base is not None else Config())
-
-
-# --------------------------------------------------------------------------------------------------
-# files and overrides
-
-
-def load_config_file(path: str | Path) -> Config:
-    """A TOML file; ``preset = "name"`` at its top picks the base it overrides (default vgg16)."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; give a preset name or a .toml path") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid TOML ({exc}); fix the file") from None
-    preset = data.pop("preset", None)
-    base = get_preset(preset) if preset else get_preset(data.get("backbone", "vgg16"))
-    try:
-        return config_from_dict(data, base)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-
-
-def resolve_config(spec: str | None) -> Config:
-    """``--config``: a preset name, a .toml file, or None for the vgg16 preset."""
-    if spec is None:
-        return get_preset("vgg16")
-    if spec in PRESETS:
-        return PRESETS[spec]
-    if spec.endswith(".toml") or Path(spec).exists():
-        return load_config_file(spec)
-    return get_preset(spec)
-
-
-def _parse_scalar(text: str) -> Any:
-    text = text.strip()
-    if text.startswith(("[", "(")) and text.endswith(("]", ")")):
-        inner = text[1:-1].strip()
-        return [_parse_scalar(t) for t in inner.split(",") if t.strip()] if inner else []
-    if "," in text:
-        return [_parse_scalar(t) for t in text.split(",") if t.strip()]
-    return text
-
-
-def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
-    """Apply ``key=value`` strings such as ``rpn.nms_thresh=0.6`` or ``anchors.scales=4,8,16``."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set '{item}' is not key=value; write it as key=value, e.g. --set "
-                              "rpn.nms_thresh=0.6")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        parts = key.split(".")
-        nested: dict[str, Any] = {}
-        cursor = nested
-        for part in parts[:-1]:
-            cursor = cursor.setdefault(part, {})
-        cursor[parts[-1]] = _parse_scalar(raw)
-        try:
-            cfg = _build(Config, nested, "", cfg)
-        except ConfigError as exc:
-            raise ConfigError(f"--set {item}: {exc}") from None
-    return cfg
-
-
-def section_of(key: str) -> str:
-    """The section holding a dotted key (for messages)."""
-    return key.split(".", 1)[0]

@@ -10,7 +10,6 @@ preset on PASCAL VOC is what the paper describes; docs/demo.md explains the tiny
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import math
 import os
@@ -21,16 +20,17 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_write_json, ensure_dir
-from .config import Config, get_preset
+from .callbacks import Progress, StepCallback
+from .config import Config, RuntimeConfig, get_preset, runtime_defaults
 from .data import synthetic
 from .data.manifest import Manifest, read_manifest
+from .data.proposal_store import ProposalStore
 from .data.synthetic import make_synthetic_set
 from .errors import DataError
 from .evaluate.recall import proposal_recall
 from .evaluate.voc import detections_by_class, evaluate_detections
-from .inference import detect_manifest, dump_proposals
+from .inference import InferenceSettings, Predictor, detect_manifest, dump_proposals
 from .model.checkpoint import load_model
-from .proposals import ProposalStore
 from .train.loop import LoopState
 from .train.pipeline import PipelineRequest, run_pipeline
 
@@ -41,8 +41,6 @@ DEFAULT_TRAIN, DEFAULT_TEST, DEFAULT_SEED = synthetic.DEFAULT_TRAIN, synthetic.D
 PICTURES = 4  # test images drawn with their detections
 DRAW_SCORE = 0.5  # detections drawn: score at least this (all of them count for the AP)
 RECALL_TOP_NS = (10, 50, 100, 300)
-
-StepCallback = Callable[[str, str], None]
 
 
 def _make_data(data_dir: Path, n_train: int, n_test: int, seed: int,
@@ -90,12 +88,13 @@ def _draw_pictures(results: list[dict], manifest: Manifest, out_dir: Path) -> li
     return paths
 
 
-def _recall(model, manifest: Manifest, manifest_path: Path, workdir: Path, device: torch.device,
-            final: Path, notes: list[str]) -> tuple[dict, str | None]:
+def _recall(predictor: Predictor, manifest: Manifest, workdir: Path, final: Path,
+            notes: list[str]) -> tuple[dict, str | None]:
     """Dump the test proposals of the final model; recall against IoU and its plot (when matplotlib is here)."""
     props = workdir / "run" / "test_proposals.h5"
     if not props.exists():
-        dump_proposals(model, manifest, manifest_path, props, device=device, checkpoint_path=final)
+        dump = predictor.with_settings(InferenceSettings.from_config(predictor.model.cfg, mode="dump"))
+        dump_proposals(dump, manifest, props, checkpoint_path=final)
     with ProposalStore(props) as store:
         result = proposal_recall(store, manifest, top_ns=RECALL_TOP_NS)
     recall = {"average_recall": {str(n): v for n, v in result["average_recall"].items()},
@@ -121,19 +120,20 @@ def _iterations(cfg: Config, iters: int | None) -> dict[str, int]:
     return {"rpn": iters or cfg.solver.rpn_iters, "detector": iters or cfg.solver.det_iters}
 
 
-def _evaluate(final: Path, test_path: Path, workdir: Path, device: torch.device,
+def _evaluate(final: Path, test_path: Path, workdir: Path, device: torch.device, runtime: RuntimeConfig,
               on_step: StepCallback | None, notes: list[str]) -> dict:
-    """Detections, VOC2007 AP, the drawn pictures and the recall plot of the final model."""
+    """Detections, VOC2007 AP, the drawn pictures and the recall plot of the final model (prepared once)."""
     test = read_manifest(test_path)
     _notify(on_step, "eval", "start")
-    model, _ = load_model(final, device=device)
-    results = detect_manifest(model, test, device=device)
+    model, _ = load_model(final, device=device, require=("rpn", "roi_head"))
+    predictor = Predictor(model, device, InferenceSettings.from_config(model.cfg), runtime, owned=True)
+    results = detect_manifest(predictor, test)
     ev = evaluate_detections(detections_by_class(results, len(test.classes)), test, iou_thresh=0.5,
                              metric="11point")
     _notify(on_step, "eval", "done")
     _notify(on_step, "pictures", "start")
     pictures = _draw_pictures(results, test, workdir / "detections")
-    recall, plot = _recall(model, test, test_path, workdir, device, final, notes)
+    recall, plot = _recall(predictor, test, workdir, final, notes)
     _notify(on_step, "pictures", "done")
     return {"map": _finite(ev["map"]), "metric": "voc2007 (11-point AP, IoU 0.5)",
             "ap": {k: _finite(v) for k, v in ev["ap"].items()}, "npos": ev["npos"],
@@ -144,42 +144,25 @@ def _evaluate(final: Path, test_path: Path, workdir: Path, device: torch.device,
 def default_threads() -> int:
     """Intra-op threads of a CPU demo: half the cores (1 on a 2-core machine), leaving the rest to the
     data loader's worker and to whatever else runs; more threads than free cores make PyTorch's CPU
-    kernels wait on each other, several times slower on a busy 2-core machine."""
+    kernels wait on each other, several times slower on a busy 2-core machine. ``frcnn demo`` sets it
+    (``devices.process_settings``) unless ``--threads`` says otherwise."""
     return max(1, (os.cpu_count() or 2) // 2)
-
-
-@contextlib.contextmanager
-def _threads(device: torch.device, threads: int | None):
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or default_threads())
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_demo(workdir: str | Path, *, device: torch.device | str = "cpu", n_train: int = DEFAULT_TRAIN,
              n_test: int = DEFAULT_TEST, iters: int | None = None, seed: int = DEFAULT_SEED,
-             threads: int | None = None, on_log: Callable[[LoopState], None] | None = None,
-             on_step: StepCallback | None = None, progress: Callable[[int, str], None] | None = None) -> dict:
+             runtime: RuntimeConfig | None = None, on_log: Callable[[LoopState], None] | None = None,
+             on_step: StepCallback | None = None, progress: Progress | None = None) -> dict:
     """Run (or continue) the demo in ``workdir``; returns the summary also written to ``workdir/summary.json``.
 
     ``iters``: iterations of every training step instead of the preset's (quick runs and tests).
-    ``threads``: PyTorch intra-op threads on the CPU while the demo runs (default ``default_threads()``).
-    ``on_step(name, "start" | "done" | "skip")`` for ``data``, the six training steps, ``eval`` and
-    ``pictures``; ``on_log`` at the training loop's logging steps; ``progress(done, text)`` during dumps.
+    ``runtime``: this machine's settings (default: the tiny preset's). ``on_step(name, "start" | "done" |
+    "skip")`` for ``data``, the six training steps, ``eval`` and ``pictures``; ``on_log`` at the training
+    loop's logging steps; ``progress(done, total)`` during dumps.
     """
-    device = torch.device(device)
-    with _threads(device, threads):
-        return _run(Path(workdir), device, n_train, n_test, iters, seed, on_log, on_step, progress)
-
-
-def _run(workdir: Path, device: torch.device, n_train: int, n_test: int, iters: int | None, seed: int,
-         on_log, on_step, progress) -> dict:
     start = time.perf_counter()
+    workdir, device = Path(workdir), torch.device(device)
+    runtime = runtime if runtime is not None else runtime_defaults(PRESET)
     ensure_dir(workdir)
     train_path, test_path = _make_data(workdir / "data", n_train, n_test, seed, on_step)
     cfg = get_preset(PRESET)
@@ -193,14 +176,14 @@ def _run(workdir: Path, device: torch.device, n_train: int, n_test: int, iters: 
     train = read_manifest(train_path)
     every = max(1, (iters or cfg.solver.det_iters) // 4)
     final = run_pipeline(PipelineRequest(cfg=cfg, manifest=train, manifest_path=train_path, workdir=workdir / "run",
-                                         device=device, iters=iters, checkpoint_every=every, on_log=on_log,
-                                         on_step=step_cb, progress=progress))
+                                         device=device, runtime=runtime, iters=iters, checkpoint_every=every,
+                                         on_log=on_log, on_step=step_cb, progress=progress))
     notes: list[str] = []
     if skipped:
         notes.append(f"resumed: steps {', '.join(skipped)} were already done by an earlier run; "
                      "seconds counts this run only")
     summary = {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION,
-               **_evaluate(final, test_path, workdir, device, on_step, notes)}
+               **_evaluate(final, test_path, workdir, device, runtime, on_step, notes)}
     summary.update({"seconds": round(time.perf_counter() - start, 1), "device": str(device),
                     "config": cfg.name, "iterations": _iterations(cfg, iters), "train_images": len(train.images),
                     "seed": seed, "torch": torch.__version__, "threads": torch.get_num_threads(),

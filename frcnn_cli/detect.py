@@ -1,4 +1,4 @@
-"""Images in, detections out: find image files, run the detector on them in batches, draw the results.
+"""Images in, detections out: run a ``Predictor`` on image files in batches, draw the results.
 
 Shapes: N images of a batch, D detections of one image.
 
@@ -15,26 +15,22 @@ grid, as every VOC tool's).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .ablations import ProposalAblation
 from .atomic import atomic_path, atomic_write_text
+from .callbacks import Progress
 from .data.images import load_image
-from .errors import CheckpointError, ConfigError, DataError
-from .inference import detect_batch, file_batches, prepare_model
-from .model.checkpoint import load_model
-from .model.detector import FasterRCNN
+from .errors import ConfigError
+from .inference import Predictor
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DETECTIONS_FILE = "detections.json"
 # 20 distinct colours (Sasha Trubetskoy's list), one per class, cycling after 20
 PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -42,95 +38,21 @@ PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
            (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
            (0, 0, 128), (128, 128, 128))
 
-Progress = Callable[[int, str], None]
-
-
-# --------------------------------------------------------------------------------------------------
-# finding images and the model
-
-
-def _folder_images(folder: Path, exclude: Path | None) -> list[Path]:
-    """Image files under ``folder`` (recursive; hidden files and folders skipped), sorted by path."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        here = Path(dirpath)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")
-                       and (exclude is None or (here / d).resolve() != exclude)]
-        found += [here / f for f in filenames
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
-    return sorted(found)
-
-
-def find_images(paths: Sequence[str | os.PathLike], *, exclude: str | os.PathLike | None = None) -> list[Path]:
-    """The image files named by ``paths``: files as given, folders searched recursively for
-    ``IMAGE_EXTENSIONS`` (case-insensitive, sorted; hidden entries and the folder ``exclude``, e.g. the
-    output folder, skipped). Order: as the arguments, each folder sorted; a file named twice comes once.
-
-    A missing path, or a folder without images, is a ``DataError`` naming it.
-    """
-    excluded = Path(exclude).resolve() if exclude is not None else None
-    images: list[Path] = []
-    seen: set[Path] = set()
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = _folder_images(path, excluded)
-            if not found:
-                raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}); give image "
-                                "files or a folder that contains some")
-        elif path.is_file():
-            found = [path]
-        else:
-            raise DataError(f"{path} does not exist; give image files or folders of images")
-        for image in found:
-            key = image.resolve()
-            if key not in seen:
-                seen.add(key)
-                images.append(image)
-    if not images:
-        raise DataError("no images were given; name image files or folders")
-    return images
-
-
-def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[FasterRCNN, dict]:
-    """``load_model`` for a checkpoint that can detect (it must hold the ``roi_head`` part)."""
-    model, ckpt = load_model(path, device=device)
-    if "roi_head" not in ckpt["parts"]:
-        raise CheckpointError(
-            f"checkpoint {path} (stage '{ckpt.get('stage')}') has no detection head, only "
-            f"{sorted(ckpt['parts'])}; give a detector: the output of train-detector or of frcnn train")
-    if "rpn" not in ckpt["parts"]:
-        raise CheckpointError(
-            f"checkpoint {path} (stage '{ckpt.get('stage')}') has a detection head but no trained RPN (a step-2 "
-            f"detector); detect and evaluate with the unified model of step 4 (final.pt of frcnn train)")
-    return model, ckpt
-
-
-def label_filter(model: FasterRCNN, classes: Sequence[str] | None) -> set[int] | None:
-    """The labels (1..K) of the class names ``classes`` (None: all); an unknown name is a ``ConfigError``."""
+def label_filter(model_classes: Sequence[str], classes: Sequence[str] | None) -> set[int] | None:
+    """The labels (1..K) of the class names ``classes`` among ``model_classes`` (None: all); an unknown name
+    is a ``ConfigError``."""
     if classes is None:
         return None
-    unknown = [c for c in classes if c not in model.classes]
+    model_classes = list(model_classes)
+    unknown = [c for c in classes if c not in model_classes]
     if unknown:
         raise ConfigError(f"--classes: {', '.join(map(repr, unknown))} not among the model's classes "
-                          f"({', '.join(model.classes)}); pick from those")
-    return {model.classes.index(c) + 1 for c in classes}
+                          f"({', '.join(model_classes)}); pick from those")
+    return {model_classes.index(c) + 1 for c in classes}
 
 
 # --------------------------------------------------------------------------------------------------
 # detection
-
-
-@contextlib.contextmanager
-def _score_floor(model: FasterRCNN, score_thresh: float) -> Iterator[None]:
-    """Lower the model's own detection threshold to ``score_thresh`` for a while (never raise it)."""
-    saved = model.cfg
-    if score_thresh < saved.roi_head.score_thresh:
-        model.cfg = replace(saved, roi_head=replace(saved.roi_head, score_thresh=score_thresh))
-    try:
-        yield
-    finally:
-        model.cfg = saved
 
 
 def _image_result(path: Path, size: Sequence[int], det: dict, classes: list[str], keep: set[int] | None,
@@ -144,31 +66,29 @@ def _image_result(path: Path, size: Sequence[int], det: dict, classes: list[str]
 
 
 @torch.inference_mode()
-def detect_images(model: FasterRCNN, paths: Sequence[str | os.PathLike], *, device: torch.device | str = "cpu",
-                  batch_size: int = 1, score_thresh: float = 0.5, classes_filter: Sequence[str] | None = None,
-                  ablation: ProposalAblation | None = None, progress: Progress | None = None,
-                  num_workers: int = 0) -> list[dict]:
-    """Detections of every image in ``paths`` (files), ``batch_size`` images per forward on ``device``.
+def detect_images(predictor: Predictor, paths: Sequence[str | os.PathLike], *, batch_size: int = 1,
+                  score_thresh: float = 0.5, classes_filter: Sequence[str] | None = None,
+                  progress: Progress | None = None) -> list[dict]:
+    """Detections of every image in ``paths`` (files), ``batch_size`` images per forward.
 
-    Images are decoded, rescaled and normalised by ``num_workers`` loader processes (0: this one; the
-    results are the same). Keeps detections with ``score >= score_thresh`` (as py-faster-rcnn's demo; a
-    threshold below the model's own ``cfg.roi_head.score_thresh`` lowers that one too) of the classes
-    ``classes_filter`` (names; None: all). ``ablation``: the paper's Table 1 test-time proposal ablations.
-    Returns one dict per image in the module docstring's layout, in the order of ``paths``; an unreadable
-    image is a ``DataError`` naming it.
+    Images are decoded, rescaled and normalised by the predictor's loader workers (the results are the
+    same without). Keeps detections with ``score >= score_thresh`` (as py-faster-rcnn's demo; a threshold
+    below the predictor's own detection threshold lowers that one too) of the classes ``classes_filter``
+    (names; None: all). Returns one dict per image in the module docstring's layout, in the order of
+    ``paths``; an unreadable image is a ``DataError`` naming it.
     """
-    device = torch.device(device)
-    keep = label_filter(model, classes_filter)
-    prepare_model(model, device)
+    keep = label_filter(predictor.classes, classes_filter)
+    settings = predictor.settings
+    predictor = predictor.with_settings(replace(settings, detections=settings.detections.with_score_floor(
+        score_thresh)))
     paths = [Path(p) for p in paths]
     results: list[dict] = []
-    with _score_floor(model, score_thresh):
-        for batch in file_batches(paths, model, device, batch_size=batch_size, num_workers=num_workers):
-            dets = detect_batch(model, batch, device, ablation)
-            for index, size, det in zip(batch.indices.tolist(), batch.original_sizes.tolist(), dets):
-                results.append(_image_result(paths[index], size, det, model.classes, keep, score_thresh))
-            if progress is not None:
-                progress(len(results), "")
+    for batch in predictor.file_batches(paths, batch_size=batch_size):
+        dets = predictor.run(batch).detections
+        for index, size, det in zip(batch.indices.tolist(), batch.original_sizes.tolist(), dets):
+            results.append(_image_result(paths[index], size, det, predictor.classes, keep, score_thresh))
+        if progress is not None:
+            progress(len(results), len(paths))
     return results
 
 

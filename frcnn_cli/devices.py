@@ -1,4 +1,9 @@
-"""Which device to run on, and the autocast policy (bf16 on CUDA)."""
+"""Devices and process settings: which device to run on, the autocast policy (bf16 on CUDA), how a model is
+placed on a device (``place_model``), and the process-wide settings a command sets once (``process_settings``).
+
+Process-wide state (threads, cuDNN autotuning, the allocator) is set here and only from the command line's
+entry points (``cli/``), never from library code, so that a library caller keeps its own.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ from .errors import DeviceError
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
+
+    from .config import RuntimeConfig
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -39,6 +47,38 @@ def autocast(device: torch.device, enabled: bool = True):
 
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def place_model(model: nn.Module, device: torch.device, runtime: RuntimeConfig, *, training: bool = False) -> list[str]:
+    """Put ``model`` on ``device`` in its fastest layout (in place); returns the convolutions that now run as
+    Winograd.
+
+    On the CPU, with ``runtime.cpu_winograd``, the 3x3 convs with at least 128 channels run as Winograd
+    F(4x4, 3x3) (``model.winograd``: same parameters and state-dict keys). With ``runtime.channels_last`` the
+    convs run in NHWC: oneDNN (CPU inference) and cuDNN run 3x3 convs, ReLU and max pooling faster so, with
+    the same values up to float summation order; CPU training stays NCHW (oneDNN's weight gradient is
+    several times slower in NHWC). Shared by the ``Predictor`` (inference) and ``train/stage.py``.
+    """
+    import torch
+
+    from .model.winograd import use_winograd
+
+    model.to(device)
+    layers = use_winograd(model) if device.type == "cpu" and runtime.cpu_winograd else []
+    if runtime.channels_last and (device.type == "cuda" or not training):
+        model.to(memory_format=torch.channels_last)
+    return layers
+
+
+def process_settings(device: torch.device, runtime: RuntimeConfig, *, autotune: bool = False) -> None:
+    """The process-wide settings of a command, set once at its start: ``runtime.threads`` intra-op threads on
+    the CPU (0: torch's default), and cuDNN's autotuner on CUDA when ``autotune`` (inference commands)."""
+    import torch
+
+    if device.type == "cpu" and runtime.threads > 0:
+        torch.set_num_threads(runtime.threads)
+    if device.type == "cuda" and autotune:
+        torch.backends.cudnn.benchmark = True
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)

@@ -1,58 +1,196 @@
-"""Batched inference over a manifest or image files: proposal dumps (HDF5) and detections, on the model's device.
+"""Inference: the settings as one value, one ``Predictor`` that runs the model's one forward, and the batched
+loops over a manifest (``detect_manifest``, ``dump_proposals``) that ``eval``, ``dump-proposals``, the demo and
+``detect`` (``frcnn_cli.detect``) share.
 
-One loader serves ``dump-proposals``, ``eval``, ``detect`` and the demo: images are decoded, rescaled and
-normalised by the data loader's workers, a batch goes to the device once, and results come back to the host
-once per batch.
+How a setting travels (docs/architecture.md)::
+
+    checkpoint config + --set (TEST_TIME_KEYS) + the command's flags
+        -> InferenceSettings (frozen: proposal settings, detection settings, ablation, SVD rank)
+        -> Predictor(model, device, settings, runtime)   prepared once: eval, SVD, place_model
+        -> FasterRCNN.forward(proposer=settings.proposer) and FasterRCNN.detect(settings=settings.detections)
+
+Images are decoded, rescaled and normalised by the data loader's workers (``runtime.num_workers``), a batch
+goes to the device once, and its results come back to the host in one copy per batch.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-from .ablations import ProposalAblation, ablated_forward
-from .config import config_to_dict
-from .data.images import DetectionDataset, ImageBatch, ImageFilesDataset, inference_loader
+from .ablations import ProposalAblation
+from .callbacks import Progress
+from .config import Config, RuntimeConfig, runtime_defaults
+from .config_io import apply_overrides, config_to_dict
+from .data.images import DetectionDataset, ImageBatch, ImageFilesDataset
+from .data.loading import inference_loader
 from .data.manifest import Manifest, manifest_hash
-from .devices import autocast
+from .data.proposal_store import ProposalWriter
+from .devices import autocast, place_model
 from .model.checkpoint import file_sha256
 from .model.detector import FasterRCNN, ForwardOutput
+from .model.postprocess import DetectionSettings
+from .model.rpn import ProposalSettings, Proposer, RPNProposer
 from .model.svd import compress_fc_svd
-from .model.winograd import use_winograd
-from .proposals import ProposalWriter
 
-Progress = Callable[[int, str], None]
+MODES = ("test", "dump")
 
 
-def manifest_batches(manifest: Manifest, model: FasterRCNN, *, indices: Sequence[int] | None = None,
-                     batch_size: int = 1, num_workers: int = 0) -> Iterator[ImageBatch]:
-    """The manifest's images (all, or ``indices``) at the test scale, unflipped, in batches."""
-    dataset = DetectionDataset(manifest, model.cfg, train=False)
-    order = list(range(len(manifest.images))) if indices is None else list(indices)
-    yield from inference_loader(dataset, _chunks(order, batch_size), size_divisor=model.cfg.input.size_divisor,
-                                num_workers=num_workers, pin_memory=torch.cuda.is_available())
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Every test-time setting of a command, built once at its start and passed down as a value.
+
+    ``config``: the checkpoint's config with ``--set`` and the command's flags applied (what the input
+    pipeline reads, and the record a proposal file stores); ``proposals``: the proposal layer's numbers
+    (``mode`` "test": ``rpn.test_*``; "dump": ``rpn.dump_*``); ``detections``: the detection rules;
+    ``ablation``: one of the paper's Table 1 proposal ablations, or None.
+    """
+
+    config: Config
+    proposals: ProposalSettings
+    detections: DetectionSettings
+    ablation: ProposalAblation | None = None
+    mode: str = "test"
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, mode: str = "test", overrides: Sequence[str] = (),
+                    score_thresh: float | None = None, nms_thresh: float | None = None,
+                    pre_nms_top_n: int | None = None, post_nms_top_n: int | None = None,
+                    ablation: ProposalAblation | None = None) -> InferenceSettings:
+        """The settings of a model whose config is ``cfg``: ``overrides`` (``--set`` items of
+        ``config.TEST_TIME_KEYS``, checked by the caller), for a dump (``mode="dump"``) ``nms_thresh`` and the
+        top-N flags, ``score_thresh`` a floor under the config's own threshold (``detect --score-thresh``),
+        ``ablation`` (``eval``/``detect``'s ``--proposals-n`` and ``--no-rpn-*``)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        cfg = apply_overrides(cfg, list(overrides))
+        if mode == "dump":
+            rpn = cfg.rpn
+            cfg = replace(cfg, rpn=replace(
+                rpn, nms_thresh=rpn.nms_thresh if nms_thresh is None else float(nms_thresh),
+                dump_pre_nms_top_n=rpn.dump_pre_nms_top_n if pre_nms_top_n is None else int(pre_nms_top_n),
+                dump_post_nms_top_n=rpn.dump_post_nms_top_n if post_nms_top_n is None else int(post_nms_top_n)))
+        elif (nms_thresh, pre_nms_top_n, post_nms_top_n) != (None, None, None):
+            raise ValueError("nms_thresh and the top-N numbers are a dump's settings (mode='dump')")
+        detections = DetectionSettings.from_config(cfg.roi_head)
+        if score_thresh is not None:
+            detections = detections.with_score_floor(score_thresh)
+        return cls(cfg, ProposalSettings.from_config(cfg.rpn, mode), detections,
+                   ablation if ablation is not None and not ablation.is_default else None, mode)
+
+    @property
+    def proposer(self) -> Proposer:
+        """The proposal strategy ``forward`` runs: the RPN's own, or the ablation's."""
+        if self.ablation is None:
+            return RPNProposer(self.proposals)
+        return self.ablation.proposer(self.proposals)
+
+    @property
+    def fc_svd_rank(self) -> int:
+        """The truncated SVD of fc6/fc7 (0: none); a dump never runs them."""
+        return self.config.roi_head.fc_svd_rank if self.mode == "test" else 0
 
 
-def _chunks(order: list[int], size: int) -> list[list[int]]:
-    size = max(1, size)
-    return [order[i:i + size] for i in range(0, len(order), size)]
+@dataclass
+class BatchResult:
+    """A batch's results on the host, in batch order: ``detections`` (``{"boxes" [D, 4] original pixels,
+    "scores" [D], "labels" [D] in 1..K}``) and ``proposals`` (``(boxes [R_i, 4] original pixels, scores
+    [R_i])``), each None when not asked for."""
+
+    detections: list[dict[str, Tensor]] | None = None
+    proposals: list[tuple[Tensor, Tensor]] | None = None
 
 
-def file_batches(paths: Sequence[Path], model: FasterRCNN, device: torch.device, *, batch_size: int = 1,
-                 num_workers: int = 0) -> Iterator[ImageBatch]:
-    """Image files (``frcnn detect``) at the test scale in batches, in the order of ``paths`` (``indices``
-    are positions in ``paths``); pinned for a CUDA ``device``."""
-    dataset = ImageFilesDataset(list(paths), model.cfg.input)
-    yield from inference_loader(dataset, _chunks(list(range(len(paths))), batch_size),
-                                size_divisor=model.cfg.input.size_divisor, num_workers=num_workers,
-                                pin_memory=device.type == "cuda")
+class Predictor:
+    """A model prepared once for inference on ``device`` with ``settings``, and the one inference forward.
+
+    Preparing means eval mode, the truncated SVD of fc6/fc7 (``settings.fc_svd_rank``), and
+    ``devices.place_model`` (Winograd convs on the CPU, channels-last); it changes modules, so the Predictor
+    prepares its own deep copy of ``model`` unless ``owned`` (the caller hands the model over, e.g. one just
+    loaded from a checkpoint). ``with_settings`` gives a Predictor of other settings on the same prepared
+    model. ``runtime`` defaults to the runtime defaults of the model's preset (``config.runtime_defaults``).
+    """
+
+    def __init__(self, model: FasterRCNN, device: torch.device | str, settings: InferenceSettings,
+                 runtime: RuntimeConfig | None = None, *, owned: bool = False) -> None:
+        self.device = torch.device(device)
+        self.settings = settings
+        self.runtime = runtime if runtime is not None else runtime_defaults(model.cfg.name)
+        model = model if owned else copy.deepcopy(model)
+        model.eval().to(self.device)
+        rank = settings.fc_svd_rank  # on the device: the factorisation is fast on a GPU
+        self.svd_layers = compress_fc_svd(model, rank) if rank > 0 else []
+        self.winograd_layers = place_model(model, self.device, self.runtime)
+        self.model = model
+
+    def with_settings(self, settings: InferenceSettings) -> Predictor:
+        """A Predictor of ``settings`` sharing this one's prepared model (same SVD unless it needs none)."""
+        if settings.fc_svd_rank not in (0, self.settings.fc_svd_rank):
+            raise ValueError(f"the model was prepared with SVD rank {self.settings.fc_svd_rank}, not "
+                             f"{settings.fc_svd_rank}: make another Predictor")
+        other = copy.copy(self)
+        other.settings = settings
+        return other
+
+    @property
+    def classes(self) -> list[str]:
+        return self.model.classes
+
+    # ----------------------------------------------------------------------------------------------
+    # batches
+
+    def manifest_batches(self, manifest: Manifest, *, indices: Sequence[int] | None = None,
+                         batch_size: int = 1) -> Iterator[ImageBatch]:
+        """The manifest's images (all, or ``indices``) at the test scale, unflipped, in batches (host)."""
+        dataset = DetectionDataset(manifest, self.settings.config, train=False)
+        order = list(range(len(manifest.images))) if indices is None else list(indices)
+        return self._batches(dataset, order, batch_size)
+
+    def file_batches(self, paths: Sequence[Path], *, batch_size: int = 1) -> Iterator[ImageBatch]:
+        """Image files at the test scale in batches, in the order of ``paths`` (``indices``: positions)."""
+        dataset = ImageFilesDataset(list(paths), self.settings.config.input)
+        return self._batches(dataset, list(range(len(paths))), batch_size)
+
+    def _batches(self, dataset, order: list[int], batch_size: int) -> Iterator[ImageBatch]:
+        """The loader's iterator, made now (its worker processes start here, not at the first batch)."""
+        size = max(1, batch_size)
+        chunks = [order[i:i + size] for i in range(0, len(order), size)]
+        return iter(inference_loader(dataset, chunks, size_divisor=self.settings.config.input.size_divisor,
+                                     num_workers=self.runtime.num_workers, pin_memory=self.device.type == "cuda"))
+
+    # ----------------------------------------------------------------------------------------------
+    # the forward
+
+    def forward(self, batch: ImageBatch, *, detections: bool = True) -> ForwardOutput:
+        """``FasterRCNN.forward`` of a batch already on the device (bf16 autocast on CUDA when
+        ``runtime.amp``), the RoI head only when ``detections``."""
+        with autocast(self.device, self.runtime.amp):
+            return self.model(batch.tensor, batch.image_sizes, batch.scales, run_roi_head=detections,
+                              proposer=self.settings.proposer, image_keys=batch.indices.tolist())
+
+    @torch.inference_mode()
+    def run(self, batch: ImageBatch, *, detections: bool = True, proposals: bool = False) -> BatchResult:
+        """Detections and/or proposals of a host ``batch`` (the loader's), brought back to the host."""
+        on_device = batch.to(self.device, non_blocking=True)
+        on_device.tensor = on_device.tensor.contiguous(memory_format=torch.channels_last)
+        out = self.forward(on_device, detections=detections)
+        result = BatchResult()
+        if detections:
+            found = self.model.detect(out, on_device.image_sizes, on_device.scales, on_device.original_sizes,
+                                      settings=self.settings.detections)
+            result.detections = detections_to_host(found)
+        if proposals:
+            result.proposals = proposals_to_host(out, batch.scales.tolist())
+        return result
 
 
-def detections_to_host(dets: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+def detections_to_host(dets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
     """``model.detect``'s per-image ``boxes``, ``scores`` (float32) and ``labels`` (int64) on the host, in one
     copy for the batch (a device waits once)."""
     packed = torch.cat([torch.cat([d["boxes"].float(), d["scores"].float()[:, None], d["labels"].float()[:, None]],
@@ -62,149 +200,78 @@ def detections_to_host(dets: list[dict[str, torch.Tensor]]) -> list[dict[str, to
             for p in parts]
 
 
-def detect_batch(model: FasterRCNN, batch: ImageBatch, device: torch.device,
-                 ablation: ProposalAblation | None = None) -> list[dict[str, torch.Tensor]]:
-    """Detections of a host ``batch``, image by image, on the host (``detections_to_host``): the forward on
-    ``device`` (``ablation``: one of the paper's Table 1 test-time proposal ablations) and ``model.detect``."""
-    on_device = to_device(batch, device)
-    if ablation is None:
-        out = _forward(model, on_device, device, proposal_mode="test")
-    else:
-        out = ablated_forward(model, on_device.tensor, on_device.image_sizes, on_device.scales, ablation,
-                              keys=batch.indices.tolist())
-    dets = model.detect(out, on_device.image_sizes, on_device.scales, on_device.original_sizes)
-    return detections_to_host(dets)
-
-
-@dataclass
-class InferenceSettings:
-    """What ``prepare_model`` changed: layers the truncated SVD compressed, convs that run as Winograd."""
-
-    svd_layers: list[str] = field(default_factory=list)
-    winograd_layers: list[str] = field(default_factory=list)
-
-
-def prepare_model(model: FasterRCNN, device: torch.device, *, channels_last: bool = True,
-                  svd: bool = True) -> InferenceSettings:
-    """Put ``model`` in its inference settings on ``device`` (in place): eval mode, channels-last convs,
-    cuDNN autotuning on CUDA, on the CPU the 3×3 convs with at least 128 channels as Winograd F(4×4, 3×3)
-    when ``cfg.solver.cpu_winograd`` (``frcnn_cli.model.winograd``), and (``svd``) the truncated SVD of
-    fc6/fc7 when ``cfg.roi_head.fc_svd_rank > 0`` (a proposal dump, which never runs fc6/fc7, passes
-    ``svd=False``).
-
-    Inference only: a model compressed here must not be saved as a checkpoint or trained (the Winograd
-    convs keep the parameters and state-dict keys, but the SVD changes them).
-    """
-    model.eval().to(device)
-    settings = InferenceSettings()
-    if svd and model.cfg.roi_head.fc_svd_rank > 0:  # on the device: the factorisation is fast on a GPU
-        settings.svd_layers = compress_fc_svd(model, model.cfg.roi_head.fc_svd_rank)
-    if device.type == "cpu" and model.cfg.solver.cpu_winograd:
-        settings.winograd_layers = use_winograd(model)
-    if channels_last:
-        # oneDNN (CPU) and cuDNN (GPU) run 3x3 convs, ReLU and max pooling faster in NHWC; the values are
-        # the same up to float summation order
-        model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return settings
-
-
-def to_device(batch: ImageBatch, device: torch.device) -> ImageBatch:
-    """``batch`` on ``device``, images in channels-last layout (as ``prepare_model`` puts the convs)."""
-    batch = batch.to(device, non_blocking=True)
-    batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
-    return batch
-
-
-def _forward(model: FasterRCNN, batch: ImageBatch, device: torch.device, **kwargs) -> ForwardOutput:
-    with autocast(device, model.cfg.solver.amp):
-        return model(batch.tensor, batch.image_sizes, batch.scales, **kwargs)
-
-
-@dataclass(frozen=True)
-class DumpSettings:
-    """Proposal settings of a dump (the paper: no pre-NMS cap, NMS 0.7, top 2000, min size 16)."""
-
-    nms_thresh: float
-    pre_nms_top_n: int
-    post_nms_top_n: int
-    min_size: float
-
-
-def _dump_settings(model: FasterRCNN, nms_thresh, pre_nms_top_n, post_nms_top_n) -> DumpSettings:
-    rpn = model.cfg.rpn
-    return DumpSettings(rpn.nms_thresh if nms_thresh is None else float(nms_thresh),
-                        rpn.dump_pre_nms_top_n if pre_nms_top_n is None else int(pre_nms_top_n),
-                        rpn.dump_post_nms_top_n if post_nms_top_n is None else int(post_nms_top_n),
-                        rpn.min_size)
-
-
-def _with_dump_settings(model: FasterRCNN, s: DumpSettings) -> None:
-    model.cfg = replace(model.cfg, rpn=replace(model.cfg.rpn, nms_thresh=s.nms_thresh,
-                                               dump_pre_nms_top_n=s.pre_nms_top_n,
-                                               dump_post_nms_top_n=s.post_nms_top_n))
-
-
-def _proposals_to_host(result: ForwardOutput, batch: ImageBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def proposals_to_host(out: ForwardOutput, scales: Sequence[float]) -> list[tuple[Tensor, Tensor]]:
     """Each image's proposals in original pixels (float32 ``[R_i, 4]``) and scores (``[R_i]``) on the host,
     in one copy for the batch (a device waits once)."""
     packed = torch.cat([torch.cat([p.float() / s, sc.float()[:, None]], 1)
-                        for p, s, sc in zip(result.proposals, batch.scales.tolist(), result.proposal_scores)]).cpu()
-    parts = packed.split([len(s) for s in result.proposal_scores])
+                        for p, s, sc in zip(out.proposals, scales, out.proposal_scores)]).cpu()
+    parts = packed.split([len(s) for s in out.proposal_scores])
     return [(part[:, :4].contiguous(), part[:, 4].contiguous()) for part in parts]
 
 
-@torch.inference_mode()
-def dump_proposals(model: FasterRCNN, manifest: Manifest, manifest_path: Path, out: Path, *,
-                   device: torch.device, checkpoint_path: Path, batch_size: int = 1,
-                   nms_thresh: float | None = None, pre_nms_top_n: int | None = None,
-                   post_nms_top_n: int | None = None, progress: Progress | None = None,
-                   num_workers: int = 0) -> Path:
-    """Every image's proposals in original pixels, sorted by score, into the HDF5 store ``out``.
+# --------------------------------------------------------------------------------------------------
+# loops over a manifest
+
+
+def predict_manifest(predictor: Predictor, manifest: Manifest, *, batch_size: int = 1,
+                     progress: Progress | None = None,
+                     proposals: bool = False) -> tuple[list[dict[str, Tensor]], list[Tensor] | None]:
+    """Detections of every manifest image (``boxes`` original pixels, ``scores``, ``labels`` 1..K) on the host,
+    and with ``proposals`` each image's test proposals (original pixels) from the same forward."""
+    dets: list = [None] * len(manifest.images)
+    props: list | None = [None] * len(manifest.images) if proposals else None
+    done = 0
+    for batch in predictor.manifest_batches(manifest, batch_size=batch_size):
+        result = predictor.run(batch, proposals=proposals)
+        for k, index in enumerate(batch.indices.tolist()):
+            dets[index] = result.detections[k]
+            if props is not None:
+                props[index] = result.proposals[k][0]
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(manifest.images))
+    return dets, props
+
+
+def detect_manifest(predictor: Predictor, manifest: Manifest, *, batch_size: int = 1,
+                    progress: Progress | None = None) -> list[dict[str, Tensor]]:
+    """Detections of every manifest image (``predict_manifest`` without the proposals)."""
+    return predict_manifest(predictor, manifest, batch_size=batch_size, progress=progress)[0]
+
+
+def _dump_attributes(predictor: Predictor, checkpoint_path: Path) -> dict:
+    settings, cfg = predictor.settings, predictor.settings.config
+    p = settings.proposals
+    return {"checkpoint_hash": file_sha256(checkpoint_path), "checkpoint": str(checkpoint_path),
+            "nms_thresh": p.nms_thresh, "pre_nms_top_n": p.pre_nms_top_n, "post_nms_top_n": p.post_nms_top_n,
+            "min_size": p.min_size, "scale": cfg.input.test_scale, "max_size": cfg.input.max_size,
+            "config": json.dumps(config_to_dict(cfg))}
+
+
+def dump_proposals(predictor: Predictor, manifest: Manifest, out: Path, *, checkpoint_path: Path,
+                   batch_size: int = 1, progress: Progress | None = None) -> Path:
+    """Every image's proposals in original pixels, sorted by score, into the HDF5 store ``out``, with the
+    settings of ``predictor`` (built with ``mode="dump"``: no pre-NMS cap, NMS 0.7, top 2000 for the paper).
 
     Written to ``out.partial`` image by image; rerunning after an interruption continues with the images
     not yet written; the file is renamed to ``out`` only when complete.
     """
-    settings = _dump_settings(model, nms_thresh, pre_nms_top_n, post_nms_top_n)
-    _with_dump_settings(model, settings)
-    prepare_model(model, device, svd=False)
-    attrs = {"checkpoint_hash": file_sha256(checkpoint_path), "checkpoint": str(checkpoint_path),
-             "nms_thresh": settings.nms_thresh, "pre_nms_top_n": settings.pre_nms_top_n,
-             "post_nms_top_n": settings.post_nms_top_n, "min_size": settings.min_size,
-             "scale": model.cfg.input.test_scale, "max_size": model.cfg.input.max_size,
-             "config": json.dumps(config_to_dict(model.cfg))}
-    with ProposalWriter(out, manifest=manifest, manifest_hash=manifest_hash(manifest), attrs=attrs) as writer:
+    attrs = _dump_attributes(predictor, checkpoint_path)
+    open_writer = lambda: ProposalWriter(out, manifest=manifest, manifest_hash=manifest_hash(manifest),
+                                         attrs=attrs)
+    with open_writer() as writer:
         todo = [i for i in range(len(manifest.images)) if not writer.done(i)]
+    # the loader's workers start (fork) while no HDF5 file is open: a worker that outlives a killed dump
+    # must not hold the file's lock, or the rerun could not resume it
+    batches = iter(predictor.manifest_batches(manifest, indices=todo, batch_size=batch_size))
+    with open_writer() as writer:
         done = len(manifest.images) - len(todo)
-        for batch in manifest_batches(manifest, model, indices=todo, batch_size=batch_size,
-                                      num_workers=num_workers):
-            result = _forward(model, to_device(batch, device), device, run_roi_head=False,
-                              proposal_mode="dump")
-            for index, (boxes, scores) in zip(batch.indices.tolist(), _proposals_to_host(result, batch)):
+        for batch in batches:
+            found = predictor.run(batch, detections=False, proposals=True).proposals
+            for index, (boxes, scores) in zip(batch.indices.tolist(), found):
                 writer.write(index, boxes, scores)
             done += len(batch)
             if progress is not None:
-                progress(done, "")
+                progress(done, len(manifest.images))
         writer.finish()
     return out
-
-
-@torch.inference_mode()
-def detect_manifest(model: FasterRCNN, manifest: Manifest, *, device: torch.device, batch_size: int = 1,
-                    progress: Progress | None = None, num_workers: int = 0,
-                    ablation: ProposalAblation | None = None) -> list[dict[str, torch.Tensor]]:
-    """Detections of every manifest image (``boxes`` original pixels, ``scores``, ``labels`` 1..K), on CPU.
-
-    ``ablation``: test proposals made as one of the paper's Table 1 ablations (``frcnn_cli.ablations``).
-    """
-    prepare_model(model, device)
-    results: list[dict[str, torch.Tensor] | None] = [None] * len(manifest.images)
-    done = 0
-    for batch in manifest_batches(manifest, model, batch_size=batch_size, num_workers=num_workers):
-        for index, det in zip(batch.indices.tolist(), detect_batch(model, batch, device, ablation)):
-            results[index] = det
-        done += len(batch)
-        if progress is not None:
-            progress(done, "")
-    return results

@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-TINY_OVERRIDES = ("input.train_scales=64", "input.test_scale=64", "input.max_size=96", "solver.num_workers=0")
+TINY_OVERRIDES = ("input.train_scales=64", "input.test_scale=64", "input.max_size=96")
+TINY_RUNTIME = ("runtime.num_workers=0",)  # this machine's settings: loading in the test's process
 # the same as command-line options, on the CPU
-TINY_CLI = ["--config", "tiny", *(arg for kv in TINY_OVERRIDES for arg in ("--set", kv)), "--device", "cpu"]
+TINY_CLI = ["--config", "tiny", *(arg for kv in (*TINY_OVERRIDES, *TINY_RUNTIME) for arg in ("--set", kv)),
+            "--device", "cpu"]
 
 
 def truncate_file(path: Path, keep: float = 0.5) -> None:
@@ -36,10 +38,19 @@ ACTION = re.compile(r"\b(use|fix|give|check|run|rerun|delete|choose|add|replace|
 
 
 def tiny_config(*extra: str):
-    """The tiny preset at 64 px (no workers), with ``extra`` ``--set`` overrides."""
-    from frcnn_cli.config import apply_overrides, get_preset
+    """The tiny preset at 64 px, with ``extra`` ``--set`` overrides of the config."""
+    from frcnn_cli.config import get_preset
+    from frcnn_cli.config_io import apply_overrides
 
     return apply_overrides(get_preset("tiny"), [*TINY_OVERRIDES, *extra])
+
+
+def tiny_runtime(*extra: str):
+    """The tests' runtime settings (no loader workers), with ``extra`` runtime ``--set`` overrides."""
+    from frcnn_cli.config import RuntimeConfig
+    from frcnn_cli.config_io import apply_runtime_overrides
+
+    return apply_runtime_overrides(RuntimeConfig(), [*TINY_RUNTIME, *extra])
 
 
 @pytest.fixture()
@@ -102,15 +113,17 @@ def assert_clean_error() -> Callable[..., None]:
 # --------------------------------------------------------------------------------------------------
 # training (tests/test_train_steps.py, test_train_resume.py, test_train_pipeline.py, test_ddp.py)
 
-TRAIN_OVERRIDES = ("input.train_scales=96", "input.test_scale=96", "input.max_size=128", "solver.num_workers=0",
-                   "solver.log_every=1")
+TRAIN_OVERRIDES = ("input.train_scales=96", "input.test_scale=96", "input.max_size=128")
+TRAIN_RUNTIME = ("runtime.num_workers=0", "runtime.log_every=1")
+NO_WORKERS = ("--set", "runtime.num_workers=0", "--set", "runtime.log_every=1")  # runtime of a checkpoint command
 
 
 @pytest.fixture(scope="session")
 def train_config() -> Callable[..., object]:
-    """``config(*extra)``: the tiny preset at 96 px, no loader workers, a metrics line every iteration, and
-    ``extra`` ``--set`` overrides."""
-    from frcnn_cli.config import apply_overrides, get_preset
+    """``config(*extra)``: the tiny preset at 96 px with ``extra`` ``--set`` overrides of the config (the
+    runtime part, ``TRAIN_RUNTIME``: no loader workers, a metrics line every iteration)."""
+    from frcnn_cli.config import get_preset
+    from frcnn_cli.config_io import apply_overrides
 
     def config(*extra: str):
         return apply_overrides(get_preset("tiny"), [*TRAIN_OVERRIDES, *extra])
@@ -120,10 +133,11 @@ def train_config() -> Callable[..., object]:
 
 @pytest.fixture(scope="session")
 def train_options() -> Callable[..., list[str]]:
-    """``options(*extra)``: the ``--config tiny --set …`` arguments of ``train_config(*extra)``."""
+    """``options(*extra)``: the ``--config tiny --set …`` arguments of ``train_config(*extra)`` and
+    ``TRAIN_RUNTIME``."""
 
     def options(*extra: str) -> list[str]:
-        return ["--config", "tiny", *(a for kv in (*TRAIN_OVERRIDES, *extra) for a in ("--set", kv))]
+        return ["--config", "tiny", *(a for kv in (*TRAIN_OVERRIDES, *TRAIN_RUNTIME, *extra) for a in ("--set", kv))]
 
     return options
 
@@ -183,12 +197,12 @@ def four_steps(train_set, train_options, frcnn, tmp_path_factory) -> dict[str, P
     common = ["--data", data, "--iters", 3]
     with single_thread():
         frcnn("train-rpn", *common, "--out", p["rpn1"], "--init", "none", *opts)
-        frcnn("dump-proposals", "--model", p["rpn1"], "--data", data, "--out", p["props1"])
+        frcnn("dump-proposals", "--model", p["rpn1"], "--data", data, "--out", p["props1"], *NO_WORKERS)
         frcnn("train-detector", *common, "--out", p["det1"], "--init", "none", "--proposals", p["props1"], *opts)
-        frcnn("train-rpn", *common, "--out", p["rpn2"], "--init", p["det1"], "--freeze-shared")
-        frcnn("dump-proposals", "--model", p["rpn2"], "--data", data, "--out", p["props2"])
+        frcnn("train-rpn", *common, "--out", p["rpn2"], "--init", p["det1"], "--freeze-shared", *NO_WORKERS)
+        frcnn("dump-proposals", "--model", p["rpn2"], "--data", data, "--out", p["props2"], *NO_WORKERS)
         frcnn("train-detector", *common, "--out", p["final"], "--init", p["rpn2"], "--freeze-shared",
-              "--proposals", p["props2"])
+              "--proposals", p["props2"], *NO_WORKERS)
     return {**p, "data": data, "metrics": work / "metrics.jsonl"}
 
 
@@ -233,7 +247,7 @@ class PicklePayload:
 def write_proposal_store(path: Path, manifest_path: Path, boxes, scores) -> Path:
     """A complete proposal file for every image of ``manifest_path``, each with ``boxes``/``scores`` (numpy)."""
     from frcnn_cli.data.manifest import manifest_hash, read_manifest
-    from frcnn_cli.proposals import ProposalWriter
+    from frcnn_cli.data.proposal_store import ProposalWriter
 
     manifest = read_manifest(manifest_path)
     attrs = {"checkpoint_hash": "0" * 64, "nms_thresh": 0.7, "pre_nms_top_n": 0, "post_nms_top_n": 300,
@@ -243,3 +257,28 @@ def write_proposal_store(path: Path, manifest_path: Path, boxes, scores) -> Path
             w.write(i, boxes, scores)
         w.finish()
     return path
+
+
+def cpu_predictor(model, *, runtime: Sequence[str] = (), **settings):
+    """A ``Predictor`` of ``model`` on the CPU with the test's runtime (no loader workers): ``settings`` go to
+    ``InferenceSettings.from_config`` (``ablation=``, ``score_thresh=``, ``overrides=`` …)."""
+    from frcnn_cli.inference import InferenceSettings, Predictor
+
+    return Predictor(model, "cpu", InferenceSettings.from_config(model.cfg, **settings), tiny_runtime(*runtime))
+
+
+def rpn_losses_of(cls_logits, deltas, anchors, gt_boxes, image_sizes, *, cfg, anchors_per_cell: int = 9):
+    """The RPN loss of one forward as ``FasterRCNN.losses`` computes it: ``anchor_targets`` (labels and
+    samples the anchors), then ``rpn_losses`` (scores them)."""
+    from frcnn_cli.model.losses import rpn_losses
+    from frcnn_cli.model.rpn_targets import anchor_targets
+
+    labels, targets = anchor_targets(anchors, gt_boxes, image_sizes, cfg=cfg)
+    return rpn_losses(cls_logits, deltas, labels, targets, cfg=cfg, anchors_per_cell=anchors_per_cell)
+
+
+def inside_mask(anchors, height, width, border: float = 0.0):
+    """py-faster-rcnn's inside-anchor rule, the tests' reference: ``x1 >= -border``, ``y1 >= -border``,
+    ``x2 <= width + border``, ``y2 <= height + border`` (its ``x2_inclusive < width + border``)."""
+    return ((anchors[:, 0] >= -border) & (anchors[:, 1] >= -border)
+            & (anchors[:, 2] <= width + border) & (anchors[:, 3] <= height + border))

@@ -6,13 +6,15 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn_cli.ablations import ProposalAblation, ablated_forward, ablated_proposals
+from frcnn_cli.ablations import AblatedProposer, ProposalAblation
 from frcnn_cli.boxes import BoxCoder, box_iou, clip_boxes, small_box_mask
-from frcnn_cli.config import apply_overrides, get_preset
+from frcnn_cli.config import RuntimeConfig, get_preset
+from frcnn_cli.config_io import apply_overrides
 from frcnn_cli.data.manifest import ImageRecord, Manifest
-from frcnn_cli.inference import detect_manifest
+from frcnn_cli.inference import InferenceSettings, Predictor, detect_manifest
 from frcnn_cli.model.detector import FasterRCNN
-from frcnn_cli.model.rpn import objectness_scores, select_proposals
+from frcnn_cli.model.postprocess import DetectionSettings
+from frcnn_cli.model.rpn import ProposalSettings, RPNProposer, objectness_scores, select_proposals
 
 SIZES = torch.tensor([[64, 96], [48, 80]])
 SCALES = torch.tensor([1.0, 1.0])
@@ -34,11 +36,16 @@ def images():
 @pytest.fixture(scope="module")
 def rpn_out(model, images):
     with torch.no_grad():
-        return model(images, SIZES, SCALES, run_roi_head=False, proposal_mode=None)
+        return model(images, SIZES, SCALES, run_roi_head=False)
 
 
-def _proposals(model, rpn_out, **switches):
-    return ablated_proposals(model, rpn_out, SIZES, SCALES, ProposalAblation(**switches))
+def _test_settings(model) -> ProposalSettings:
+    return ProposalSettings.from_config(model.cfg.rpn, "test")
+
+
+def _proposals(model, rpn_out, keys=None, **switches):
+    proposer = ProposalAblation(**switches).proposer(_test_settings(model))
+    return proposer(rpn_out.anchors, rpn_out.rpn_cls_logits, rpn_out.rpn_deltas, SIZES, SCALES, keys=keys)
 
 
 def _decoded(model, rpn_out):
@@ -86,24 +93,30 @@ def test_select_proposals_pre_nms_cut_comes_before_nms():
 # the switches on a model
 
 
-def test_default_ablation_is_the_models_own_test_forward(model, images):
+def test_every_switch_on_is_the_models_own_proposal_layer(model, images):
+    settings = _test_settings(model)
+    assert ProposalAblation().proposer(settings) == RPNProposer(settings)
     with torch.no_grad():
-        plain = model(images, SIZES, SCALES, proposal_mode="test")
-    ablated = ablated_forward(model, images, SIZES, SCALES, ProposalAblation())
+        plain = model(images, SIZES, SCALES, proposer=RPNProposer(settings))
+        # the ablation's own code path with every switch on gives the same proposals, RoIs and detections
+        ablated = model(images, SIZES, SCALES, proposer=AblatedProposer(ProposalAblation(), settings))
     for a, b in zip(plain.proposals, ablated.proposals):
         assert torch.equal(a, b)
     assert torch.equal(plain.rois, ablated.rois)
     assert torch.allclose(plain.class_logits, ablated.class_logits, atol=1e-6)
-    dets_a = model.detect(plain, SIZES, SCALES)
-    dets_b = model.detect(ablated, SIZES, SCALES)
+    rules = DetectionSettings.from_config(model.cfg.roi_head)
+    dets_a = model.detect(plain, SIZES, SCALES, settings=rules)
+    dets_b = model.detect(ablated, SIZES, SCALES, settings=rules)
     assert [d["labels"].tolist() for d in dets_a] == [d["labels"].tolist() for d in dets_b]
 
 
 def test_the_backbone_runs_once(model, images):
     calls = []
     handle = model.backbone.register_forward_hook(lambda *args: calls.append(1))
+    proposer = ProposalAblation(use_regression=False, top_n=10).proposer(_test_settings(model))
     try:
-        out = ablated_forward(model, images, SIZES, SCALES, ProposalAblation(use_regression=False, top_n=10))
+        with torch.no_grad():
+            out = model(images, SIZES, SCALES, proposer=proposer)
     finally:
         handle.remove()
     assert len(calls) == 1
@@ -166,8 +179,7 @@ def test_no_scores_draws_n_random_valid_boxes_reproducibly(model, rpn_out):
 
 
 def test_no_scores_draw_depends_on_the_image_key_not_the_batch(model, rpn_out):
-    ablation = ProposalAblation(use_scores=False, top_n=15)
-    draw = {tuple(keys): ablated_proposals(model, rpn_out, SIZES, SCALES, ablation, keys=keys)
+    draw = {tuple(keys): _proposals(model, rpn_out, keys=keys, use_scores=False, top_n=15)
             for keys in ([7, 8], [7, 0], [8, 7])}
     assert torch.equal(draw[7, 8][0][1], draw[7, 0][0][1])  # image 0 with key 7, whatever the other key
     assert not torch.equal(draw[7, 8][0][1], draw[8, 7][0][1])
@@ -188,11 +200,12 @@ def test_detect_manifest_takes_an_ablation(model, tmp_path):
         Image.new("RGB", (64, 48), colour).save(tmp_path / f"{name}.png")
     records = [ImageRecord(n, f"{n}.png", 64, 48, [[4.0, 4.0, 30.0, 30.0]], [0], [False]) for n in "ab"]
     manifest = Manifest("t-test", ["cat", "dog"], str(tmp_path), records)
-    plain = detect_manifest(model, manifest, device=torch.device("cpu"), batch_size=2)
-    same = detect_manifest(model, manifest, device=torch.device("cpu"), batch_size=2,
-                           ablation=ProposalAblation())
-    one = detect_manifest(model, manifest, device=torch.device("cpu"), batch_size=2,
-                          ablation=ProposalAblation(top_n=1))
+
+    def run(ablation=None):
+        settings = InferenceSettings.from_config(model.cfg, ablation=ablation)
+        return detect_manifest(Predictor(model, "cpu", settings, RuntimeConfig(num_workers=0)), manifest, batch_size=2)
+
+    plain, same, one = run(), run(ProposalAblation()), run(ProposalAblation(top_n=1))
     for p, s, o in zip(plain, same, one):
         assert torch.equal(p["boxes"], s["boxes"]) and torch.equal(p["scores"], s["scores"])
         assert len(o["labels"]) <= 2 < len(p["labels"])  # one proposal: at most one box per class

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from frcnn_cli.config import AnchorConfig, get_preset
-from frcnn_cli.model.anchors import AnchorGrid, generate_anchors, inside_mask
+from frcnn_cli.model.anchors import AnchorGrid, generate_anchors
+from frcnn_cli.model.rpn_targets import _inside
 
 # py-faster-rcnn generate_anchors() (inclusive coordinates)
 PFR_ANCHORS = torch.tensor([[-84., -40., 99., 55.],
@@ -72,18 +73,22 @@ def test_grid_counts_and_inside_anchors_of_py_faster_rcnn_examples():
                                               ((38, 57), (600, 901), 19494, 7041)]:
         anchors = grid.grid(fh, fw, "cpu")
         assert anchors.shape[0] == total
-        assert int(inside_mask(anchors, ih, iw, 0).sum()) == inside
+        assert int(_inside(anchors, torch.tensor([[ih, iw]]), 0.0, True).sum()) == inside
 
 
-def test_inside_mask_boundaries_and_allowed_border():
+def _inside_one(anchors, height, width, border):
+    return _inside(anchors, torch.tensor([[height, width]]), border, True)[0]
+
+
+def test_inside_anchor_boundaries_and_allowed_border():
     anchors = torch.tensor([[0.0, 0.0, 100.0, 50.0],  # touches the right and bottom edge: inside
                             [-0.5, 0.0, 10.0, 10.0],
                             [0.0, 0.0, 100.5, 10.0],
                             [0.0, 0.0, 10.0, 50.5],
                             [-5.0, -5.0, 105.0, 55.0]])
-    assert inside_mask(anchors, 50, 100, 0).tolist() == [True, False, False, False, False]
-    assert inside_mask(anchors, 50, 100, 5).tolist() == [True, True, True, True, True]
-    assert inside_mask(anchors, 50, 100, 4.9).tolist() == [True, True, True, True, False]
+    assert _inside_one(anchors, 50, 100, 0.0).tolist() == [True, False, False, False, False]
+    assert _inside_one(anchors, 50, 100, 5.0).tolist() == [True, True, True, True, True]
+    assert _inside_one(anchors, 50, 100, 4.9).tolist() == [True, True, True, True, False]
 
 
 def test_grid_is_cached_per_size_and_built_from_config():

@@ -10,9 +10,9 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from frcnn_cli.config import BACKBONES
 from frcnn_cli.errors import ConfigError
 from frcnn_cli.model.backbones import (
-    BACKBONE_NAMES,
     CaffeDropout,
     WithinChannelLRN,
     build_backbone,
@@ -178,7 +178,7 @@ _HEAVY = {"vgg16", "resnet101"}  # also run (whole model) by test_detector.py
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _HEAVY else n
-                                  for n in BACKBONE_NAMES])
+                                  for n in BACKBONES])
 def test_every_backbone_runs_on_a_small_image_with_real_weights(name):
     torch.manual_seed(0)
     parts = build_backbone(name)
@@ -196,3 +196,9 @@ def test_every_backbone_runs_on_a_small_image_with_real_weights(name):
 def test_unknown_backbone_is_a_config_error_listing_the_choices():
     with pytest.raises(ConfigError, match="vgg16, zf, resnet50, resnet101, tiny"):
         build_backbone("alexnet")
+
+
+def test_every_backbone_the_config_allows_has_a_builder_and_no_other():
+    from frcnn_cli.model import backbones
+
+    assert tuple(backbones._BUILDERS) == BACKBONES

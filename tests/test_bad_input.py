@@ -206,8 +206,8 @@ def test_an_image_changed_after_prepare_names_the_image(synth_set, tmp_path, tin
 
 def test_eval_with_loader_workers_names_a_changed_image(synth_set, tmp_path, tiny_checkpoint, assert_clean_error):
     manifest = _manifest_with_a_changed_image(synth_set[1], tmp_path)
-    model = tiny_checkpoint(overrides=("solver.num_workers=1",))
-    result = _run("eval", "--model", model, "--data", manifest, "--out", tmp_path / "out")
+    result = _run("eval", "--model", tiny_checkpoint(), "--data", manifest, "--out", tmp_path / "out",
+                  "--set", "runtime.num_workers=1")
     assert_clean_error(result, "image 000", "is 20x20 but the manifest says", "re-run it", out_dir=tmp_path / "out")
 
 
@@ -239,7 +239,8 @@ CONFIG_CASES = {
     "huge_test_scale": (["--set", "input.test_scale=100000"], ["'input.test_scale' is 100000", "from 1 to 8192"]),
     "negative_lr": (["--set", "solver.lr=-0.1"], ["'solver.lr' is -0.1; give a value of 0 or more"]),
     "nan_lr": (["--set", "solver.lr=nan"], ["'solver.lr' is nan"]),
-    "negative_workers": (["--set", "solver.num_workers=-1"], ["'solver.num_workers' is -1; give a value from 0"]),
+    "negative_workers": (["--set", "solver.num_workers=-1"],
+                         ["--set solver.num_workers=-1", "'runtime.num_workers' is -1; give a value from 0"]),
     "zero_conv_channels": (["--set", "rpn.conv_channels=0"], ["'rpn.conv_channels' is 0"]),
     "zero_anchor_ratio": (["--set", "anchors.ratios=0,1"], ["'anchors.ratios' is (0.0, 1.0); give one or more "
                                                            "values above 0"]),

@@ -201,8 +201,8 @@ def test_detect_on_an_undecodable_image_names_it(tmp_path, tiny_checkpoint, dama
         bad = tmp_path / "in" / "photo.png"
         bad.write_text("hello")
     out = tmp_path / "out"
-    model = tiny_checkpoint(overrides=(f"solver.num_workers={workers}",))  # 2 images: 1 worker
-    result = _run("detect", tmp_path / "in", "--model", model, "--out", out)
+    result = _run("detect", tmp_path / "in", "--model", tiny_checkpoint(), "--out", out,  # 2 images: 1 worker
+                  "--set", f"runtime.num_workers={workers}")
     assert_clean_error(result, f"image {bad} cannot be decoded", "replace the file", out_dir=out)
 
 
@@ -229,7 +229,7 @@ def test_bench_refuses_bad_models_presets_images_and_devices(tmp_path, tiny_chec
         (["--config", "tiny", "--device", "cuda"], ["no CUDA GPU", "use --device cpu"]),
         (["--config", "tiny", tmp_path / "ghost.jpg"], ["ghost.jpg does not exist"]),
         (["--config", "tiny", tmp_path / "notes.jpg"], ["notes.jpg cannot be decoded"]),
-        (["--model", model, "--set", "backbone=zf"], ["'backbone' is fixed by the checkpoint's weights"]),
+        (["--model", model, "--set", "backbone=zf"], ["'backbone' is fixed by the checkpoint"]),
     ]
     for args, needles in cases:
         assert_clean_error(_run("bench", *args), *needles)

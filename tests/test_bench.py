@@ -7,9 +7,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from frcnn_cli.bench import STAGES, make_batches, prepare_model, synthetic_image, time_model
+from frcnn_cli.bench import STAGES, make_batches, synthetic_image, time_model
 from frcnn_cli.cli.main import cli
-from frcnn_cli.config import apply_overrides, get_preset
+from frcnn_cli.config import RuntimeConfig, get_preset
+from frcnn_cli.config_io import apply_overrides
+from frcnn_cli.inference import InferenceSettings, Predictor
 from frcnn_cli.model.checkpoint import save_checkpoint
 from frcnn_cli.model.detector import FasterRCNN
 
@@ -76,7 +78,7 @@ def test_bench_of_a_checkpoint(tmp_path):
     (["--config", "tiny", "--model", "m.pt"], "exactly one of --model"),
     ([], "exactly one of --model"),
     (["--config", "nope"], "unknown preset 'nope'"),
-    (["--config", "tiny", "missing.jpg"], "image missing.jpg does not exist"),
+    (["--config", "tiny", "missing.jpg"], "missing.jpg does not exist"),
     (["--model", "missing.pt"], "checkpoint missing.pt does not exist"),
     (["--model", "missing.pt", "--set", "backbone=zf"], "fixed by the checkpoint"),
     (["--config", "tiny", "--device", "tpu"], "device"),
@@ -95,11 +97,14 @@ def test_bench_refuses_an_empty_folder_and_a_zero_batch(tmp_path):
     assert result.exit_code == 2 and "--batch-size" in result.output
 
 
+def _predictor(model: FasterRCNN, **runtime) -> Predictor:
+    return Predictor(model, CPU, InferenceSettings.from_config(model.cfg), RuntimeConfig(**runtime))
+
+
 def test_every_timed_run_splits_exactly_into_the_three_stages():
     model = _tiny()
-    prepare_model(model, CPU)
     batches = make_batches([synthetic_image(1)], model.cfg.input, 2, CPU, channels_last=True)
-    per_run, peak = time_model(model, batches, runs=3, warmup=1)
+    per_run, peak = time_model(_predictor(model), batches, runs=3, warmup=1)
     assert len(per_run) == 3 and peak > 0
     for run in per_run:
         assert run["backbone"] + run["proposals"] + run["region_wise"] == pytest.approx(run["total"], rel=1e-9)
@@ -115,10 +120,16 @@ def test_batches_cycle_the_images_to_whole_batches():
         memory_format=torch.channels_last)
 
 
-def test_prepare_model_uses_channels_last_and_the_configured_svd():
+def test_the_predictor_prepares_a_copy_with_channels_last_and_the_configured_svd():
     model = _tiny(**{"roi_head.fc_svd_rank": 64})
-    settings = prepare_model(model, CPU)
-    assert settings.svd_layers == ["roi_head.head_top.fc6", "roi_head.head_top.fc7"]
-    assert settings.winograd_layers == ["backbone.conv5", "rpn.conv"]  # tiny's 3x3 stride-1 128-channel convs
-    assert not model.training
-    assert model.backbone.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    predictor = _predictor(model)
+    assert predictor.svd_layers == ["roi_head.head_top.fc6", "roi_head.head_top.fc7"]
+    assert predictor.winograd_layers == ["backbone.conv5", "rpn.conv"]  # tiny's 3x3 stride-1 128-channel convs
+    prepared = predictor.model
+    assert not prepared.training and prepared is not model
+    assert prepared.backbone.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    # the model handed in is left as it was: no SVD, no Winograd, the usual layout
+    assert type(model.roi_head.head_top.fc6) is torch.nn.Linear and type(model.backbone.conv5) is torch.nn.Conv2d
+    assert not model.backbone.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    direct = _predictor(model, cpu_winograd=False, channels_last=False)
+    assert direct.winograd_layers == [] and direct.model.backbone.conv2.weight.is_contiguous()

@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import PicklePayload
 
-from frcnn_cli.config import config_to_dict, get_preset
+from frcnn_cli.config import get_preset
+from frcnn_cli.config_io import config_to_dict
 from frcnn_cli.errors import CheckpointError
 from frcnn_cli.model.checkpoint import (
     file_sha256,

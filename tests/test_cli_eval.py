@@ -9,16 +9,18 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import cpu_predictor
 from PIL import Image
 
 from frcnn_cli.cli.evaluate import split_of
 from frcnn_cli.cli.main import cli
-from frcnn_cli.config import apply_overrides, get_preset
+from frcnn_cli.config import get_preset
+from frcnn_cli.config_io import apply_overrides
 from frcnn_cli.data.manifest import ImageRecord, Manifest, manifest_hash, write_manifest
+from frcnn_cli.data.proposal_store import SETTINGS, ProposalWriter
 from frcnn_cli.inference import detect_manifest
 from frcnn_cli.model.checkpoint import save_checkpoint
 from frcnn_cli.model.detector import FasterRCNN
-from frcnn_cli.proposals import SETTINGS, ProposalWriter
 
 CLASSES = ["cat", "dog"]
 
@@ -80,7 +82,7 @@ def test_eval_out_writes_devkit_files_in_voc_pixels_and_plots(setup, tmp_path):
     files = sorted(p.name for p in out.iterdir())
     assert files == ["ap_summary.png", "comp4_det_test_cat.txt", "comp4_det_test_dog.txt", "pr_cat.png",
                      "pr_dog.png"]
-    dets = detect_manifest(model, _manifest(root), device=torch.device("cpu"), batch_size=2)
+    dets = detect_manifest(cpu_predictor(model), _manifest(root), batch_size=2)
     ids = ["im 0", "im1", "im2"]
     for k, name in enumerate(CLASSES):
         want = [(ids[i], float(s), *(b + torch.tensor([1.0, 1.0, 0.0, 0.0])).tolist())

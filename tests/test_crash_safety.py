@@ -28,8 +28,8 @@ from click.testing import CliRunner
 
 from frcnn_cli.boxes import BoxCoder, clip_boxes
 from frcnn_cli.cli.main import cli
+from frcnn_cli.data.proposal_store import ProposalStore
 from frcnn_cli.model.checkpoint import file_sha256, read_checkpoint
-from frcnn_cli.proposals import ProposalStore
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,7 +42,7 @@ WRAPPER = r"""
 import os, sys, time
 import torch
 torch.set_num_threads(1)  # as the reference run in the test process
-from frcnn_cli import proposals
+from frcnn_cli.data import proposal_store as proposals
 from frcnn_cli.train import stage
 delay = float(os.environ["FRCNN_TEST_PAUSE"])
 write, save = proposals.ProposalWriter.write, stage.save_checkpoint
@@ -105,7 +105,7 @@ def _assert_final_files_load(folder: Path) -> None:
             read_checkpoint(path)
         elif path.suffix == ".h5":
             with ProposalStore(path) as store:
-                store.get_many(range(len(store)))
+                [store.get(k) for k in range(len(store))]
         elif path.suffix == ".json":
             json.loads(path.read_text())
         elif path.suffix == ".jsonl":
@@ -174,7 +174,7 @@ def test_kill_9_during_dump_proposals_then_rerun_gives_the_same_file(reference, 
     lines = _kill_when(args, "wrote props.h5 2", tmp_path / "log.txt", while_dead)
     assert lines == ["wrote props.h5 0", "wrote props.h5 1", "wrote props.h5 2"]
 
-    from frcnn_cli import proposals
+    from frcnn_cli.data import proposal_store as proposals
 
     written, write = [], proposals.ProposalWriter.write
     monkeypatch.setattr(proposals.ProposalWriter, "write",

@@ -78,6 +78,7 @@ def _kill_after_saving(stage, at: int, report: Path) -> None:
 def train_stage(stage, cfg, manifest_path: Path, out: Path, report: Path, options: dict) -> None:
     """``train-rpn`` on this rank; ``options``: StageRequest fields and ``kill_at`` (an iteration)."""
     from frcnn_cli.data.manifest import read_manifest
+    from frcnn_cli.model.checkpoint import read_init
     from frcnn_cli.train.steps import stage_spec
 
     options = {"iters": ITERS, "checkpoint_every": 2, **options}
@@ -85,7 +86,14 @@ def train_stage(stage, cfg, manifest_path: Path, out: Path, report: Path, option
         _kill_after_saving(stage, options.pop("kill_at"), report)
     stage.run_stage(stage.StageRequest(
         cfg=cfg, spec=stage_spec("rpn"), manifest=read_manifest(manifest_path), manifest_path=manifest_path,
-        out=out, init="none", device=torch.device("cpu"), metrics_path=out.parent / "metrics.jsonl", **options))
+        out=out, init=read_init("none"), device=torch.device("cpu"), runtime=_runtime(),
+        metrics_path=out.parent / "metrics.jsonl", **options))
+
+
+def _runtime():
+    from frcnn_cli.config import RuntimeConfig
+
+    return RuntimeConfig(num_workers=0, log_every=1)
 
 
 def train_pipeline(stage, cfg, manifest_path: Path, out: Path, report: Path, options: dict) -> None:
@@ -97,7 +105,7 @@ def train_pipeline(stage, cfg, manifest_path: Path, out: Path, report: Path, opt
     pipeline.dump_proposals = lambda *args, **kwargs: dumps.append(real_dump(*args, **kwargs))
     pipeline.run_pipeline(pipeline.PipelineRequest(
         cfg=cfg, manifest=read_manifest(manifest_path), manifest_path=manifest_path, workdir=out.parent,
-        device=torch.device("cpu"), iters=2, checkpoint_every=1))
+        device=torch.device("cpu"), runtime=_runtime(), iters=2, checkpoint_every=1))
     options["dumps"] = len(dumps)
 
 
@@ -243,7 +251,7 @@ def _dump_as_rank(rank: int, checkpoint, data, out, monkeypatch):
 
 
 def test_dump_proposals_under_torchrun_dumps_on_rank_0_only(tiny_checkpoint, synth_set, tmp_path, monkeypatch):
-    from frcnn_cli.proposals import ProposalStore
+    from frcnn_cli.data.proposal_store import ProposalStore
 
     checkpoint, data, out = tiny_checkpoint(), synth_set[1], tmp_path / "out" / "props.h5"
     other = _dump_as_rank(2, checkpoint, data, out, monkeypatch)

@@ -9,17 +9,19 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import cpu_predictor
 from PIL import Image
 
 from frcnn_cli.cli.main import cli
-from frcnn_cli.config import apply_overrides, get_preset
-from frcnn_cli.data import images as images_module
+from frcnn_cli.config import get_preset
+from frcnn_cli.config_io import apply_overrides
+from frcnn_cli.data import loading as loading_module
+from frcnn_cli.data.images import find_images
 from frcnn_cli.detect import (
     PALETTE,
     detect_images,
     detections_json,
     draw_detections,
-    find_images,
     output_paths,
     save_detections,
 )
@@ -41,6 +43,11 @@ def _model(**roi_head) -> FasterRCNN:
 @pytest.fixture(scope="module")
 def model():
     return _model()
+
+
+@pytest.fixture(scope="module")
+def predictor(model):
+    return cpu_predictor(model)
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +119,9 @@ def _by_name(results):
     return {r["image"].rsplit("/", 1)[-1]: r for r in results}
 
 
-def test_png_grayscale_and_rgba_images_give_detections_in_original_pixels(model, files):
+def test_png_grayscale_and_rgba_images_give_detections_in_original_pixels(predictor, files):
     _, paths = files
-    results = detect_images(model, list(paths.values()), batch_size=2, score_thresh=0.0)
+    results = detect_images(predictor, list(paths.values()), batch_size=2, score_thresh=0.0)
     got = _by_name(results)
     assert [(r["width"], r["height"]) for r in results] == [(64, 48), (50, 40), (50, 40), (60, 45), (60, 45)]
     for r in results:
@@ -137,16 +144,16 @@ def _assert_same(a, b):
     assert torch.allclose(torch.tensor([d["box"] for d in a]), torch.tensor([d["box"] for d in b]), atol=2e-3)
 
 
-def test_score_threshold_and_class_filter_select_detections(model, files):
+def test_score_threshold_and_class_filter_select_detections(predictor, files):
     _, paths = files
-    everything = detect_images(model, [paths["rgb"]], score_thresh=0.0)[0]["detections"]
+    everything = detect_images(predictor, [paths["rgb"]], score_thresh=0.0)[0]["detections"]
     cut = sorted(d["score"] for d in everything)[len(everything) // 2]
-    above = detect_images(model, [paths["rgb"]], score_thresh=cut)[0]["detections"]
+    above = detect_images(predictor, [paths["rgb"]], score_thresh=cut)[0]["detections"]
     assert above == [d for d in everything if d["score"] >= cut]
-    cats = detect_images(model, [paths["rgb"]], score_thresh=0.0, classes_filter=["cat"])[0]["detections"]
+    cats = detect_images(predictor, [paths["rgb"]], score_thresh=0.0, classes_filter=["cat"])[0]["detections"]
     assert cats == [d for d in everything if d["label"] == "cat"] and cats
     with pytest.raises(ConfigError, match="'bird'.*cat, dog"):
-        detect_images(model, [paths["rgb"]], classes_filter=["bird"])
+        detect_images(predictor, [paths["rgb"]], classes_filter=["bird"])
 
 
 def test_a_threshold_below_the_models_own_shows_low_scores_and_leaves_the_config(files):
@@ -155,10 +162,11 @@ def test_a_threshold_below_the_models_own_shows_low_scores_and_leaves_the_config
         low.roi_head.cls_score.weight.zero_()
         low.roi_head.cls_score.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
     _, paths = files
-    assert detect_images(low, [paths["rgb"]], score_thresh=0.05)[0]["detections"] == []
-    dets = detect_images(low, [paths["rgb"]], score_thresh=0.0)[0]["detections"]
+    predictor = cpu_predictor(low)
+    assert detect_images(predictor, [paths["rgb"]], score_thresh=0.05)[0]["detections"] == []
+    dets = detect_images(predictor, [paths["rgb"]], score_thresh=0.0)[0]["detections"]
     assert dets and all(d["score"] == pytest.approx(0.006648, abs=2e-6) for d in dets)
-    assert low.cfg.roi_head.score_thresh == 0.05
+    assert low.cfg.roi_head.score_thresh == 0.05 and predictor.settings.detections.score_thresh == 0.05
 
 
 def _blocks(path, height, width, seed, mode="RGB"):
@@ -179,12 +187,13 @@ def test_loader_workers_give_byte_identical_output(tmp_path, monkeypatch):
              _blocks(tmp_path / "in" / "small.png", 48, 64, 1), _blocks(tmp_path / "in" / "grey.png", 90, 70, 2, "L"),
              _blocks(tmp_path / "in" / "wide.bmp", 60, 500, 3), _blocks(tmp_path / "in" / "tall.png", 300, 130, 4)]
     workers = []
-    loader = images_module.failsafe_loader
-    monkeypatch.setattr(images_module, "failsafe_loader",
+    loader = loading_module.failsafe_loader
+    monkeypatch.setattr(loading_module, "failsafe_loader",
                         lambda *a, **kw: workers.append(kw["num_workers"]) or loader(*a, **kw))
     outputs = []
     for n in (0, 1):
-        results = detect_images(model, paths, batch_size=2, score_thresh=0.0, num_workers=n)
+        predictor = cpu_predictor(model, runtime=(f"runtime.num_workers={n}",))
+        results = detect_images(predictor, paths, batch_size=2, score_thresh=0.0)
         save_detections(results, tmp_path / f"out{n}", classes=CLASSES)
         files = sorted(p for p in (tmp_path / f"out{n}").rglob("*") if p.is_file())
         outputs.append((detections_json(results), {p.name: p.read_bytes() for p in files}))

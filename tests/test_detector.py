@@ -11,6 +11,8 @@ import torch
 from frcnn_cli.config import get_preset
 from frcnn_cli.errors import ConfigError
 from frcnn_cli.model.detector import FasterRCNN, Targets
+from frcnn_cli.model.postprocess import DetectionSettings
+from frcnn_cli.model.rpn import ProposalSettings, RPNProposer
 
 CLASSES = ["cat", "dog"]
 SIZES = torch.tensor([[96, 128], [80, 112]])
@@ -23,6 +25,14 @@ def _tiny(**roi_head):
     if roi_head:
         cfg = replace(cfg, roi_head=replace(cfg.roi_head, **roi_head))
     return FasterRCNN(cfg, CLASSES)
+
+
+def _proposer(model, mode="test"):
+    return RPNProposer(ProposalSettings.from_config(model.cfg.rpn, mode))
+
+
+def _rules(model):
+    return DetectionSettings.from_config(model.cfg.roi_head)
 
 
 def _images(n=2, height=96, width=128):
@@ -59,8 +69,8 @@ def test_every_preset_builds_and_detects_on_a_small_image(name):
     torch.manual_seed(0)
     model = FasterRCNN(get_preset(name), CLASSES).eval()
     with torch.no_grad():
-        out = model(_images(1, 64, 80), torch.tensor([[64, 80]]), torch.tensor([1.0]))
-        dets = model.detect(out, torch.tensor([[64, 80]]), torch.tensor([1.0]))
+        out = model(_images(1, 64, 80), torch.tensor([[64, 80]]), torch.tensor([1.0]), proposer=_proposer(model))
+        dets = model.detect(out, torch.tensor([[64, 80]]), torch.tensor([1.0]), settings=_rules(model))
     grid = (5, 6) if name == "zf" else (4, 5)
     assert tuple(out.features.shape[-2:]) == grid
     assert tuple(out.anchors.shape) == (grid[0] * grid[1] * 9, 4)
@@ -72,18 +82,28 @@ def test_every_preset_builds_and_detects_on_a_small_image(name):
 
 
 def test_proposal_settings_pick_the_config_top_n_values():
-    model = FasterRCNN(get_preset("tiny"), CLASSES)
-    assert model.proposal_settings("train") == (2000, 300)
-    assert model.proposal_settings("test") == (1000, 100)
-    assert model.proposal_settings("dump") == (0, 300)
-    with pytest.raises(ValueError, match="proposal_mode"):
-        model.proposal_settings("val")
+    rpn = get_preset("tiny").rpn
+    assert ProposalSettings.from_config(rpn, "train") == ProposalSettings(2000, 300, 0.7, 4.0)
+    assert ProposalSettings.from_config(rpn, "test") == ProposalSettings(1000, 100, 0.7, 4.0)
+    assert ProposalSettings.from_config(rpn, "dump") == ProposalSettings(0, 300, 0.7, 4.0)
+    with pytest.raises(ValueError, match="mode"):
+        ProposalSettings.from_config(rpn, "val")
+
+
+def test_the_model_makes_no_proposals_unless_given_a_proposer():
+    model = _tiny().eval()
+    with torch.no_grad():
+        out = model(_images(), SIZES, SCALES, run_roi_head=False)
+        fewer = model(_images(), SIZES, SCALES, run_roi_head=False,
+                      proposer=RPNProposer(ProposalSettings(1000, 7, 0.7, 4.0)))
+    assert out.proposals is None and out.rpn_cls_logits is not None
+    assert [len(p) for p in fewer.proposals] == [7, 7]
 
 
 def test_rpn_only_forward_gives_only_rpn_losses_ln2_with_zero_logits():
     model = _tiny().train()
     _zero(model.rpn.cls_logits)
-    out = model(_images(), SIZES, SCALES, targets=_targets(), run_roi_head=False, proposal_mode=None)
+    out = model(_images(), SIZES, SCALES, targets=_targets(), run_roi_head=False)
     assert out.proposals is None and out.rois is None and out.class_logits is None
     losses = model.losses(out, _targets(), SIZES)
     assert set(losses) == {"loss_rpn_cls", "loss_rpn_box"}
@@ -110,7 +130,7 @@ def test_detector_losses_with_zero_predictors_are_ln3_and_the_smooth_l1_of_the_t
 
 def test_joint_forward_trains_all_parts_from_four_losses():
     model = _tiny().train()
-    out = model(_images(), SIZES, SCALES, targets=_targets(), proposal_mode="train")
+    out = model(_images(), SIZES, SCALES, targets=_targets(), proposer=_proposer(model, "train"))
     assert all(p.shape[0] <= 300 for p in out.proposals)
     assert out.rois.shape[0] <= 2 * 64 and out.roi_labels.shape[0] == out.rois.shape[0]
     losses = model.losses(out, _targets(), SIZES)
@@ -124,7 +144,7 @@ def test_joint_forward_trains_all_parts_from_four_losses():
 def test_rpn_proposals_are_clipped_sorted_capped_and_at_least_min_size():
     model = _tiny().eval()
     with torch.no_grad():
-        out = model(_images(), SIZES, SCALES, run_roi_head=False)
+        out = model(_images(), SIZES, SCALES, run_roi_head=False, proposer=_proposer(model))
     for boxes, scores, (h, w), scale in zip(out.proposals, out.proposal_scores, SIZES.tolist(), SCALES):
         assert 0 < boxes.shape[0] <= 100
         assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
@@ -162,10 +182,10 @@ def test_sampled_rois_are_proposals_or_gt_of_their_image():
 def test_validation_forward_gives_losses_and_the_test_time_detections():
     model = _tiny(detections_per_image=0).eval()
     with torch.no_grad():
-        val = model(_images(), SIZES, SCALES, targets=_targets(), sample_rois=False)
-        test = model(_images(), SIZES, SCALES)
-        val_dets = model.detect(val, SIZES, SCALES)
-        test_dets = model.detect(test, SIZES, SCALES)
+        val = model(_images(), SIZES, SCALES, targets=_targets(), sample_rois=False, proposer=_proposer(model))
+        test = model(_images(), SIZES, SCALES, proposer=_proposer(model))
+        val_dets = model.detect(val, SIZES, SCALES, settings=_rules(model))
+        test_dets = model.detect(test, SIZES, SCALES, settings=_rules(model))
     # no gt added, nothing sampled: the RoIs are exactly the test-time proposals, labelled
     assert val.rois.shape[0] == test.rois.shape[0] == sum(p.shape[0] for p in test.proposals)
     assert torch.equal(val.rois[:, 0], test.rois[:, 0])
@@ -182,8 +202,8 @@ def test_detections_are_in_original_image_pixels():
     model = _tiny().eval()
     scales = torch.tensor([0.5, 0.25])
     with torch.no_grad():
-        out = model(_images(), SIZES, scales)
-        dets = model.detect(out, SIZES, scales)
+        out = model(_images(), SIZES, scales, proposer=_proposer(model))
+        dets = model.detect(out, SIZES, scales, settings=_rules(model))
     for det, (h, w), s in zip(dets, SIZES.tolist(), scales.tolist()):
         assert (det["boxes"][:, 2] <= w / s).all() and (det["boxes"][:, 3] <= h / s).all()
         assert det["boxes"][:, 2].max() > w  # scaled back up, not left in scaled pixels
@@ -198,7 +218,7 @@ def test_images_without_proposals_give_empty_detections_and_finite_losses():
     assert tuple(out.class_logits.shape) == (0, 3)
     losses = model.losses(out, no_gt, SIZES)
     assert all(torch.isfinite(v) and v.item() == 0.0 for v in losses.values())
-    dets = model.eval().detect(out, SIZES, SCALES)
+    dets = model.eval().detect(out, SIZES, SCALES, settings=_rules(model))
     assert [d["boxes"].shape[0] for d in dets] == [0, 0]
 
 
@@ -212,7 +232,7 @@ def test_a_frozen_part_is_bit_identical_after_an_sgd_step_and_the_others_change(
     model.freeze("backbone")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    out = model(_images(), SIZES, SCALES, targets=_targets(), proposal_mode="train")
+    out = model(_images(), SIZES, SCALES, targets=_targets(), proposer=_proposer(model, "train"))
     sum(model.losses(out, _targets(), SIZES).values()).backward()
     opt.step()
     after = model.state_dict()
@@ -232,7 +252,7 @@ def test_freeze_by_prefix_and_unknown_names():
     assert frozen == {"roi_head.head_top.fc6.weight", "roi_head.head_top.fc6.bias",
                       "roi_head.head_top.fc7.weight", "roi_head.head_top.fc7.bias",
                       "rpn.conv.weight", "rpn.conv.bias"}
-    assert len(model.trainable_parameters()) == len(list(model.parameters())) - 6
+    assert sum(p.requires_grad for p in model.parameters()) == len(list(model.parameters())) - 6
     with pytest.raises(ValueError, match="roi_heads"):
         model.freeze("roi_heads")
 
@@ -252,10 +272,10 @@ def test_resnet_paper_freezing_keeps_conv1_layer1_and_batchnorm_fixed_through_sg
     model = FasterRCNN(cfg, CLASSES).train()
     model.apply_paper_freezing()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9, weight_decay=5e-4)
     targets = Targets([torch.tensor([[5.0, 5.0, 60.0, 50.0]])], [torch.tensor([1])])
     sizes = torch.tensor([[64, 80]])
-    out = model(_images(1, 64, 80), sizes, torch.tensor([1.0]), targets=targets, proposal_mode="train")
+    out = model(_images(1, 64, 80), sizes, torch.tensor([1.0]), targets=targets, proposer=_proposer(model, "train"))
     sum(model.losses(out, targets, sizes).values()).backward()
     opt.step()
     after = model.state_dict()

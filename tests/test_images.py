@@ -13,17 +13,15 @@ from frcnn_cli.data.images import (
     DetectionDataset,
     ImageBatch,
     ImageFilesDataset,
-    ResumableBatchSampler,
     batch_from_images,
     collate,
     compute_scale,
-    inference_loader,
     load_image,
-    make_loader,
     normalize,
     resized_size,
     scale_and_flip_proposals,
 )
+from frcnn_cli.data.loading import ResumableBatchSampler, inference_loader, make_loader
 from frcnn_cli.data.manifest import ImageRecord, Manifest
 from frcnn_cli.data.targets import Targets
 from frcnn_cli.errors import DataError

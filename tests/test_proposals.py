@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from frcnn_cli.data.manifest import ImageRecord, Manifest, manifest_hash
+from frcnn_cli.data.proposal_store import ProposalStore, ProposalWriter, bytes_per_proposal
 from frcnn_cli.errors import ProposalStoreError
-from frcnn_cli.proposals import ProposalStore, ProposalWriter, bytes_per_proposal
 
 IDS = ["000001", "sub/dir/000002", "é 3", "000004", "000005"]
 ATTRS = {"checkpoint_hash": "c" * 64, "nms_thresh": 0.7, "pre_nms_top_n": 0, "post_nms_top_n": 2000,
@@ -86,7 +86,7 @@ def test_every_image_is_stored_sorted_by_score_with_its_attributes(store_path):
 def test_get_by_id_get_many_and_unknown_images(store_path):
     store = ProposalStore(store_path)
     assert torch.equal(store.get("é 3")[0], store.get(2)[0])
-    assert [b.shape[0] for b, _ in store.get_many([4, "sub/dir/000002"])] == [12, 3]
+    assert [b.shape[0] for b, _ in [store.get(k) for k in (4, "sub/dir/000002")]] == [12, 3]
     with pytest.raises(ProposalStoreError, match=r"props\.h5 has no image 'nope'"):
         store.get("nope")
     with pytest.raises(ProposalStoreError, match="image index 5 .it has 5 images"):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from frcnn_cli.data.manifest import ImageRecord, Manifest, manifest_hash
+from frcnn_cli.data.proposal_store import ProposalStore, ProposalWriter
 from frcnn_cli.evaluate.recall import proposal_recall
-from frcnn_cli.proposals import ProposalStore, ProposalWriter
 
 
 def _rec(image_id, boxes, difficult=None):

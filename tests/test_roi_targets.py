@@ -10,7 +10,8 @@ import torch
 
 from frcnn_cli.config import RoIHeadConfig
 from frcnn_cli.model import roi_targets
-from frcnn_cli.model.roi_targets import fast_rcnn_losses, label_and_sample_rois
+from frcnn_cli.model.losses import fast_rcnn_losses
+from frcnn_cli.model.roi_targets import label_and_sample_rois
 
 CFG = RoIHeadConfig()  # 64 RoIs per image, 16 fg, fg >= 0.5, bg [0, 0.5), stds (0.1, 0.1, 0.2, 0.2)
 GT = torch.tensor([[0.0, 0.0, 100.0, 100.0]])

@@ -7,11 +7,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import inside_mask, rpn_losses_of
 
 from frcnn_cli.boxes import box_iou
 from frcnn_cli.config import RPNConfig
-from frcnn_cli.model.anchors import AnchorGrid, inside_mask
-from frcnn_cli.model.rpn_targets import label_anchors, rpn_losses, sample_labels
+from frcnn_cli.model.anchors import AnchorGrid
+from frcnn_cli.model.rpn_targets import label_anchors, sample_labels
 
 PLUS_ONE = torch.tensor([0.0, 0.0, 1.0, 1.0])
 
@@ -146,7 +147,7 @@ def _hand_inputs(objectness="softmax", n=1):
 
 def test_rpn_loss_of_a_hand_computed_case():
     logits, deltas = _hand_inputs()
-    losses = rpn_losses(logits, deltas, HAND_ANCHORS, [HAND_GT], torch.tensor([[200, 200]]), cfg=RPNConfig())
+    losses = rpn_losses_of(logits, deltas, HAND_ANCHORS, [HAND_GT], torch.tensor([[200, 200]]), cfg=RPNConfig())
     assert set(losses) == {"loss_rpn_cls", "loss_rpn_box"}
     assert losses["loss_rpn_cls"].item() == pytest.approx((CE_0 + CE_1) / 2, rel=1e-6)
     assert losses["loss_rpn_box"].item() == pytest.approx(BOX_0 / 2, rel=1e-6)
@@ -160,7 +161,7 @@ def test_rpn_loss_of_a_hand_computed_case():
 def test_rpn_loss_with_sigmoid_objectness_and_box_weight():
     logits, deltas = _hand_inputs("sigmoid")
     cfg = RPNConfig(objectness="sigmoid", box_loss_weight=2.0)
-    losses = rpn_losses(logits, deltas, HAND_ANCHORS, [HAND_GT], torch.tensor([[200, 200]]), cfg=cfg)
+    losses = rpn_losses_of(logits, deltas, HAND_ANCHORS, [HAND_GT], torch.tensor([[200, 200]]), cfg=cfg)
     assert losses["loss_rpn_cls"].item() == pytest.approx((CE_0 + CE_1) / 2, rel=1e-6)
     assert losses["loss_rpn_box"].item() == pytest.approx(2.0 * BOX_0 / 2, rel=1e-6)
 
@@ -168,7 +169,7 @@ def test_rpn_loss_with_sigmoid_objectness_and_box_weight():
 def test_rpn_loss_normalises_by_the_sampled_anchors_of_the_whole_batch():
     # image 2 has no objects: its 3 anchors are negatives (5 sampled in all) and add no box loss
     logits, deltas = _hand_inputs(n=2)
-    losses = rpn_losses(logits, deltas, HAND_ANCHORS, [HAND_GT, torch.zeros(0, 4)],
+    losses = rpn_losses_of(logits, deltas, HAND_ANCHORS, [HAND_GT, torch.zeros(0, 4)],
                         torch.tensor([[200, 200], [200, 200]]), cfg=RPNConfig())
     ce_neg = [math.log(1 + math.exp(a - b)) for b, a in HAND_LOGITS]  # -log softmax(.)[0]
     assert losses["loss_rpn_cls"].item() == pytest.approx((CE_0 + CE_1 + sum(ce_neg)) / 5, rel=1e-6)
@@ -177,7 +178,7 @@ def test_rpn_loss_normalises_by_the_sampled_anchors_of_the_whole_batch():
 
 def test_an_image_without_objects_gives_exactly_zero_box_loss_with_a_gradient():
     logits, deltas = _hand_inputs()
-    losses = rpn_losses(logits, deltas, HAND_ANCHORS, [torch.zeros(0, 4)], torch.tensor([[200, 200]]),
+    losses = rpn_losses_of(logits, deltas, HAND_ANCHORS, [torch.zeros(0, 4)], torch.tensor([[200, 200]]),
                         cfg=RPNConfig())
     assert losses["loss_rpn_box"].item() == 0.0
     assert losses["loss_rpn_box"].requires_grad
@@ -191,7 +192,7 @@ def test_cross_boundary_anchors_never_reach_the_loss():
     gt = torch.tensor([[-1.0, 0.0, 17.0, 16.0], [1.0, 0.0, 17.0, 16.0]])
     logits = torch.zeros(1, 4, 2, requires_grad=True)
     deltas = torch.ones(1, 4, 4, requires_grad=True)
-    losses = rpn_losses(logits, deltas, anchors, [gt], torch.tensor([[200, 200]]), cfg=RPNConfig())
+    losses = rpn_losses_of(logits, deltas, anchors, [gt], torch.tensor([[200, 200]]), cfg=RPNConfig())
     (losses["loss_rpn_cls"] + losses["loss_rpn_box"]).backward()
     assert logits.grad[0, 3].abs().sum().item() == 0.0 and deltas.grad[0, 3].abs().sum().item() == 0.0
     assert logits.grad[0, 0].abs().sum().item() > 0.0
@@ -208,8 +209,8 @@ def test_paper_normalisation_divides_cls_by_256_and_box_by_locations_over_lambda
     labels, _ = label_anchors(anchors, gt[0], (600, 800), ignore_cross_boundary=False)
     num_sampled = int((labels >= 0).sum())
     assert 0 < int((labels == 1).sum()) and num_sampled <= 54  # no subsampling: results are deterministic
-    sampled = rpn_losses(logits, deltas, anchors, gt, sizes, cfg=cfg)
-    paper = rpn_losses(logits, deltas, anchors, gt, sizes, cfg=replace(cfg, loss_normalization="paper"))
+    sampled = rpn_losses_of(logits, deltas, anchors, gt, sizes, cfg=cfg)
+    paper = rpn_losses_of(logits, deltas, anchors, gt, sizes, cfg=replace(cfg, loss_normalization="paper"))
     assert paper["loss_rpn_cls"].item() == pytest.approx(sampled["loss_rpn_cls"].item() * num_sampled / 256)
     box_sum = sampled["loss_rpn_box"].item() * num_sampled
     assert paper["loss_rpn_box"].item() == pytest.approx(box_sum * 10 / 6)

@@ -14,18 +14,17 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import inside_mask, rpn_losses_of
 
 from frcnn_cli.boxes import BoxCoder, box_iou
 from frcnn_cli.config import RPNConfig
-from frcnn_cli.model.anchors import AnchorGrid, inside_mask
+from frcnn_cli.model.anchors import AnchorGrid
 from frcnn_cli.model.losses import smooth_l1
 from frcnn_cli.model.rpn_targets import (
-    _anchors_per_cell,
-    _targets,
+    anchor_targets,
     label_anchors,
     label_anchors_batch,
     pad_gt_boxes,
-    rpn_losses,
     sample_labels,
 )
 
@@ -163,7 +162,7 @@ def test_targets_are_the_reference_labels_sampled_with_deltas_of_the_matched_gt(
     anchors, gt, sizes = _vgg_batch()
     cfg = RPNConfig()
     torch.manual_seed(0)
-    labels, targets = _targets(anchors, gt, sizes, cfg)
+    labels, targets = anchor_targets(anchors, gt, sizes, cfg=cfg)
     coder = BoxCoder()
     many_positives = False
     for i, (g, (h, w)) in enumerate(zip(gt, sizes.tolist())):
@@ -206,15 +205,9 @@ def test_masked_losses_equal_the_indexed_losses(objectness, normalization):
     logits = torch.randn(3, anchors.shape[0], 2 if objectness == "softmax" else 1)
     deltas = torch.randn(3, anchors.shape[0], 4) * 0.5
     torch.manual_seed(7)
-    labels, targets = _targets(anchors, gt, sizes, cfg)
+    labels, targets = anchor_targets(anchors, gt, sizes, cfg=cfg)
     torch.manual_seed(7)  # the same draw inside rpn_losses
-    losses = rpn_losses(logits, deltas, anchors, gt, sizes, cfg=cfg)
+    losses = rpn_losses_of(logits, deltas, anchors, gt, sizes, cfg=cfg)
     cls, box = _reference_losses(logits, deltas, labels, targets, cfg, locations=20 * 26)
     assert losses["loss_rpn_cls"].item() == pytest.approx(cls.item(), rel=1e-6)
     assert losses["loss_rpn_box"].item() == pytest.approx(1.5 * box.item(), rel=1e-6)
-
-
-def test_anchors_per_cell_is_read_off_the_grid_as_a_tensor():
-    grid = AnchorGrid(base_size=16, ratios=(0.5, 1, 2), scales=(8, 16), stride=16)
-    assert int(_anchors_per_cell(grid.grid(3, 4, "cpu"))) == 6
-    assert int(_anchors_per_cell(grid.grid(1, 1, "cpu"))) == 6  # a single cell: all M anchors

@@ -9,7 +9,12 @@ from torch import nn
 from frcnn_cli.config import get_preset
 from frcnn_cli.errors import ConfigError
 from frcnn_cli.model.detector import FasterRCNN
-from frcnn_cli.model.svd import SVDLinear, compress_fc_svd, factorize_linear, linear_macs
+from frcnn_cli.model.svd import SVDLinear, compress_fc_svd, factorize_linear
+
+
+def linear_macs(module) -> int:
+    """Multiply-adds per input row of every ``nn.Linear`` inside ``module`` (``I·O`` each)."""
+    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, torch.nn.Linear))
 
 
 def _layer_with_singular_values(values, out_features=6, in_features=8, seed=0) -> nn.Linear:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import rpn_losses_of
 from torch.overrides import TorchFunctionMode
 
 from frcnn_cli.config import RoIHeadConfig, RPNConfig
 from frcnn_cli.model.anchors import AnchorGrid
 from frcnn_cli.model.roi_targets import label_and_sample_rois
 from frcnn_cli.model.rpn import _split_by_image, select_proposals
-from frcnn_cli.model.rpn_targets import rpn_losses
 
 _READ_BACK = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "argwhere",
               "masked_select", "unique", "unique_consecutive", "bincount", "cpu", "numpy", "equal", "allclose",
@@ -71,9 +71,9 @@ def _rpn_loss_inputs(objectness: str):
 def test_rpn_losses_make_no_host_sync(objectness, normalization):
     cfg = RPNConfig(objectness=objectness, loss_normalization=normalization)
     inputs = _rpn_loss_inputs(objectness)
-    rpn_losses(*inputs, cfg=cfg)  # warm-up: the box coder's constants are made once per device
+    rpn_losses_of(*inputs, cfg=cfg)  # warm-up: the box coder's constants are made once per device
     with SyncRecorder() as recorder:
-        losses = rpn_losses(*inputs, cfg=cfg)
+        losses = rpn_losses_of(*inputs, cfg=cfg)
     assert recorder.syncs == []
     (losses["loss_rpn_cls"] + losses["loss_rpn_box"]).backward()
 
@@ -110,11 +110,11 @@ def test_rpn_losses_on_cuda_pass_the_sync_debug_mode():
     cfg = RPNConfig()
     logits, deltas, anchors, gt, sizes = (x.cuda() if isinstance(x, torch.Tensor) else [g.cuda() for g in x]
                                           for x in _rpn_loss_inputs("softmax"))
-    rpn_losses(logits, deltas, anchors, gt, sizes, cfg=cfg)
+    rpn_losses_of(logits, deltas, anchors, gt, sizes, cfg=cfg)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        losses = rpn_losses(logits, deltas, anchors, gt, sizes, cfg=cfg)
+        losses = rpn_losses_of(logits, deltas, anchors, gt, sizes, cfg=cfg)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(losses["loss_rpn_cls"]).item()

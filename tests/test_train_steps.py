@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from frcnn_cli.boxes import box_iou
-from frcnn_cli.config import config_from_dict
+from frcnn_cli.config_io import config_from_dict
 from frcnn_cli.data.images import ImageBatch
 from frcnn_cli.data.manifest import manifest_hash, read_manifest
+from frcnn_cli.data.proposal_store import ProposalStore
 from frcnn_cli.data.synthetic import CLASSES
 from frcnn_cli.model.checkpoint import file_sha256, read_checkpoint
-from frcnn_cli.proposals import ProposalStore
 from frcnn_cli.train.batching import proposal_source
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import cpu_predictor, tiny_config
 from torch import nn
 
 from frcnn_cli.data.voc import VOC_CLASSES
-from frcnn_cli.inference import prepare_model
 from frcnn_cli.model import winograd
 from frcnn_cli.model.backbones import build_backbone
 from frcnn_cli.model.detector import FasterRCNN
@@ -117,33 +116,34 @@ def test_vgg16_gets_winograd_from_conv2_2_on():
     assert replaced == [f"features.{i}" for i in (7, 10, 12, 14, 17, 19, 21, 24, 26, 28)]
 
 
-def test_prepare_model_follows_the_config_switch():
-    on = FasterRCNN(tiny_config(), list(VOC_CLASSES))
-    off = FasterRCNN(tiny_config("solver.cpu_winograd=false"), list(VOC_CLASSES))
-    assert prepare_model(on, CPU).winograd_layers == ["backbone.conv5", "rpn.conv"]
-    assert prepare_model(off, CPU).winograd_layers == []
-    assert type(off.backbone.conv5) is nn.Conv2d
+def test_the_predictor_follows_the_runtime_switch():
+    model = FasterRCNN(tiny_config(), list(VOC_CLASSES))
+    assert cpu_predictor(model).winograd_layers == ["backbone.conv5", "rpn.conv"]
+    off = cpu_predictor(model, runtime=("runtime.cpu_winograd=false",))
+    assert off.winograd_layers == [] and type(off.model.backbone.conv5) is nn.Conv2d
 
 
 def test_detections_with_and_without_winograd_agree(monkeypatch):
     # the tiny model at the paper's test scale: conv5 and the RPN conv run on a 38x50 map as Winograd
     size = ("input.test_scale=600", "input.max_size=1000")
     torch.manual_seed(0)
-    direct = FasterRCNN(tiny_config(*size, "solver.cpu_winograd=false"), list(VOC_CLASSES))
-    fast = FasterRCNN(tiny_config(*size), list(VOC_CLASSES))
-    fast.load_state_dict(direct.state_dict())
-    assert prepare_model(direct, CPU).winograd_layers == []
-    assert prepare_model(fast, CPU).winograd_layers == ["backbone.conv5", "rpn.conv"]
+    model = FasterRCNN(tiny_config(*size), list(VOC_CLASSES))
+    direct_predictor = cpu_predictor(model, runtime=("runtime.cpu_winograd=false",))
+    fast_predictor = cpu_predictor(model)
+    assert direct_predictor.winograd_layers == []
+    assert fast_predictor.winograd_layers == ["backbone.conv5", "rpn.conv"]
+    direct, fast = direct_predictor.model, fast_predictor.model
+    proposer, rules = fast_predictor.settings.proposer, fast_predictor.settings.detections
     calls = []
     real = winograd.winograd_conv3x3
     monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *a: calls.append(a[0].shape) or real(*a))
     x = torch.rand(1, 3, 600, 800).contiguous(memory_format=torch.channels_last)
     sizes, scales, originals = torch.tensor([[600, 800]]), torch.tensor([1.6]), torch.tensor([[375, 500]])
     with torch.inference_mode():
-        a = direct(x, sizes, scales, proposal_mode="test")
-        b = fast(x, sizes, scales, proposal_mode="test")
-        det_a = direct.detect(a, sizes, scales, originals)[0]
-        det_b = fast.detect(b, sizes, scales, originals)[0]
+        a = direct(x, sizes, scales, proposer=proposer)
+        b = fast(x, sizes, scales, proposer=proposer)
+        det_a = direct.detect(a, sizes, scales, originals, settings=rules)[0]
+        det_b = fast.detect(b, sizes, scales, originals, settings=rules)[0]
     assert a.features.shape[-2:] == (38, 50) and len(calls) == 2  # conv5 and the RPN conv, fast path
     assert float((a.features - b.features).abs().max()) < 1e-4 * float(a.features.abs().max())
     assert torch.equal(a.rois[:, 0], b.rois[:, 0]) and a.rois.shape == b.rois.shape

@@ -7,31 +7,32 @@ from pathlib import Path
 
 import click
 
-from ..config import apply_overrides, resolve_config
 from ..data.voc import VOC_CLASSES
 from ..devices import resolve_device
 from ..errors import ConfigError
 from . import console
-from .options import apply_checkpoint_overrides, check_checkpoint_overrides, positive_int
+from .options import PRESET_HELP, check_checkpoint_overrides, load_cli_config, load_predictor, positive_int
 
 # Faster R-CNN, Table 4 (K40 GPU, ms per image): shared convs, proposals, region-wise, total, fps
 PAPER_TABLE4 = {"vgg16": (141, 10, 47, 198, 5), "zf": (31, 3, 25, 59, 17)}
-def _build_model(model_path: Path | None, config: str | None, set_: tuple[str, ...]):
-    """The model to time and whether its weights are random."""
+def _build_predictor(model_path: Path | None, config: str | None, set_: tuple[str, ...], device, threads):
+    """The prepared model to time and whether its weights are random."""
+
+    from ..devices import process_settings
+    from ..inference import InferenceSettings, Predictor
     from ..model.detector import FasterRCNN
 
     if (model_path is None) == (config is None):
         raise ConfigError("give exactly one of --model CKPT (a trained model) or --config PRESET (random "
                           "weights, speed only), e.g. frcnn bench --config vgg16")
+    extra = () if threads is None else (f"runtime.threads={threads}",)
     if model_path is not None:
-        from ..model.checkpoint import load_model
-
         check_checkpoint_overrides(set_, model_path, advice="drop it, or benchmark a --config preset instead")
-        model, _ = load_model(model_path)
-        apply_checkpoint_overrides(model, set_)
-        return model, False
-    cfg = apply_overrides(resolve_config(config), list(set_))
-    return FasterRCNN(cfg, list(VOC_CLASSES)), True
+        return load_predictor(model_path, (*set_, *extra), device, require=("rpn", "roi_head")), False
+    cfg, runtime = load_cli_config(config, (*set_, *extra), None)
+    process_settings(device, runtime, autotune=True)
+    model = FasterRCNN(cfg, list(VOC_CLASSES))
+    return Predictor(model, device, InferenceSettings.from_config(cfg), runtime, owned=True), True
 
 
 def _fmt(ms: float) -> str:
@@ -71,9 +72,10 @@ def _show(result, backbone: str, random_weights: bool) -> None:
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A trained checkpoint.")
 @click.option("--config", default=None, metavar="PRESET|FILE",
-              help="A preset (vgg16, zf, resnet50, resnet101, tiny) or .toml file: random weights, speed only.")
+              help=f"Random weights, speed only: {PRESET_HELP}")
 @click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
-              help="Override a setting, e.g. --set roi_head.fc_svd_rank=1024 (repeatable).")
+              help="Override a setting, e.g. --set roi_head.fc_svd_rank=1024 or runtime.cpu_winograd=false "
+                   "(repeatable; on --model only test-time and runtime keys).")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
 @click.option("--batch-size", type=positive_int, default=1, show_default=True, help="Images per forward.")
 @click.option("--runs", type=positive_int, default=10, show_default=True, help="Timed runs (median).")
@@ -83,16 +85,12 @@ def _show(result, backbone: str, random_weights: bool) -> None:
 def bench(images, model_path, config, set_, device, batch_size, runs, warmup, threads, as_json):
     """Milliseconds per image of the shared convs, the proposal stage and the region-wise stage (the
     paper's Table 4), images/s and peak memory. Without IMAGE|DIR a synthetic 500x375 image is timed."""
-    import torch
-
     from ..bench import load_images, run_benchmark
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    model, random_weights = _build_model(model_path, config, set_)
     dev = resolve_device(device)
+    predictor, random_weights = _build_predictor(model_path, config, set_, dev, threads)
     decoded = load_images(images) if images else None
-    result = run_benchmark(model, decoded, device=dev, batch_size=batch_size, runs=runs, warmup=warmup)
-    _show(result, model.cfg.backbone, random_weights)
+    result = run_benchmark(predictor, decoded, batch_size=batch_size, runs=runs, warmup=warmup)
+    _show(result, predictor.model.cfg.backbone, random_weights)
     if as_json:
         click.echo(json.dumps(result.to_json()))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 
 from rich.console import Console, RenderableType
 from rich.measure import Measurement
@@ -29,9 +28,13 @@ def warn(message: str) -> None:
 
 
 class ProgressReporter:
-    """A rich bar on a terminal, plain lines every ``every`` steps otherwise; ``update(done, text)``."""
+    """A rich bar on a terminal, plain lines every ``every`` steps otherwise (none when ``quiet``).
 
-    def __init__(self, description: str, total: int, *, every: int = 10, quiet: bool = False) -> None:
+    Called as ``reporter(done, total)`` it is the library's ``callbacks.Progress`` (the bar starts at the
+    first call, when the total is known); ``update(done, text)`` adds a text (training losses).
+    """
+
+    def __init__(self, description: str, total: int | None = None, *, every: int = 10, quiet: bool = False) -> None:
         self.description = description
         self.total = total
         self.every = max(1, every)
@@ -39,9 +42,14 @@ class ProgressReporter:
         self.start = time.perf_counter()
         self._progress: Progress | None = None
         self._task = None
+        self._entered = False
 
     def __enter__(self) -> ProgressReporter:
-        if not self.quiet and err_console.is_terminal:
+        self._entered = True
+        return self
+
+    def _start_bar(self) -> None:
+        if self._progress is None and not self.quiet and err_console.is_terminal:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[text]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -49,23 +57,29 @@ class ProgressReporter:
             )
             self._progress.__enter__()
             self._task = self._progress.add_task(self.description, total=self.total, text="")
-        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if total != self.total:
+            self.total = total
+            if self._progress is not None:
+                self._progress.update(self._task, total=total)
+        self.update(done)
 
     def update(self, done: int, text: str = "") -> None:
         if self.quiet:
             return
+        self._start_bar()
         if self._progress is not None:
             self._progress.update(self._task, completed=done, text=text)
         elif done % self.every == 0 or done == self.total:
             elapsed = time.perf_counter() - self.start
-            print(f"{self.description} {done}/{self.total} {text} [{elapsed:.0f}s]", file=sys.stderr, flush=True)
+            total = "?" if self.total is None else self.total
+            print(f"{self.description} {done}/{total} {text} [{elapsed:.0f}s]", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc)
-
-    def callback(self) -> Callable[[int, str], None]:
-        return self.update
+            self._progress = None
 
 
 def _writes_to_terminal() -> bool:

@@ -91,12 +91,18 @@ def demo(workdir, device, n_train, n_test, seed, threads, iters) -> None:
     Ends with WORKDIR/summary.json ({"map", "seconds", "ap", "pictures", …}), whose path is printed.
     About 6 minutes on a 2-core CPU; rerunning the same command continues an interrupted demo.
     """
+    from dataclasses import replace
+
+    from ..config import runtime_defaults
+    from ..demo import PRESET, default_threads, run_demo
+    from ..devices import process_settings
+
     dev = resolve_device(device)
+    runtime = replace(runtime_defaults(PRESET), threads=threads or default_threads())
+    process_settings(dev, runtime)
     console.info(f"frcnn demo in {workdir} on {dev}: {n_train} training and {n_test} test images")
     reporter = _Reporter()
-    from ..demo import run_demo
-
     summary = run_demo(workdir, device=dev, n_train=n_train, n_test=n_test, iters=iters, seed=seed,
-                       threads=threads, on_log=reporter.on_log, on_step=reporter.on_step)
+                       runtime=runtime, on_log=reporter.on_log, on_step=reporter.on_step)
     _report(summary, workdir)
     click.echo(str((workdir / "summary.json").resolve()))

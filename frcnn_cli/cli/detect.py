@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from ..devices import resolve_device
 from . import console
-from .options import apply_checkpoint_overrides, check_checkpoint_overrides, checkpoint_set_option, positive_int
+from .options import check_checkpoint_overrides, checkpoint_set_option, load_predictor, positive_int
 
 
 def ablation_options(f):
@@ -75,25 +75,24 @@ def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, 
     Boxes are in original image pixels, 0-based continuous x1 y1 x2 y2.
     """
     from .. import detect as lib
+    from ..data.images import find_images
 
     check_checkpoint_overrides(set_, model_path)
-    images = lib.find_images(inputs, exclude=out)
-    dev = resolve_device(device)
-    model, _ = lib.load_detector(model_path, dev)
-    apply_checkpoint_overrides(model, set_)
-    wanted = parse_class_list(classes)
-    lib.label_filter(model, wanted)  # an unknown class name fails before any image is read
+    images = find_images(inputs, exclude=out)
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
+    predictor = load_predictor(model_path, set_, resolve_device(device), require=("rpn", "roi_head"),
+                               ablation=ablation)
+    wanted = parse_class_list(classes)
+    lib.label_filter(predictor.classes, wanted)  # an unknown class name fails before any image is read
     if ablation is not None:
         console.info(f"proposals: {ablation.describe()}")
-    with console.ProgressReporter("detect", len(images), every=50) as bar:
-        results = lib.detect_images(model, images, device=dev, batch_size=batch_size, score_thresh=score_thresh,
-                                    classes_filter=wanted, ablation=ablation, progress=bar.update,
-                                    num_workers=model.cfg.solver.num_workers)
+    with console.ProgressReporter("detect", every=50) as bar:
+        results = lib.detect_images(predictor, images, batch_size=batch_size, score_thresh=score_thresh,
+                                    classes_filter=wanted, progress=bar)
     for result in results:
         _show(result, score_thresh)
     if out is not None:
-        lib.save_detections(results, out, classes=model.classes)
+        lib.save_detections(results, out, classes=predictor.classes)
         console.info(f"wrote {len(results)} image(s) and {escape(str(out / 'detections.json'))}")
     if as_json:
         click.echo(lib.detections_json(results))

@@ -15,7 +15,7 @@ from ..errors import ConfigError, DataError
 from ..evaluate.voc import METRICS
 from . import console
 from .detect import ablation_from_options, ablation_options
-from .options import apply_checkpoint_overrides, check_checkpoint_overrides, checkpoint_set_option, positive_int
+from .options import check_checkpoint_overrides, checkpoint_set_option, load_predictor, positive_int
 
 IOU_THRESH = 0.5  # PASCAL VOC's overlap criterion
 SUMMARY_PLOT = "ap_summary.png"
@@ -86,20 +86,17 @@ def _write_ap_outputs(out: Path, dets: dict, manifest: Manifest, result: dict) -
 
 def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str, out: Path | None,
                 batch_size: int, device: str | None, ablation, set_: tuple[str, ...] = ()) -> dict:
-    from ..detect import load_detector
     from ..evaluate.voc import detections_by_class, evaluate_detections
     from ..inference import detect_manifest
 
-    dev = resolve_device(device)
-    model, _ = load_detector(model_path, dev)
-    apply_checkpoint_overrides(model, set_)
-    check_classes(manifest, data, model.classes, model_path)
+    predictor = load_predictor(model_path, set_, resolve_device(device), require=("rpn", "roi_head"),
+                               ablation=ablation)
+    check_classes(manifest, data, predictor.classes, model_path)
     if ablation is not None:
         console.info(f"proposals: {ablation.describe()}")
-    with console.ProgressReporter("detect", len(manifest.images), every=100) as bar:
-        results = detect_manifest(model, manifest, device=dev, batch_size=batch_size, progress=bar.update,
-                                  num_workers=model.cfg.solver.num_workers, ablation=ablation)
-    dets = detections_by_class(results, model.num_classes)
+    with console.ProgressReporter("detect", every=100) as bar:
+        results = detect_manifest(predictor, manifest, batch_size=batch_size, progress=bar)
+    dets = detections_by_class(results, len(predictor.classes))
     result = evaluate_detections(dets, manifest, iou_thresh=IOU_THRESH, metric=metric)
     _show_ap(result, f"{escape(manifest.name)}: VOC AP ({metric}, IoU > {IOU_THRESH})")
     if out is not None:
@@ -119,8 +116,8 @@ def _show_recall(result: dict, title: str) -> None:
 
 
 def _eval_proposals(proposals_path: Path, data: Path, manifest: Manifest, out: Path | None) -> dict:
+    from ..data.proposal_store import ProposalStore
     from ..evaluate.recall import proposal_recall
-    from ..proposals import ProposalStore
 
     with ProposalStore(proposals_path) as store:
         store.check_manifest(manifest, data)

@@ -1,56 +1,71 @@
-"""Options shared by several commands: ``--config``, ``--set`` and how they make a Config."""
+"""Options shared by several commands (``--config``, ``--set``), and how a command turns them into settings:
+a ``Config`` and a ``RuntimeConfig`` for training, a prepared ``Predictor`` for a checkpoint."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import click
 
-from ..config import Config, apply_overrides, resolve_config
-from ..errors import ConfigError
+from ..config import PRESETS, TEST_TIME_KEYS, Config, RuntimeConfig, runtime_defaults
+from ..config_io import (
+    apply_overrides,
+    apply_runtime_overrides,
+    check_test_time_overrides,
+    resolve_settings,
+    split_overrides,
+)
 
 positive_int = click.IntRange(min=1)
-
-# keys that change the network's layers or what its outputs mean: a checkpoint's weights fix them
-STRUCTURAL_KEYS = ("backbone", "anchors.", "rpn.conv_channels", "rpn.objectness", "roi_head.pooler",
-                   "roi_head.box_target_")
+PRESET_HELP = f"{', '.join(PRESETS)} (vgg16 is the default), or a .toml file."
 
 
 def checkpoint_set_option(f):
     """Repeatable ``--set key=value`` for a command that runs a trained checkpoint."""
     return click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
-                        help="Change a test-time setting of the checkpoint's config, e.g. --set input.test_scale=800,"
-                             " roi_head.fc_svd_rank=1024, solver.cpu_winograd=false, solver.num_workers=0 "
-                             "(repeatable).")(f)
+                        help="Change a test-time setting of the checkpoint's config or a runtime setting, e.g. "
+                             "--set input.test_scale=800, roi_head.fc_svd_rank=1024, runtime.cpu_winograd=false, "
+                             "runtime.num_workers=0 (repeatable; the test-time keys: "
+                             f"{', '.join(TEST_TIME_KEYS)}).")(f)
 
 
 def check_checkpoint_overrides(set_: tuple[str, ...], checkpoint, advice: str = "drop it") -> None:
-    """A ``ConfigError`` for a ``--set`` key that a checkpoint's weights fix (before loading it)."""
-    for item in set_:
-        key = item.split("=", 1)[0].strip()
-        if any(key == s or key.startswith(s) for s in STRUCTURAL_KEYS):
-            raise ConfigError(f"--set {item}: '{key}' is fixed by the checkpoint's weights ({checkpoint}) and "
-                              f"cannot be changed here; {advice}")
-
-
-def apply_checkpoint_overrides(model, set_: tuple[str, ...]) -> None:
-    """``--set`` on a loaded model's config (in place); the keys were checked by ``check_checkpoint_overrides``
-    before the checkpoint was read."""
-    model.cfg = apply_overrides(model.cfg, list(set_))
+    """A ``ConfigError`` for a ``--set`` key that a checkpoint fixes (before reading it): only
+    ``config.TEST_TIME_KEYS`` and the runtime keys may change on a trained model."""
+    check_test_time_overrides(set_, checkpoint, advice)
 
 
 def config_options(f):
     """``--config PRESET|FILE`` and repeatable ``--set key=value``."""
     f = click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
-                     help="Override one setting, e.g. --set rpn.nms_thresh=0.6 (repeatable).")(f)
-    f = click.option("--config", default=None, metavar="PRESET|FILE",
-                     help="vgg16 (default), zf, resnet50, resnet101, tiny, or a .toml file.")(f)
+                     help="Override one setting, e.g. --set rpn.nms_thresh=0.6 or runtime.num_workers=0 "
+                          "(repeatable).")(f)
+    f = click.option("--config", default=None, metavar="PRESET|FILE", help=PRESET_HELP)(f)
     return f
 
 
-def load_cli_config(config: str | None, set_: tuple[str, ...], seed: int | None,
-                    base: Config | None = None) -> Config:
-    """The preset or file, then ``--set`` overrides, then ``--seed``."""
-    cfg = base if base is not None else resolve_config(config)
-    cfg = apply_overrides(cfg, list(set_))
-    return cfg if seed is None else replace(cfg, seed=seed)
+def load_cli_config(config: str | None, set_: tuple[str, ...], seed: int | None) -> tuple[Config, RuntimeConfig]:
+    """The preset or file, then ``--set`` overrides (recipe and runtime keys apart), then ``--seed``."""
+    cfg, runtime = resolve_settings(config)
+    config_items, runtime_items = split_overrides(set_)
+    cfg = apply_overrides(cfg, config_items)
+    return (cfg if seed is None else replace(cfg, seed=seed)), apply_runtime_overrides(runtime, runtime_items)
+
+
+def load_predictor(model_path: Path, set_: tuple[str, ...], device, *, require: tuple[str, ...], mode: str = "test",
+                   **settings):
+    """The checkpoint at ``model_path`` as a ``Predictor`` on ``device``: ``--set`` split into test-time keys
+    (into ``InferenceSettings``) and runtime keys (over the preset's runtime defaults), ``settings`` the
+    command's flags (``InferenceSettings.from_config``). The process settings are set here, once."""
+    from ..devices import process_settings
+    from ..inference import InferenceSettings, Predictor
+    from ..model.checkpoint import load_model
+
+    model, _ = load_model(model_path, device=device, require=require)
+    config_items, runtime_items = split_overrides(set_)
+    runtime = apply_runtime_overrides(runtime_defaults(model.cfg.name), runtime_items)
+    inference = InferenceSettings.from_config(model.cfg, mode=mode, overrides=config_items, **settings)
+    process_settings(device, runtime, autotune=True)
+    return Predictor(model, device, inference, runtime, owned=True)
+

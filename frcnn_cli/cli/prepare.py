@@ -14,25 +14,9 @@ from . import console
 MAX_WARNINGS = 10  # warnings listed one by one; the rest are counted
 
 
-class _Progress:
-    """The library's ``progress(done, total)`` callback as a rich bar on a terminal (silent otherwise)."""
-
-    def __init__(self, description: str) -> None:
-        self.description = description
-        self.bar: console.ProgressReporter | None = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            quiet = not console.err_console.is_terminal
-            self.bar = console.ProgressReporter(self.description, total, quiet=quiet).__enter__()
-        self.bar.update(done)
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+def _quiet_progress(description: str) -> console.ProgressReporter:
+    """The library's ``progress(done, total)`` as a rich bar on a terminal (silent otherwise)."""
+    return console.ProgressReporter(description, quiet=not console.err_console.is_terminal)
 
 
 def _warn_classes_without_objects(report: PrepareReport, path: Path) -> None:
@@ -112,7 +96,7 @@ def voc(root: Path, years: list[int], split: str, out: Path) -> None:
     from ..data.voc import prepare_voc
 
     warnings: list[str] = []
-    with _Progress("checking images") as progress:
+    with _quiet_progress("checking images") as progress:
         manifest = prepare_voc(root, years, split, on_warning=warnings.append, progress=progress)
     _finish([(out, manifest)], warnings)
 
@@ -142,7 +126,7 @@ def folder(images_dir: Path, annotations_dir: Path, classes_file: Path | None, s
     classes = read_class_file(classes_file) if classes_file is not None else None
     name = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
     warnings: list[str] = []
-    with _Progress("checking images") as progress:
+    with _quiet_progress("checking images") as progress:
         result = prepare_folder(images_dir, annotations_dir, classes=classes, split_file=split_file,
                                 val_fraction=val_fraction, seed=seed, name=name,
                                 on_warning=warnings.append, progress=progress)

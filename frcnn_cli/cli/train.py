@@ -7,16 +7,16 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from ..config import TRAIN_MODES
 from ..data.manifest import read_manifest
-from ..devices import resolve_device
-from ..errors import CheckpointError
+from ..devices import process_settings, resolve_device
 from . import console
 from .options import (
-    apply_checkpoint_overrides,
     check_checkpoint_overrides,
     checkpoint_set_option,
     config_options,
     load_cli_config,
+    load_predictor,
     positive_int,
 )
 
@@ -52,44 +52,33 @@ def _is_main_process() -> bool:
 
 def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every,
                   resume, device, proposals=None) -> None:
-    from ..train.stage import StageRequest, run_stage
-    from ..train.steps import config_for_init, stage_spec
+    from ..train.stage import StageRequest, resume_path, run_stage
+    from ..train.steps import stage_config, stage_spec
 
     manifest = read_manifest(data)
-    cfg = load_cli_config(config, (), None)
-    init = init or load_cli_config(None, set_, None, base=cfg).init
-    cfg = load_cli_config(None, set_, seed, base=config_for_init(cfg, init, config_given=config is not None))
+    cfg, runtime, init_read = stage_config(config, set_, seed, init)
     spec = stage_spec(kind, freeze_shared=freeze_shared)
-    req = StageRequest(cfg=cfg, spec=spec, manifest=manifest, manifest_path=data, out=out, init=init,
-                       device=resolve_device(device), iters=iters, proposals_path=proposals,
-                       checkpoint_every=checkpoint_every, resume=resume,
-                       metrics_path=out.parent / "metrics.jsonl")
-    talk = _is_main_process()
+    dev = resolve_device(device)
+    process_settings(dev, runtime)
+    req = StageRequest(cfg=cfg, spec=spec, manifest=manifest, manifest_path=data, out=out, init=init_read,
+                       device=dev, runtime=runtime, iters=iters, proposals_path=proposals,
+                       checkpoint_every=checkpoint_every, resume=resume, metrics_path=out.parent / "metrics.jsonl")
 
-    def on_start() -> None:  # after the init, the proposal file and the resume state are checked
+    def on_start(start: int, total: int) -> None:  # after the init, the proposal file and the resume state are checked
         console.info(f"training {spec.name} on {len(manifest.images)} images ({cfg.name}, {req.device})")
-        if resume:
-            _say_where_resume_starts(out)
+        if resume and start == 0:
+            console.warn(f"--resume: there is no {escape(str(resume_path(out)))} (no resumable state was kept); "
+                         "starting from iteration 0")
+        elif resume:
+            console.info(f"resuming from {escape(str(resume_path(out)))} at iteration {start} of {total}")
 
     req.on_start = on_start
     req.on_warning = lambda message: console.warn(escape(message))  # paths may hold [brackets]
     with console.TrainingProgress(spec.kind) as progress:
         req.on_log = progress
         run_stage(req)
-    if talk:
+    if _is_main_process():
         click.echo(str(out))
-
-
-def _say_where_resume_starts(out: Path) -> None:
-    from ..model.checkpoint import read_checkpoint
-    from ..train.stage import resume_path
-
-    path = resume_path(out)
-    if not path.exists():
-        console.warn(f"--resume: there is no {path} (no resumable state was kept); starting from iteration 0")
-        return
-    state = read_checkpoint(path).get("train_state") or {}
-    console.info(f"resuming from {path} at iteration {state.get('iteration')} of {state.get('total')}")
 
 
 @click.command("train-rpn")
@@ -145,22 +134,15 @@ def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thr
     One process writes the file: under torchrun, rank 0 dumps every image and the other ranks exit at once.
     """
     from ..inference import dump_proposals as dump
-    from ..model.checkpoint import load_model
 
     if not _dumps_in_this_process(out):
         return
     check_checkpoint_overrides(set_, model_path)
     manifest = read_manifest(data)
-    dev = resolve_device(device)
-    model, ckpt = load_model(model_path, device=dev)
-    apply_checkpoint_overrides(model, set_)
-    if "rpn" not in ckpt["parts"]:
-        raise CheckpointError(f"checkpoint {model_path} (stage '{ckpt.get('stage')}') has no RPN; dump proposals "
-                              "with the output of train-rpn (steps 1 and 3)")
-    with console.ProgressReporter("proposals", len(manifest.images), every=50) as bar:
-        dump(model, manifest, data, out, device=dev, checkpoint_path=model_path, batch_size=batch_size,
-             nms_thresh=nms_thresh, pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n,
-             progress=bar.update, num_workers=model.cfg.solver.num_workers)
+    predictor = load_predictor(model_path, set_, resolve_device(device), require=("rpn",), mode="dump",
+                               nms_thresh=nms_thresh, pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n)
+    with console.ProgressReporter("proposals", every=50) as bar:
+        dump(predictor, manifest, out, checkpoint_path=model_path, batch_size=batch_size, progress=bar)
     click.echo(str(out))
 
 
@@ -169,20 +151,23 @@ def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thr
 @click.option("--workdir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder: every step's checkpoint and proposals, metrics.jsonl, state.json.")
 @config_options
-@click.option("--mode", type=click.Choice(["alternating", "joint"]), default="alternating", show_default=True)
+@click.option("--mode", type=click.Choice(TRAIN_MODES), default="alternating", show_default=True)
 @click.option("--iters", type=positive_int, default=None, help="Iterations of EACH training step.")
 @click.option("--seed", type=int, default=None)
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=None,
               help="Resumable state every N iterations [a tenth of the detector steps' iterations].")
-@click.option("--resume", is_flag=True, help="Accepted for symmetry: rerunning the same command resumes.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --workdir (rerunning the same command resumes anyway; with --resume a "
+                   "folder holding no run is a warning).")
 @click.option("--device", default=None)
 def train(data, workdir, config, set_, mode, iters, seed, checkpoint_every, resume, device):
     """The whole 4-step alternating optimisation (or --mode joint), resumable: rerun to continue."""
-    del resume  # a run folder always resumes
     from ..train.pipeline import PipelineRequest, run_pipeline
 
     manifest = read_manifest(data)
-    cfg = load_cli_config(config, set_, seed)
+    cfg, runtime = load_cli_config(config, set_, seed)
+    dev = resolve_device(device)
+    process_settings(dev, runtime)
     every = checkpoint_every if checkpoint_every is not None else max(1, (iters or cfg.solver.det_iters) // 10)
 
     talk = _is_main_process()
@@ -193,9 +178,9 @@ def train(data, workdir, config, set_, mode, iters, seed, checkpoint_every, resu
                           "skip": f"step {name} already done"}[what])
 
     with console.TrainingProgress("training") as progress:
-        req = PipelineRequest(cfg=cfg, manifest=manifest, manifest_path=data, workdir=workdir,
-                              device=resolve_device(device), mode=mode, iters=iters, checkpoint_every=every,
-                              on_log=progress, on_step=on_step)
+        req = PipelineRequest(cfg=cfg, manifest=manifest, manifest_path=data, workdir=workdir, device=dev,
+                              runtime=runtime, mode=mode, iters=iters, checkpoint_every=every, resume=resume,
+                              on_log=progress, on_step=on_step, on_warning=lambda m: console.warn(escape(m)))
         final = run_pipeline(req)
     if talk:
         click.echo(str(final))

@@ -1,8 +1,9 @@
-"""Images in, padded normalised batches out: decode, rescale, flip, normalise, batch, load.
+"""Images in, padded normalised batches out: find, decode, rescale, flip, normalise, batch.
 
 One item follows py-faster-rcnn's ``prep_im_for_blob`` and flipped roidb: decode to uint8 RGB, convert
 to float, resize by ``compute_scale``, mirror if flipped, reorder channels and normalise, and pad into
-a batch in ``collate``. Shapes: N images, G boxes, H x W pixels.
+a batch in ``collate``. The DataLoaders and their samplers are in ``loading.py``. Shapes: N images, G boxes,
+H x W pixels.
 
 Policies (each one keeps pixels and boxes consistent):
 
@@ -29,9 +30,10 @@ Policies (each one keeps pixels and boxes consistent):
 from __future__ import annotations
 
 import math
+import os
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +41,64 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from ..boxes import flip_boxes
 from ..config import Config, InputConfig
 from ..errors import DataError
-from .loading import failsafe_loader
 from .manifest import ImageRecord, Manifest
 from .resize import resize_image
 from .targets import Targets
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError)
 
 
 # --------------------------------------------------------------------------------------------------
-# decoding and geometry
+# finding and decoding
+
+
+def _folder_images(folder: Path, exclude: Path | None) -> list[Path]:
+    """Image files under ``folder`` (recursive; hidden files and folders skipped), sorted by path."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")
+                       and (exclude is None or (here / d).resolve() != exclude)]
+        found += [here / f for f in filenames
+                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(found)
+
+
+def find_images(paths: Sequence[str | os.PathLike], *, exclude: str | os.PathLike | None = None) -> list[Path]:
+    """The image files named by ``paths`` (``detect``, ``bench``): files as given, folders searched
+    recursively for ``IMAGE_EXTENSIONS`` (case-insensitive, sorted; hidden entries and the folder ``exclude``,
+    e.g. the output folder, skipped). Order: as the arguments, each folder sorted; a file named twice comes
+    once. A missing path, or a folder without images, is a ``DataError`` naming it.
+    """
+    excluded = Path(exclude).resolve() if exclude is not None else None
+    images: list[Path] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = _folder_images(path, excluded)
+            if not found:
+                raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}); give image "
+                                "files or a folder that contains some")
+        elif path.is_file():
+            found = [path]
+        else:
+            raise DataError(f"{path} does not exist; give image files or folders of images")
+        for image in found:
+            key = image.resolve()
+            if key not in seen:
+                seen.add(key)
+                images.append(image)
+    if not images:
+        raise DataError("no images were given; name image files or folders")
+    return images
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -285,95 +329,3 @@ class ImageFilesDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[index]
         return inference_item(load_image(path), self.input_cfg, index=index, id=str(path))
-
-
-class ResumableBatchSampler(Sampler):
-    """Batches of ``(entry, epoch)`` keys in an order fixed by ``seed``, resumable at any iteration.
-
-    Epoch ``e`` visits ``torch.randperm(size, generator=Generator().manual_seed(seed + e))`` (or
-    ``0..size-1`` without shuffling) in ``ceil(size / batch_size)`` batches, the last one possibly
-    short. Iteration ``k`` is batch ``k % per_epoch`` of epoch ``k // per_epoch``, so a sampler started
-    at ``start_iteration=k`` yields exactly the tail of the uninterrupted stream. ``infinite`` goes on
-    epoch after epoch; otherwise it stops after epoch 0.
-
-    Several processes (DDP): ``batch_size`` is per process; each iteration is a global batch of
-    ``batch_size * world_size`` entries of the same order, of which process ``rank`` takes slice
-    ``rank``. The epoch's last global batch is filled up from the start of its order so that every
-    process gets ``batch_size`` entries (as ``DistributedSampler`` pads).
-    """
-
-    def __init__(self, size: int, *, batch_size: int, shuffle: bool, seed: int, infinite: bool,
-                 start_iteration: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        if batch_size < 1 or not 0 <= rank < world_size:
-            raise DataError(f"batch size {batch_size} (rank {rank} of {world_size}) is invalid; "
-                            "give a batch size of at least 1")
-        self.size, self.batch_size, self.shuffle = size, batch_size, shuffle
-        self.seed, self.infinite, self.start_iteration = seed, infinite, start_iteration
-        self.rank, self.world_size = rank, world_size
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return math.ceil(self.size / (self.batch_size * self.world_size))
-
-    def epoch_order(self, epoch: int) -> list[int]:
-        if not self.shuffle:
-            order = list(range(self.size))
-        else:
-            gen = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(self.size, generator=gen).tolist()
-        if self.world_size > 1:
-            need = self.batches_per_epoch * self.batch_size * self.world_size - self.size
-            order += (order * (need // self.size + 1))[:need]
-        return order
-
-    def __iter__(self):
-        per = self.batches_per_epoch
-        if per == 0:
-            return
-        epoch, skip = divmod(self.start_iteration, per)
-        bs, first = self.batch_size, self.rank * self.batch_size
-        while self.infinite or epoch == 0:
-            order = self.epoch_order(epoch)
-            for b in range(skip, per):
-                start = b * bs * self.world_size + first
-                yield [(i, epoch) for i in order[start:start + bs]]
-            skip, epoch = 0, epoch + 1
-
-    def __len__(self) -> int:
-        if self.infinite:
-            raise TypeError("an infinite training loader has no length")
-        return max(0, self.batches_per_epoch - self.start_iteration)
-
-
-def make_loader(dataset: DetectionDataset, *, batch_size: int, shuffle: bool, seed: int, num_workers: int,
-                start_iteration: int = 0, infinite: bool | None = None, size_divisor: int | None = None,
-                rank: int = 0, world_size: int = 1) -> DataLoader:
-    """A DataLoader of ``(ImageBatch, Targets)``: deterministic, resumable order (``ResumableBatchSampler``).
-
-    ``infinite`` defaults to ``shuffle``: training loaders yield batches forever, epoch after epoch;
-    ``shuffle=False`` gives one sequential pass (inference: build the dataset with ``train=False``).
-    Memory is pinned when CUDA is available. ``rank``/``world_size``: this process's share of every
-    global batch under DDP (``ResumableBatchSampler``); ``batch_size`` is per process.
-    """
-    if len(dataset) == 0:
-        raise DataError("the dataset has no images; check the manifest (frcnn prepare prints a summary)")
-    sampler = ResumableBatchSampler(len(dataset), batch_size=batch_size, shuffle=shuffle, seed=seed,
-                                    infinite=shuffle if infinite is None else infinite,
-                                    start_iteration=start_iteration, rank=rank, world_size=world_size)
-    divisor = dataset.cfg.input.size_divisor if size_divisor is None else size_divisor
-    return failsafe_loader(dataset, partial(collate, size_divisor=divisor), batch_sampler=sampler,
-                           num_workers=num_workers, pin_memory=torch.cuda.is_available())
-
-
-def inference_loader(dataset: Dataset, batches: list[list[int]], *, size_divisor: int, num_workers: int,
-                     pin_memory: bool) -> DataLoader:
-    """A DataLoader of ``ImageBatch`` for ``batches`` (lists of dataset indices, in this order): items
-    decoded, rescaled and normalised in up to ``num_workers`` processes (0: this one; none for a single
-    batch, which nothing could overlap). An ``FrcnnError`` of an item is raised as it is, as without workers
-    (``make_loader`` too)."""
-    return failsafe_loader(dataset, partial(_collate_images, size_divisor=size_divisor), batch_sampler=batches,
-                           num_workers=max(0, min(num_workers, len(batches) - 1)), pin_memory=pin_memory)
-
-
-def _collate_images(items: list[dict[str, Any]], size_divisor: int) -> ImageBatch:
-    return collate(items, size_divisor)[0]

@@ -1,4 +1,5 @@
-"""DataLoaders whose items' ``FrcnnError``s reach the caller as they were raised, with or without workers.
+"""The DataLoaders: training's (``make_loader``, with its resumable sampler) and inference's
+(``inference_loader``), both raising an item's ``FrcnnError`` as it was raised, with or without workers.
 
 A worker's exception reaches the main process re-raised by DataLoader as a new exception of the same type
 whose message is "Caught DataError in DataLoader worker process 0" and the worker's traceback: the CLI
@@ -9,14 +10,17 @@ raises it: the first failed item of the first failed batch, as a loop without wo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import FrcnnError
+from ..errors import DataError, FrcnnError
+from .images import DetectionDataset, ImageBatch, collate
 
 
 def failsafe_loader(dataset: Dataset, collate_fn: Callable[[list], Any], **kwargs) -> DataLoader:
@@ -61,3 +65,95 @@ class _Loader(DataLoader):
 
     def __iter__(self):
         return _raise_failures(super().__iter__())
+
+
+class ResumableBatchSampler(Sampler):
+    """Batches of ``(entry, epoch)`` keys in an order fixed by ``seed``, resumable at any iteration.
+
+    Epoch ``e`` visits ``torch.randperm(size, generator=Generator().manual_seed(seed + e))`` (or
+    ``0..size-1`` without shuffling) in ``ceil(size / batch_size)`` batches, the last one possibly
+    short. Iteration ``k`` is batch ``k % per_epoch`` of epoch ``k // per_epoch``, so a sampler started
+    at ``start_iteration=k`` yields exactly the tail of the uninterrupted stream. ``infinite`` goes on
+    epoch after epoch; otherwise it stops after epoch 0.
+
+    Several processes (DDP): ``batch_size`` is per process; each iteration is a global batch of
+    ``batch_size * world_size`` entries of the same order, of which process ``rank`` takes slice
+    ``rank``. The epoch's last global batch is filled up from the start of its order so that every
+    process gets ``batch_size`` entries (as ``DistributedSampler`` pads).
+    """
+
+    def __init__(self, size: int, *, batch_size: int, shuffle: bool, seed: int, infinite: bool,
+                 start_iteration: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise DataError(f"batch size {batch_size} (rank {rank} of {world_size}) is invalid; "
+                            "give a batch size of at least 1")
+        self.size, self.batch_size, self.shuffle = size, batch_size, shuffle
+        self.seed, self.infinite, self.start_iteration = seed, infinite, start_iteration
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.size / (self.batch_size * self.world_size))
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            order = list(range(self.size))
+        else:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.size, generator=gen).tolist()
+        if self.world_size > 1:
+            need = self.batches_per_epoch * self.batch_size * self.world_size - self.size
+            order += (order * (need // self.size + 1))[:need]
+        return order
+
+    def __iter__(self):
+        per = self.batches_per_epoch
+        if per == 0:
+            return
+        epoch, skip = divmod(self.start_iteration, per)
+        bs, first = self.batch_size, self.rank * self.batch_size
+        while self.infinite or epoch == 0:
+            order = self.epoch_order(epoch)
+            for b in range(skip, per):
+                start = b * bs * self.world_size + first
+                yield [(i, epoch) for i in order[start:start + bs]]
+            skip, epoch = 0, epoch + 1
+
+    def __len__(self) -> int:
+        if self.infinite:
+            raise TypeError("an infinite training loader has no length")
+        return max(0, self.batches_per_epoch - self.start_iteration)
+
+
+def make_loader(dataset: DetectionDataset, *, batch_size: int, shuffle: bool, seed: int, num_workers: int,
+                start_iteration: int = 0, infinite: bool | None = None, size_divisor: int | None = None,
+                rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader of ``(ImageBatch, Targets)``: deterministic, resumable order (``ResumableBatchSampler``).
+
+    ``infinite`` defaults to ``shuffle``: training loaders yield batches forever, epoch after epoch;
+    ``shuffle=False`` gives one sequential pass (inference: build the dataset with ``train=False``).
+    ``pin_memory``: page-locked batches (for a CUDA device). ``rank``/``world_size``: this process's share of every
+    global batch under DDP (``ResumableBatchSampler``); ``batch_size`` is per process.
+    """
+    if len(dataset) == 0:
+        raise DataError("the dataset has no images; check the manifest (frcnn prepare prints a summary)")
+    sampler = ResumableBatchSampler(len(dataset), batch_size=batch_size, shuffle=shuffle, seed=seed,
+                                    infinite=shuffle if infinite is None else infinite,
+                                    start_iteration=start_iteration, rank=rank, world_size=world_size)
+    divisor = dataset.cfg.input.size_divisor if size_divisor is None else size_divisor
+    return failsafe_loader(dataset, partial(collate, size_divisor=divisor), batch_sampler=sampler,
+                           num_workers=num_workers, pin_memory=pin_memory)
+
+
+def inference_loader(dataset: Dataset, batches: list[list[int]], *, size_divisor: int, num_workers: int,
+                     pin_memory: bool) -> DataLoader:
+    """A DataLoader of ``ImageBatch`` for ``batches`` (lists of dataset indices, in this order): items
+    decoded, rescaled and normalised in up to ``num_workers`` processes (0: this one; none for a single
+    batch, which nothing could overlap). An ``FrcnnError`` of an item is raised as it is, as without workers
+    (``make_loader`` too)."""
+    return failsafe_loader(dataset, partial(_collate_images, size_divisor=size_divisor), batch_sampler=batches,
+                           num_workers=max(0, min(num_workers, len(batches) - 1)), pin_memory=pin_memory)
+
+
+def _collate_images(items: list[dict[str, Any]], size_divisor: int) -> ImageBatch:
+    return collate(items, size_divisor)[0]

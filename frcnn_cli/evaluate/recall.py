@@ -61,7 +61,7 @@ def proposal_recall(store_or_dict, manifest, *, iou_thresholds=None,
                     top_ns: Sequence[int] = DEFAULT_TOP_NS) -> dict:
     """Recall per N per IoU threshold over the non-difficult objects, and average recall per N.
 
-    ``store_or_dict``: a :class:`~frcnn_cli.proposals.ProposalStore`, or a mapping manifest index ->
+    ``store_or_dict``: a :class:`~frcnn_cli.data.proposal_store.ProposalStore`, or a mapping manifest index ->
     boxes ``[R, 4]`` (or ``(boxes, scores)``) sorted by score; an index missing from a mapping has no
     proposals. Returns ``{"iou_thresholds": [T], "top_ns": [...], "recall": {N: [T floats]},
     "average_recall": {N: float}, "num_objects": int, "num_images": int, "mean_proposals": float}``

@@ -47,16 +47,6 @@ def generate_anchors(base_size: int = 16, ratios: Sequence[float] = (0.5, 1, 2),
     return (pfr + torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=f64)).to(torch.float32)
 
 
-def inside_mask(anchors: Tensor, height, width, border: float = 0.0) -> Tensor:
-    """``BoolTensor[M]``: anchors that lie inside the ``height`` x ``width`` image, ``border`` pixels allowed.
-
-    ``x1 >= -border``, ``y1 >= -border``, ``x2 <= width + border``, ``y2 <= height + border`` (py-faster-rcnn:
-    ``x2_inclusive < width + border``).
-    """
-    return ((anchors[:, 0] >= -border) & (anchors[:, 1] >= -border)
-            & (anchors[:, 2] <= width + border) & (anchors[:, 3] <= height + border))
-
-
 class AnchorGrid:
     """All anchors of an H x W feature map: the templates shifted by ``stride`` pixels per cell.
 

@@ -36,9 +36,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from ..config import BACKBONES
 from ..errors import ConfigError
-
-BACKBONE_NAMES = ("vgg16", "zf", "resnet50", "resnet101", "tiny")
 
 
 @dataclass
@@ -248,5 +247,5 @@ _BUILDERS = {"vgg16": _vgg16, "zf": _zf, "resnet50": lambda: _resnet(50),
 def build_backbone(name: str) -> BackboneParts:
     """A freshly, randomly initialised backbone ``name``; load weights with ``weights.init_backbone``."""
     if name not in _BUILDERS:
-        raise ConfigError(f"config key 'backbone' is {name!r}; allowed values: {', '.join(BACKBONE_NAMES)}")
+        raise ConfigError(f"config key 'backbone' is {name!r}; allowed values: {', '.join(BACKBONES)}")
     return _BUILDERS[name]()

@@ -17,7 +17,8 @@ import hashlib
 import os
 import pickle
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..atomic import atomic_path
-from ..config import config_from_dict, config_to_dict
+from ..config_io import config_from_dict, config_to_dict
 from ..errors import CheckpointError, ConfigError, FrcnnError
 from .detector import FasterRCNN
 
@@ -125,10 +126,33 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     return _validate(torch_load_safely(path, "checkpoint", map_location), path)
 
 
-def is_frcnn_checkpoint(path: str | os.PathLike) -> bool:
-    """True when ``path`` holds a frcnn checkpoint, False for a plain weights file (state dict)."""
-    obj = torch_load_safely(Path(path), "weights file", "cpu") if Path(path).is_file() else None
-    return isinstance(obj, dict) and obj.get("format") == FORMAT
+@dataclass(frozen=True)
+class Init:
+    """What ``--init`` (or the config key ``init``) names, read once (``read_init``).
+
+    ``kind``: ``"imagenet"`` (torchvision's ImageNet weights), ``"none"`` (random init), ``"checkpoint"`` (a
+    frcnn checkpoint; ``data`` is its dict) or ``"weights"`` (a plain state dict file, e.g. converted Caffe
+    weights; ``data`` is what the file holds). ``spec`` is the string given.
+    """
+
+    spec: str
+    kind: str
+    data: Any = None
+
+
+def read_init(spec: str) -> Init:
+    """Read the ``--init`` file once (``weights_only``); ``imagenet`` and ``none`` read nothing. A missing or
+    unreadable file is a ``CheckpointError`` naming it."""
+    if spec in ("imagenet", "none"):
+        return Init(spec, spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist; give an existing .pth file or frcnn "
+                              f"checkpoint, --init imagenet or --init none")
+    obj = torch_load_safely(path, "weights file")
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return Init(spec, "checkpoint", _validate(obj, path))
+    return Init(spec, "weights", obj)
 
 
 def _backbone_of(ckpt: dict) -> str:
@@ -180,18 +204,41 @@ def _load_state(module: torch.nn.Module, state: dict, name: str, path: str | os.
                               f"a checkpoint made with this one)") from None
 
 
-def load_model(path: str | os.PathLike, device: Any = "cpu") -> tuple[FasterRCNN, dict]:
+def _require(ckpt: dict, path: str | os.PathLike, require: Sequence[str]) -> None:
+    parts, stage = ckpt["parts"], ckpt.get("stage")
+    where = f"checkpoint {path} (stage '{stage}')"
+    if "roi_head" in require and "roi_head" not in parts:
+        raise CheckpointError(f"{where} has no detection head, only {sorted(parts)}; give a detector: the output "
+                              "of train-detector or of frcnn train")
+    if "rpn" in require and "rpn" not in parts:
+        if "roi_head" in require:
+            raise CheckpointError(f"{where} has a detection head but no trained RPN (a step-2 detector); detect "
+                                  "and evaluate with the unified model of step 4 (final.pt of frcnn train)")
+        raise CheckpointError(f"{where} has no RPN; dump proposals with the output of train-rpn (steps 1 and 3)")
+
+
+def load_model(path: str | os.PathLike, device: Any = "cpu", *,
+               require: Sequence[str] = ()) -> tuple[FasterRCNN, dict]:
     """The model stored in ``path`` (its own config and classes, every stored part loaded, eval mode,
-    on ``device``) and the checkpoint dict."""
+    on ``device``) and the checkpoint dict. ``require``: parts the caller needs (``("rpn",)`` for a proposal
+    dump, ``("rpn", "roi_head")`` to detect); a checkpoint without one is a ``CheckpointError`` saying which
+    step makes it."""
     ckpt = read_checkpoint(path)
-    try:
-        cfg = config_from_dict(ckpt["config"])
-    except ConfigError as exc:
-        raise CheckpointError(f"checkpoint {path} holds a config this frcnn cannot read ({exc}); use the "
-                              f"frcnn version that wrote it, or train the model again") from None
+    _require(ckpt, path, require)
+    cfg = checkpoint_config(ckpt, path)
     model = FasterRCNN(cfg, list(ckpt["classes"]))
     load_parts(model, ckpt, tuple(ckpt["parts"]), path)
     return model.to(device).eval(), ckpt
+
+
+def checkpoint_config(ckpt: dict, path: str | os.PathLike):
+    """The ``Config`` a checkpoint dict holds; a ``CheckpointError`` naming ``path`` when this frcnn cannot
+    read it."""
+    try:
+        return config_from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path} holds a config this frcnn cannot read ({exc}); use the "
+                              f"frcnn version that wrote it, or train the model again") from None
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -10,12 +10,17 @@ holds the backbone's ``head_top``: fc6/fc7 or res5); the model's state dict keys
 asked for and returns it in a ``ForwardOutput``; losses (``losses``) and detections (``detect``) are
 separate, so a validation loss and detections come from one forward in eval mode.
 
+``forward`` is the only forward pass there is: training, inference, the proposal dumps, the paper's Table 1
+ablations and ``frcnn bench`` all call it. What it cannot know by itself is handed in as a value: the
+proposal strategy (``proposer``: ``rpn.RPNProposer`` with training, test or dump settings, or an ablation)
+and the detection rules (``detect(settings=…)``). The model never reads a test-time number from its config.
+
 Boxes (targets, proposals, rois) are in scaled-image pixels, 0-based continuous (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -27,13 +32,12 @@ from ..data.targets import Targets
 from ..errors import ConfigError
 from .anchors import AnchorGrid
 from .backbones import build_backbone
-from .postprocess import postprocess_detections
+from .losses import fast_rcnn_losses, rpn_losses
+from .postprocess import DetectionSettings, postprocess_detections
 from .roi_head import RoIHead
-from .roi_targets import fast_rcnn_losses, label_and_sample_rois
-from .rpn import RPNHead, generate_proposals, objectness_scores
-from .rpn_targets import rpn_losses
-
-PROPOSAL_MODES = ("train", "test", "dump")
+from .roi_targets import label_and_sample_rois
+from .rpn import Proposer, RPNHead
+from .rpn_targets import anchor_targets
 
 
 @dataclass
@@ -103,55 +107,46 @@ class FasterRCNN(nn.Module):
     # ----------------------------------------------------------------------------------------------
     # forward
 
-    def proposal_settings(self, mode: str) -> tuple[int, int]:
-        """``(pre_nms_top_n, post_nms_top_n)`` of ``cfg.rpn`` for ``mode`` "train", "test" or "dump"."""
-        if mode not in PROPOSAL_MODES:
-            raise ValueError(f"proposal_mode must be one of {PROPOSAL_MODES}, got {mode!r}")
-        rpn = self.cfg.rpn
-        return getattr(rpn, f"{mode}_pre_nms_top_n"), getattr(rpn, f"{mode}_post_nms_top_n")
-
     def forward(self, images: Tensor, image_sizes: Tensor, scales: Tensor, *, targets: Targets | None = None,
                 proposals: list[Tensor] | None = None, run_rpn: bool = True, run_roi_head: bool = True,
-                proposal_mode: str | None = "test", sample_rois: bool | None = None) -> ForwardOutput:
+                proposer: Proposer | None = None, image_keys: Sequence[int] | None = None,
+                sample_rois: bool | None = None) -> ForwardOutput:
         """Run the parts asked for on ``images`` ``[N, 3, H, W]``.
 
         ``image_sizes`` ``LongTensor[N, 2]``: (h, w) of each scaled image inside the padded batch;
         ``scales`` ``[N]``: the scale of each. The RPN (``run_rpn``) gives objectness and deltas for every
-        anchor, and, unless ``proposals`` (``[R_i, 4]`` scaled pixels) are given or ``proposal_mode`` is
-        None, proposals with the pre/post-NMS top-N of ``proposal_mode`` (computed without autograd).
-        With ``run_roi_head`` the RoIs are: with ``targets`` and ``sample_rois`` (default
-        ``self.training``) a labelled random minibatch; with ``targets`` and not ``sample_rois`` every
-        proposal, labelled (no gt boxes added: the same RoIs as without targets, so ``detect`` works on
-        the output); without ``targets`` every proposal.
+        anchor; ``proposer`` (``rpn.Proposer``) turns them into proposals without autograd, unless
+        ``proposals`` (``[R_i, 4]`` scaled pixels, e.g. read from a proposal file) are given. ``image_keys``
+        (manifest indices) go to the proposer (the random ablation seeds each image's draw with its key).
+        With ``run_roi_head`` the RoIs are: with ``targets`` and ``sample_rois`` (default ``self.training``)
+        a labelled random minibatch; with ``targets`` and not ``sample_rois`` every proposal, labelled (no gt
+        boxes added: the same RoIs as without targets, so ``detect`` works on the output); without
+        ``targets`` every proposal.
         """
         out = ForwardOutput(features=self.backbone(images))
         if run_rpn:
-            self._run_rpn(out, image_sizes, scales, proposal_mode if proposals is None else None)
+            self._run_rpn(out, image_sizes, scales, proposer if proposals is None else None, image_keys)
         if proposals is not None:
             out.proposals = [p.to(device=images.device, dtype=torch.float32) for p in proposals]
         if not run_roi_head:
             return out
         if out.proposals is None:
-            raise ValueError("the RoI head needs proposals: give proposals=…, or run_rpn=True with a "
-                             "proposal_mode")
+            raise ValueError("the RoI head needs proposals: give proposals=…, or run_rpn=True with a proposer")
         self._select_rois(out, targets, self.training if sample_rois is None else sample_rois)
         out.class_logits, out.box_deltas = self.roi_head(out.features, out.rois)
         return out
 
-    def _run_rpn(self, out: ForwardOutput, image_sizes: Tensor, scales: Tensor, mode: str | None) -> None:
+    def _run_rpn(self, out: ForwardOutput, image_sizes: Tensor, scales: Tensor, proposer: Proposer | None,
+                 image_keys: Sequence[int] | None) -> None:
         h, w = out.features.shape[-2:]
         out.anchors = self.anchor_grid.grid(h, w, out.features.device)
         out.rpn_cls_logits, out.rpn_deltas = self.rpn(out.features)
-        if mode is None:
+        if proposer is None:
             return
-        pre, post = self.proposal_settings(mode)
-        min_sizes = self.cfg.rpn.min_size * scales.to(device=out.features.device, dtype=torch.float32)
         with torch.no_grad():
-            scores = objectness_scores(out.rpn_cls_logits.detach())
-            found = generate_proposals(out.anchors, scores, out.rpn_deltas.detach(), image_sizes, min_sizes,
-                                       pre_nms_top_n=pre, post_nms_top_n=post,
-                                       nms_thresh=self.cfg.rpn.nms_thresh)
-        out.proposals = [boxes for boxes, _ in found]
+            found = proposer(out.anchors, out.rpn_cls_logits.detach(), out.rpn_deltas.detach(), image_sizes, scales,
+                             keys=image_keys)
+        out.proposals = [boxes.float() for boxes, _ in found]
         out.proposal_scores = [s for _, s in found]
 
     def _select_rois(self, out: ForwardOutput, targets: Targets | None, sample: bool) -> None:
@@ -174,28 +169,29 @@ class FasterRCNN(nn.Module):
         ``loss_box`` when the RoI head ran on labelled RoIs."""
         result: dict[str, Tensor] = {}
         if out.rpn_cls_logits is not None:
-            result.update(rpn_losses(out.rpn_cls_logits, out.rpn_deltas, out.anchors, targets.boxes,
-                                     image_sizes, cfg=self.cfg.rpn))
+            labels, deltas = anchor_targets(out.anchors, targets.boxes, image_sizes, cfg=self.cfg.rpn)
+            result.update(rpn_losses(out.rpn_cls_logits, out.rpn_deltas, labels, deltas, cfg=self.cfg.rpn,
+                                     anchors_per_cell=self.anchor_grid.num_anchors))
         if out.class_logits is not None and out.roi_labels is not None:
             result.update(fast_rcnn_losses(out.class_logits, out.box_deltas, out.roi_labels, out.roi_targets,
                                            sigma=self.cfg.roi_head.box_loss_sigma))
         return result
 
     def detect(self, out: ForwardOutput, image_sizes: Tensor, scales: Tensor,
-               original_sizes: Tensor | None = None, *,
+               original_sizes: Tensor | None = None, *, settings: DetectionSettings,
                no_regression: bool = False) -> list[dict[str, Tensor]]:
         """Detections per image (``{"boxes" [D, 4] original pixels, "scores" [D], "labels" [D] in 1..K}``)
-        from ``out.rois`` and the head outputs, with ``cfg.roi_head``'s threshold, NMS and cap."""
+        from ``out.rois`` and the head outputs, with the threshold, NMS and cap of ``settings``
+        (``DetectionSettings.from_config(cfg.roi_head)`` for the config's own)."""
         if out.class_logits is None:
             raise ValueError("detect needs the RoI head's outputs: run forward with run_roi_head=True")
         num_images = image_sizes.shape[0]
         counts = torch.bincount(out.rois[:, 0].long(), minlength=num_images).tolist()
         proposals = list(torch.split(out.rois[:, 1:], counts))  # rois are grouped by image
-        cfg = self.cfg.roi_head
         return postprocess_detections(out.class_logits, out.box_deltas, proposals, image_sizes, scales,
-                                      box_coder=self.box_coder, score_thresh=cfg.score_thresh,
-                                      nms_thresh=cfg.nms_thresh, original_sizes=original_sizes,
-                                      detections_per_image=cfg.detections_per_image,
+                                      box_coder=self.box_coder, score_thresh=settings.score_thresh,
+                                      nms_thresh=settings.nms_thresh, original_sizes=original_sizes,
+                                      detections_per_image=settings.detections_per_image,
                                       no_regression=no_regression)
 
     # ----------------------------------------------------------------------------------------------
@@ -230,7 +226,3 @@ class FasterRCNN(nn.Module):
         for name, param in self.backbone.named_parameters():
             if name.startswith(self.frozen_prefixes):  # each prefix ends with "."
                 param.requires_grad_(False)
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """The parameters an optimiser should update (``requires_grad`` True)."""
-        return [p for p in self.parameters() if p.requires_grad]

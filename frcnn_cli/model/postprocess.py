@@ -11,11 +11,35 @@ per-class NMS (suppress IoU > ``nms_thresh``, as py-faster-rcnn's default GPU NM
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
 from ..boxes import BoxCoder, clip_boxes
+from ..config import RoIHeadConfig
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """The test-time rules of ``postprocess_detections``: keep ``score > score_thresh``, per-class NMS at
+    ``nms_thresh``, at most ``detections_per_image`` (0 = all)."""
+
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.3
+    detections_per_image: int = 100
+
+    @classmethod
+    def from_config(cls, roi_head: RoIHeadConfig) -> DetectionSettings:
+        """The settings a config's ``roi_head`` section holds (py-faster-rcnn's 0.05, 0.3, 100)."""
+        return cls(score_thresh=roi_head.score_thresh, nms_thresh=roi_head.nms_thresh,
+                   detections_per_image=roi_head.detections_per_image)
+
+    def with_score_floor(self, score_thresh: float) -> DetectionSettings:
+        """These settings with the threshold lowered to ``score_thresh`` (never raised)."""
+        return self if score_thresh >= self.score_thresh else DetectionSettings(
+            score_thresh, self.nms_thresh, self.detections_per_image)
 
 
 def _class_boxes(box_deltas: Tensor | None, proposals: Tensor, box_coder: BoxCoder, num_classes: int,

@@ -1,4 +1,4 @@
-"""RoI labelling and sampling for Fast R-CNN, and the Fast R-CNN loss.
+"""RoI labelling and sampling for Fast R-CNN: the detector's training targets.
 
 py-faster-rcnn alt-opt (``roi_data_layer/minibatch.py::_sample_rois``): per image the candidates are its
 proposals plus its ground-truth boxes; a candidate is foreground when its best IoU with a gt box is
@@ -18,14 +18,10 @@ Shapes: N images, R_i proposals of image i, G_i gt boxes of image i, C candidate
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..boxes import BoxCoder, box_iou
 from ..config import RoIHeadConfig
-from .losses import smooth_l1
-
-__all__ = ["label_and_sample_rois", "fast_rcnn_losses", "smooth_l1"]
 
 # candidate categories; the sort below puts each image's fg before its bg before its ignored
 _FG, _BG, _IGNORED = 0, 1, 2
@@ -128,25 +124,3 @@ def label_and_sample_rois(proposals: list[Tensor], gt_boxes: list[Tensor], gt_la
     targets = torch.where(is_fg[:, None], targets, torch.zeros_like(targets))
     rois = torch.cat((box_image[keep, None].to(kept_boxes.dtype), kept_boxes), 1)
     return rois, labels, targets
-
-
-def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, labels: Tensor, targets: Tensor, *,
-                     sigma: float = 1.0) -> dict[str, Tensor]:
-    """The Fast R-CNN multi-task loss (py-faster-rcnn's SoftmaxWithLoss + SmoothL1Loss).
-
-    ``class_logits`` ``Tensor[S, K+1]``, ``box_deltas`` ``Tensor[S, 4(K+1)]``, ``labels`` ``LongTensor[S]``,
-    ``targets`` ``Tensor[S, 4]``. ``loss_cls``: cross-entropy averaged over the S RoIs. ``loss_box``:
-    smooth-L1 (``sigma``) of the label's 4 delta columns against the targets, summed over foreground
-    RoIs and divided by S (all sampled RoIs, as py-faster-rcnn). S == 0 gives two zero losses that
-    still carry a (zero) gradient.
-    """
-    num = class_logits.shape[0]
-    if num == 0:
-        zero = class_logits.sum() * 0.0 + box_deltas.sum() * 0.0
-        return {"loss_cls": zero, "loss_box": zero.clone()}
-    loss_cls = F.cross_entropy(class_logits.float(), labels)
-    rows = torch.arange(num, device=box_deltas.device)
-    pred = box_deltas.float().view(num, -1, 4)[rows, labels]
-    per_coord = smooth_l1(pred - targets.float(), sigma)
-    per_coord = torch.where((labels > 0)[:, None], per_coord, torch.zeros_like(per_coord))
-    return {"loss_cls": loss_cls, "loss_box": per_coord.sum() / num}

@@ -1,11 +1,20 @@
-"""The Region Proposal Network head and proposal generation.
+"""The Region Proposal Network head, proposal generation, and the proposal strategies ``FasterRCNN`` runs.
 
 Shapes: N images, Cin feature channels, H x W feature grid, A anchors per cell, M = H*W*A anchors per image
 (flat index ``(h*W + w)*A + a``, see ``anchors.py``), C objectness outputs per anchor (2 for the paper's
 softmax, 1 for sigmoid), R_i proposals kept for image i.
+
+A *proposer* turns the RPN's outputs into proposals (``Proposer``). ``RPNProposer`` is the paper's proposal
+layer with the numbers of a ``ProposalSettings`` value (training, test or dump: ``ProposalSettings.from_config``);
+the Table 1 ablations (``frcnn_cli.ablations``) are other proposers. ``FasterRCNN.forward`` runs whichever it
+is given, so the model never looks its proposal numbers up by itself.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +22,54 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from ..boxes import BoxCoder, clip_boxes, small_box_mask
+from ..config import OBJECTNESS, RPNConfig
 
 OBJECTNESS_CHANNELS = {"softmax": 2, "sigmoid": 1}
+PROPOSAL_MODES = ("train", "test", "dump")
+
+
+@dataclass(frozen=True)
+class ProposalSettings:
+    """The proposal layer's numbers: ``pre_nms_top_n`` boxes by objectness (0 = all), NMS at ``nms_thresh``,
+    ``post_nms_top_n`` kept (0 = all), boxes smaller than ``min_size`` original-image pixels dropped."""
+
+    pre_nms_top_n: int
+    post_nms_top_n: int
+    nms_thresh: float
+    min_size: float
+
+    @classmethod
+    def from_config(cls, rpn: RPNConfig, mode: str) -> ProposalSettings:
+        """The settings of ``rpn`` for ``mode``: "train" (joint training), "test" or "dump" (proposal files)."""
+        if mode not in PROPOSAL_MODES:
+            raise ValueError(f"mode must be one of {PROPOSAL_MODES}, got {mode!r}")
+        return cls(pre_nms_top_n=getattr(rpn, f"{mode}_pre_nms_top_n"),
+                   post_nms_top_n=getattr(rpn, f"{mode}_post_nms_top_n"), nms_thresh=rpn.nms_thresh,
+                   min_size=rpn.min_size)
+
+
+class Proposer(Protocol):
+    """Proposals ``[(boxes [R_i, 4] scaled pixels, scores [R_i])]`` from the RPN's outputs: ``anchors [M, 4]``,
+    ``cls_logits [N, M, C]``, ``deltas [N, M, 4]`` (both detached), ``image_sizes [N, 2]`` (h, w), ``scales
+    [N]``; ``keys`` name the images (manifest indices) for proposers that draw at random."""
+
+    def __call__(self, anchors: Tensor, cls_logits: Tensor, deltas: Tensor, image_sizes: Tensor, scales: Tensor,
+                 *, keys: Sequence[int] | None = None) -> list[tuple[Tensor, Tensor]]: ...
+
+
+@dataclass(frozen=True)
+class RPNProposer:
+    """The paper's proposal layer (``generate_proposals``) with ``settings``."""
+
+    settings: ProposalSettings
+
+    def __call__(self, anchors: Tensor, cls_logits: Tensor, deltas: Tensor, image_sizes: Tensor, scales: Tensor,
+                 *, keys: Sequence[int] | None = None) -> list[tuple[Tensor, Tensor]]:
+        s = self.settings
+        min_sizes = s.min_size * scales.to(device=deltas.device, dtype=torch.float32)
+        return generate_proposals(anchors, objectness_scores(cls_logits), deltas, image_sizes, min_sizes,
+                                  pre_nms_top_n=s.pre_nms_top_n, post_nms_top_n=s.post_nms_top_n,
+                                  nms_thresh=s.nms_thresh)
 
 
 class RPNHead(nn.Module):
@@ -26,8 +81,8 @@ class RPNHead(nn.Module):
 
     def __init__(self, in_channels: int, conv_channels: int, num_anchors: int, objectness: str = "softmax"):
         super().__init__()
-        if objectness not in OBJECTNESS_CHANNELS:
-            raise ValueError(f"objectness must be one of {sorted(OBJECTNESS_CHANNELS)}, got {objectness!r}")
+        if objectness not in OBJECTNESS:
+            raise ValueError(f"objectness must be one of {OBJECTNESS}, got {objectness!r}")
         self.num_anchors = int(num_anchors)
         self.objectness = objectness
         self.num_outputs = OBJECTNESS_CHANNELS[objectness]

@@ -1,24 +1,22 @@
-"""Anchor labelling, the 256-anchor sampling and the RPN loss (py-faster-rcnn's anchor target layer).
+"""Anchor labelling and the 256-anchor sampling: the RPN's targets (py-faster-rcnn's anchor target layer).
 
 Shapes: N images, M anchors per image (``anchors.py`` grid order), A anchors per cell, H x W feature grid
 (M = H*W*A), G ground-truth boxes of an image (G_max: the most of any image of the batch), C objectness
 outputs per anchor (2 softmax, 1 sigmoid). Labels: 1 object, 0 background, -1 ignored.
 
-The training path (``rpn_losses``) never waits for the device: the images of a batch are labelled together
+The training path (``anchor_targets``) never waits for the device: the images of a batch are labelled together
 (the anchors are shared, the gt boxes padded to G_max with a validity mask), the sampling ranks random keys
-instead of drawing index lists, and targets and losses are masked with ``torch.where`` rather than boolean
+instead of drawing index lists, and targets are masked with ``torch.where`` rather than boolean
 indexing, so nothing reads a count back to the host (no ``.item()``, ``nonzero`` or ``.tolist()``).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..boxes import BoxCoder, box_iou
 from ..config import RPNConfig
-from .losses import smooth_l1
 
 _CODER = BoxCoder()  # the RPN's targets are not normalised
 
@@ -37,8 +35,8 @@ def pad_gt_boxes(gt_boxes: list[Tensor], device: torch.device | str) -> tuple[Te
 
 def _inside(anchors: Tensor, image_sizes: Tensor, border: float, enabled: bool) -> Tensor:
     """``BoolTensor[N, M]``: anchors inside each ``(h, w)`` of ``image_sizes [N, 2]``, ``border`` px allowed
-    (``anchors.inside_mask``; the limit ``size + border`` is summed in float64 and rounded to the anchors'
-    dtype, as when it is a Python number). All True when not ``enabled``."""
+    (py-faster-rcnn: ``x2_inclusive < width + border``; the limit ``size + border`` is summed in float64 and
+    rounded to the anchors' dtype, as when it is a Python number). All True when not ``enabled``."""
     n, m = image_sizes.shape[0], anchors.shape[0]
     if not enabled:
         return torch.ones(n, m, dtype=torch.bool, device=anchors.device)
@@ -125,18 +123,16 @@ def sample_labels(labels: Tensor, batch_size: int, positive_fraction: float) -> 
     return torch.where(dropped, torch.full_like(labels, -1), labels)
 
 
-def _anchors_per_cell(anchors: Tensor) -> Tensor:
-    """A as a 0-d LongTensor, read off the grid without a sync: the leading anchors share cell (0, 0)'s
-    centre (all templates are concentric); the first anchor with another centre is at index A."""
-    centres = (anchors[:, :2] + anchors[:, 2:]) * 0.5
-    differs = (centres != centres[0]).any(dim=1)
-    first = torch.argmax(differs.to(torch.int32))  # the first maximum: the first differing anchor
-    return torch.where(differs.any(), first, torch.full_like(first, anchors.shape[0]))
+def anchor_targets(anchors: Tensor, gt_boxes: list[Tensor], image_sizes: Tensor, *,
+                   cfg: RPNConfig) -> tuple[Tensor, Tensor]:
+    """The RPN's training targets of a batch: sampled labels ``LongTensor[N, M]`` (1 object, 0 background,
+    -1 not in the minibatch) and regression targets ``[N, M, 4]`` (zero except on objects).
 
-
-def _targets(anchors: Tensor, gt_boxes: list[Tensor], image_sizes: Tensor,
-             cfg: RPNConfig) -> tuple[Tensor, Tensor]:
-    """Sampled labels ``LongTensor[N, M]`` and regression targets ``[N, M, 4]`` (zero except on objects)."""
+    ``anchors [M, 4]``, ``gt_boxes`` per image ``[G_i, 4]``, ``image_sizes [N, 2]`` (h, w). Each image's anchors
+    are labelled (``label_anchors_batch``) and sampled (``sample_labels``: ``cfg.batch_size_per_image``
+    anchors, ``cfg.positive_fraction`` objects at most); the targets are the unnormalised deltas of the
+    matched gt box. No host sync.
+    """
     gt, valid = pad_gt_boxes(gt_boxes, anchors.device)
     labels, matched = label_anchors_batch(
         anchors, gt, valid, image_sizes.to(anchors.device), positive_iou=cfg.positive_iou,
@@ -147,46 +143,3 @@ def _targets(anchors: Tensor, gt_boxes: list[Tensor], image_sizes: Tensor,
     matched_boxes = gt.gather(1, matched[..., None].expand(n, m, 4))  # [N, M, 4]
     encoded = _CODER.encode(anchors.float().repeat(n, 1), matched_boxes.reshape(n * m, 4)).view(n, m, 4)
     return labels, torch.where((labels == 1)[..., None], encoded, torch.zeros_like(encoded))
-
-
-def rpn_losses(cls_logits: Tensor, deltas: Tensor, anchors: Tensor, gt_boxes: list[Tensor],
-               image_sizes: Tensor, *, cfg: RPNConfig) -> dict[str, Tensor]:
-    """``{"loss_rpn_cls", "loss_rpn_box"}`` for ``cls_logits [N, M, C]``, ``deltas [N, M, 4]``.
-
-    Each image's anchors are labelled (``label_anchors_batch``) and sampled (``sample_labels``,
-    ``cfg.batch_size_per_image`` anchors, ``cfg.positive_fraction`` objects at most). The classification
-    term is cross-entropy (softmax, C=2) or binary cross-entropy (sigmoid, C=1) on the sampled anchors; the
-    box term is the smooth-L1 (``sigma = cfg.box_loss_sigma``) of ``deltas - targets`` summed over the 4
-    coordinates of the object anchors. Both are masked sums over all anchors (no host sync). Normalisation,
-    ``cfg.loss_normalization``:
-
-    * ``"sampled"`` (py-faster-rcnn): both terms divided by the number of sampled anchors of all images
-      (at least 1; the cls term is then the mean cross-entropy);
-    * ``"paper"`` (Eq. 1): cls summed / (``batch_size_per_image`` * N) (N_cls = 256 per image), box summed
-      * 10 / (N * H*W) (lambda = 10, N_reg = the number of anchor locations H*W of the map, with A read
-      off the anchor grid).
-
-    The box term is then multiplied by ``cfg.box_loss_weight``. An image without objects adds nothing to
-    the box term; a batch without objects gives an exact 0.0 that still has a gradient.
-    """
-    n, m, _ = cls_logits.shape
-    labels, targets = _targets(anchors, gt_boxes, image_sizes, cfg)
-    sampled, pos = labels >= 0, labels == 1
-    logits = cls_logits.float()
-    if logits.shape[-1] == 1:
-        per_anchor = F.binary_cross_entropy_with_logits(logits[..., 0], pos.float(), reduction="none")
-        cls_sum = torch.where(sampled, per_anchor, torch.zeros_like(per_anchor)).sum()
-    else:
-        cls_sum = F.cross_entropy(logits.reshape(n * m, -1), labels.reshape(n * m), ignore_index=-1,
-                                  reduction="sum")
-    per_coord = smooth_l1(deltas.float() - targets, cfg.box_loss_sigma)
-    box_sum = torch.where(pos[..., None], per_coord, torch.zeros_like(per_coord)).sum()
-    if cfg.loss_normalization == "paper":
-        locations = m // _anchors_per_cell(anchors)
-        loss_cls = cls_sum / float(cfg.batch_size_per_image * n)
-        loss_box = box_sum * (10.0 / (n * locations).double()).float()
-    else:
-        num_sampled = sampled.sum().clamp(min=1)
-        loss_cls = cls_sum / num_sampled
-        loss_box = box_sum / num_sampled
-    return {"loss_rpn_cls": loss_cls, "loss_rpn_box": loss_box * cfg.box_loss_weight}

@@ -103,8 +103,3 @@ def compress_fc_svd(model: nn.Module, rank: int) -> list[str]:
     done: list[str] = []
     _replace_linears(head_top, rank, "roi_head.head_top.", done)
     return done
-
-
-def linear_macs(module: nn.Module) -> int:
-    """Multiply-adds per input row of every ``nn.Linear`` inside ``module`` (``I·O`` each)."""
-    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))

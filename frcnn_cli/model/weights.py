@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..errors import CheckpointError
 from .backbones import BackboneParts
-from .checkpoint import torch_load_safely
+from .checkpoint import Init, read_init, torch_load_safely
 
 # parameter-name prefixes of an ImageNet classifier that the detector does not use
 _DROPPED_PREFIXES = {"vgg16": ("classifier.6.",), "resnet50": ("fc.",), "resnet101": ("fc.",)}
@@ -96,7 +96,12 @@ def local_state_dict(path: str | os.PathLike, name: str) -> dict[str, Tensor]:
     """The state dict in ``path``: a plain state dict (possibly under ``state_dict``/``model``, possibly
     with DataParallel's ``module.`` prefix) or a frcnn checkpoint; tensors only."""
     path = Path(path)
-    obj = _load_file(path)
+    return state_dict_of(_load_file(path), name, path)
+
+
+def state_dict_of(obj: object, name: str, path: str | os.PathLike) -> dict[str, Tensor]:
+    """The state dict held by ``obj``, what a weights file ``path`` holds (``local_state_dict``)."""
+    path = Path(path)
     if isinstance(obj, dict) and obj.get("format") == "frcnn-checkpoint":
         obj = _from_frcnn_checkpoint(obj, name, path)
     if isinstance(obj, dict) and not all(isinstance(v, Tensor) for v in obj.values()):
@@ -136,18 +141,21 @@ def load_into_parts(parts: BackboneParts, name: str, state: dict[str, Tensor], s
         getattr(parts, part).load_state_dict({k: state[k] for k in sd}, strict=True)
 
 
-def init_backbone(parts: BackboneParts, name: str, source: str) -> None:
-    """Initialise ``parts`` (built by ``build_backbone(name)``) from ``source``: "none", "imagenet" or a file.
+def init_backbone(parts: BackboneParts, name: str, init: Init | str) -> None:
+    """Initialise ``parts`` (built by ``build_backbone(name)``) from ``init``: an ``Init`` already read
+    (``checkpoint.read_init``) or what ``--init`` says ("none", "imagenet" or a file, read here).
 
     Raises ``CheckpointError`` when the weights cannot be had or do not fit; never falls back to random.
     """
-    if source == "none":
+    if isinstance(init, str):
+        init = read_init(init)
+    if init.kind == "none":
         return
-    if source == "imagenet":
+    if init.kind == "imagenet":
         state = imagenet_state_dict(name)
         label = f"torchvision's ImageNet {name} ({hub_cache_file(_torchvision_weights(name).url)})"
     else:
-        state = local_state_dict(source, name)
-        label = f"file {source}"
+        state = state_dict_of(init.data, name, init.spec)
+        label = f"file {init.spec}"
     with torch.no_grad():
         load_into_parts(parts, name, state, label)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 from ..data.images import scale_and_flip_proposals
-from ..proposals import ProposalStore
+from ..data.proposal_store import ProposalStore
 
 
 def device_batches(loader: Iterable, device: torch.device, *, channels_last: bool = False,

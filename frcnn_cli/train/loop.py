@@ -18,6 +18,7 @@ from torch import nn
 from ..config import SolverConfig
 from ..devices import autocast
 from ..errors import TrainingError
+from ..model.rpn import ProposalSettings, Proposer, RPNProposer
 from .steps import StageSpec
 
 
@@ -81,12 +82,10 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def _forward_losses(model: nn.Module, core: nn.Module, spec: StageSpec, batch, targets, proposals,
-                    amp: bool) -> dict[str, torch.Tensor]:
+                    proposer: Proposer | None, amp: bool) -> dict[str, torch.Tensor]:
     with autocast(batch.tensor.device, amp):
         out = model(batch.tensor, batch.image_sizes, batch.scales, targets=targets, proposals=proposals,
-                    run_rpn=spec.run_rpn, run_roi_head=spec.run_roi_head,
-                    proposal_mode="train" if spec.kind == "joint" else None,
-                    sample_rois=True)
+                    run_rpn=spec.run_rpn, run_roi_head=spec.run_roi_head, proposer=proposer, sample_rois=True)
         losses = core.losses(out, targets, batch.image_sizes)
     return {k: v.float() for k, v in losses.items()}
 
@@ -111,12 +110,14 @@ def run_loop(*, model: nn.Module, core: nn.Module, spec: StageSpec, optimizer: t
     """
     model.train()
     device = next(core.parameters()).device
+    # joint training: proposals from the RPN being trained, with the training top-N (constants for autograd)
+    proposer = RPNProposer(ProposalSettings.from_config(core.cfg.rpn, "train")) if spec.kind == "joint" else None
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     tick, images = time.perf_counter(), 0
     for it in range(start, total):
         batch, targets, proposals = next(batches)
         _set_lr(optimizer, schedule.lr_at(it))
-        losses = _forward_losses(model, core, spec, batch, targets, proposals, amp)
+        losses = _forward_losses(model, core, spec, batch, targets, proposals, proposer, amp)
         loss = sum(losses.values())
         finite = torch.isfinite(loss)
         first_bad = torch.where((first_bad < 0) & ~finite, torch.full_like(first_bad, it), first_bad)

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..atomic import atomic_write_json, ensure_dir
-from ..config import Config, config_from_dict, config_to_dict
+from ..callbacks import Progress, StepCallback, WarningCallback
+from ..config import TRAIN_MODES, Config, RuntimeConfig
+from ..config_io import config_from_dict, config_to_dict
 from ..data.manifest import Manifest, manifest_hash
 from ..errors import ConfigError, DataError
-from ..inference import dump_proposals
-from ..model.checkpoint import load_model
+from ..inference import InferenceSettings, Predictor, dump_proposals
+from ..model.checkpoint import load_model, read_init
 from . import distributed
 from .loop import LoopState
 from .stage import StageRequest, run_stage
@@ -62,12 +64,15 @@ class PipelineRequest:
     manifest_path: Path
     workdir: Path
     device: torch.device
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     mode: str = "alternating"
     iters: int | None = None
     checkpoint_every: int = 0
+    resume: bool = False  # asked to resume (``frcnn train --resume``): warn when there is nothing to resume
     on_log: Callable[[LoopState], None] | None = None
-    on_step: Callable[[str, str], None] | None = None  # (step name, "start" | "done" | "skip")
-    progress: Callable[[int, int], None] | None = None  # dump progress
+    on_step: StepCallback | None = None  # (step name, "start" | "done" | "skip")
+    on_warning: WarningCallback | None = None
+    progress: Progress | None = None  # dump progress (done, total)
 
 
 def _read_state(path: Path) -> dict | None:
@@ -92,7 +97,7 @@ def _check_same_run(state: dict, req: PipelineRequest, path: Path) -> Config:
         iters = state.get("iters") or "of the preset"
         raise ConfigError(f"{req.workdir} holds an {state['mode']} run with iterations {iters}; "
                           "rerun it with the same options or use another --workdir")
-    saved = config_from_dict(state["config"])
+    saved = config_from_dict(state["config"])  # the recipe only: runtime settings may change between runs
     if saved != req.cfg:
         raise ConfigError(f"{req.workdir} was started with another config (see {path}); rerun with the same "
                           "--config/--set or use another --workdir")
@@ -111,25 +116,26 @@ def _run_step(req: PipelineRequest, step: Step) -> None:
     if step.kind == "dump":
         if distributed.is_main():  # one rank dumps; the others wait for the file
             model_path = step_path(req.workdir, steps[step.model_from])
-            model, _ = load_model(model_path, device=req.device)
-            dump_proposals(model, req.manifest, req.manifest_path, out, device=req.device,
-                           checkpoint_path=model_path, progress=req.progress,
-                           num_workers=model.cfg.solver.num_workers)
+            model, _ = load_model(model_path, device=req.device, require=("rpn",))
+            settings = InferenceSettings.from_config(model.cfg, mode="dump")
+            dump_proposals(Predictor(model, req.device, settings, req.runtime, owned=True), req.manifest, out,
+                           checkpoint_path=model_path, progress=req.progress)
         distributed.barrier()
         return
     init = str(step_path(req.workdir, steps[step.init_from])) if step.init_from else req.cfg.init
     proposals = step_path(req.workdir, steps[step.proposals_from]) if step.proposals_from else None
     spec = stage_spec(step.kind, freeze_shared=step.freeze_shared)
     run_stage(StageRequest(cfg=req.cfg, spec=spec, manifest=req.manifest, manifest_path=req.manifest_path,
-                           out=out, init=init, device=req.device, iters=req.iters, proposals_path=proposals,
-                           checkpoint_every=req.checkpoint_every, resume=True,
-                           metrics_path=req.workdir / "metrics.jsonl", on_log=req.on_log))
+                           out=out, init=read_init(init), device=req.device, runtime=req.runtime, iters=req.iters,
+                           proposals_path=proposals, checkpoint_every=req.checkpoint_every, resume=True,
+                           metrics_path=req.workdir / "metrics.jsonl", on_log=req.on_log,
+                           on_warning=req.on_warning))
 
 
 def run_pipeline(req: PipelineRequest) -> Path:
     """Run (or continue) every step; returns the path of the final unified model."""
-    if req.mode not in ("alternating", "joint"):
-        raise ConfigError(f"--mode must be alternating or joint, got {req.mode}")
+    if req.mode not in TRAIN_MODES:
+        raise ConfigError(f"--mode must be one of {', '.join(TRAIN_MODES)}, got {req.mode}")
     init = req.cfg.init
     if init not in ("imagenet", "none") and not Path(init).is_file():
         raise ConfigError(f"init {init} does not exist; give imagenet, none, a weights file or a checkpoint "
@@ -139,6 +145,8 @@ def run_pipeline(req: PipelineRequest) -> Path:
     state_path = req.workdir / "state.json"
     state = _read_state(state_path)
     if state is None:
+        if req.resume and req.on_warning is not None and distributed.is_main():
+            req.on_warning(f"--resume: {req.workdir} holds no run to resume (no {state_path.name}); starting one")
         state = _new_state(req)
         if distributed.is_main():
             atomic_write_json(state_path, state)

@@ -8,20 +8,23 @@ While it runs, ``<out>.resume.pt`` holds the latest resumable state (written ato
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..config import Config
-from ..data.images import DetectionDataset, make_loader
+from ..callbacks import WarningCallback
+from ..config import Config, RuntimeConfig
+from ..data.images import DetectionDataset
+from ..data.loading import make_loader
 from ..data.manifest import Manifest, manifest_hash
+from ..data.proposal_store import ProposalStore
+from ..devices import place_model
 from ..errors import ConfigError, FrcnnError, TrainingError
-from ..model.checkpoint import file_sha256, read_checkpoint, save_checkpoint
-from ..model.winograd import use_winograd
-from ..proposals import ProposalStore
+from ..model.checkpoint import Init, file_sha256, read_checkpoint, save_checkpoint
 from . import distributed
 from .batching import device_batches, proposal_source
 from .loop import LoopHooks, LoopState, Schedule, build_optimizer, run_loop
@@ -37,16 +40,18 @@ class StageRequest:
     manifest: Manifest
     manifest_path: Path
     out: Path
-    init: str
+    init: Init
     device: torch.device
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     iters: int | None = None
     proposals_path: Path | None = None
     checkpoint_every: int = 0
     resume: bool = False
     metrics_path: Path | None = None
     on_log: Callable[[LoopState], None] | None = None
-    on_warning: Callable[[str], None] | None = None  # something odd but allowed (rank 0 only)
-    on_start: Callable[[], None] | None = None  # once every input is checked, just before the first iteration
+    on_warning: WarningCallback | None = None  # something odd but allowed (rank 0 only)
+    # once every input is checked, just before the first iteration: (first iteration, total) (rank 0 only)
+    on_start: Callable[[int, int], None] | None = None
 
 
 def resume_path(out: Path) -> Path:
@@ -93,7 +98,8 @@ class _MetricsLog:
 
 def _provenance(req: StageRequest, init_info: dict, total: int, seed: int) -> dict:
     prov = {"manifest_hash": manifest_hash(req.manifest), "manifest": str(req.manifest_path),
-            "iterations": total, "seed": seed, **init_info}
+            "iterations": total, "seed": seed, **init_info,
+            "runtime": {**dataclasses.asdict(req.runtime), "device": str(req.device)}}  # a record, never replayed
     if req.proposals_path is not None:
         prov["proposals"] = str(req.proposals_path)
         prov["proposals_hash"] = file_sha256(req.proposals_path)
@@ -162,14 +168,14 @@ def _check_request(req: StageRequest) -> None:
                                  "can write to") from None
 
 
-def _announce(req: StageRequest, warning: str | None) -> None:
+def _announce(req: StageRequest, warning: str | None, start: int, total: int) -> None:
     """The warning and the start, on rank 0, once the init, the proposals and the resume state are checked."""
     if not distributed.is_main():
         return
     if warning is not None and req.on_warning is not None:
         req.on_warning(warning)
     if req.on_start is not None:
-        req.on_start()
+        req.on_start(start, total)
 
 
 def run_stage(req: StageRequest) -> Path:
@@ -184,12 +190,9 @@ def run_stage(req: StageRequest) -> Path:
         store.check_manifest(req.manifest, req.manifest_path)
     model, init_info, loaded = build_stage_model(cfg, req.manifest.classes, spec, req.init)
     freeze_for_stage(model, spec)
-    model.to(req.device)
-    channels_last = req.device.type == "cuda" and cfg.solver.channels_last
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if req.device.type == "cpu" and cfg.solver.cpu_winograd:
-        use_winograd(model)  # 3x3 convs >= 128 channels: Winograd forward (and input gradient when trained)
+    # on the CPU 3x3 convs >= 128 channels: Winograd forward (and gradients when trained)
+    place_model(model, req.device, req.runtime, training=True)
+    channels_last = req.device.type == "cuda" and req.runtime.channels_last
     default_iters, steps = spec.iterations(cfg.solver)
     total, steps = scaled_schedule(default_iters, steps, req.iters)
     optimizer = build_optimizer(model, cfg.solver)
@@ -198,14 +201,14 @@ def run_stage(req: StageRequest) -> Path:
         raise TrainingError(f"{resume_path(req.out)} is already at iteration {start} of {total}; "
                             "delete it or ask for more --iters")
     prov = _provenance(req, init_info, total, cfg.seed)
-    _announce(req, shared_convs_warning(spec, init_info))
+    _announce(req, shared_convs_warning(spec, init_info), start, total)
     parts = tuple(p for p in model.part_names if p in spec.trainable or p in loaded)
     wrapped = distributed.wrap(model, req.device)
     dataset = DetectionDataset(req.manifest, cfg, train=True)
     batch_size = spec.images_per_batch(cfg.solver)
     loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=cfg.seed,
-                         num_workers=cfg.solver.num_workers, start_iteration=start,
-                         **distributed.shard_kwargs())
+                         num_workers=req.runtime.num_workers, start_iteration=start,
+                         pin_memory=req.device.type == "cuda", **distributed.shard_kwargs())
     metrics = _MetricsLog(req.metrics_path if distributed.is_main() else None, spec.label)
 
     def on_log(state: LoopState) -> None:
@@ -214,7 +217,7 @@ def run_stage(req: StageRequest) -> Path:
             req.on_log(state)
 
     hooks = LoopHooks(on_log=on_log, save=_saver(req, model, optimizer, parts, prov, total),
-                      checkpoint_every=req.checkpoint_every, log_every=cfg.solver.log_every)
+                      checkpoint_every=req.checkpoint_every, log_every=req.runtime.log_every)
     warmup = min(cfg.solver.warmup_iters, max(steps[0] if steps else total, 1) // 2)  # short runs warm up less
     schedule = Schedule(cfg.solver.lr, steps, cfg.solver.gamma, warmup, cfg.solver.warmup_factor)
     note = (f"the last good state is in {resume_path(req.out)}." if req.checkpoint_every else
@@ -222,11 +225,6 @@ def run_stage(req: StageRequest) -> Path:
     run_loop(model=wrapped, core=model, spec=spec, optimizer=optimizer, schedule=schedule,
              batches=device_batches(loader, req.device, channels_last=channels_last,
                                     proposals_for=proposal_source(store, req.device) if store is not None else None),
-             start=start, total=total, amp=cfg.solver.amp, hooks=hooks, last_good_note=note)
+             start=start, total=total, amp=req.runtime.amp, hooks=hooks, last_good_note=note)
     distributed.barrier()
     return req.out
-
-
-def with_seed(cfg: Config, seed: int | None) -> Config:
-    """``--seed`` overrides the config's seed."""
-    return cfg if seed is None else replace(cfg, seed=seed)

@@ -17,11 +17,13 @@ The paper's 4-step alternating optimisation (Sec. 3.2, py-faster-rcnn ``train_fa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
-from ..config import Config, SolverConfig
+from ..config import Config, RuntimeConfig, SolverConfig, runtime_defaults
+from ..config_io import apply_overrides, apply_runtime_overrides, resolve_settings, split_overrides
 from ..errors import CheckpointError, ConfigError
-from ..model.checkpoint import is_frcnn_checkpoint, load_parts, read_checkpoint
+from ..model.checkpoint import Init, checkpoint_config, load_parts, read_init
 from ..model.detector import FasterRCNN
 from ..model.weights import init_backbone
 
@@ -85,30 +87,30 @@ def scaled_schedule(default_iters: int, steps: tuple[int, ...], iters: int | Non
 
 
 def build_stage_model(cfg: Config, classes: list[str], spec: StageSpec,
-                      init: str) -> tuple[FasterRCNN, dict, tuple[str, ...]]:
+                      init: Init) -> tuple[FasterRCNN, dict, tuple[str, ...]]:
     """The model a stage starts from, its initialisation provenance, and the parts that were loaded.
 
-    ``init`` is ``imagenet``, ``none`` or a checkpoint path. Every part the checkpoint holds is loaded,
+    ``init`` (``read_init``): ImageNet, none, a weights file or a checkpoint. Every part a checkpoint holds is loaded,
     except that step 4 (detector, shared convs frozen) takes only fc6/fc7 of the region head and starts the
     class scores and box predictors afresh, as py-faster-rcnn. Parts not loaded keep the paper's fresh
     initialisation (N(0, 0.01) for the RPN and cls_score, N(0, 0.001) for bbox_pred).
     """
     model = FasterRCNN(cfg, classes)
-    if init in ("imagenet", "none") or not is_frcnn_checkpoint(init):
+    if init.kind != "checkpoint":
         if spec.freeze_shared:
             raise ConfigError("--freeze-shared needs --init CHECKPOINT: the shared convs must come from an "
                               "earlier step (step 3: --init det1.pt, step 4: --init rpn2.pt)")
         init_backbone(model.backbone_parts, cfg.backbone, init)  # imagenet, none, or a weights file
-        return model, {"init": str(init)}, ()
-    ckpt = read_checkpoint(init)
+        return model, {"init": init.spec}, ()
+    ckpt, path = init.data, init.spec
     present = tuple(p for p in model.part_names if p in ckpt.get("parts", {}))
     if spec.kind == "detector" and spec.freeze_shared and "rpn" not in present:
-        raise CheckpointError(f"{init} has no RPN head; step 4 starts from the step-3 RPN checkpoint "
+        raise CheckpointError(f"{path} has no RPN head; step 4 starts from the step-3 RPN checkpoint "
                               "(frcnn train-rpn --init det1.pt --freeze-shared)")
     head_top_only = spec.kind == "detector" and spec.freeze_shared
     for part in present:
-        load_parts(model, ckpt, (part,), init, head_top_only=head_top_only and part == "roi_head")
-    provenance = {"init": str(init), "init_stage": ckpt.get("stage"), "init_parts": list(present)}
+        load_parts(model, ckpt, (part,), path, head_top_only=head_top_only and part == "roi_head")
+    provenance = {"init": path, "init_stage": ckpt.get("stage"), "init_parts": list(present)}
     return model, provenance, present
 
 
@@ -143,20 +145,25 @@ def shared_convs_warning(spec: StageSpec, init_info: dict) -> str | None:
     return message + f". Training goes on: stop it and use {fix} unless this is on purpose"
 
 
-def config_for_init(cfg: Config, init: str, config_given: bool) -> Config:
-    """A checkpoint init brings its own config unless ``--config`` was given; backbones must agree.
-
-    ``imagenet``, ``none`` and plain weights files (a state dict, e.g. converted Caffe weights) keep ``cfg``.
+def stage_config(config: str | None, overrides: Sequence[str], seed: int | None,
+                 init: str | None) -> tuple[Config, RuntimeConfig, Init]:
+    """The config, runtime settings and init of a ``train-rpn``/``train-detector`` stage, with ``init`` read
+    once: ``--config`` (default vgg16) then ``--set`` then ``--seed``; ``--init`` (default: the config's
+    ``init``). A checkpoint init brings its own config unless ``--config`` was given; backbones must agree.
     """
-    if init in ("imagenet", "none") or not is_frcnn_checkpoint(init):
-        return cfg
-    from ..config import config_from_dict
-
-    ckpt_cfg = config_from_dict(read_checkpoint(init)["config"])
-    if config_given and ckpt_cfg.backbone != cfg.backbone:
-        raise CheckpointError(f"{init} holds a {ckpt_cfg.backbone} backbone but --config asks for "
-                              f"{cfg.backbone}; use a checkpoint of the same backbone or drop --config")
-    return cfg if config_given else ckpt_cfg
+    cfg, runtime = resolve_settings(config)
+    config_items, runtime_items = split_overrides(overrides)
+    init_read = read_init(init or apply_overrides(cfg, config_items).init)
+    if init_read.kind == "checkpoint":
+        ckpt_cfg = checkpoint_config(init_read.data, init_read.spec)
+        if config is not None and ckpt_cfg.backbone != cfg.backbone:
+            raise CheckpointError(f"{init_read.spec} holds a {ckpt_cfg.backbone} backbone but --config asks "
+                                  f"for {cfg.backbone}; use a checkpoint of the same backbone or drop --config")
+        if config is None:
+            cfg, runtime = ckpt_cfg, runtime_defaults(ckpt_cfg.name)
+    cfg = apply_overrides(cfg, config_items)
+    cfg = cfg if seed is None else replace(cfg, seed=seed)
+    return cfg, apply_runtime_overrides(runtime, runtime_items), init_read
 
 
 def freeze_for_stage(model: FasterRCNN, spec: StageSpec) -> None:

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .atomic import fsync_dir, fsync_path
-from .errors import ProposalStoreError
+from ..atomic import fsync_dir, fsync_path
+from ..errors import ProposalStoreError
 
 FORMAT = "frcnn-proposals"
 VERSION = 1
@@ -345,13 +345,9 @@ class ProposalStore:
         scores = self._dataset(group, "scores", lambda s: s == (boxes.shape[0],), img)
         return torch.from_numpy(boxes), torch.from_numpy(scores)
 
-    def get_many(self, keys: Sequence[int | str]) -> list[tuple[Tensor, Tensor]]:
-        """``get`` for several images."""
-        return [self.get(k) for k in keys]
-
     def check_manifest(self, manifest, manifest_path: str | os.PathLike) -> None:
         """Refuse (naming both files) a store made from another manifest or lacking some of its images."""
-        from .data.manifest import manifest_hash
+        from .manifest import manifest_hash
 
         want = manifest_hash(manifest)
         ids = [rec.id for rec in manifest.images]
