@@ -52,7 +52,7 @@ def _show_report(report: PrepareReport, path: Path) -> None:
     rows.append(["[bold]all[/bold]", str(report.objects), str(report.difficult), str(report.images)])
     console.table(report.name, ["class", "objects", "difficult", "images"], rows)
     (w0, h0), (w1, h1) = report.min_size, report.max_size
-    crowd = f", {report.crowd} of them crowd regions" if report.crowd else ""
+    crowd = f", including {report.crowd} crowd region{'s' * (report.crowd != 1)}" if report.crowd else ""
     console.info(f"{report.images} images ({report.empty_images} without objects), {report.objects} objects "
                  f"({report.difficult} difficult{crowd}); widths {w0}..{w1}, heights {h0}..{h1} px")
     for message in report.warnings[:MAX_WARNINGS]:

@@ -283,12 +283,12 @@ def _box_masks(boxes: np.ndarray, clipped: np.ndarray, cols: dict) -> dict[str, 
 def _drop_warning(path: Path, masks: dict, cols: dict) -> str | None:
     """One warning that counts the clipped and the dropped boxes, with the first of each."""
     parts = []
-    for key, what in (("clipped", f"reached at most {CLIP_TOLERANCE:g} px outside their image and were clipped"),
-                      ("zero", "had zero width or height and were dropped"),
-                      ("outside", "lay outside their image and were dropped")):
+    for key, what in (("clipped", f"boxes reaching at most {CLIP_TOLERANCE:g} px outside their image, clipped"),
+                      ("zero", "boxes of zero width or height, dropped"),
+                      ("outside", "boxes outside their image, dropped")):
         found = np.nonzero(masks[key])[0]
         if len(found):
-            parts.append(f"{len(found)} boxes {what} (first: {_name(cols, int(found[0]))})")
+            parts.append(f"{what}: {len(found)} (first: {_name(cols, int(found[0]))})")
     return f"{path}: " + "; ".join(parts) if parts else None
 
 
@@ -378,7 +378,7 @@ def prepare_coco(annotations: str | os.PathLike, images_dir: str | os.PathLike, 
     if drop_empty:
         kept = [rec for rec in records if rec.boxes]
         if len(kept) < len(records):
-            warn(f"{path}: {len(records) - len(kept)} images without objects left out (--drop-empty)")
+            warn(f"{path}: images without objects left out (--drop-empty): {len(records) - len(kept)}")
         records = kept
     if not records:
         raise DataError(f"{path}: no image has an object; nothing to train on (leave out --drop-empty to keep "
