@@ -55,7 +55,8 @@ class _Row(int):
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """An integer that fits the int64 columns (ids, sizes)."""
+    return isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63
 
 
 def _is_number(v: Any) -> bool:
@@ -71,12 +72,12 @@ def _annotation_problem(ann: Any) -> str | None:
             return f"has no \"{key}\""
     for key in ("image_id", "category_id"):
         if not _is_int(ann[key]):
-            return f"\"{key}\" {ann[key]!r} is not an integer"
+            return f"\"{key}\" {ann[key]!r} is not an integer of at most 64 bits"
     box = ann["bbox"]
     if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
         return f"bbox {box!r} is not [x, y, width, height] with finite numbers"
     if "id" in ann and not _is_int(ann["id"]):
-        return f"\"id\" {ann['id']!r} is not an integer"
+        return f"\"id\" {ann['id']!r} is not an integer of at most 64 bits"
     if ann.get("iscrowd", 0) not in (0, 1):
         return f"iscrowd {ann['iscrowd']!r} is not 0 or 1"
     if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
@@ -178,7 +179,7 @@ def _categories(data: dict, path: Path) -> tuple[list[str], list[int]]:
 
 def _image_problem(img: Any) -> str | None:
     if not isinstance(img, dict) or not _is_int(img.get("id")):
-        return "has no integer \"id\""
+        return "has no integer \"id\" (of at most 64 bits)"
     name = img.get("file_name")
     if not isinstance(name, str) or not name or "\x00" in name:
         return "\"file_name\" is missing or empty"
