@@ -189,3 +189,14 @@ def test_a_missing_annotation_file_says_what_to_give(tmp_path, assert_clean_erro
     result = CliRunner().invoke(cli, ["prepare", "coco", "--annotations", tmp_path / "nope.json",
                                       "--images", tmp_path / "images", "--out", tmp_path / "m.json"])
     assert_clean_error(result, "nope.json does not exist", "--annotations")
+
+
+def test_drop_empty_and_name_from_the_command_line(coco_set, tmp_path):
+    ann, images = coco_set
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(cli, ["prepare", "coco", "--annotations", ann, "--images", images, "--out", out,
+                                      "--drop-empty", "--name", "coco-mini"])
+    assert result.exit_code == 0, result.output
+    back = read_manifest(out)
+    assert back.name == "coco-mini" and [rec.id for rec in back.images] == ["397133", "7", "1000"]
+    assert "images without objects left out (--drop-empty): 1" in result.stderr
