@@ -1,4 +1,4 @@
-"""``frcnn prepare voc|folder|synth``: datasets to manifests; a summary on stderr, the paths on stdout."""
+"""``frcnn prepare voc|folder|coco|synth``: datasets to manifests; a summary on stderr, the paths on stdout."""
 
 from __future__ import annotations
 
@@ -36,8 +36,9 @@ def _show_report(report: PrepareReport, path: Path) -> None:
     rows.append(["[bold]all[/bold]", str(report.objects), str(report.difficult), str(report.images)])
     console.table(report.name, ["class", "objects", "difficult", "images"], rows)
     (w0, h0), (w1, h1) = report.min_size, report.max_size
+    crowd = f", including {report.crowd} crowd region{'s' * (report.crowd != 1)}" if report.crowd else ""
     console.info(f"{report.images} images ({report.empty_images} without objects), {report.objects} objects "
-                 f"({report.difficult} difficult); widths {w0}..{w1}, heights {h0}..{h1} px")
+                 f"({report.difficult} difficult{crowd}); widths {w0}..{w1}, heights {h0}..{h1} px")
     for message in report.warnings[:MAX_WARNINGS]:
         console.warn(message)
     if len(report.warnings) > MAX_WARNINGS:
@@ -67,7 +68,7 @@ def _parse_years(ctx: click.Context, param: click.Parameter, value: str) -> list
 
 class _InOrder(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)  # voc, folder, synth: as written, not alphabetical
+        return list(self.commands)  # voc, folder, coco, synth: as written, not alphabetical
 
 
 @click.group("prepare", cls=_InOrder)
@@ -78,6 +79,7 @@ def prepare() -> None:
       frcnn prepare voc    --root VOCdevkit --year 2007 --split trainval --out voc07-trainval.json
       frcnn prepare voc    --root VOCdevkit --year 2007,2012 --split trainval --out voc0712-trainval.json
       frcnn prepare folder --images imgs/ --annotations xml/ --val-fraction 0.1 --out mine.json
+      frcnn prepare coco   --annotations instances_train2017.json --images train2017/ --out coco-train.json
       frcnn prepare synth  --out synth/
     """
 
@@ -138,6 +140,31 @@ def folder(images_dir: Path, annotations_dir: Path, classes_file: Path | None, s
         found = ", ".join(outputs[0][1].classes)
         console.info(f"classes found in the XML (sorted; --classes FILE sets the order): {found}")
     _finish(outputs, warnings)
+
+
+@prepare.command("coco")
+@click.option("--annotations", "annotations", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="COCO annotation file (instances_*.json, or a labelling tool's COCO export).")
+@click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="The folder the images' file_name is relative to (e.g. train2017/).")
+@click.option("--drop-empty", is_flag=True, help="Leave out images without objects (kept as negatives by default).")
+@click.option("--name", help="Manifest name. Default: the --out file name without .json.")
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Manifest to write.")
+def coco(annotations: Path, images_dir: Path, drop_empty: bool, name: str | None, out: Path) -> None:
+    """COCO-format data (COCO, Objects365, LVIS, CVAT/Label Studio/Roboflow exports) as a manifest.
+
+    Categories become classes in id order (names and original ids kept), crowd regions are kept as
+    difficult boxes (never trained on, ignored by evaluation), image files are checked to exist (sizes
+    come from the JSON).
+    """
+    from ..data.coco import prepare_coco
+
+    stem = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
+    warnings: list[str] = []
+    with _Progress("checking image files") as progress:
+        manifest = prepare_coco(annotations, images_dir, drop_empty=drop_empty, name=name or stem,
+                                on_warning=warnings.append, progress=progress)
+    _finish([(out, manifest)], warnings)
 
 
 @prepare.command("synth")

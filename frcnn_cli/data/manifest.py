@@ -13,6 +13,13 @@ Boxes are 0-based continuous ``x1 y1 x2 y2`` inside ``[0, width] x [0, height]``
 are relative to ``root`` (or absolute); a relative ``root`` is taken relative to the manifest's folder.
 The content hash (``manifest_hash``) covers the classes and the images, not the name or the root, so a
 dataset moved to another disk keeps its identity.
+
+Optional keys kept from COCO-format data (``data/coco.py``), each absent from other manifests (which
+then hash exactly as before): top-level ``category_ids`` (the original category id of each class,
+distinct integers), and per image ``coco_id`` (the original image id, unique), ``crowd`` (one flag per
+box: a crowd region, which is always also ``difficult``: never a training target, an ignore region in
+evaluation) and ``area`` (one number >= 0 per box: COCO's object area, which COCO evaluation uses for
+its small / medium / large ranges).
 """
 
 from __future__ import annotations
@@ -22,12 +29,12 @@ import json
 import math
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_path
 from ..errors import DataError
 
 FORMAT = "frcnn-manifest"
@@ -47,6 +54,9 @@ class ImageRecord:
     labels: list[int]
     difficult: list[bool]
     truncated: list[bool] | None = None
+    crowd: list[bool] | None = None  # COCO ``iscrowd`` regions (always difficult too)
+    area: list[float] | None = None  # COCO ``area`` of each box (the mask's area, not the box's)
+    coco_id: int | None = None  # the image id of the COCO file it came from
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types with canonical number types (so a written and re-read record hashes the same)."""
@@ -58,17 +68,27 @@ class ImageRecord:
         }
         if self.truncated is not None:
             out["truncated"] = [bool(v) for v in self.truncated]
+        if self.crowd is not None:
+            out["crowd"] = [bool(v) for v in self.crowd]
+        if self.area is not None:
+            out["area"] = [float(v) for v in self.area]
+        if self.coco_id is not None:
+            out["coco_id"] = int(self.coco_id)
         return out
 
 
 @dataclass
 class Manifest:
-    """A named list of images with their class names; ``root`` is the folder image paths are relative to."""
+    """A named list of images with their class names; ``root`` is the folder image paths are relative to.
+
+    ``category_ids``: the original COCO category id of each class (COCO-format data only), else None.
+    """
 
     name: str
     classes: list[str]
     root: str
     images: list[ImageRecord]
+    category_ids: list[int] | None = None
 
     def image_path(self, rec: ImageRecord) -> Path:
         """The file of ``rec``; a relative path that climbs out of ``root`` with ``..`` is refused."""
@@ -85,30 +105,46 @@ class Manifest:
         return Path(full)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT, "version": VERSION, "name": self.name, "classes": list(self.classes),
-            "root": self.root, "images": [rec.to_dict() for rec in self.images],
-        }
+        return {**self.head_dict(), "images": [rec.to_dict() for rec in self.images]}
+
+    def head_dict(self) -> dict[str, Any]:
+        """Every top-level key but ``images``, in the order they are written."""
+        head: dict[str, Any] = {"format": FORMAT, "version": VERSION, "name": self.name,
+                                "classes": list(self.classes)}
+        if self.category_ids is not None:
+            head["category_ids"] = [int(v) for v in self.category_ids]
+        head["root"] = self.root
+        return head
 
 
 def manifest_hash(manifest: Manifest) -> str:
-    """sha256 (64 hex digits) of the canonical JSON of the classes and the images."""
-    content = {"classes": list(manifest.classes), "images": [rec.to_dict() for rec in manifest.images]}
+    """sha256 (64 hex digits) of the canonical JSON of the classes (with ``category_ids`` when present)
+    and the images."""
+    content: dict[str, Any] = {"classes": list(manifest.classes),
+                               "images": [rec.to_dict() for rec in manifest.images]}
+    if manifest.category_ids is not None:
+        content["category_ids"] = [int(v) for v in manifest.category_ids]
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
-    """Validate ``manifest`` and write it atomically to ``path`` (one image per line)."""
+    """Validate ``manifest`` and write it atomically to ``path`` (one image per line).
+
+    Every image is validated before anything is written; only the output's text is held at once (one
+    line per image), not a second copy of the manifest as dicts (COCO train2017: 860k boxes).
+    """
     path = Path(path)
-    data = manifest.to_dict()
-    _validate(data, str(path))
-    head = {k: v for k, v in data.items() if k != "images"}
-    lines = [json.dumps(head, ensure_ascii=False)[:-1] + ', "images": [']
-    images = [json.dumps(rec, ensure_ascii=False, allow_nan=False) for rec in data["images"]]
-    lines.append(",\n".join(f" {line}" for line in images))
-    lines.append("]}\n")
-    atomic_write_text(path, "\n".join(lines))
+    head = manifest.head_dict()
+    _validate_head({**head, "images": []}, str(path))
+    records = (rec.to_dict() for rec in manifest.images)
+    lines = [json.dumps(rec, ensure_ascii=False, allow_nan=False)
+             for rec in _validated_images(records, len(manifest.classes), str(path))]
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(json.dumps(head, ensure_ascii=False)[:-1] + ', "images": [\n')
+        for i, line in enumerate(lines):
+            f.write(",\n " + line if i else " " + line)
+        f.write("\n]}\n")
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
@@ -132,21 +168,35 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     if not os.path.isabs(root):
         root = os.path.normpath(os.path.join(os.path.abspath(path.parent), root))
     images = [_record(rec) for rec in data["images"]]
-    return Manifest(name=data["name"], classes=list(data["classes"]), root=root, images=images)
+    category_ids = data.get("category_ids")
+    return Manifest(name=data["name"], classes=list(data["classes"]), root=root, images=images,
+                    category_ids=None if category_ids is None else list(category_ids))
+
+
+def _flags(values: list | None) -> list[bool] | None:
+    return None if values is None else [bool(v) for v in values]
 
 
 def _record(rec: dict[str, Any]) -> ImageRecord:
-    truncated = rec.get("truncated")
+    area = rec.get("area")
     return ImageRecord(
         id=rec["id"], path=rec["path"], width=rec["width"], height=rec["height"],
         boxes=[[float(v) for v in box] for box in rec["boxes"]], labels=list(rec["labels"]),
-        difficult=[bool(v) for v in rec["difficult"]],
-        truncated=None if truncated is None else [bool(v) for v in truncated],
+        difficult=[bool(v) for v in rec["difficult"]], truncated=_flags(rec.get("truncated")),
+        crowd=_flags(rec.get("crowd")), area=None if area is None else [float(v) for v in area],
+        coco_id=rec.get("coco_id"),
     )
 
 
 def _validate(data: Any, where: str) -> None:
     """Check the format, version and top-level fields, then every image."""
+    _validate_head(data, where)
+    for _ in _validated_images(data["images"], len(data["classes"]), where):
+        pass
+
+
+def _validate_head(data: Any, where: str) -> None:
+    """Check the format, version and top-level fields (``images`` only for being a list)."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DataError(f"{where} is not a frcnn manifest (no \"format\": \"{FORMAT}\"); use `frcnn prepare`")
     version = data.get("version")
@@ -165,16 +215,32 @@ def _validate(data: Any, where: str) -> None:
     classes = data["classes"]
     if not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
         raise DataError(f"manifest {where}: \"classes\" must be distinct non-empty names; fix the class list")
+    category_ids = data.get("category_ids")
+    if category_ids is not None and not (
+            isinstance(category_ids, list) and len(category_ids) == len(classes)
+            and all(_is_int(v) for v in category_ids) and len(set(category_ids)) == len(category_ids)):
+        raise DataError(f"manifest {where}: \"category_ids\" must be {len(classes)} distinct integers, one per "
+                        "class; fix it or run `frcnn prepare coco` again")
+
+
+def _validated_images(images: Iterable[Any], num_classes: int, where: str) -> Iterator[dict[str, Any]]:
+    """Every image entry, checked (and unique ids) before it is yielded; the first problem is a DataError."""
     seen: set[str] = set()
-    for i, rec in enumerate(data["images"]):
-        problem = _record_problem(rec, len(classes))
+    coco_ids: set[int] = set()
+    for i, rec in enumerate(images):
+        problem = _record_problem(rec, num_classes)
         named = isinstance(rec, dict) and isinstance(rec.get("id"), str)
         image = f"image {i}" + (f" ({rec['id']})" if named else "")
         if problem is None and rec["id"] in seen:
             problem = "the id appears twice; image ids must be unique"
+        if problem is None and rec.get("coco_id") in coco_ids:
+            problem = f"coco_id {rec['coco_id']} appears twice; COCO image ids must be unique"
         if problem is not None:
             raise DataError(f"manifest {where}, {image}: {problem}; fix it or run `frcnn prepare` again")
         seen.add(rec["id"])
+        if "coco_id" in rec:
+            coco_ids.add(rec["coco_id"])
+        yield rec
 
 
 def _is_int(v: Any) -> bool:
@@ -204,12 +270,11 @@ def _record_problem(rec: Any, num_classes: int) -> str | None:
         return "\"boxes\", \"labels\" and \"difficult\" must be lists"
     if not len(boxes) == len(labels) == len(difficult):
         return f"{len(boxes)} boxes but {len(labels)} labels and {len(difficult)} difficult flags"
-    truncated = rec.get("truncated")
-    if truncated is not None and (not isinstance(truncated, list) or len(truncated) != len(boxes)):
-        return "\"truncated\" must be a list with one flag per box"
-    for flags in (difficult, truncated or []):
-        if not all(isinstance(f, bool) or f in (0, 1) for f in flags):
-            return "difficult/truncated flags must be true or false"
+    if not all(isinstance(f, bool) or f in (0, 1) for f in difficult):
+        return "difficult flags must be true or false"
+    problem = _optional_problem(rec, len(boxes))
+    if problem is not None:
+        return problem
     for j, (box, label) in enumerate(zip(boxes, labels)):
         if not _is_int(label) or not 0 <= label < num_classes:
             return f"box {j}: label {label!r} is not an index into the {num_classes} classes"
@@ -218,6 +283,26 @@ def _record_problem(rec: Any, num_classes: int) -> str | None:
         x1, y1, x2, y2 = box
         if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
             return f"box {j}: {box} is empty or outside the {width}x{height} image"
+    return None
+
+
+def _optional_problem(rec: dict[str, Any], num_boxes: int) -> str | None:
+    """What is wrong with an image's optional keys (``truncated``, ``crowd``, ``area``, ``coco_id``), or None."""
+    for key in ("truncated", "crowd", "area"):
+        values = rec.get(key)
+        if values is not None and (not isinstance(values, list) or len(values) != num_boxes):
+            return f"\"{key}\" must be a list with one {'number' if key == 'area' else 'flag'} per box"
+    for key in ("truncated", "crowd"):
+        if not all(isinstance(f, bool) or f in (0, 1) for f in rec.get(key) or []):
+            return f"{key} flags must be true or false"
+    crowd = rec.get("crowd") or []
+    for j, (is_crowd, hard) in enumerate(zip(crowd, rec["difficult"])):
+        if is_crowd and not hard:
+            return f"box {j} is a crowd region but not difficult; crowd regions must also be difficult"
+    if not all(_is_number(v) and v >= 0 for v in rec.get("area") or []):
+        return "\"area\" values must be finite numbers >= 0"
+    if "coco_id" in rec and not _is_int(rec["coco_id"]):
+        return f"coco_id {rec['coco_id']!r} is not an integer"
     return None
 
 
@@ -235,8 +320,9 @@ def split_manifest(manifest: Manifest, fraction: float, seed: int) -> tuple[Mani
     chosen = set(random.Random(seed).sample(sorted(rec.id for rec in manifest.images), n_val))
     train = [rec for rec in manifest.images if rec.id not in chosen]
     val = [rec for rec in manifest.images if rec.id in chosen]
-    return (Manifest(manifest.name, list(manifest.classes), manifest.root, train),
-            Manifest(f"{manifest.name}.val", list(manifest.classes), manifest.root, val))
+    ids = manifest.category_ids
+    return (Manifest(manifest.name, list(manifest.classes), manifest.root, train, ids),
+            Manifest(f"{manifest.name}.val", list(manifest.classes), manifest.root, val, ids))
 
 
 @dataclass
@@ -252,6 +338,7 @@ class PrepareReport:
     min_size: tuple[int, int]
     max_size: tuple[int, int]
     warnings: list[str] = field(default_factory=list)
+    crowd: int = 0  # crowd regions (COCO's iscrowd), counted among the difficult ones
 
     @property
     def classes_without_objects(self) -> list[str]:
@@ -275,5 +362,5 @@ class PrepareReport:
             empty_images=sum(1 for rec in manifest.images if not rec.boxes),
             per_class={c: (objects[i], hard[i], images[i]) for i, c in enumerate(manifest.classes)},
             min_size=(min(widths), min(heights)), max_size=(max(widths), max(heights)),
-            warnings=list(warnings),
+            warnings=list(warnings), crowd=sum(sum(rec.crowd or ()) for rec in manifest.images),
         )
