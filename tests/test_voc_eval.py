@@ -12,9 +12,9 @@ import torch
 from frcnn_cli.data.manifest import ImageRecord, Manifest
 from frcnn_cli.errors import DataError
 from frcnn_cli.evaluate.voc import (
-    pair_iou,
     detections_by_class,
     evaluate_detections,
+    pair_iou,
     precision_recall,
     read_result_files,
     voc_ap,
