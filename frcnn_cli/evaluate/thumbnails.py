@@ -93,8 +93,12 @@ def thumbnail(image_path: str | os.PathLike, focus: Box, *, ground_truth: Sequen
         x1, y1, x2, y2 = ((v - o) * scale for v, o in zip(box, (left, top, left, top)))
         return x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)
 
-    shown = [b for b in detections if b.score is not None and b.score >= SHOW_SCORE and b != focus]
-    _draw(crop, (ground_truth, shown), to_px, classes=classes, focus=focus, focus_missed=focus_missed)
+    def inside(b: Box) -> bool:
+        return b.box[0] < right and b.box[2] > left and b.box[1] < bottom and b.box[3] > top
+
+    truth = [b for b in ground_truth if inside(b)]
+    shown = [b for b in detections if b.score is not None and b.score >= SHOW_SCORE and b != focus and inside(b)]
+    _draw(crop, (truth, shown), to_px, classes=classes, focus=focus, focus_missed=focus_missed)
     buffer = io.BytesIO()
     crop.save(buffer, format="JPEG", quality=QUALITY)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
