@@ -81,7 +81,8 @@ def choose_examples(classified: Classified, manifest, *, per_class: int = PER_CL
 
 def _image_boxes(manifest, image: int, detections: list) -> tuple[list[Box], list[Box]]:
     rec = manifest.images[image]
-    truth = [Box(tuple(b), manifest.classes[label]) for b, label in zip(rec.boxes, rec.labels)]
+    truth = [Box(tuple(b), manifest.classes[label] + (" (difficult)" if hard else ""))
+             for b, label, hard in zip(rec.boxes, rec.labels, rec.difficult)]
     det = detections[image]
     boxes, scores, labels = (np.asarray(det[key]).reshape(shape) for key, shape in
                              (("boxes", (-1, 4)), ("scores", (-1,)), ("labels", (-1,))))
