@@ -147,3 +147,16 @@ def test_long_curves_are_thinned_keeping_both_ends():
     assert len(x) == 300 and x[0] == 0.0 and x[-1] == 1.0 and y[-1] == 0.0
     x, y = thin([0.0, np.nan, 1.0], [1.0, 0.5, 0.0])
     assert x.tolist() == [0.0, 1.0]
+
+
+def test_recall_of_proposals_in_memory_is_the_stores():
+    from test_recall import MANIFEST, PROPOSALS
+
+    from frcnn_cli.evaluate.recall import proposal_recall, proposal_recall_of_boxes
+
+    boxes = [PROPOSALS[i] for i in range(3)]
+    assert proposal_recall_of_boxes(boxes, MANIFEST, top_ns=(1, 2, 3)) == \
+        proposal_recall(PROPOSALS, MANIFEST, top_ns=(1, 2, 3))
+    assert proposal_recall_of_boxes(boxes, MANIFEST, top_ns=(2,))["average_recall"][2] == pytest.approx(14 / 30)
+    with pytest.raises(ValueError, match="2 images of proposals for a manifest of 3 images"):
+        proposal_recall_of_boxes(boxes[:2], MANIFEST)

@@ -85,6 +85,12 @@ def _write_ap_outputs(out: Path, dets: dict, manifest: Manifest, result: dict) -
         console.info(f"wrote precision-recall plots pr_<class>.png and {SUMMARY_PLOT}")
 
 
+def _report_settings(metric: str, device, batch_size: int, set_: tuple[str, ...], ablation) -> dict:
+    """The settings of an ``eval`` run, as the report's header lists them."""
+    return {"metric": metric, "IoU": IOU_THRESH, "device": str(device), "batch size": batch_size,
+            "--set": " ".join(set_) or "none", "proposals": ablation.describe() if ablation else "the RPN's"}
+
+
 def _write_report(report: Path, *, model_path: Path, data: Path, manifest: Manifest, results: list, result: dict,
                   settings: dict, started: float) -> None:
     """``eval --report``: the HTML report of this run's detections (docs/report.md)."""
@@ -125,10 +131,8 @@ def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str
     if out is not None:
         _write_ap_outputs(out, dets, manifest, result)
     if report is not None:
-        settings = {"metric": metric, "IoU": IOU_THRESH, "device": str(dev), "batch size": batch_size,
-                    "--set": " ".join(set_) or "none", "proposals": ablation.describe() if ablation else "the RPN's"}
         _write_report(report, model_path=model_path, data=data, manifest=manifest, results=results, result=result,
-                      settings=settings, started=started)
+                      settings=_report_settings(metric, dev, batch_size, set_, ablation), started=started)
     return {"metric": metric, "map": _number(result["map"]),
             "ap": {name: _number(v) for name, v in result["ap"].items()}}
 
