@@ -12,9 +12,9 @@ import torch
 from frcnn_cli.data.manifest import ImageRecord, Manifest
 from frcnn_cli.errors import DataError
 from frcnn_cli.evaluate.voc import (
-    _pair_iou,
     detections_by_class,
     evaluate_detections,
+    pair_iou,
     precision_recall,
     read_result_files,
     voc_ap,
@@ -140,7 +140,7 @@ def test_plain_iou_equals_the_devkit_plus_one_iou_in_voc_pixels():
                     dtype=np.float64)
     gt = np.array([[2, 3, 12, 14], [0, 0, 10, 10], [100, 100, 102, 101], [60, 5, 80, 40], [3, 3, 9, 9]],
                   dtype=np.float64)
-    got = _pair_iou(ours, gt)
+    got = pair_iou(ours, gt)
     want = np.array([_devkit_iou(b, g[None])[0] for b, g in zip(_to_voc(ours), _to_voc(gt))])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
     # [4,2,17,9] vs [0,0,10,10]: 6*7 / (13*7 + 100 - 42); the pixel-wide pair 1 / 2; disjoint and touching 0.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import click
@@ -84,23 +85,53 @@ def _write_ap_outputs(out: Path, dets: dict, manifest: Manifest, result: dict) -
         console.info(f"wrote precision-recall plots pr_<class>.png and {SUMMARY_PLOT}")
 
 
-def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str, out: Path | None,
-                batch_size: int, device: str | None, ablation, set_: tuple[str, ...] = ()) -> dict:
-    from ..evaluate.voc import detections_by_class, evaluate_detections
-    from ..inference import detect_manifest
+def _report_settings(metric: str, device, batch_size: int, set_: tuple[str, ...], ablation) -> dict:
+    """The settings of an ``eval`` run, as the report's header lists them."""
+    return {"metric": metric, "IoU": IOU_THRESH, "device": str(device), "batch size": batch_size,
+            "--set": " ".join(set_) or "none", "proposals": ablation.describe() if ablation else "the RPN's"}
 
-    predictor = load_predictor(model_path, set_, resolve_device(device), require=("rpn", "roi_head"),
-                               ablation=ablation)
+
+def _write_report(report: Path, *, model_path: Path, data: Path, manifest: Manifest, results: list, result: dict,
+                  proposals: list | None, settings: dict, started: float) -> None:
+    """``eval --report``: the HTML report of this run's detections (docs/report.md)."""
+    import datetime
+
+    from ..data.manifest import manifest_hash
+    from ..evaluate.report import ReportMeta, write_report
+    from ..model.checkpoint import file_sha256
+
+    meta = ReportMeta(model=str(model_path), model_sha256=file_sha256(model_path), data=str(data),
+                      manifest_hash=manifest_hash(manifest), settings=settings,
+                      date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                      seconds=time.perf_counter() - started)
+    write_report(report, manifest=manifest, detections=results, voc_result=result, proposals=proposals, meta=meta)
+    console.info(f"wrote the report {escape(str(report))}")
+
+
+def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str, out: Path | None,
+                batch_size: int, device: str | None, ablation, set_: tuple[str, ...] = (),
+                report: Path | None = None) -> dict:
+    from ..evaluate.voc import detections_by_class, evaluate_detections
+    from ..inference import predict_manifest
+
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    predictor = load_predictor(model_path, set_, dev, require=("rpn", "roi_head"), ablation=ablation)
     check_classes(manifest, data, predictor.classes, model_path)
     if ablation is not None:
         console.info(f"proposals: {ablation.describe()}")
     with console.ProgressReporter("detect", every=100) as bar:
-        results = detect_manifest(predictor, manifest, batch_size=batch_size, progress=bar)
+        results, proposals = predict_manifest(predictor, manifest, batch_size=batch_size, progress=bar,
+                                              proposals=report is not None)
     dets = detections_by_class(results, len(predictor.classes))
     result = evaluate_detections(dets, manifest, iou_thresh=IOU_THRESH, metric=metric)
     _show_ap(result, f"{escape(manifest.name)}: VOC AP ({metric}, IoU > {IOU_THRESH})")
     if out is not None:
         _write_ap_outputs(out, dets, manifest, result)
+    if report is not None:
+        _write_report(report, model_path=model_path, data=data, manifest=manifest, results=results, result=result,
+                      proposals=proposals, settings=_report_settings(metric, dev, batch_size, set_, ablation),
+                      started=started)
     return {"metric": metric, "map": _number(result["map"]),
             "ap": {name: _number(v) for name, v in result["ap"].items()}}
 
@@ -136,7 +167,8 @@ def _eval_proposals(proposals_path: Path, data: Path, manifest: Manifest, out: P
             "mean_proposals": result["mean_proposals"]}
 
 
-def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, ablation, set_=()) -> str:
+def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, ablation, set_=(),
+                 report=None) -> str:
     """The AP metric; a ``ConfigError`` (one ``Error:`` line, exit 2) for options that do not go together."""
     if (model_path is None) == (proposals_path is None):
         raise ConfigError("give exactly one of --model CKPT (detection AP) and --proposals P.h5 "
@@ -146,6 +178,8 @@ def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, 
     if proposals_path is not None and (voc2007 or metric is not None or ablation is not None or set_):
         raise ConfigError("--voc2007, --metric, --set and the proposal ablations (--proposals-n, --no-rpn-*) "
                           "apply to --model only; drop them for --proposals")
+    if proposals_path is not None and report is not None:
+        raise ConfigError("--report is the report of a detector's evaluation (--model); drop it for --proposals")
     return metric or "11point"
 
 
@@ -161,12 +195,15 @@ def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, 
               help="11point (VOC2007, the default) or area (VOC2010+: area under the precision envelope).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write the devkit result files comp4_det_<split>_<class>.txt and plots here.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the evaluation as one self-contained HTML page: per-class table, curves, "
+                   "error analysis, confusion table, pictures of errors (docs/report.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--batch-size", type=positive_int, default=1, show_default=True, help="Images per forward pass.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
 @checkpoint_set_option
 @ablation_options
-def eval_command(model_path, proposals_path, data, voc2007, metric, out, as_json, batch_size, device, set_,
+def eval_command(model_path, proposals_path, data, voc2007, metric, out, report, as_json, batch_size, device, set_,
                  proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg) -> None:
     """VOC AP of a detector (--model), or the recall of a proposal file (--proposals), on a manifest.
 
@@ -174,12 +211,12 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, out, as_json
     false positives. The result files' split is the manifest name's last '-' part (voc2007-test: test).
     """
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
-    metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_)
+    metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report)
     check_checkpoint_overrides(set_, model_path)
     manifest = read_manifest(data)
     if model_path is not None:
         summary = _eval_model(model_path, data, manifest, metric=metric, out=out, batch_size=batch_size,
-                              device=device, ablation=ablation, set_=set_)
+                              device=device, ablation=ablation, set_=set_, report=report)
     else:
         summary = _eval_proposals(proposals_path, data, manifest, out)
     if as_json:

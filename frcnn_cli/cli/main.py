@@ -15,11 +15,13 @@ class _ErrorMessage(click.ClickException):
         self.exit_code = exit_code
 
 
+_NO_MODEL = ("prepare",)  # commands that run no model keep the allocator's defaults (a lower peak)
+
+
 class FrcnnGroup(click.Group):
     """A group whose commands' ``FrcnnError``s become clean one-line errors, never tracebacks."""
 
     def invoke(self, ctx: click.Context):
-        keep_freed_memory()  # every command that runs a model pays fewer page faults (devices.py)
         try:
             return super().invoke(ctx)
         except FrcnnError as exc:
@@ -27,6 +29,12 @@ class FrcnnGroup(click.Group):
         except KeyboardInterrupt:
             raise _ErrorMessage("interrupted; to continue, rerun the same command (train-rpn and train-detector "
                                 "with --resume: they continue from the last --checkpoint-every state)", 130) from None
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, command, rest = super().resolve_command(ctx, args)
+        if name not in _NO_MODEL:
+            keep_freed_memory()  # every command that runs a model pays fewer page faults (devices.py)
+        return name, command, rest
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)  # in the order of the workflow, not alphabetical

@@ -161,7 +161,7 @@ def coco(annotations: Path, images_dir: Path, drop_empty: bool, name: str | None
 
     stem = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
     warnings: list[str] = []
-    with _Progress("checking image files") as progress:
+    with _quiet_progress("checking image files") as progress:
         manifest = prepare_coco(annotations, images_dir, drop_empty=drop_empty, name=name or stem,
                                 on_warning=warnings.append, progress=progress)
     _finish([(out, manifest)], warnings)

@@ -31,19 +31,18 @@ import math
 import os
 import stat
 from array import array
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..callbacks import Progress, WarningCallback
 from ..errors import DataError
 from .manifest import MAX_SIDE, ImageRecord, Manifest
-from .voc import CLIP_TOLERANCE, _problems_error
+from .voc import CLIP_TOLERANCE, problems_error
 
-Warn = Callable[[str], None]
-Progress = Callable[[int, int], None]  # (done, total)
+Warn = WarningCallback
 _log = logging.getLogger(__name__)
 PROGRESS_EVERY = 1024  # images checked between two progress calls
 
@@ -371,7 +370,7 @@ def prepare_coco(annotations: str | os.PathLike, images_dir: str | os.PathLike, 
     keep, img_idx, label, boxes, masks = _convert(cols, images, class_ids, path, problems, bad_ids)
     _check_files(images, root, path, problems, progress)
     if problems:
-        raise _problems_error(problems)
+        raise problems_error(problems)
     message = _drop_warning(path, masks, cols)
     if message:
         warn(message)

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from xml.parsers import expat
 
 from PIL import Image
 
+from ..callbacks import Progress, WarningCallback
 from ..errors import DataError
 from .manifest import ImageRecord, Manifest, split_manifest
 from .manifest import PrepareReport as PrepareReport  # re-exported: the prepare summary
@@ -38,8 +39,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 CLIP_TOLERANCE = 5.0  # pixels a box may reach outside the image and still be clipped (with a warning)
 MAX_SHOWN = 10  # problems listed in one error message
 
-Warn = Callable[[str], None]
-Progress = Callable[[int, int], None]  # (done, total)
+Warn = WarningCallback
 _log = logging.getLogger(__name__)
 
 
@@ -168,7 +168,7 @@ def parse_voc_xml(path: str | os.PathLike) -> VocAnnotation:
     """Parse one VOC XML file; any problem in it raises a ``DataError`` naming the file and the object."""
     ann, problems = _parse_annotation(Path(path))
     if problems or ann is None:
-        raise _problems_error(problems)
+        raise problems_error(problems)
     return ann
 
 
@@ -244,7 +244,7 @@ def _make_record(item: _Item, ann: VocAnnotation, size: tuple[int, int], class_i
     return rec
 
 
-def _problems_error(errors: list[str]) -> DataError:
+def problems_error(errors: list[str]) -> DataError:
     if len(errors) == 1:
         return DataError(errors[0])
     more = f"\n  ... and {len(errors) - MAX_SHOWN} more" if len(errors) > MAX_SHOWN else ""
@@ -265,7 +265,7 @@ def _build(name: str, root: str, items: list[_Item], classes: list[str] | None,
     records = [_make_record(item, ann, size, class_index, errors, warn)
                for item, ann, size in inspected if ann is not None and size is not None]
     if errors:
-        raise _problems_error(errors)
+        raise problems_error(errors)
     return Manifest(name=name, classes=list(classes), root=root, images=records)
 
 
@@ -374,7 +374,7 @@ def _folder_items(images_dir: Path, annotations_dir: Path, split_file: Path | No
     missing = [f"{xmls[s]}: no image {s}{'/'.join(IMAGE_SUFFIXES)} in {images_dir}; add the image or delete "
                "the annotation" for s in sorted(xmls) if s not in images]
     if missing:
-        raise _problems_error(missing)
+        raise problems_error(missing)
     base = os.path.abspath(images_dir)
     return [_Item(s, xmls[s], images[s], _rel(images[s], base)) for s in sorted(xmls)]
 

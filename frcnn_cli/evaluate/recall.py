@@ -86,3 +86,14 @@ def proposal_recall(store_or_dict, manifest, *, iou_thresholds=None,
     return {"iou_thresholds": thresholds.tolist(), "top_ns": top_ns, "recall": recall,
             "average_recall": average, "num_objects": int(num_objects), "num_images": len(manifest.images),
             "mean_proposals": float(counts.mean()) if len(counts) else 0.0}
+
+
+def proposal_recall_of_boxes(proposals: Sequence, manifest, *, iou_thresholds=None,
+                             top_ns: Sequence[int] = DEFAULT_TOP_NS) -> dict:
+    """:func:`proposal_recall` of proposals held in memory: ``proposals[i]`` is image ``i``'s boxes
+    ``[R_i, 4]`` (original pixels, sorted by score, a tensor or an array), one per manifest image, as a
+    detector's forward gives them beside its detections."""
+    if len(proposals) != len(manifest.images):
+        raise ValueError(f"{len(proposals)} images of proposals for a manifest of {len(manifest.images)} images; "
+                         "give one [R, 4] box array per manifest image, in manifest order")
+    return proposal_recall(dict(enumerate(proposals)), manifest, iou_thresholds=iou_thresholds, top_ns=top_ns)

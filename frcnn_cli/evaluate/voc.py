@@ -66,7 +66,7 @@ def voc_ap(rec: np.ndarray, prec: np.ndarray, metric: str = "11point") -> float:
 
 
 @dataclass(frozen=True)
-class _ClassTruth:
+class ClassTruth:
     """One class's ground truth, grouped by image: image i's objects are rows start[i]:start[i + 1]."""
 
     boxes: np.ndarray  # float64[G, 4]
@@ -78,7 +78,7 @@ class _ClassTruth:
         return int((~self.difficult).sum())
 
 
-def _ground_truth(manifest) -> list[_ClassTruth]:
+def ground_truth(manifest) -> list[ClassTruth]:
     """Per class the manifest's objects, in manifest order (which the devkit's argmax ties follow)."""
     boxes, labels, difficult, image = [], [], [], []
     for i, rec in enumerate(manifest.images):
@@ -95,11 +95,11 @@ def _ground_truth(manifest) -> list[_ClassTruth]:
         sel = labels == k
         counts = np.bincount(image[sel], minlength=len(manifest.images))
         start = np.concatenate(([0], np.cumsum(counts)))
-        truths.append(_ClassTruth(boxes[sel], difficult[sel], start))
+        truths.append(ClassTruth(boxes[sel], difficult[sel], start))
     return truths
 
 
-def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of ``a[i]`` with ``b[i]`` (both ``[P, 4]``); 0 where the union is empty."""
     iw = np.maximum(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0.0)
     ih = np.maximum(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0.0)
@@ -109,7 +109,7 @@ def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, 0.0)
 
 
-def _best_match(image: np.ndarray, boxes: np.ndarray, truth: _ClassTruth) -> tuple[np.ndarray, np.ndarray]:
+def _best_match(image: np.ndarray, boxes: np.ndarray, truth: ClassTruth) -> tuple[np.ndarray, np.ndarray]:
     """For each detection its highest IoU with the ground truth of its image and the argmax row.
 
     Returns ``(ovmax float[D], jmax int[D])``; detections on images without ground truth get
@@ -127,7 +127,7 @@ def _best_match(image: np.ndarray, boxes: np.ndarray, truth: _ClassTruth) -> tup
     seg = np.concatenate(([0], np.cumsum(cnt)[:-1]))  # where each detection's pairs begin
     local = np.arange(int(cnt.sum())) - np.repeat(seg, cnt)  # object number inside its image
     rows = np.repeat(truth.start[image[has]], cnt) + local
-    iou = _pair_iou(np.repeat(boxes[has], cnt, axis=0), truth.boxes[rows])
+    iou = pair_iou(np.repeat(boxes[has], cnt, axis=0), truth.boxes[rows])
     best = np.maximum.reduceat(iou, seg)
     first = np.minimum.reduceat(np.where(iou == np.repeat(best, cnt), local, np.iinfo(np.int64).max), seg)
     ovmax[has] = best
@@ -135,20 +135,36 @@ def _best_match(image: np.ndarray, boxes: np.ndarray, truth: _ClassTruth) -> tup
     return ovmax, jmax
 
 
-def _tp_fp(image, scores, boxes, truth: _ClassTruth, iou_thresh: float) -> tuple[np.ndarray, np.ndarray]:
-    """TP and FP flags (float[D]) of one class's detections, in stable descending score order."""
+@dataclass(frozen=True)
+class ClassMatching:
+    """What the devkit made of one class's D detections, in stable descending score order."""
+
+    order: np.ndarray  # int[D]: position of each row in the class's input arrays
+    tp: np.ndarray  # bool[D]: the first hit (IoU > thresh) of a non-difficult object
+    fp: np.ndarray  # bool[D]: neither a TP nor ignored (a miss, or a duplicate hit)
+    ignored: np.ndarray  # bool[D]: a hit on a difficult object
+    candidate: np.ndarray  # int[D]: the row in ``ClassTruth`` of the highest-IoU object of the image, -1: none
+    iou: np.ndarray  # float[D]: the IoU with that candidate (-inf: none)
+
+
+def match_detections(image, scores, boxes, truth: ClassTruth, iou_thresh: float) -> ClassMatching:
+    """The devkit's matching of one class's detections (arrays ``[D]``, ``[D]``, ``[D, 4]``) to ``truth``."""
     order = np.argsort(-scores, kind="stable")
     ovmax, jmax = _best_match(image[order], boxes[order], truth)
     hit = ovmax > iou_thresh
     ignored = np.zeros(len(order), dtype=bool)
     ignored[hit] = truth.difficult[jmax[hit]]
-    valid = hit & ~ignored
-    tp = np.zeros(len(order))
-    valid_idx = np.nonzero(valid)[0]
+    valid_idx = np.nonzero(hit & ~ignored)[0]
     _, first = np.unique(jmax[valid_idx], return_index=True)  # first hit of each object in score order
-    tp[valid_idx[first]] = 1.0
-    fp = (~ignored).astype(np.float64) - tp
-    return tp, fp
+    tp = np.zeros(len(order), dtype=bool)
+    tp[valid_idx[first]] = True
+    return ClassMatching(order, tp, ~ignored & ~tp, ignored, jmax, ovmax)
+
+
+def _tp_fp(image, scores, boxes, truth: ClassTruth, iou_thresh: float) -> tuple[np.ndarray, np.ndarray]:
+    """TP and FP flags (float[D]) of one class's detections, in stable descending score order."""
+    matching = match_detections(image, scores, boxes, truth, iou_thresh)
+    return matching.tp.astype(np.float64), matching.fp.astype(np.float64)
 
 
 def detections_by_class(results: list, num_classes: int) -> Detections:
@@ -191,7 +207,7 @@ def precision_recall(detections: Detections, manifest, *,
     Every class of the manifest is present; a class without detections has empty curves. Recall is NaN
     where ``npos`` is 0 (as the devkit).
     """
-    truths = _ground_truth(manifest)
+    truths = ground_truth(manifest)
     arrays = {}
     for k, det in detections.items():
         arrays[int(k)] = _as_arrays(det)
