@@ -40,7 +40,7 @@ def shape_of(x: Tensor, dims: tuple[int, ...]) -> Tensor:
     return torch._shape_as_tensor(x)[list(dims)]
 
 
-def test_scale_size(original: Tensor, test_scale: int, max_size: int) -> tuple[Tensor, Tensor]:
+def scale_and_size(original: Tensor, test_scale: int, max_size: int) -> tuple[Tensor, Tensor]:
     """``(scale float64 [], size int64 [2])`` of an image of ``original`` (h, w) int64 ``[2]``: ``compute_scale``
     (shorter side to ``test_scale`` unless the longer would exceed ``max_size``) and ``resized_size``, in
     float64 with round-half-to-even as Python's ``round``."""
@@ -57,7 +57,7 @@ def preprocess(image: Tensor, input_cfg: InputConfig) -> tuple[Tensor, Tensor, T
     test-scale image as ``data.images.inference_item`` and ``collate`` make it (bilinear, align_corners=False,
     no antialias, one channel plane at a time as ``data.resize``; normalised; zeros to a multiple of
     ``size_divisor`` below and to the right)."""
-    scale, size = test_scale_size(shape_of(image, (1, 2)), input_cfg.test_scale, input_cfg.max_size)
+    scale, size = scale_and_size(shape_of(image, (1, 2)), input_cfg.test_scale, input_cfg.max_size)
     planes = F.interpolate(image.float()[:, None], size=(size[0], size[1]), mode="bilinear", align_corners=False)
     x = normalize(planes[:, 0], input_cfg)
     divisor = input_cfg.size_divisor

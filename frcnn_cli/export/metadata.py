@@ -58,7 +58,7 @@ class ExportMetadata:
                                   "a file written by frcnn export, or a frcnn checkpoint")
         if values.get("version") != str(VERSION):
             raise CheckpointError(f"{path} was exported in format version {values.get('version')}, this frcnn "
-                                  f"reads version {VERSION}; export it again with this frcnn (frcnn export)")
+                                  f"reads version {VERSION}; rerun frcnn export with this frcnn")
         try:
             classes = json.loads(values["classes"])
             config = config_from_dict(json.loads(values["config"]))
@@ -68,5 +68,5 @@ class ExportMetadata:
             return cls(list(classes), settings, values["checkpoint"], values["checkpoint_sha256"],
                        values["file_format"])
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
-            raise CheckpointError(f"{path} has damaged frcnn metadata ({type(exc).__name__}: {exc}); export it "
-                                  "again (frcnn export)") from None
+            raise CheckpointError(f"{path} has damaged frcnn metadata ({type(exc).__name__}: {exc}); rerun "
+                                  "frcnn export to write it again") from None

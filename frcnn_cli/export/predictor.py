@@ -29,10 +29,9 @@ from .metadata import ExportMetadata
 from .runtime import exported_format, open_runner
 
 
-
 def export_again(option: str) -> str:
     """The advice of a setting that is baked into an exported graph."""
-    return f"export the checkpoint again with it (frcnn export --model CKPT {option} --out FILE)"
+    return f"rerun frcnn export with it: frcnn export --model CKPT {option} --out FILE"
 
 
 class ExportedPredictor:

@@ -67,7 +67,7 @@ class OnnxRunner:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # ONNX Runtime raises its own types for unreadable and invalid files
             raise CheckpointError(f"{path} is not a readable ONNX model ({_first_line(exc)}); the file is damaged "
-                                  "or not an ONNX file: export it again with frcnn export") from None
+                                  "or not an ONNX file: rerun frcnn export to write it again") from None
         self.device = torch.device("cuda" if cuda else "cpu")
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
@@ -87,7 +87,7 @@ class TorchScriptRunner:
                 self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except Exception as exc:  # the loader raises RuntimeError and others for damaged archives
             raise CheckpointError(f"{path} is not a readable TorchScript model ({_first_line(exc)}); the file is "
-                                  "damaged: export it again with frcnn export") from None
+                                  "damaged: rerun frcnn export to write it again") from None
         self.device = torch.device("cpu")
         self.metadata = _json_mapping(extra[TORCHSCRIPT_EXTRA], path)
 
@@ -119,7 +119,7 @@ def _json_mapping(text: str, path: Path) -> dict[str, str]:
         values = None
     if not isinstance(values, dict):
         raise CheckpointError(f"{path} has damaged frcnn metadata ({TORCHSCRIPT_EXTRA} is not a JSON object); "
-                              "export it again (frcnn export)")
+                              "rerun frcnn export to write it again")
     return {str(k): str(v) for k, v in values.items()}
 
 
