@@ -4,6 +4,9 @@ detections on images of two sizes, in ONNX Runtime and TorchScript, and as plain
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +252,19 @@ def test_compare_detections_measures_the_largest_differences():
     assert not relabelled.ok and "label 2" in relabelled.unmatched[0]
     fewer = verify.compare_detections(want, dets([[0, 0, 10, 10], [20, 20, 40, 40]], [0.45, 0.3], [1, 2]))
     assert fewer.counts == (1, 0) and not fewer.ok
+
+
+def test_the_deploying_pages_onnxruntime_example_runs_on_an_exported_model(exported, tmp_path):
+    page = (Path(__file__).resolve().parent.parent / "docs" / "deploying.md").read_text(encoding="utf-8")
+    block = page.split("<!-- deploying-example")[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(block.strip().splitlines()) <= 12 and "frcnn" not in block
+    from PIL import Image
+
+    Image.fromarray(_images()[1].permute(1, 2, 0).numpy()).save(tmp_path / "cat.jpg")
+    code = block.replace('"model.onnx"', repr(str(exported["onnx"])))
+    # -I: no PYTHONPATH, no working folder on the path: the repository's frcnn_cli is not importable
+    result = subprocess.run([sys.executable, "-I", "-c", code + "\nimport sys; assert 'frcnn_cli' not in sys.modules"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines and lines[0].split()[0] in CLASSES

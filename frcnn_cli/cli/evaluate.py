@@ -185,7 +185,7 @@ def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, 
 
 @click.command("eval")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A detector checkpoint: VOC AP per class and mAP.")
+              help="A detector checkpoint, or a model file of frcnn export: VOC AP per class and mAP.")
 @click.option("--proposals", "proposals_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="An HDF5 proposal file (dump-proposals): recall against IoU (the paper's Fig. 2).")
 @click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
