@@ -116,22 +116,22 @@ def setup_run(args) -> torch.device:
 
 
 def ratio_line(what: str, ours: float, peer: float, unit: str, *, target: float | None = None,
-               higher_is_better: bool = False, peer_name: str = "torchvision") -> str:
-    """``what: frcnn X unit | peer Y unit | ratio R`` plus whether the target ratio is met and by how much."""
+               higher_is_better: bool = False, peer_name: str = "torchvision", name: str = "frcnn") -> str:
+    """``what: NAME X unit | peer Y unit | ratio R`` plus whether the target ratio is met and by how much."""
     ratio = ours / peer if peer else float("inf")
-    line = f"{what}: frcnn {ours:.4g} {unit} | {peer_name} {peer:.4g} {unit} | ratio {ratio:.3f}"
+    line = f"{what}: {name} {ours:.4g} {unit} | {peer_name} {peer:.4g} {unit} | ratio {ratio:.3f}"
     if target is None:
         return line
     if higher_is_better:
         met = ratio >= target
         gap = (target / ratio - 1.0) * 100 if ratio > 0 else float("inf")
         goal = f"target >= {target:g}x"
-        how = f"frcnn needs {gap:.1f}% more" if not met else ""
+        how = f"{name} needs {gap:.1f}% more" if not met else ""
     else:
         met = ratio <= target
         gap = (1.0 - target / ratio) * 100
         goal = f"target <= {target:g}x"
-        how = f"frcnn needs {gap:.1f}% less time ({ours - target * peer:.2f} {unit})" if not met else ""
+        how = f"{name} needs {gap:.1f}% less time ({ours - target * peer:.2f} {unit})" if not met else ""
     return f"{line} ({goal}: {'met' if met else 'MISSED, ' + how})"
 
 

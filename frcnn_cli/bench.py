@@ -10,7 +10,9 @@ Stages, as the paper's Table 4 splits them:
 One timed run is ``Predictor.run`` on a batch: the model's one forward plus ``detect`` and the copy of the
 detections to the host, the code ``frcnn detect`` runs; forward hooks on ``backbone`` and ``roi_head`` put
 the stage boundaries in it (with a ``torch.cuda.synchronize`` at each boundary on a GPU), so the stages add
-up to the total of that run.
+up to the total of that run. An exported model (``frcnn export``: ``export.predictor.ExportedPredictor``) is
+one graph that hooks cannot split: it is timed as a whole (``total`` only), and its total includes the
+resize and normalisation inside its graph.
 Pre-processing (decoding, resizing, normalising) is not timed, as in the paper. Figures are medians over
 the timed runs after the warm-up runs, per image (a batch's time divided by its size).
 
@@ -40,7 +42,7 @@ import torch
 from torch import Tensor
 
 from .config import InputConfig
-from .data.images import ImageBatch, batch_from_images, find_images, load_image
+from .data.images import ImageBatch, batch_from_images, compute_scale, find_images, load_image, resized_size
 from .errors import DataError
 from .inference import Predictor
 from .model.detector import FasterRCNN
@@ -59,17 +61,22 @@ def synthetic_image(seed: int = 0) -> Tensor:
     return torch.randint(0, 256, (3, *SYNTHETIC_SIZE), dtype=torch.uint8, generator=gen)
 
 
-def make_batches(images: Sequence[Tensor], input_cfg: InputConfig, batch_size: int, device: torch.device, *,
-                 channels_last: bool = False) -> list[ImageBatch]:
-    """Batches of ``batch_size`` test-scale images on ``device`` (the images cycled to fill the last one),
-    the image tensors in channels-last format if ``channels_last``."""
+def _cycled(images: Sequence[Tensor], batch_size: int) -> list[Tensor]:
+    """``images`` cycled to a whole number of batches."""
     if not images:
         raise DataError("no images to benchmark; give image files, a folder, or none for a synthetic one")
     count = max(len(images), batch_size)
     count = -(-count // batch_size) * batch_size
-    ordered = [images[i % len(images)] for i in range(count)]
+    return [images[i % len(images)] for i in range(count)]
+
+
+def make_batches(images: Sequence[Tensor], input_cfg: InputConfig, batch_size: int, device: torch.device, *,
+                 channels_last: bool = False) -> list[ImageBatch]:
+    """Batches of ``batch_size`` test-scale images on ``device`` (the images cycled to fill the last one),
+    the image tensors in channels-last format if ``channels_last``."""
+    ordered = _cycled(images, batch_size)
     batches = []
-    for start in range(0, count, batch_size):
+    for start in range(0, len(ordered), batch_size):
         batch = batch_from_images(ordered[start:start + batch_size], input_cfg).to(device)
         if channels_last:
             batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
@@ -131,8 +138,21 @@ class _StageClock:
             handle.remove()
 
 
+class _TotalClock(_StageClock):
+    """The time of a whole run: an exported graph has no stage boundaries to hook."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.marks = {}
+        self.handles = []
+
+    def stages(self) -> dict[str, float]:
+        return {"total": self.marks["end"] - self.marks["begin"]}
+
+
 def _run_once(predictor: Predictor, batch: ImageBatch, clock: _StageClock) -> dict[str, float]:
     clock.marks.clear()
+    clock.mark("begin")
     predictor.run(batch)
     clock.mark("end")
     return clock.stages()
@@ -150,7 +170,8 @@ class BenchResult:
     """Per-image medians in milliseconds (``ms_per_image`` keys ``total`` and ``STAGES``) and the settings.
 
     ``image_size`` is ``[H, W]`` of the padded network input (the largest one when images differ).
-    ``runs_ms`` holds every timed run's per-image figures. ``to_json()`` is ``frcnn bench --json``.
+    ``runs_ms`` holds every timed run's per-image figures. ``to_json()`` is ``frcnn bench --json`` (a stage an
+    exported model cannot split is null there and absent from ``ms_per_image``).
     """
 
     device: str
@@ -167,16 +188,17 @@ class BenchResult:
     svd_layers: list[str] = field(default_factory=list)
     winograd_layers: list[str] = field(default_factory=list)
     runs_ms: list[dict[str, float]] = field(default_factory=list)
+    exported: str | None = None  # the format of an exported model ("onnx", "torchscript"), timed as a whole
 
     def to_json(self) -> dict:
         """The ``frcnn bench --json`` document of shared/DESIGN.md."""
         return {"device": self.device, "batch_size": self.batch_size, "image_size": list(self.image_size),
-                "ms_per_image": {k: self.ms_per_image[k] for k in ("total", *STAGES)},
+                "ms_per_image": {k: self.ms_per_image.get(k) for k in ("total", *STAGES)},
                 "images_per_s": self.images_per_s, "peak_memory_mb": self.peak_memory_mb}
 
 
 def _medians(per_run: list[dict[str, float]]) -> dict[str, float]:
-    return {k: statistics.median(r[k] for r in per_run) for k in ("total", *STAGES)}
+    return {k: statistics.median(r[k] for r in per_run) for k in ("total", *STAGES) if k in per_run[0]}
 
 
 @torch.inference_mode()
@@ -190,7 +212,7 @@ def time_model(predictor: Predictor, batches: Sequence[ImageBatch], *, runs: int
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     device = predictor.device
-    clock = _StageClock(predictor.model, device)
+    clock = _StageClock(predictor.model, device) if isinstance(predictor, Predictor) else _TotalClock(device)
     try:
         for i in range(warmup):
             _run_once(predictor, batches[i % len(batches)], clock)
@@ -213,18 +235,35 @@ def run_benchmark(predictor: Predictor, images: Sequence[Tensor] | None = None, 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device, channels_last = predictor.device, predictor.runtime.channels_last
-    batches = make_batches(list(images) if images else [synthetic_image()], predictor.settings.config.input,
-                           batch_size, device, channels_last=channels_last)
+    images = list(images) if images else [synthetic_image()]
+    input_cfg = predictor.settings.config.input
+    exported = None if isinstance(predictor, Predictor) else predictor.format
+    if exported is None:
+        batches = make_batches(images, input_cfg, batch_size, device, channels_last=channels_last)
+        image_size = list(max((b.tensor.shape[-2:] for b in batches), key=lambda hw: hw[0] * hw[1]))
+    else:  # an exported graph takes the decoded images and rescales them itself
+        batches = predictor.image_batches(_cycled(images, batch_size), batch_size=batch_size)
+        image_size = _network_size(images, input_cfg)
     per_run, peak = time_model(predictor, batches, runs=runs, warmup=warmup)
     ms = _medians(per_run)
-    largest = max(batches, key=lambda b: b.tensor.shape[-2] * b.tensor.shape[-1])
     return BenchResult(
         device=str(device), device_name=describe_device(device), batch_size=batch_size,
-        image_size=[int(v) for v in largest.tensor.shape[-2:]], ms_per_image=ms,
+        image_size=[int(v) for v in image_size], ms_per_image=ms,
         images_per_s=1000.0 / ms["total"] if ms["total"] > 0 else float("inf"), peak_memory_mb=peak,
-        runs=runs, warmup=warmup, amp=predictor.runtime.amp and device.type == "cuda",
+        runs=runs, warmup=warmup, amp=predictor.runtime.amp and device.type == "cuda" and exported is None,
         channels_last=channels_last, svd_layers=predictor.svd_layers, winograd_layers=predictor.winograd_layers,
-        runs_ms=per_run)
+        runs_ms=per_run, exported=exported)
+
+
+def _network_size(images: Sequence[Tensor], input_cfg: InputConfig) -> list[int]:
+    """``[H, W]`` of the largest padded network input of ``images`` at the test scale."""
+    sizes = []
+    for image in images:
+        h, w = image.shape[-2:]
+        sh, sw = resized_size(h, w, compute_scale(h, w, input_cfg.test_scale, input_cfg.max_size))
+        step = input_cfg.size_divisor
+        sizes.append([-(-sh // step) * step, -(-sw // step) * step])
+    return max(sizes, key=lambda s: s[0] * s[1])
 
 
 def load_images(paths: Sequence[str | Path]) -> list[Tensor]:

@@ -46,7 +46,7 @@ def _show(result, backbone: str, random_weights: bool) -> None:
              ("total", "total")]
     rows = []
     for i, (label, key) in enumerate(names):
-        row = [label, _fmt(result.ms_per_image[key])]
+        row = [label, _fmt(result.ms_per_image[key]) if key in result.ms_per_image else "n/a"]
         rows.append(row + ([str(paper[i])] if paper else []))
     rows.append(["images/s", f"{result.images_per_s:.2f}"] + ([str(paper[4])] if paper else []))
     h, w = result.image_size
@@ -56,6 +56,10 @@ def _show(result, backbone: str, random_weights: bool) -> None:
     notes = [f"peak memory {result.peak_memory_mb:.0f} MiB"
              + (" (process peak RSS)" if result.device == "cpu" else " (max allocated)")]
     notes.append("bf16 autocast" if result.amp else "float32")
+    if result.exported:
+        runner = "ONNX Runtime" if result.exported == "onnx" else "TorchScript"
+        notes.append(f"an exported {result.exported} graph on {runner}, timed as a whole: total only, including "
+                     "the resize and normalisation inside the graph")
     if result.svd_layers:
         notes.append(f"truncated SVD of {', '.join(result.svd_layers)}")
     if result.winograd_layers:
@@ -70,7 +74,7 @@ def _show(result, backbone: str, random_weights: bool) -> None:
 @click.command("bench")
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A trained checkpoint.")
+              help="A trained checkpoint, or a model file of frcnn export (ONNX, TorchScript).")
 @click.option("--config", default=None, metavar="PRESET|FILE",
               help=f"Random weights, speed only: {PRESET_HELP}")
 @click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
@@ -91,6 +95,6 @@ def bench(images, model_path, config, set_, device, batch_size, runs, warmup, th
     predictor, random_weights = _build_predictor(model_path, config, set_, dev, threads)
     decoded = load_images(images) if images else None
     result = run_benchmark(predictor, decoded, batch_size=batch_size, runs=runs, warmup=warmup)
-    _show(result, predictor.model.cfg.backbone, random_weights)
+    _show(result, predictor.settings.config.backbone, random_weights)
     if as_json:
         click.echo(json.dumps(result.to_json()))

@@ -57,7 +57,7 @@ def _show(result: dict, score_thresh: float) -> None:
 @click.command("detect")
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGE|DIR...", type=click.Path(path_type=Path))
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="A detector checkpoint (train-detector or frcnn train).")
+              help="A detector checkpoint (train-detector or frcnn train), or a model file of frcnn export.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write each image with its detections drawn, and DIR/detections.json.")
 @click.option("--score-thresh", type=click.FloatRange(0, 1), default=0.5, show_default=True,

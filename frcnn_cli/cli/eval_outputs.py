@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
 from ..data.manifest import Manifest
-from ..evaluate.run import IOU_THRESH, Evaluation
+from ..evaluate.voc import IOU_THRESH
 from . import console
+
+if TYPE_CHECKING:
+    from ..evaluate.run import Evaluation
 
 SUMMARY_PLOT = "ap_summary.png"
 RECALL_PLOT = "recall_vs_iou.png"

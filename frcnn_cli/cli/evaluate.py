@@ -15,8 +15,7 @@ from rich.markup import escape
 from ..data.manifest import Manifest, read_manifest
 from ..devices import resolve_device
 from ..errors import ConfigError, DataError
-from ..evaluate.run import IOU_THRESH
-from ..evaluate.voc import METRICS
+from ..evaluate.voc import IOU_THRESH, METRICS
 from . import console
 from .detect import ablation_from_options, ablation_options
 from .eval_outputs import (
@@ -120,7 +119,7 @@ def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, 
 
 @click.command("eval")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A detector checkpoint: VOC AP per class and mAP.")
+              help="A detector checkpoint, or a model file of frcnn export: VOC AP per class and mAP.")
 @click.option("--proposals", "proposals_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="An HDF5 proposal file (dump-proposals): recall against IoU (the paper's Fig. 2).")
 @click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),

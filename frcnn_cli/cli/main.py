@@ -59,7 +59,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import bench, demo, detect, evaluate, prepare, train
+    from . import bench, demo, detect, evaluate, export, prepare, train
 
     cli.add_command(prepare.prepare)
     cli.add_command(train.train_rpn)
@@ -69,6 +69,7 @@ def _register() -> None:
     cli.add_command(detect.detect)
     cli.add_command(evaluate.eval_command)
     cli.add_command(bench.bench)
+    cli.add_command(export.export)
     cli.add_command(demo.demo)
 
 

@@ -57,11 +57,19 @@ def load_predictor(model_path: Path, set_: tuple[str, ...], device, *, require: 
                    **settings):
     """The checkpoint at ``model_path`` as a ``Predictor`` on ``device``: ``--set`` split into test-time keys
     (into ``InferenceSettings``) and runtime keys (over the preset's runtime defaults), ``settings`` the
-    command's flags (``InferenceSettings.from_config``). The process settings are set here, once."""
+    command's flags (``InferenceSettings.from_config``). The process settings are set here, once. An exported
+    model file (``frcnn export``: ONNX, TorchScript) gives an ``ExportedPredictor`` with the same interface."""
     from ..devices import process_settings
+    from ..export.runtime import exported_format
     from ..inference import InferenceSettings, Predictor
     from ..model.checkpoint import load_model
 
+    if exported_format(model_path) is not None:  # frcnn export's file: the same interface (export/predictor.py)
+        from ..export.predictor import load_exported
+
+        predictor = load_exported(model_path, device, set_=set_, mode=mode, **settings)
+        process_settings(predictor.device, predictor.runtime, autotune=True)
+        return predictor
     model, _ = load_model(model_path, device=device, require=require)
     config_items, runtime_items = split_overrides(set_)
     runtime = apply_runtime_overrides(runtime_defaults(model.cfg.name), runtime_items)

@@ -13,9 +13,7 @@ from torch import Tensor
 from ..callbacks import Progress
 from ..data.manifest import Manifest
 from ..inference import Predictor, predict_manifest
-from .voc import Detections, detections_by_class, evaluate_detections
-
-IOU_THRESH = 0.5  # PASCAL VOC's overlap criterion
+from .voc import IOU_THRESH, Detections, detections_by_class, evaluate_detections
 
 
 @dataclass

@@ -37,6 +37,7 @@ from ..atomic import atomic_write_text
 from ..errors import DataError
 
 METRICS = ("11point", "area")
+IOU_THRESH = 0.5  # PASCAL VOC's overlap criterion (a match needs IoU > this)
 
 # class index -> (image indices into manifest.images int[D], scores float[D], boxes float[D, 4])
 Detections = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]

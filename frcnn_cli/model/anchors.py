@@ -47,6 +47,18 @@ def generate_anchors(base_size: int = 16, ratios: Sequence[float] = (0.5, 1, 2),
     return (pfr + torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=f64)).to(torch.float32)
 
 
+def shift_templates(templates: Tensor, height, width, stride: int) -> Tensor:
+    """``Tensor[height*width*A, 4]``: ``templates [A, 4]`` shifted to every cell of a ``height`` x ``width`` grid
+    (flat index ``(h*W + w)*A + a``). ``height``/``width`` are ints or 0-dim tensors (a traced graph's sizes,
+    ``frcnn_cli.export``)."""
+    device = templates.device
+    shift_x = torch.arange(width, dtype=torch.float32, device=device) * stride
+    shift_y = torch.arange(height, dtype=torch.float32, device=device) * stride
+    sy, sx = torch.meshgrid(shift_y, shift_x, indexing="ij")  # [H, W]
+    shifts = torch.stack((sx, sy, sx, sy), dim=-1).reshape(-1, 1, 4)  # [H*W, 1, 4]
+    return (shifts + templates[None]).reshape(-1, 4)
+
+
 class AnchorGrid:
     """All anchors of an H x W feature map: the templates shifted by ``stride`` pixels per cell.
 
@@ -78,11 +90,7 @@ class AnchorGrid:
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
-        shift_x = torch.arange(key[1], dtype=torch.float32, device=device) * self.stride
-        shift_y = torch.arange(key[0], dtype=torch.float32, device=device) * self.stride
-        sy, sx = torch.meshgrid(shift_y, shift_x, indexing="ij")  # [H, W]
-        shifts = torch.stack((sx, sy, sx, sy), dim=-1).reshape(-1, 1, 4)  # [H*W, 1, 4]
-        anchors = (shifts + self.templates.to(device)[None]).reshape(-1, 4)
+        anchors = shift_templates(self.templates.to(device), key[0], key[1], self.stride)
         self._cache[key] = anchors
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)

@@ -60,7 +60,9 @@ class RoIHead(nn.Module):
         if self.pooler == "roipool":
             # Caffe quantises inclusive pixel indices: ours [x1, y1, x2, y2] is inclusive [x1, y1, x2-1, y2-1]
             inclusive = torch.cat((rois[:, :3], rois[:, 3:] - 1.0), 1)
-            if features.device.type == "cpu" and not (torch.is_grad_enabled() and features.requires_grad):
+            # a trace (frcnn export) records torchvision's op: the table is CPU-only Python
+            if features.device.type == "cpu" and not torch.jit.is_tracing() and not (
+                    torch.is_grad_enabled() and features.requires_grad):
                 return roi_pool_table(features, inclusive, self.pool_size, self.spatial_scale)  # same values
             return roi_pool(features, inclusive, self.pool_size, self.spatial_scale)
         return roi_align(features, rois, self.pool_size, self.spatial_scale, self.sampling_ratio,
