@@ -16,7 +16,7 @@ from ..errors import ConfigError, DataError
 from ..evaluate.voc import METRICS
 from . import console
 from .detect import ablation_from_options, ablation_options
-from .options import check_checkpoint_overrides, checkpoint_set_option, load_predictor, positive_int
+from .options import check_checkpoint_overrides, checkpoint_set_option, hold_output, load_predictor, positive_int
 
 IOU_THRESH = 0.5  # PASCAL VOC's overlap criterion
 SUMMARY_PLOT = "ap_summary.png"
@@ -212,6 +212,8 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, out, report,
     """
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
     metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report)
+    hold_output(out, "--out", folder=True)
+    hold_output(report, "--report")
     check_checkpoint_overrides(set_, model_path)
     manifest = read_manifest(data)
     if model_path is not None:

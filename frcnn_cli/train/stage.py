@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import append_text
 from ..callbacks import WarningCallback
 from ..config import Config, RuntimeConfig
 from ..data.images import DetectionDataset
@@ -88,8 +89,7 @@ class _MetricsLog:
             return
         row = {"stage": self.stage, "iteration": state.iteration, **state.losses, "lr": state.lr,
                "images_per_s": round(state.images_per_s, 3)}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        append_text(self.path, json.dumps(row) + "\n")  # a full disk: an error naming the file
         if self.tb is not None:
             for key, value in state.losses.items():
                 self.tb.add_scalar(f"{self.stage}/{key}", value, state.iteration)
