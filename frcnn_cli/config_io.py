@@ -148,7 +148,7 @@ def load_config_file(path: str | Path) -> tuple[Config, RuntimeConfig]:
     (default: the preset of its ``backbone``, else vgg16)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is not TOML
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; give a preset name or a .toml path") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -8,13 +8,16 @@ Detections are plain JSON-ready dicts (shared/DESIGN.md), one per image::
      "detections": [{"label": "cat", "score": 0.981234, "box": [12.5, 30.0, 250.25, 370.0]}, ...]}
 
 with boxes in the original image's pixels, 0-based continuous ``x1 y1 x2 y2`` (docs/architecture.md),
-sorted by score, descending; scores with 6 decimals and coordinates with 3, as the VOC result files.
+sorted by score, descending; scores with 6 decimals and coordinates with 3, as the VOC result files. An image
+that cannot be read gets ``{"image": …, "error": "<why and what to do>", "detections": []}`` (no width and
+height), and the others are detected all the same (``unreadable``).
 Pixels are decoded by ``load_image`` (EXIF orientation not applied: the boxes refer to the stored pixel
 grid, as every VOC tool's).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zlib
@@ -25,7 +28,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_write_bytes, atomic_write_text
 from .callbacks import Progress
 from .data.images import load_image
 from .errors import ConfigError
@@ -75,21 +78,38 @@ def detect_images(predictor: Predictor, paths: Sequence[str | os.PathLike], *, b
     same without). Keeps detections with ``score >= score_thresh`` (as py-faster-rcnn's demo; a threshold
     below the predictor's own detection threshold lowers that one too) of the classes ``classes_filter``
     (names; None: all). Returns one dict per image in the module docstring's layout, in the order of
-    ``paths``; an unreadable image is a ``DataError`` naming it.
+    ``paths``; an image that cannot be read (missing, truncated, corrupt, too large) gets an entry with its
+    ``error`` and no detections, and the rest are detected (``unreadable`` lists those entries).
     """
     keep = label_filter(predictor.classes, classes_filter)
     settings = predictor.settings
     predictor = predictor.with_settings(replace(settings, detections=settings.detections.with_score_floor(
         score_thresh)))
     paths = [Path(p) for p in paths]
-    results: list[dict] = []
-    for batch in predictor.file_batches(paths, batch_size=batch_size):
+    results: list[dict | None] = [None] * len(paths)
+    done = reported = 0
+
+    def on_unreadable(index: int, error: Exception) -> None:
+        nonlocal done
+        results[index] = {"image": str(paths[index]), "error": str(error), "detections": []}
+        done += 1
+
+    for batch in predictor.file_batches(paths, batch_size=batch_size, on_unreadable=on_unreadable):
         dets = predictor.run(batch).detections
         for index, size, det in zip(batch.indices.tolist(), batch.original_sizes.tolist(), dets):
-            results.append(_image_result(paths[index], size, det, predictor.classes, keep, score_thresh))
+            results[index] = _image_result(paths[index], size, det, predictor.classes, keep, score_thresh)
+        done += len(batch)
         if progress is not None:
-            progress(len(results), len(paths))
+            progress(done, len(paths))
+            reported = done
+    if progress is not None and reported != done:  # the last images were unreadable
+        progress(done, len(paths))
     return results
+
+
+def unreadable(results: Sequence[dict]) -> list[dict]:
+    """The entries of ``detect_images``'s results whose image could not be read (they hold ``error``)."""
+    return [r for r in results if "error" in r]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,21 +185,26 @@ def draw_detections(image_path: str | os.PathLike, detections: Sequence[dict], o
                     (width, height))
     fmt = _save_format(out_path.name) or "PNG"
     options = {"quality": 95} if fmt == "JPEG" else {}
-    with atomic_path(out_path) as tmp:
-        image.save(tmp, format=fmt, **options)
+    # encoded in memory, then written and its size checked: PIL's encoders do not notice a short write to a
+    # full disk, and would leave a cut image under the final name
+    encoded = io.BytesIO()
+    image.save(encoded, format=fmt, **options)
+    atomic_write_bytes(out_path, encoded.getvalue())
     return out_path
 
 
 def save_detections(results: Sequence[dict], out_dir: str | os.PathLike, *,
                     classes: Sequence[str] | None = None) -> list[Path]:
-    """Each image of ``results`` (``detect_images``) drawn under ``out_dir`` (``output_paths``), and
-    ``out_dir/detections.json`` with ``results``; every file written atomically. Returns the drawn paths."""
+    """Each image of ``results`` (``detect_images``) drawn under ``out_dir`` (``output_paths``; the unreadable
+    ones are not), and ``out_dir/detections.json`` with ``results``; every file written atomically. Returns the
+    drawn paths."""
     out_dir = Path(out_dir)
     targets = output_paths([r["image"] for r in results], out_dir)
-    for result, target in zip(results, targets):
+    drawn = [(result, target) for result, target in zip(results, targets) if "error" not in result]
+    for result, target in drawn:
         draw_detections(result["image"], result["detections"], target, classes=classes)
     atomic_write_text(out_dir / DETECTIONS_FILE, detections_json(results) + "\n")
-    return targets
+    return [target for _, target in drawn]
 
 
 def detections_json(results: Sequence[dict]) -> str:

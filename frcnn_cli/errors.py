@@ -37,3 +37,7 @@ class DeviceError(FrcnnError):
 
 class TrainingError(FrcnnError):
     """Training cannot go on (a non-finite loss, a finished run asked to go further)."""
+
+
+class BusyError(FrcnnError):
+    """An output (a file or a run folder) that another live frcnn process is writing (``locks.py``)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,6 +33,8 @@ from .data.loading import inference_loader
 from .data.manifest import Manifest, manifest_hash
 from .data.proposal_store import ProposalWriter
 from .devices import autocast, place_model
+from .errors import FrcnnError
+from .locks import output_lock
 from .model.checkpoint import file_sha256
 from .model.detector import FasterRCNN, ForwardOutput
 from .model.postprocess import DetectionSettings
@@ -152,17 +154,21 @@ class Predictor:
         order = list(range(len(manifest.images))) if indices is None else list(indices)
         return self._batches(dataset, order, batch_size)
 
-    def file_batches(self, paths: Sequence[Path], *, batch_size: int = 1) -> Iterator[ImageBatch]:
-        """Image files at the test scale in batches, in the order of ``paths`` (``indices``: positions)."""
+    def file_batches(self, paths: Sequence[Path], *, batch_size: int = 1,
+                     on_unreadable: Callable[[int, FrcnnError], None] | None = None) -> Iterator[ImageBatch]:
+        """Image files at the test scale in batches, in the order of ``paths`` (``indices``: positions). An
+        unreadable file is ``load_image``'s ``DataError``, or with ``on_unreadable`` left out of its batch
+        and reported as ``on_unreadable(position, error)``."""
         dataset = ImageFilesDataset(list(paths), self.settings.config.input)
-        return self._batches(dataset, list(range(len(paths))), batch_size)
+        return self._batches(dataset, list(range(len(paths))), batch_size, on_failure=on_unreadable)
 
-    def _batches(self, dataset, order: list[int], batch_size: int) -> Iterator[ImageBatch]:
+    def _batches(self, dataset, order: list[int], batch_size: int, on_failure=None) -> Iterator[ImageBatch]:
         """The loader's iterator, made now (its worker processes start here, not at the first batch)."""
         size = max(1, batch_size)
         chunks = [order[i:i + size] for i in range(0, len(order), size)]
         return iter(inference_loader(dataset, chunks, size_divisor=self.settings.config.input.size_divisor,
-                                     num_workers=self.runtime.num_workers, pin_memory=self.device.type == "cuda"))
+                                     num_workers=self.runtime.num_workers, pin_memory=self.device.type == "cuda",
+                                     on_failure=on_failure))
 
     # ----------------------------------------------------------------------------------------------
     # the forward
@@ -254,9 +260,17 @@ def dump_proposals(predictor: Predictor, manifest: Manifest, out: Path, *, check
     settings of ``predictor`` (built with ``mode="dump"``: no pre-NMS cap, NMS 0.7, top 2000 for the paper).
 
     Written to ``out.partial`` image by image; rerunning after an interruption continues with the images
-    not yet written; the file is renamed to ``out`` only when complete.
+    not yet written; the file is renamed to ``out`` only when complete. ``out`` is locked meanwhile
+    (``locks.output_lock``): a second dump to it is a ``BusyError`` naming this process.
     """
     attrs = _dump_attributes(predictor, checkpoint_path)
+    with output_lock(out):  # a second dump to ``out`` is refused naming this process, not let into .partial
+        _dump_into(predictor, manifest, out, attrs, batch_size, progress)
+    return out
+
+
+def _dump_into(predictor: Predictor, manifest: Manifest, out: Path, attrs: dict, batch_size: int,
+               progress: Progress | None) -> None:
     open_writer = lambda: ProposalWriter(out, manifest=manifest, manifest_hash=manifest_hash(manifest),
                                          attrs=attrs)
     with open_writer() as writer:
@@ -274,4 +288,3 @@ def dump_proposals(predictor: Predictor, manifest: Manifest, out: Path, *, check
             if progress is not None:
                 progress(done, len(manifest.images))
         writer.finish()
-    return out

@@ -282,3 +282,21 @@ def inside_mask(anchors, height, width, border: float = 0.0):
     ``x2 <= width + border``, ``y2 <= height + border`` (its ``x2_inclusive < width + border``)."""
     return ((anchors[:, 0] >= -border) & (anchors[:, 1] >= -border)
             & (anchors[:, 2] <= width + border) & (anchors[:, 3] <= height + border))
+
+
+@pytest.fixture()
+def read_only_dir(tmp_path) -> Path:
+    """A folder in which nothing can be created, for root too (tests/filesystems.py says how)."""
+    from filesystems import read_only_folder
+
+    with read_only_folder(tmp_path / "read-only") as folder:
+        yield folder
+
+
+@pytest.fixture()
+def full_disk(tmp_path) -> Path:
+    """A folder on a 64 KiB tmpfs: writes of more fail with the kernel's ENOSPC (root only, else skipped)."""
+    from filesystems import small_disk
+
+    with small_disk(tmp_path / "small-disk") as folder:
+        yield folder

@@ -6,6 +6,7 @@ no traceback, and nothing written under the output name (data, manifests and opt
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -167,7 +168,7 @@ def test_a_proposal_output_under_a_regular_file_cannot_be_written(synth_set, tmp
     (tmp_path / "plain.txt").write_text("x")
     result = _run("dump-proposals", "--model", tiny_checkpoint(), "--data", synth_set[1], "--out",
                   tmp_path / "plain.txt" / "p.h5")
-    assert_clean_error(result, "cannot write", "plain.txt", "choose a writable output")
+    assert_clean_error(result, "cannot write", "plain.txt", "choose an output folder you can write to (--out)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,6 +192,8 @@ def test_detect_on_a_missing_file(tmp_path, tiny_checkpoint, assert_clean_error)
 @pytest.mark.parametrize("workers", [0, 1])
 @pytest.mark.parametrize("damage", ["truncated_jpeg", "text_as_png"])
 def test_detect_on_an_undecodable_image_names_it(tmp_path, tiny_checkpoint, damage, workers, assert_clean_error):
+    """The readable image is still detected and written; the unreadable one is named, in the error and in
+    detections.json (tests/test_detect_unreadable.py has the rest)."""
     (tmp_path / "in").mkdir()
     Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / "in" / "fine.png")
     if damage == "truncated_jpeg":
@@ -203,14 +206,21 @@ def test_detect_on_an_undecodable_image_names_it(tmp_path, tiny_checkpoint, dama
     out = tmp_path / "out"
     result = _run("detect", tmp_path / "in", "--model", tiny_checkpoint(), "--out", out,  # 2 images: 1 worker
                   "--set", f"runtime.num_workers={workers}")
-    assert_clean_error(result, f"image {bad} cannot be decoded", "replace the file", out_dir=out)
+    assert_clean_error(result, "1 of 2 images could not be read", f"image {bad} cannot be decoded",
+                       "replace the file")
+    assert result.exit_code == 1
+    entries = json.loads((out / "detections.json").read_text())
+    assert [e["image"] for e in entries] == [str(tmp_path / "in" / "fine.png"), str(bad)]
+    assert "error" not in entries[0] and entries[1]["detections"] == []
+    assert entries[1]["error"].startswith(f"image {bad} cannot be decoded")
+    assert sorted(p.name for p in out.iterdir()) == ["detections.json", "fine.png"]
 
 
 def test_eval_results_under_a_regular_file_cannot_be_written(synth_set, tmp_path, tiny_checkpoint,
                                                             assert_clean_error):
     (tmp_path / "plain.txt").write_text("x")
     result = _run("eval", "--model", tiny_checkpoint(), "--data", synth_set[1], "--out", tmp_path / "plain.txt" / "r")
-    assert_clean_error(result, "cannot write", "plain.txt")
+    assert_clean_error(result, "cannot create", "plain.txt", "Not a directory", "choose a --out you can write to")
 
 
 # --------------------------------------------------------------------------------------------------

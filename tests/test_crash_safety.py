@@ -269,7 +269,7 @@ def _failing_torch_save(after: int):
         calls.append(path)
         if len(calls) <= after:
             return real(obj, path, *args, **kwargs)
-        Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
+        path.write(b"PK\x03\x04 half a checkpoint")  # save_checkpoint hands torch.save an open file
         _enospc()
 
     return save

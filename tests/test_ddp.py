@@ -269,3 +269,51 @@ def test_dump_proposals_under_torchrun_dumps_on_rank_0_only(tiny_checkpoint, syn
 def test_dump_proposals_on_another_rank_leaves_even_a_bad_command_to_rank_0(tmp_path, monkeypatch):
     result = _dump_as_rank(1, tmp_path / "missing.pt", tmp_path / "missing.json", tmp_path / "p.h5", monkeypatch)
     assert result.exit_code == 0 and "Error" not in result.output  # rank 0 reports it, once
+
+
+# --------------------------------------------------------------------------------------------------
+# a non-finite loss on one rank stops every rank
+
+
+def train_with_nan_on_rank_1(stage, cfg, manifest_path: Path, out: Path, report: Path, options: dict) -> None:
+    """``train-rpn`` where rank 1's loss (only) becomes NaN at its 2nd iteration; what each rank then raises is
+    written to ``<report>.stopped``."""
+    from frcnn_cli.errors import TrainingError
+    from frcnn_cli.train import loop
+
+    if os.environ["RANK"] == "1":
+        real, calls = loop._forward_losses, []
+
+        def forward_losses(*args, **kwargs):
+            losses = real(*args, **kwargs)
+            calls.append(1)
+            return {k: v * float("nan") for k, v in losses.items()} if len(calls) == 2 else losses
+
+        loop._forward_losses = forward_losses
+    try:
+        train_stage(stage, cfg, manifest_path, out, report, {**options, "checkpoint_every": 1})
+    except TrainingError as exc:  # rank_main then writes its report as after a finished run
+        report.with_suffix(".stopped").write_text(str(exc))
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_the_message(train_set, ddp_config, tmp_path):
+    """Before, only rank 1 stopped; rank 0 went on into the next all-reduce and died on a closed connection."""
+    ctx, port = multiprocessing.get_context("fork"), free_port()
+    out = tmp_path / "rpn.pt"
+    reports = [tmp_path / f"rank{r}.pt" for r in range(2)]
+    procs = [ctx.Process(target=rank_main, args=(r, port, train_with_nan_on_rank_1, ddp_config, train_set[0], out,
+                                                 reports[r], {})) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    errors = [f.read_text() for f in sorted(tmp_path.glob("*.error"))]
+    assert not errors, "\n".join(errors)
+    messages = [r.with_suffix(".stopped").read_text() for r in reports]
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("training stage rpn: the loss became non-finite (NaN or inf) at iteration 2;")
+    assert f"the last good state is in {out}.resume.pt" in messages[0]
+    assert read_checkpoint(f"{out}.resume.pt")["train_state"]["iteration"] == 1  # saved before the bad one

@@ -177,6 +177,19 @@ def test_detect_json_of_the_onnx_model_equals_the_checkpoints(exported, synth_se
             left.remove(twin)
 
 
+def test_detect_on_an_onnx_model_goes_on_past_an_unreadable_photo(exported, synth_set, frcnn, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = folder / "a.jpg"
+    good.write_bytes((synth_set[1].parent / "JPEGImages" / "000000.jpg").read_bytes())
+    (folder / "b.jpg").write_text("not a picture")
+    result = frcnn("detect", folder, "--model", exported["onnx"], "--json", "--score-thresh", 0.15, *NO_WORKERS,
+                   ok=False)
+    entries = json.loads(result.stdout)
+    assert result.exit_code != 0 and [e["image"] for e in entries] == [str(good), str(folder / "b.jpg")]
+    assert "error" not in entries[0] and entries[1]["detections"] == [] and "cannot be decoded" in entries[1]["error"]
+
+
 def test_eval_of_the_exported_models_equals_the_checkpoints(exported, synth_set, frcnn):
     runs = [json.loads(frcnn("eval", "--model", exported[key], "--data", synth_set[1], "--json", *NO_WORKERS).stdout)
             for key in ("checkpoint", "onnx", "torchscript")]

@@ -1,6 +1,16 @@
 """Bilinear resizing (frcnn_cli.data.resize) against the former pipeline, ``interpolate`` of the whole
 float image, kept here as the reference: the same values to float rounding, on any thread count, and large
-photos shrunk without a whole float copy."""
+photos shrunk without a whole float copy.
+
+"The same values to float rounding" is asserted as what matters for a detector, not as ATen's bit pattern:
+ATen computes the source coordinate and the two weights of a band of rows in another order than of the
+whole image, and versions differ in which products they fuse (torch 2.14.1: 689 of 159,552 values of one
+case differ, by up to 2.1e-4). A weight that moves by one float32 rounding of a coordinate below 2048 px
+(1.2e-4) moves a pixel by at most 255 x 1.2e-4 = 0.03 grey levels. So every value must be within
+``PIXEL_TOLERANCE`` = 1/16 grey level of the reference: what cv2 (py-faster-rcnn's resize) itself errs by
+in rounding its weights to 1/2048 (up to 255/4096 grey level), a sixteenth of the input's own quantisation;
+a wrong sampling grid or band seam is off by whole grey levels. Thread counts must still agree bit for bit.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +41,9 @@ def _threads(n: int):
         torch.set_num_threads(before)
 
 
+PIXEL_TOLERANCE = 1 / 16  # grey levels (pixel values 0..255): see the module docstring
+
+
 def _image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=gen)
@@ -55,8 +68,7 @@ def test_resize_equals_interpolating_the_float_image(source, size):
     image = _image(*source)
     got = resize_image(image, size)
     assert got.dtype == torch.float32 and got.shape == (3, *size)
-    # within one float32 ulp of the value (bit-identical where ATen fuses its products as assumed)
-    torch.testing.assert_close(got, _reference(image, size), rtol=1.2e-7, atol=1e-6)
+    torch.testing.assert_close(got, _reference(image, size), rtol=0, atol=PIXEL_TOLERANCE)
 
 
 @pytest.mark.parametrize("source, size", CASES)
@@ -69,13 +81,14 @@ def test_resize_does_not_depend_on_the_thread_count(source, size):
     assert torch.equal(one, two)
 
 
-def test_a_photo_is_prepared_as_before_within_1e_5():
+def test_a_photo_is_prepared_as_before_within_a_sixteenth_of_a_grey_level():
     input_cfg = get_preset("vgg16").input
     image = _image(1500, 2000, seed=2)
     scale = compute_scale(1500, 2000, input_cfg.test_scale, input_cfg.max_size)
     got = prepare_image(image, scale, input_cfg)
     assert got.shape == (3, 600, 800)
-    assert (got - _reference_prepare(image, scale, input_cfg)).abs().max() <= 1e-5
+    grey_level = input_cfg.pixel_range / 255 / min(input_cfg.pixel_std)  # after normalisation
+    assert (got - _reference_prepare(image, scale, input_cfg)).abs().max() <= PIXEL_TOLERANCE * grey_level
 
 
 def test_a_large_shrink_converts_only_bands_of_rows_to_float(monkeypatch):
@@ -91,4 +104,4 @@ def test_a_large_shrink_converts_only_bands_of_rows_to_float(monkeypatch):
     image = _image(1200, 1800, seed=3)
     got = resize_image(image, (300, 450))
     assert len(seen) == 43 and max(seen) <= 310_000  # the last band short; never the whole image
-    torch.testing.assert_close(got, _reference(image, (300, 450)), rtol=1.2e-7, atol=1e-6)
+    torch.testing.assert_close(got, _reference(image, (300, 450)), rtol=0, atol=PIXEL_TOLERANCE)

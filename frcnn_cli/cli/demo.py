@@ -14,7 +14,7 @@ from ..devices import resolve_device
 if TYPE_CHECKING:
     from ..train.loop import LoopState
 from . import console
-from .options import positive_int
+from .options import hold_output, positive_int
 
 _STEPS = {"data": "synthetic set", "rpn1": "step 1: RPN", "props1": "step 1: proposals",
           "det1": "step 2: Fast R-CNN", "rpn2": "step 3: RPN, shared convs frozen", "props2": "step 3: proposals",
@@ -97,6 +97,7 @@ def demo(workdir, device, n_train, n_test, seed, threads, iters) -> None:
     from ..demo import PRESET, default_threads, run_demo
     from ..devices import process_settings
 
+    hold_output(workdir, "--workdir", folder=True)
     dev = resolve_device(device)
     runtime = replace(runtime_defaults(PRESET), threads=threads or default_threads())
     process_settings(dev, runtime)

@@ -8,8 +8,16 @@ import click
 from rich.markup import escape
 
 from ..devices import resolve_device
+from ..errors import DataError
 from . import console
-from .options import check_checkpoint_overrides, checkpoint_set_option, load_predictor, positive_int
+from .options import (
+    FiniteFloatRange,
+    check_checkpoint_overrides,
+    checkpoint_set_option,
+    hold_output,
+    load_predictor,
+    positive_int,
+)
 
 
 def ablation_options(f):
@@ -44,6 +52,9 @@ def parse_class_list(text: str | None) -> list[str] | None:
 
 
 def _show(result: dict, score_thresh: float) -> None:
+    if "error" in result:
+        console.warn(escape(f"not read: {result['error']}"))
+        return
     where = f"{escape(result['image'])} ({result['width']}x{result['height']})"
     dets = result["detections"]
     if not dets:
@@ -60,7 +71,7 @@ def _show(result: dict, score_thresh: float) -> None:
               help="A detector checkpoint (train-detector or frcnn train), or a model file of frcnn export.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write each image with its detections drawn, and DIR/detections.json.")
-@click.option("--score-thresh", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--score-thresh", type=FiniteFloatRange(0, 1), default=0.5, show_default=True,
               help="Keep detections with at least this score.")
 @click.option("--json", "as_json", is_flag=True, help="Print the detections as JSON on stdout.")
 @click.option("--classes", default=None, metavar="A,B", help="Only these classes (comma-separated names).")
@@ -77,6 +88,7 @@ def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, 
     from .. import detect as lib
     from ..data.images import find_images
 
+    hold_output(out, "--out", folder=True)
     check_checkpoint_overrides(set_, model_path)
     images = find_images(inputs, exclude=out)
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
@@ -93,8 +105,19 @@ def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, 
         _show(result, score_thresh)
     if out is not None:
         lib.save_detections(results, out, classes=predictor.classes)
-        console.info(f"wrote {len(results)} image(s) and {escape(str(out / 'detections.json'))}")
+        drawn = len(results) - len(lib.unreadable(results))
+        console.info(f"wrote {drawn} image(s) and {escape(str(out / 'detections.json'))}")
     if as_json:
         click.echo(lib.detections_json(results))
     elif out is not None:
         click.echo(str(out / "detections.json"))
+    _fail_for_unreadable(lib.unreadable(results), len(results), out)
+
+
+def _fail_for_unreadable(failed: list[dict], total: int, out: Path | None) -> None:
+    """After every readable image is done and written: exit 1 naming the images that could not be read."""
+    if not failed:
+        return
+    listed = f"; in {out / 'detections.json'} they have an \"error\"" if out is not None else ""
+    raise DataError(f"{len(failed)} of {total} images could not be read (first: {failed[0]['error']}){listed}; "
+                    "the other images were detected. Replace or remove the unreadable ones and run detect again")

@@ -32,7 +32,7 @@ from .eval_outputs import (
     write_coco_outputs,
     write_report_page,
 )
-from .options import check_checkpoint_overrides, checkpoint_set_option, load_predictor, positive_int
+from .options import check_checkpoint_overrides, checkpoint_set_option, hold_output, load_predictor, positive_int
 
 __all__ = ["eval_command", "check_classes", "split_of"]
 
@@ -151,6 +151,8 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, coco, out, r
     """
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
     metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report, coco)
+    hold_output(out, "--out", folder=True)
+    hold_output(report, "--report")
     check_checkpoint_overrides(set_, model_path)
     manifest = read_manifest(data)
     if model_path is not None:

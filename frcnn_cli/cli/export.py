@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from . import console
-from .options import check_checkpoint_overrides, checkpoint_set_option, positive_int
+from .options import FiniteFloatRange, check_checkpoint_overrides, checkpoint_set_option, hold_output, positive_int
 
 FORMAT_CHOICES = ("onnx", "torchscript")
 
@@ -21,7 +21,7 @@ FORMAT_CHOICES = ("onnx", "torchscript")
               help="onnx (run with ONNX Runtime, TensorRT, …) or torchscript (torch.jit.load, libtorch).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The model file to write, e.g. model.onnx.")
-@click.option("--score-thresh", type=click.FloatRange(0, 1), default=None,
+@click.option("--score-thresh", type=FiniteFloatRange(0, 1), default=None,
               help="Keep detections scoring above this (default: the config's roi_head.score_thresh, 0.05).")
 @click.option("--proposals-n", type=positive_int, default=None, metavar="N",
               help="Test proposals per image (default: the config's, 300 for the paper's models).")
@@ -49,6 +49,7 @@ def export(model_path, fmt, out, score_thresh, proposals_n, check_paths, set_) -
     from .detect import ablation_from_options
 
     check_checkpoint_overrides(set_, model_path)
+    hold_output(out, "--out")
     images = load_images(check_paths) if check_paths else None
     model, _ = load_model(model_path, device="cpu", require=("rpn", "roi_head"))
     config_items, runtime_items = split_overrides(set_)

@@ -3,6 +3,8 @@ a ``Config`` and a ``RuntimeConfig`` for training, a prepared ``Predictor`` for 
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +20,29 @@ from ..config_io import (
 )
 
 positive_int = click.IntRange(min=1)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that refuses NaN and infinity (a NaN passes every comparison of a range)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+def hold_output(path: Path | None, option: str, *, folder: bool = False) -> None:
+    """Before any work: check that the output ``path`` (a file, or with ``folder`` a folder) can be written and
+    lock it until the command ends (``locks.output_lock``), so a second command writing it is refused naming
+    this one. Under ``torchrun`` only rank 0 writes, and only rank 0 locks. None: no such output."""
+    if path is None or os.environ.get("RANK", "0") not in ("", "0"):
+        return
+    from ..locks import output_lock
+
+    click.get_current_context().with_resource(output_lock(path, option=option, folder=folder))
+
+
 PRESET_HELP = f"{', '.join(PRESETS)} (vgg16 is the default), or a .toml file."
 
 

@@ -10,6 +10,7 @@ from rich.markup import escape
 from ..data.manifest import Manifest, PrepareReport, read_manifest, write_manifest
 from ..errors import ConfigError
 from . import console
+from .options import FiniteFloatRange, hold_output
 
 MAX_WARNINGS = 10  # warnings listed one by one; the rest are counted
 
@@ -97,6 +98,7 @@ def voc(root: Path, years: list[int], split: str, out: Path) -> None:
     """A PASCAL VOC split (20 classes; difficult and truncated kept) as a manifest."""
     from ..data.voc import prepare_voc
 
+    hold_output(out, "--out")
     warnings: list[str] = []
     with _quiet_progress("checking images") as progress:
         manifest = prepare_voc(root, years, split, on_warning=warnings.append, progress=progress)
@@ -113,7 +115,7 @@ def voc(root: Path, years: list[int], split: str, out: Path) -> None:
               help="Class names, one per line, in label order. Default: the names in the XML, sorted.")
 @click.option("--split-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Keep only the images named in this file (one name per line).")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--val-fraction", type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
               help="Also write NAME.val.json with this fraction of the images (disjoint from NAME.json).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the --val-fraction draw.")
 @click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
@@ -125,8 +127,11 @@ def folder(images_dir: Path, annotations_dir: Path, classes_file: Path | None, s
 
     if split_file is not None and val_fraction is not None:
         raise ConfigError("give --split-file or --val-fraction, not both")
-    classes = read_class_file(classes_file) if classes_file is not None else None
     name = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
+    hold_output(out, "--out")
+    if val_fraction is not None:
+        hold_output(out.with_name(f"{name}.val.json"), "--out")
+    classes = read_class_file(classes_file) if classes_file is not None else None
     warnings: list[str] = []
     with _quiet_progress("checking images") as progress:
         result = prepare_folder(images_dir, annotations_dir, classes=classes, split_file=split_file,
@@ -160,6 +165,7 @@ def coco(annotations: Path, images_dir: Path, drop_empty: bool, name: str | None
     from ..data.coco import prepare_coco
 
     stem = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
+    hold_output(out, "--out")
     warnings: list[str] = []
     with _quiet_progress("checking image files") as progress:
         manifest = prepare_coco(annotations, images_dir, drop_empty=drop_empty, name=name or stem,
@@ -179,6 +185,7 @@ def synth(out_dir: Path, n_train: int, n_test: int, seed: int) -> None:
     """A synthetic set of drawn shapes (the demo's and the tests' data) with its two manifests."""
     from ..data.synthetic import make_synthetic_set
 
+    hold_output(out_dir, "--out", folder=True)
     paths = make_synthetic_set(out_dir, n_train=n_train, n_test=n_test, seed=seed)
     for path in paths:
         _show_report(PrepareReport.from_manifest(read_manifest(path)), path)

@@ -12,9 +12,11 @@ from ..data.manifest import read_manifest
 from ..devices import process_settings, resolve_device
 from . import console
 from .options import (
+    FiniteFloatRange,
     check_checkpoint_overrides,
     checkpoint_set_option,
     config_options,
+    hold_output,
     load_cli_config,
     load_predictor,
     positive_int,
@@ -55,6 +57,7 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
     from ..train.stage import StageRequest, resume_path, run_stage
     from ..train.steps import stage_config, stage_spec
 
+    hold_output(out, "--out")
     manifest = read_manifest(data)
     cfg, runtime, init_read = stage_config(config, set_, seed, init)
     spec = stage_spec(kind, freeze_shared=freeze_shared)
@@ -124,7 +127,7 @@ def _dumps_in_this_process(out: Path) -> bool:
 @click.option("--post-nms-top-n", type=positive_int, default=None, help="Proposals kept per image [2000].")
 @click.option("--pre-nms-top-n", type=click.IntRange(min=0), default=None,
               help="Boxes kept before NMS, 0 for all [0].")
-@click.option("--nms", "nms_thresh", type=click.FloatRange(0, 1), default=None, help="NMS IoU threshold [0.7].")
+@click.option("--nms", "nms_thresh", type=FiniteFloatRange(0, 1), default=None, help="NMS IoU threshold [0.7].")
 @click.option("--batch-size", type=positive_int, default=1, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N.")
 @checkpoint_set_option
@@ -137,6 +140,7 @@ def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thr
 
     if not _dumps_in_this_process(out):
         return
+    hold_output(out, "--out")
     check_checkpoint_overrides(set_, model_path)
     manifest = read_manifest(data)
     predictor = load_predictor(model_path, set_, resolve_device(device), require=("rpn",), mode="dump",
@@ -164,6 +168,7 @@ def train(data, workdir, config, set_, mode, iters, seed, checkpoint_every, resu
     """The whole 4-step alternating optimisation (or --mode joint), resumable: rerun to continue."""
     from ..train.pipeline import PipelineRequest, run_pipeline
 
+    hold_output(workdir, "--workdir", folder=True)
     manifest = read_manifest(data)
     cfg, runtime = load_cli_config(config, set_, seed)
     dev = resolve_device(device)

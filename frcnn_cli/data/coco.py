@@ -129,7 +129,7 @@ def _read_text(path: Path) -> str:
     except OSError as exc:
         raise DataError(f"cannot read annotation file {path} ({exc.strerror or exc}); check the path") from None
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # a byte-order mark (some exporters write one) is not JSON
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); give a COCO "
                         "annotation file (JSON)") from None

@@ -46,6 +46,7 @@ from torch.utils.data import Dataset
 from ..boxes import flip_boxes
 from ..config import Config, InputConfig
 from ..errors import DataError
+from .decode import open_image
 from .manifest import ImageRecord, Manifest
 from .resize import resize_image
 from .targets import Targets
@@ -117,11 +118,13 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
 def load_image(path: str | Path) -> Tensor:
     """Decode an image file to ``Tensor[3, H, W]`` uint8 RGB (policies in the module docstring).
 
-    A missing, truncated or corrupt file, or one that is not an image, raises ``DataError`` naming it.
+    A missing, truncated or corrupt file, or one that is not an image, raises ``DataError`` naming it; so
+    does an image over frcnn's size limit (``decode.MAX_SIDE`` a side, ``decode.MAX_PIXELS`` in all), which
+    says so: Pillow's smaller decompression-bomb limit does not apply.
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()
             array = _to_rgb_array(img)
     except FileNotFoundError:
@@ -133,7 +136,10 @@ def load_image(path: str | Path) -> Tensor:
             f"image {path} cannot be decoded ({exc}): it is truncated, corrupt or not an image; "
             "replace the file or leave it out (if it belongs to a dataset, re-run frcnn prepare)"
         ) from None
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    planes = np.ascontiguousarray(array.transpose(2, 0, 1))
+    if not planes.flags.writeable:  # a 1x1 image: already contiguous, so still PIL's read-only buffer
+        planes = planes.copy()
+    return torch.from_numpy(planes)
 
 
 def compute_scale(height: int, width: int, target: float, max_size: float) -> float:

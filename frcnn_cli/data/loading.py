@@ -5,7 +5,9 @@ A worker's exception reaches the main process re-raised by DataLoader as a new e
 whose message is "Caught DataError in DataLoader worker process 0" and the worker's traceback: the CLI
 would print that instead of the one-line ``Error: …``. So an item's ``FrcnnError`` travels as data (it
 pickles: its one argument is the message), the batch that holds it becomes it, and the loader's iterator
-raises it: the first failed item of the first failed batch, as a loop without workers would.
+raises it: the first failed item of the first failed batch, as a loop without workers would. With
+``on_failure`` (``detect``: one unreadable photo must not stop a folder) a failed item is left out of its
+batch instead and reported to ``on_failure(key, error)`` in the main process, in order.
 """
 
 from __future__ import annotations
@@ -22,15 +24,34 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import DataError, FrcnnError
 from .images import DetectionDataset, ImageBatch, collate
 
+FailureCallback = Callable[[Any, FrcnnError], None]  # (the item's key: a dataset index, its error)
 
-def failsafe_loader(dataset: Dataset, collate_fn: Callable[[list], Any], **kwargs) -> DataLoader:
-    """``DataLoader(dataset, collate_fn=collate_fn, **kwargs)`` raising an item's ``FrcnnError`` itself."""
-    return _Loader(_Guarded(dataset), collate_fn=partial(_collate_or_failure, collate_fn=collate_fn), **kwargs)
+
+def failsafe_loader(dataset: Dataset, collate_fn: Callable[[list], Any], *, on_failure: FailureCallback | None = None,
+                    **kwargs) -> DataLoader:
+    """``DataLoader(dataset, collate_fn=collate_fn, **kwargs)`` raising an item's ``FrcnnError`` itself, or with
+    ``on_failure`` leaving the item out and calling ``on_failure(key, error)``."""
+    combine = _collate_or_failure if on_failure is None else _collate_without_failures
+    loader = _Loader(_Guarded(dataset), collate_fn=partial(combine, collate_fn=collate_fn), **kwargs)
+    loader.on_failure = on_failure
+    return loader
 
 
 @dataclass
 class _Failure:
     error: FrcnnError
+    key: Any = None
+
+
+@dataclass
+class _Partial:
+    """A batch without its failed items (``batch`` None when none was left), and the failures."""
+
+    batch: Any
+    failures: list[_Failure]
+
+    def pin_memory(self) -> _Partial:  # called by DataLoader with pin_memory=True
+        return _Partial(None if self.batch is None else self.batch.pin_memory(), self.failures)
 
 
 class _Guarded(Dataset):
@@ -44,7 +65,7 @@ class _Guarded(Dataset):
         try:
             return self.dataset[key]
         except FrcnnError as exc:
-            return _Failure(exc)
+            return _Failure(exc, key)
 
 
 def _collate_or_failure(items: list, collate_fn: Callable[[list], Any]):
@@ -52,10 +73,25 @@ def _collate_or_failure(items: list, collate_fn: Callable[[list], Any]):
     return next((it for it in items if isinstance(it, _Failure)), None) or collate_fn(items)
 
 
-def _raise_failures(batches: Iterator) -> Iterator:
+def _collate_without_failures(items: list, collate_fn: Callable[[list], Any]):
+    """The collated batch; with failed items, a ``_Partial`` of the others and the failures."""
+    failures = [it for it in items if isinstance(it, _Failure)]
+    if not failures:
+        return collate_fn(items)
+    rest = [it for it in items if not isinstance(it, _Failure)]
+    return _Partial(collate_fn(rest) if rest else None, failures)
+
+
+def _raise_failures(batches: Iterator, on_failure: FailureCallback | None) -> Iterator:
     for batch in batches:
         if isinstance(batch, _Failure):
             raise batch.error
+        if isinstance(batch, _Partial):
+            for failure in batch.failures:
+                on_failure(failure.key, failure.error)
+            if batch.batch is None:
+                continue
+            batch = batch.batch
         yield batch
 
 
@@ -63,8 +99,10 @@ class _Loader(DataLoader):
     """The underlying iterator (which draws the workers' seed from the global RNG) is made at ``iter()``,
     as a plain DataLoader's, not at the first ``next()``."""
 
+    on_failure: FailureCallback | None = None
+
     def __iter__(self):
-        return _raise_failures(super().__iter__())
+        return _raise_failures(super().__iter__(), self.on_failure)
 
 
 class ResumableBatchSampler(Sampler):
@@ -146,13 +184,15 @@ def make_loader(dataset: DetectionDataset, *, batch_size: int, shuffle: bool, se
 
 
 def inference_loader(dataset: Dataset, batches: list[list[int]], *, size_divisor: int, num_workers: int,
-                     pin_memory: bool) -> DataLoader:
+                     pin_memory: bool, on_failure: FailureCallback | None = None) -> DataLoader:
     """A DataLoader of ``ImageBatch`` for ``batches`` (lists of dataset indices, in this order): items
     decoded, rescaled and normalised in up to ``num_workers`` processes (0: this one; none for a single
     batch, which nothing could overlap). An ``FrcnnError`` of an item is raised as it is, as without workers
-    (``make_loader`` too)."""
+    (``make_loader`` too); with ``on_failure`` the item is left out of its batch (a batch left empty is
+    skipped) and ``on_failure(index, error)`` is called instead."""
     return failsafe_loader(dataset, partial(_collate_images, size_divisor=size_divisor), batch_sampler=batches,
-                           num_workers=max(0, min(num_workers, len(batches) - 1)), pin_memory=pin_memory)
+                           num_workers=max(0, min(num_workers, len(batches) - 1)), pin_memory=pin_memory,
+                           on_failure=on_failure)
 
 
 def _collate_images(items: list[dict[str, Any]], size_divisor: int) -> ImageBatch:

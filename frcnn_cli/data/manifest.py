@@ -151,7 +151,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     """Read and validate a manifest; every problem is a ``DataError`` naming the file (and the image)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a manifest edited in Notepad keeps its BOM
     except FileNotFoundError:
         raise DataError(f"manifest {path} does not exist; create it with `frcnn prepare`") from None
     except (OSError, UnicodeDecodeError) as exc:

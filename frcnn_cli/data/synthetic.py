@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..atomic import atomic_dir
 from .manifest import ImageRecord, Manifest, write_manifest
 
 CLASSES = ("circle", "bottle", "car", "triangle", "donut")
@@ -245,20 +246,24 @@ def make_synthetic_set(out_dir: Path, *, n_train: int = DEFAULT_TRAIN, n_test: i
 
     Layout: ``JPEGImages/<id>.jpg``, ``Annotations/<id>.xml``, ``ImageSets/Main/{trainval,test}.txt``,
     ``classes.txt``; ids ``000000``… (trainval first). ``image_size`` is (width, height). Images and XML
-    are plain writes; the manifests are written last and atomically, so their presence means the set
-    is complete.
+    are written into a staging folder beside ``out_dir`` and moved in when all are written
+    (``atomic.atomic_dir``): a full disk or an error half-way leaves nothing of this call in ``out_dir``.
+    The manifests are written last and atomically, so their presence means the set is complete.
     """
     out_dir = Path(out_dir)
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    (out_dir / "classes.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
     splits = (("trainval", 0, n_train, 0), ("test", 1, n_test, n_train))
     records: dict[str, list[ImageRecord]] = {}
-    for split, code, count, offset in splits:
-        records[split] = [_write_image(out_dir, f"{offset + i:06d}", np.random.default_rng([seed, code, i]),
-                                       image_size) for i in range(count)]
-        ids = "".join(rec.id + "\n" for rec in records[split])
-        (out_dir / "ImageSets" / "Main" / f"{split}.txt").write_text(ids, encoding="utf-8")
+    with atomic_dir(out_dir) as staging:
+        for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+            (staging / sub).mkdir(parents=True, exist_ok=True)
+        (staging / "classes.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
+        for split, code, count, offset in splits:
+            records[split] = [_write_image(staging, f"{offset + i:06d}", np.random.default_rng([seed, code, i]),
+                                           image_size) for i in range(count)]
+            ids = "".join(rec.id + "\n" for rec in records[split])
+            (staging / "ImageSets" / "Main" / f"{split}.txt").write_text(ids, encoding="utf-8")
+        for split, *_ in splits:  # an older set's manifests go first: never beside half-replaced images
+            (out_dir / f"{split}.json").unlink(missing_ok=True)
     paths = []
     for split, *_ in splits:
         path = out_dir / f"{split}.json"

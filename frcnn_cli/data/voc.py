@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.parsers import expat
 
-from PIL import Image
-
 from ..callbacks import Progress, WarningCallback
 from ..errors import DataError
+from .decode import open_image
 from .manifest import ImageRecord, Manifest, split_manifest
 from .manifest import PrepareReport as PrepareReport  # re-exported: the prepare summary
 
@@ -177,11 +176,13 @@ def _image_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:
     if not path.is_file():
         return None, f"{path}: the image is missing; add it or delete its annotation"
     try:
-        with Image.open(path) as img:
+        with open_image(path, "shrink it (or delete it and its XML) and run frcnn prepare again") as img:
             size = img.size
             img.draft(img.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))  # JPEG: reads every byte
             img.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except DataError as exc:  # over frcnn's size limit
+        return None, str(exc)
+    except (OSError, SyntaxError, ValueError) as exc:
         return None, f"{path}: unreadable or truncated image ({exc}); replace it or delete it and its XML"
     return (int(size[0]), int(size[1])), None
 
@@ -287,7 +288,7 @@ def _split_ids(year_dir: Path, split: str) -> list[str]:
         have = sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem)
         raise DataError(f"{path} does not exist (splits found: {', '.join(have) or 'none'}); "
                         "choose another --split or check --root")
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()  # BOM and CRLF too
     ids = [line.split()[0] for line in lines if line.strip()]
     if not ids:
         raise DataError(f"{path} lists no images; check the file")
@@ -319,7 +320,8 @@ def prepare_voc(root: str | os.PathLike, years: Sequence[int], split: str, *,
 def _read_lines(path: Path, what: str) -> list[str]:
     """The non-blank lines of a small text file, stripped; unreadable or empty is a DataError."""
     try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # "utf-8-sig": a byte-order mark (Notepad's default) is not part of the first name; CRLF ends lines
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read the {what} file {path} ({exc}); give a text file") from None
     if not lines:

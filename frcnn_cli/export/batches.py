@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..data.images import load_image
-from ..data.loading import failsafe_loader
+from ..data.loading import FailureCallback, failsafe_loader
 from ..data.manifest import Manifest
 from ..errors import DataError
 
@@ -87,11 +87,11 @@ class FileImages(Dataset):
         return {"image": load_image(self.paths[index]), "index": index, "id": str(self.paths[index])}
 
 
-def decoded_batches(dataset: Dataset, order: Sequence[int], *, batch_size: int,
-                    num_workers: int) -> Iterator[DecodedBatch]:
+def decoded_batches(dataset: Dataset, order: Sequence[int], *, batch_size: int, num_workers: int,
+                    on_failure: FailureCallback | None = None) -> Iterator[DecodedBatch]:
     """``dataset``'s items ``order`` in batches of ``batch_size``, decoded by up to ``num_workers`` processes
-    (the iterator is made now: the workers start here)."""
+    (the iterator is made now: the workers start here); ``on_failure`` as ``data.loading.inference_loader``'s."""
     size = max(1, batch_size)
     chunks = [list(order[i:i + size]) for i in range(0, len(order), size)]
     return iter(failsafe_loader(dataset, collate_decoded, batch_sampler=chunks,
-                                num_workers=max(0, min(num_workers, len(chunks) - 1))))
+                                num_workers=max(0, min(num_workers, len(chunks) - 1)), on_failure=on_failure))

@@ -73,9 +73,12 @@ class ExportedPredictor:
         return decoded_batches(ManifestImages(manifest), order, batch_size=batch_size,
                                num_workers=self.runtime.num_workers)
 
-    def file_batches(self, paths: Sequence[Path], *, batch_size: int = 1) -> Iterator[DecodedBatch]:
+    def file_batches(self, paths: Sequence[Path], *, batch_size: int = 1,
+                     on_unreadable=None) -> Iterator[DecodedBatch]:
+        """As ``Predictor.file_batches``: an unreadable file raises, or with ``on_unreadable`` is left out and
+        reported as ``on_unreadable(position, error)``."""
         return decoded_batches(FileImages(paths), range(len(paths)), batch_size=batch_size,
-                               num_workers=self.runtime.num_workers)
+                               num_workers=self.runtime.num_workers, on_failure=on_unreadable)
 
     def image_batches(self, images: Sequence[Tensor], *, batch_size: int = 1) -> list[DecodedBatch]:
         """Batches of decoded uint8 images (``frcnn bench``)."""

@@ -70,8 +70,10 @@ def save_checkpoint(path: str | os.PathLike, model: FasterRCNN, *, stage: str, p
         "provenance": dict(provenance), "train_state": train_state,
     }
     _check_plain(payload, str(path))
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # a file object, not a path: then a full disk is the OSError of the write ("No space left on device"),
+    # where torch's own file writer raises "RuntimeError: [enforce fail at inline_container.cc]"
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
 
 
 def _validate(ckpt: Any, path: Path) -> dict:

@@ -94,12 +94,23 @@ class RPNHead(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """``features [N, Cin, H, W]`` -> ``(cls_logits [N, H*W*A, C], deltas [N, H*W*A, 4])``, grid order."""
+        """``features [N, Cin, H, W]`` -> ``(cls_logits [N, H*W*A, C], deltas [N, H*W*A, 4])``, grid order.
+
+        In eval mode the two 1x1 convs run in float32 even under autocast, so the outputs are float32: bf16
+        logits give the top 2000 objectness scores only about 830 distinct values, and NMS would order the
+        ties arbitrarily (docs/reproducing-the-paper.md). The cost is two 1x1 convs; training is unchanged.
+        """
         n, _, h, w = features.shape
         x = F.relu(self.conv(features))
         a, c = self.num_anchors, self.num_outputs
-        logits = self.cls_logits(x).view(n, c, a, h, w).permute(0, 3, 4, 2, 1).reshape(n, h * w * a, c)
-        deltas = self.bbox_pred(x).view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, h * w * a, 4)
+        if self.training or not torch.is_autocast_enabled(x.device.type):
+            raw_logits, raw_deltas = self.cls_logits(x), self.bbox_pred(x)
+        else:
+            with torch.autocast(x.device.type, enabled=False):
+                x = x.float()
+                raw_logits, raw_deltas = self.cls_logits(x), self.bbox_pred(x)
+        logits = raw_logits.view(n, c, a, h, w).permute(0, 3, 4, 2, 1).reshape(n, h * w * a, c)
+        deltas = raw_deltas.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, h * w * a, 4)
         return logits, deltas
 
 

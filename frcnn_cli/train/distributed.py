@@ -60,6 +60,22 @@ def all_gather_objects(obj: object) -> list:
     return gathered
 
 
+def earliest_flag(first: torch.Tensor) -> int:
+    """The smallest flag (a 0-d integer tensor; -1: none) over every rank, -1 when no rank raised one.
+
+    A collective: every rank calls it at the same step (the loop's non-finite check), so when one rank's loss
+    became NaN every rank stops there with the same message, and none waits in the next collective for a
+    rank that has left.
+    """
+    if world_size() <= 1 or not dist.is_initialized():
+        return int(first.item())
+    none = torch.iinfo(torch.int64).max
+    value = torch.where(first >= 0, first, torch.full_like(first, none)).to(torch.int64)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    result = int(value.item())
+    return -1 if result == none else result
+
+
 def barrier() -> None:
     if world_size() > 1 and dist.is_initialized():
         dist.barrier()

@@ -19,6 +19,7 @@ from ..config import SolverConfig
 from ..devices import autocast
 from ..errors import TrainingError
 from ..model.rpn import ProposalSettings, Proposer, RPNProposer
+from . import distributed
 from .steps import StageSpec
 
 
@@ -91,7 +92,7 @@ def _forward_losses(model: nn.Module, core: nn.Module, spec: StageSpec, batch, t
 
 
 def _check_finite(first_bad: torch.Tensor, spec: StageSpec, hooks_note: str) -> None:
-    bad = int(first_bad.item())
+    bad = distributed.earliest_flag(first_bad)  # every rank stops when one saw a non-finite loss
     if bad >= 0:
         raise TrainingError(
             f"training stage {spec.name}: the loss became non-finite (NaN or inf) at iteration {bad + 1}; "

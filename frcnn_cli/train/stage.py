@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import append_text, check_writable
 from ..callbacks import WarningCallback
 from ..config import Config, RuntimeConfig
 from ..data.images import DetectionDataset
@@ -23,7 +24,7 @@ from ..data.loading import make_loader
 from ..data.manifest import Manifest, manifest_hash
 from ..data.proposal_store import ProposalStore
 from ..devices import place_model
-from ..errors import ConfigError, FrcnnError, TrainingError
+from ..errors import ConfigError, TrainingError
 from ..model.checkpoint import Init, file_sha256, read_checkpoint, save_checkpoint
 from . import distributed
 from .batching import device_batches, proposal_source
@@ -88,8 +89,7 @@ class _MetricsLog:
             return
         row = {"stage": self.stage, "iteration": state.iteration, **state.losses, "lr": state.lr,
                "images_per_s": round(state.images_per_s, 3)}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        append_text(self.path, json.dumps(row) + "\n")  # a full disk: an error naming the file
         if self.tb is not None:
             for key, value in state.losses.items():
                 self.tb.add_scalar(f"{self.stage}/{key}", value, state.iteration)
@@ -160,12 +160,8 @@ def _check_request(req: StageRequest) -> None:
     if not req.manifest.images:
         raise ConfigError(f"{req.manifest_path} holds no images; there is nothing to train on")
     for path in (req.out, req.metrics_path):
-        if path is not None:
-            try:  # before any training: a checkpoint that cannot be written is better known now
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise FrcnnError(f"cannot write {path}: {exc.strerror or exc}; choose an output folder you "
-                                 "can write to") from None
+        if path is not None:  # before any training: a checkpoint that cannot be written is better known now
+            check_writable(path, option="--out")
 
 
 def _announce(req: StageRequest, warning: str | None, start: int, total: int) -> None:
