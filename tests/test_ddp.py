@@ -269,3 +269,20 @@ def test_dump_proposals_under_torchrun_dumps_on_rank_0_only(tiny_checkpoint, syn
 def test_dump_proposals_on_another_rank_leaves_even_a_bad_command_to_rank_0(tmp_path, monkeypatch):
     result = _dump_as_rank(1, tmp_path / "missing.pt", tmp_path / "missing.json", tmp_path / "p.h5", monkeypatch)
     assert result.exit_code == 0 and "Error" not in result.output  # rank 0 reports it, once
+
+
+def test_more_processes_than_gpus_is_refused_on_every_rank_before_nccl(monkeypatch):
+    """NCCL gives each process its own GPU: ``torchrun --nproc-per-node 2`` on a one-GPU machine is a clean
+    error on each rank (rank 0 too, so that none waits for the other), not an invalid device inside NCCL."""
+    from frcnn_cli.errors import DeviceError
+    from frcnn_cli.train import distributed
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail("set_device was reached"))
+    for rank in ("0", "1"):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        with pytest.raises(DeviceError, match=r"2 processes .* 1 GPU\(s\).*use --nproc-per-node 1"):
+            distributed.setup(torch.device("cuda"))
+    assert not torch.distributed.is_initialized()

@@ -102,7 +102,6 @@ def postprocess_detections(class_logits: Tensor, box_deltas: Tensor | None, prop
     keep = _top_per_image(keep, image, num_images, detections_per_image)
 
     per_image = torch.bincount(image[keep], minlength=num_images).tolist()
-    out = []
-    for idx in torch.split(keep, per_image):
-        out.append({"boxes": boxes[idx], "scores": scores[idx], "labels": labels[idx]})
-    return out
+    # one gather for the batch, then views per image: no device op per image
+    parts = (boxes[keep].split(per_image), scores[keep].split(per_image), labels[keep].split(per_image))
+    return [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(*parts)]
