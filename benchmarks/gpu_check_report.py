@@ -44,10 +44,12 @@ def _inference(step: dict) -> list[str]:
     lines = _table(["precision", "batch", "frcnn images/s", "torchvision images/s", "ratio", "frcnn peak MiB",
                     "torchvision peak MiB"], rows)
     size = step.get("image_size", ["?", "?"])
-    memory = ("each model's own run (`max_memory_allocated`), both models' weights resident" if
-              step.get("machine", {}).get("gpu") else "the process's peak resident set (the CPU has no per-model figure)")
+    on_gpu = bool(step.get("machine", {}).get("gpu"))
+    memory = ("each model's own run (`max_memory_allocated`), both models' weights resident" if on_gpu else
+              "the process's peak resident set (the CPU has no per-model figure)")
     lines.append(f"Network only (forward + detections; the batch already on the device), {step.get('model')} at "
-                 f"{size[1]}×{size[0]}, cudnn.benchmark {step.get('cudnn_benchmark')}; peak memory: {memory}.")
+                 f"{size[1]}×{size[0]}, cudnn.benchmark {step.get('cudnn_benchmark')}; peak memory: {memory}."
+                 + ("" if on_gpu else " On the CPU the bf16 rows run in float32: frcnn autocasts on CUDA only."))
     for batch, syncs in (step.get("host_syncs") or {}).items():
         if syncs:
             where = ", ".join(f"{k} ×{v}" for k, v in syncs["where"].items())
