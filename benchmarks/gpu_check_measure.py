@@ -15,6 +15,7 @@ import json
 import statistics
 import tempfile
 import time
+import traceback
 import warnings
 from collections import Counter
 from dataclasses import replace
@@ -44,6 +45,18 @@ def config(quick: bool) -> Config:
 def _free(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def attempt(fn, what: str):
+    """``(fn(), None)``, or ``(None, what went wrong)`` with the traceback in the log: one failure on the GPU costs
+    one row of the results, not the step."""
+    try:
+        return fn(), None
+    except torch.cuda.OutOfMemoryError:
+        return None, f"{what}: out of GPU memory"
+    except Exception as exc:  # a check records what broke and goes on
+        traceback.print_exc()
+        return None, f"{what}: {type(exc).__name__}: {exc}"[:500]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,18 +95,19 @@ def _inference_row(precision: str, batch: int, samples: dict, memory: dict) -> d
 def _time_batches(predictor, peer, precision: str, opts, cfg: Config, device) -> list[dict]:
     from inference_vs_torchvision import frcnn_runner, synthetic_images, torchvision_runner
 
+    def measure(batch: int) -> dict:
+        images = synthetic_images(batch, opts.image_size)
+        runs = {"frcnn": frcnn_runner(predictor, images, device, True, end_to_end=False),
+                "torchvision": torchvision_runner(peer, images, device, amp=precision == "bf16")}
+        samples = interleaved(runs, repeats=opts.runs if batch > 1 else opts.runs * 2, warmup=opts.warmup,
+                              device=device)
+        memory = {name: peak_memory_mb(run, device) for name, run in runs.items()}
+        return _inference_row(precision, batch, samples, memory)
+
     rows = []
     for batch in opts.batches:
-        images = synthetic_images(batch, opts.image_size)
-        try:
-            runs = {"frcnn": frcnn_runner(predictor, images, device, True, end_to_end=False),
-                    "torchvision": torchvision_runner(peer, images, device, amp=precision == "bf16")}
-            samples = interleaved(runs, repeats=opts.runs if batch > 1 else opts.runs * 2, warmup=opts.warmup,
-                                  device=device)
-            memory = {name: peak_memory_mb(run, device) for name, run in runs.items()}
-            rows.append(_inference_row(precision, batch, samples, memory))
-        except torch.cuda.OutOfMemoryError:
-            rows.append({"precision": precision, "batch": batch, "error": "out of GPU memory"})
+        row, error = attempt(lambda b=batch: measure(b), f"{precision} batch {batch}")
+        rows.append(row or {"precision": precision, "batch": batch, "error": error})
         _free(device)
     return rows
 
@@ -110,16 +124,21 @@ def inference(opts) -> dict:
     peer = build_torchvision_vgg16(min_size=cfg.input.test_scale, max_size=cfg.input.max_size,
                                    pre_nms_test=cfg.rpn.test_pre_nms_top_n,
                                    post_nms_test=cfg.rpn.test_post_nms_top_n).eval().to(device)
-    rows, syncs = [], {}
+    rows, syncs, args = [], {}, SimpleNamespace(quick=opts.quick, svd_rank=0)
     for precision in ("fp32", "bf16"):
-        predictor = build_frcnn("frcnn", SimpleNamespace(quick=opts.quick, svd_rank=0), device, cfg=cfg,
-                                amp=precision == "bf16")
+        predictor, error = attempt(lambda p=precision: build_frcnn("frcnn", args, device, cfg=cfg, amp=p == "bf16"),
+                                   "frcnn's model")
+        if predictor is None:
+            rows += [{"precision": precision, "batch": batch, "error": error} for batch in opts.batches]
+            continue
         rows += _time_batches(predictor, peer, precision, opts, cfg, device)
         if precision == "bf16":
             best = max((r for r in rows if r["precision"] == "bf16" and "error" not in r),
                        key=lambda r: r["frcnn_images_per_s"], default={"batch": 1})
             for batch in sorted({1, best["batch"]}):
-                syncs[str(batch)] = host_syncs(predictor, synthetic_images(batch, opts.image_size))
+                found, error = attempt(lambda b=batch, p=predictor: host_syncs(p, synthetic_images(b, opts.image_size)),
+                                       f"host syncs at batch {batch}")
+                syncs[str(batch)] = found if error is None else {"error": error}
         del predictor
         _free(device)
     return {"rows": rows, "host_syncs": syncs, "image_size": list(opts.image_size), "model": cfg.name,
@@ -144,33 +163,53 @@ def inference_summary(rows: list[dict]) -> dict:
 STEP_NAMES = {"rpn": "step 1 (RPN)", "detector": "step 2 (detector)", "rpn-frozen": "step 3 (RPN, shared frozen)",
               "detector-frozen": "step 4 (detector, shared frozen)", "joint": "joint", "dump": "proposal dump",
               "torchvision": "torchvision joint step"}
+FRCNN_STEPS = ("rpn", "detector", "rpn-frozen", "detector-frozen", "joint")
 
 
 def training(opts) -> dict:
     """Images/s of one SGD step of each of the four steps and of joint mode (``train_throughput``'s runners:
     frcnn's stage specs, optimiser, forward and losses, bf16 autocast on CUDA) and of a proposal dump, against
     torchvision's joint step on the same batches; the memory one step needs."""
-    from train_throughput import dump_runner, frcnn_step_runner, images_per_s, schedule_hours, synthetic_data
+    from train_throughput import (
+        SCHEDULE_KINDS,
+        dump_runner,
+        frcnn_step_runner,
+        images_per_s,
+        schedule_hours,
+        synthetic_data,
+    )
     from train_throughput import torchvision_runner as peer_step_runner
 
     device = resolve_device(opts.device)
     cfg = config(opts.quick) if opts.quick else get_preset("vgg16")  # training at the paper's scale 600 (max 1000)
     process_settings(device, RuntimeConfig())  # as frcnn train-rpn and train-detector: no cuDNN autotuning
     data = synthetic_data(max(cfg.solver.rpn_images_per_batch, cfg.solver.det_images_per_batch, 2))
-    runs = {kind: frcnn_step_runner(kind, cfg, data, device) for kind in STEP_NAMES if kind not in ("dump",
-                                                                                                   "torchvision")}
-    runs["dump"] = dump_runner(cfg, data, device)
-    runs["torchvision"] = peer_step_runner(cfg, data, device)
+    builders = {kind: (lambda k=kind: frcnn_step_runner(k, cfg, data, device)) for kind in FRCNN_STEPS}
+    builders["dump"] = lambda: dump_runner(cfg, data, device)
+    builders["torchvision"] = lambda: peer_step_runner(cfg, data, device)
+    runs, errors = {}, {}
+    for name, build in builders.items():  # a runner that cannot build or run once is left out, with its error
+        runs[name], errors[name] = attempt(lambda b=build: _ran_once(b()), STEP_NAMES[name])
+    runs = {name: run for name, run in runs.items() if run is not None}
     samples = interleaved(runs, repeats=opts.steps, warmup=opts.warmup, device=device)
     rates = {name: images_per_s(s) for name, s in samples.items()}
+    peer = rates.get("torchvision")
     rows = []
-    for name, run in runs.items():
-        memory = peak_memory_mb(run, device)
+    for name in builders:
+        if name not in runs:
+            rows.append({"kind": name, "what": STEP_NAMES[name], "error": errors[name]})
+            continue
         rows.append({"kind": name, "what": STEP_NAMES[name], "images_per_s": rates[name],
-                     "ms_per_image": 1000.0 / rates[name], "vs_torchvision": rates[name] / rates["torchvision"],
-                     **memory})
+                     "ms_per_image": 1000.0 / rates[name], "vs_torchvision": rates[name] / peer if peer else None,
+                     **peak_memory_mb(runs[name], device)})
+    schedule = schedule_hours(rates, cfg) if all(k in rates for k in SCHEDULE_KINDS) else None
     return {"rows": rows, "model": cfg.name, "train_scale": cfg.input.train_scales[0],
-            "schedule_hours": schedule_hours(rates, cfg), "steps": opts.steps, "warmup": opts.warmup}
+            "schedule_hours": schedule, "steps": opts.steps, "warmup": opts.warmup}
+
+
+def _ran_once(run):
+    run()
+    return run
 
 
 # --------------------------------------------------------------------------------------------------
@@ -201,17 +240,20 @@ def pipeline(opts) -> dict:
         manifest = read_manifest(make_synthetic_set(Path(tmp) / "set", n_train=1, n_test=count, image_size=size)[1])
         torch.manual_seed(0)
         model, settings = FasterRCNN(cfg, list(VOC_CLASSES)), InferenceSettings.from_config(cfg)
-        rows = []
-        for workers in ((0, 1) if opts.quick else (2, 8)):
-            predictor = Predictor(model, device, settings, RuntimeConfig(num_workers=workers))
-            first = _timed(lambda p=predictor: predict_manifest(p, manifest, batch_size=batch_size))
-            again = _timed(lambda p=predictor: predict_manifest(p, manifest, batch_size=batch_size))
-            rows.append({"workers": workers, "first_pass_images_per_s": count / first,
-                         "images_per_s": count / again})
+        predictor = Predictor(model, device, settings, RuntimeConfig(num_workers=0))
+
+        def passes(workers: int) -> dict:
+            p = Predictor(model, device, settings, RuntimeConfig(num_workers=workers))
+            first = _timed(lambda: predict_manifest(p, manifest, batch_size=batch_size))
+            again = _timed(lambda: predict_manifest(p, manifest, batch_size=batch_size))
+            return {"workers": workers, "first_pass_images_per_s": count / first, "images_per_s": count / again}
+
+        rows = [row or {"workers": w, "error": error} for w in ((0, 1) if opts.quick else (2, 8))
+                for row, error in [attempt(lambda w=w: passes(w), f"{w} workers")]]
         batches = list(predictor.manifest_batches(manifest, batch_size=batch_size))
-        network = _timed(lambda: [predictor.run(b) for b in batches])
-    return {"rows": rows, "network_images_per_s": count / network, "images": count, "batch_size": batch_size,
-            "image_size": list(size)}
+        network, error = attempt(lambda: _timed(lambda: [predictor.run(b) for b in batches]), "network alone")
+    return {"rows": rows, "network_images_per_s": count / network if network else None, "network_error": error,
+            "images": count, "batch_size": batch_size, "image_size": list(size)}
 
 
 AUTOTUNE_SHAPES = ((375, 500), (500, 375), (333, 500), (500, 333), (281, 500), (400, 500), (500, 400), (366, 500))

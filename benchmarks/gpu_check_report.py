@@ -52,18 +52,21 @@ def _inference(step: dict) -> list[str]:
                  + ("" if on_gpu else " On the CPU the bf16 rows run in float32: frcnn autocasts on CUDA only."))
     for batch, syncs in (step.get("host_syncs") or {}).items():
         if syncs:
-            where = ", ".join(f"{k} ×{v}" for k, v in syncs["where"].items())
-            lines.append(f"Host syncs of one `Predictor.run`, batch {batch}: {syncs['count']} ({where}).")
+            where = ", ".join(f"{k} ×{v}" for k, v in syncs.get("where", {}).items())
+            lines.append(f"Host syncs of one `Predictor.run`, batch {batch}: {syncs['count']} ({where})."
+                         if "count" in syncs else f"Host syncs at batch {batch}: {syncs['error']}")
     return lines + [""]
 
 
 def _training(step: dict) -> list[str]:
-    rows = [[r["what"], _num(r["images_per_s"], 2), _num(r["ms_per_image"]), _num(r["vs_torchvision"], 2),
+    rows = [[r["what"], r["error"], "", "", "", ""] if "error" in r else
+            [r["what"], _num(r["images_per_s"], 2), _num(r["ms_per_image"]), _num(r["vs_torchvision"], 2),
              _num(r["peak_mb"], 0), _num(r["above_resident_mb"], 0)] for r in step.get("rows", [])]
     lines = _table(["step", "images/s", "ms/image", "× torchvision joint", "peak MiB", "MiB above resident"], rows)
+    hours = step.get("schedule_hours")
     lines.append(f"{step.get('model')} at shorter side {step.get('train_scale')}, median of {step.get('steps')} steps "
                  f"after {step.get('warmup')}; 4-step VOC07 schedule at these rates: "
-                 f"{_num(step.get('schedule_hours'))} h.")
+                 f"{'n/a (a step has no rate)' if hours is None else _num(hours) + ' h'}.")
     return lines + [""]
 
 
@@ -82,7 +85,8 @@ def _distributed(step: dict) -> list[str]:
 
 
 def _pipeline(step: dict) -> list[str]:
-    rows = [[r["workers"], _num(r["first_pass_images_per_s"]), _num(r["images_per_s"])] for r in step.get("rows", [])]
+    rows = [[r["workers"], r["error"], ""] if "error" in r else
+            [r["workers"], _num(r["first_pass_images_per_s"]), _num(r["images_per_s"])] for r in step.get("rows", [])]
     lines = _table(["loader workers", "first pass images/s", "second pass images/s"], rows)
     lines.append(f"`predict_manifest` (what `frcnn eval` runs) over {step.get('images')} synthetic JPEGs of about "
                  f"{step.get('image_size')} (varying sizes), batch {step.get('batch_size')}; the network alone on "

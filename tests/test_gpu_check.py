@@ -123,6 +123,21 @@ def test_the_gpu_run_collects_only_the_files_that_hold_cuda_tests():
     assert "tests/test_coco_eval.py" not in files  # imports pycocotools, which the GPU machine lacks
 
 
+def test_one_failure_on_the_gpu_costs_one_row_of_the_results():
+    import gpu_check_measure
+
+    assert gpu_check_measure.attempt(lambda: 7, "x") == (7, None)
+    value, error = gpu_check_measure.attempt(lambda: 1 / 0, "bf16 batch 8")
+    assert value is None and error.startswith("bf16 batch 8: ZeroDivisionError")
+    step = {"rows": [{"kind": "joint", "what": "joint", "error": error},
+                     {"kind": "rpn", "what": "step 1 (RPN)", "images_per_s": 40.0, "ms_per_image": 25.0,
+                      "vs_torchvision": 2.0, "peak_mb": 9000.0, "above_resident_mb": 3000.0}],
+            "model": "vgg16", "train_scale": 600, "schedule_hours": None, "steps": 15, "warmup": 3}
+    text = "\n".join(gpu_check_report._training(step))
+    assert "| joint | bf16 batch 8: ZeroDivisionError" in text and "| step 1 (RPN) | 40.00 | 25.0 | 2.00 |" in text
+    assert "schedule at these rates: n/a (a step has no rate)." in text
+
+
 def _completed(code: int, out: str = "", err: str = "") -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess([], code, out, err)
 
