@@ -115,8 +115,10 @@ def _outcome(proc: subprocess.CompletedProcess | None, checkpoint: Path) -> tupl
     errors = re.findall(r"^Error: .*$", output, flags=re.MULTILINE)
     if errors:
         return "refused", errors[0]
-    lines = [ln for ln in output.splitlines() if re.search(r"(Error|error|NCCL WARN|refused|failed)", ln)]
-    return "failed", _tail("\n".join(lines[-3:]) or output, 3)
+    # the first causes (a rank's exception, NCCL's reason), not torchrun's summary of the failed ranks
+    causes = [ln.strip() for ln in output.splitlines() if re.search(r"Error\b|NCCL|Duplicate GPU|error:", ln)
+              and not re.search(r"error_file|elastic|errors\.html|ChildFailedError", ln)]
+    return "failed", " / ".join(dict.fromkeys(causes[:3])) or _tail(output, 3)
 
 
 def distributed(opts) -> dict:
