@@ -121,6 +121,23 @@ def _outcome(proc: subprocess.CompletedProcess | None, checkpoint: Path) -> tupl
     return "failed", " / ".join(dict.fromkeys(causes[:3])) or _tail(output, 3)
 
 
+def _run_torchrun(cmd: list[str], timeout: float) -> subprocess.CompletedProcess | None:
+    """``cmd``'s completed process, or None when it outlived ``timeout``: torchrun then gets SIGTERM, on which it
+    stops its workers itself (a hung NCCL rank must not hold the GPU through the next steps), then SIGKILL."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        return None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def distributed(opts) -> dict:
     """``torchrun`` with 1 and 2 processes: frcnn's own ``train-rpn`` and ``ddp_probe.py`` (the DDP path with a
     one-rank process group; on a GPU also two processes on the one GPU, over NCCL and over gloo)."""
@@ -144,12 +161,7 @@ def distributed(opts) -> dict:
     for i, (name, nproc, args, expect) in enumerate(runs):
         out = work / f"run{i}" / "rpn.pt"
         started = time.perf_counter()
-        try:
-            proc = subprocess.run(_torchrun(nproc, *args, "--out", str(out)), cwd=REPO, env=_env(),
-                                  capture_output=True, text=True, timeout=opts.run_timeout)
-        except subprocess.TimeoutExpired:
-            proc = None
-        outcome, detail = _outcome(proc, out)
+        outcome, detail = _outcome(_run_torchrun(_torchrun(nproc, *args, "--out", str(out)), opts.run_timeout), out)
         rows.append({"run": name, "processes": nproc, "outcome": outcome, "detail": detail, "expect": expect,
                      "seconds": time.perf_counter() - started})
     bad = [r for r in rows if r["outcome"] in ("failed", "timeout") and not r["expect"]]
