@@ -117,13 +117,11 @@ def inference(opts) -> dict:
     bf16 autocast, batch 1 up to 64: images/s of the network (forward and post-processing; the batch is
     prepared on the device beforehand), peak memory, the ratio; host syncs of one ``Predictor.run``."""
     from inference_vs_torchvision import build_frcnn, synthetic_images
-    from torchvision_peer import build_torchvision_vgg16
+    from torchvision_peer import build_peer
 
     device, cfg = resolve_device(opts.device), config(opts.quick)
     process_settings(device, RuntimeConfig(), autotune=True)  # as frcnn detect, eval and bench
-    peer = build_torchvision_vgg16(min_size=cfg.input.test_scale, max_size=cfg.input.max_size,
-                                   pre_nms_test=cfg.rpn.test_pre_nms_top_n,
-                                   post_nms_test=cfg.rpn.test_post_nms_top_n).eval().to(device)
+    peer = build_peer(cfg).eval().to(device)
     rows, syncs, args = [], {}, SimpleNamespace(quick=opts.quick, svd_rank=0)
     for precision in ("fp32", "bf16"):
         predictor, error = attempt(lambda p=precision: build_frcnn("frcnn", args, device, cfg=cfg, amp=p == "bf16"),
