@@ -43,6 +43,40 @@ def environment(device: torch.device) -> str:
             f"{torchvision.__version__}; {load}")
 
 
+def machine(device: torch.device) -> dict:
+    """The machine and software of a run, as a JSON object (``environment`` is the one-line form)."""
+    import os
+
+    import torchvision
+
+    out = {"device": str(device), "cpu": cpu_name(), "logical_cpus": os.cpu_count(),
+           "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        out.update(gpu=props.name, gpu_memory_mib=props.total_memory // 2**20, cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version(), multiprocessors=props.multi_processor_count)
+    return out
+
+
+def peak_memory_mb(run: Callable[[], object], device: torch.device) -> dict[str, float | None]:
+    """Memory of one call of ``run``: on CUDA ``peak_mb`` (``max_memory_allocated`` during it, everything
+    resident included) and ``above_resident_mb`` (that peak less what was allocated before: the call's own
+    need); on the CPU the process's peak resident set size so far, and None."""
+    if device.type != "cuda":
+        import resource
+
+        run()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return {"peak_mb": peak / 2**20 if sys.platform == "darwin" else peak / 2**10, "above_resident_mb": None}
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    run()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    return {"peak_mb": peak / 2**20, "above_resident_mb": (peak - before) / 2**20}
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -83,25 +83,38 @@ def random_svd(model: FasterRCNN, rank: int) -> None:
         head[index] = SVDLinear(fc.in_features, fc.out_features, min(rank, fc.out_features, fc.in_features))
 
 
-def build_frcnn(variant: str, args, device: torch.device) -> Predictor:
-    """frcnn's model prepared as ``frcnn detect`` prepares it (the ``Predictor``), with the variant's runtime."""
+def build_frcnn(variant: str, args, device: torch.device, *, cfg: Config | None = None,
+                amp: bool = True) -> Predictor:
+    """frcnn's model prepared as ``frcnn detect`` prepares it (the ``Predictor``), with the variant's runtime;
+    ``cfg`` (default: the vgg16 preset at this run's size), ``amp``: bf16 autocast on CUDA (``runtime.amp``)."""
     torch.manual_seed(0)
-    model = FasterRCNN(frcnn_config(args.quick), list(VOC_CLASSES))
+    model = FasterRCNN(cfg or frcnn_config(args.quick), list(VOC_CLASSES))
     if variant == "frcnn-svd":
         random_svd(model, args.svd_rank)
-    runtime = RuntimeConfig(cpu_winograd=variant != "frcnn-direct", channels_last=variant != "frcnn-nchw")
+    runtime = RuntimeConfig(cpu_winograd=variant != "frcnn-direct", channels_last=variant != "frcnn-nchw", amp=amp)
     return Predictor(model, device, InferenceSettings.from_config(model.cfg), runtime, owned=True)
 
 
-def frcnn_runner(predictor: Predictor, images: list[torch.Tensor], device: torch.device, channels_last: bool):
+def frcnn_runner(predictor: Predictor, images: list[torch.Tensor], device: torch.device, channels_last: bool, *,
+                 end_to_end: bool = True):
+    """One timed run of frcnn on ``images``: ``pre`` (resize, normalise, copy to the device) and ``net`` (forward
+    and detections). ``end_to_end=False`` prepares the device batch once, before timing (``pre`` is then 0)."""
+    def prepare():
+        batch = batch_from_images(images, predictor.settings.config.input)
+        keys = batch.indices.tolist()  # from the host, as Predictor.run
+        batch = batch.to(device)
+        if channels_last:
+            batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
+        return batch, keys
+
+    prepared = None if end_to_end else prepare()
+
     @torch.inference_mode()
     def run() -> dict[str, float]:
         watch = Stopwatch(device)
-        batch = batch_from_images(images, predictor.settings.config.input).to(device)
-        if channels_last:
-            batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
+        batch, keys = prepared or prepare()
         watch.lap("pre")
-        out = predictor.forward(batch)  # the one forward, as frcnn detect runs it (autocast on CUDA)
+        out = predictor.forward(batch, image_keys=keys)  # the one forward, as frcnn detect runs it
         predictor.model.detect(out, batch.image_sizes, batch.scales, batch.original_sizes,
                                settings=predictor.settings.detections)
         watch.lap("net")
@@ -110,13 +123,15 @@ def frcnn_runner(predictor: Predictor, images: list[torch.Tensor], device: torch
     return run
 
 
-def torchvision_runner(model, images: list[torch.Tensor], device: torch.device):
+def torchvision_runner(model, images: list[torch.Tensor], device: torch.device, *, amp: bool = True):
+    """One timed run of torchvision's detector: ``pre`` (its transform) and ``net``; bf16 autocast on CUDA when
+    ``amp``, as frcnn's."""
     @torch.inference_mode()
     def run() -> dict[str, float]:
         watch = Stopwatch(device)
         floats = [im.to(device).float().div_(255.0) for im in images]
         originals = [tuple(im.shape[-2:]) for im in floats]
-        with autocast(device, True):
+        with autocast(device, amp):
             image_list, _ = model.transform(floats)
             watch.lap("pre")
             torchvision_network(model, image_list, originals)

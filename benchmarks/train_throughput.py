@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import torch
 from harness import Stopwatch, interleaved, median_of, ratio_line, setup_run
-from torchvision_peer import build_torchvision_vgg16
+from torchvision_peer import build_peer
 
 from frcnn_cli.config import Config, RuntimeConfig, get_preset
 from frcnn_cli.data.images import batch_from_images
@@ -144,7 +144,7 @@ def dump_runner(cfg: Config, data, device: torch.device):
 
 def torchvision_runner(cfg: Config, data, device: torch.device):
     torch.manual_seed(0)
-    model = build_torchvision_vgg16(min_size=cfg.input.train_scales[0], max_size=cfg.input.max_size)
+    model = build_peer(cfg, min_size=cfg.input.train_scales[0])  # VGG16: the paper's numbers, as the preset's
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.001, momentum=0.9, weight_decay=0.0005)

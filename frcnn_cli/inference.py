@@ -173,19 +173,26 @@ class Predictor:
     # ----------------------------------------------------------------------------------------------
     # the forward
 
-    def forward(self, batch: ImageBatch, *, detections: bool = True) -> ForwardOutput:
+    def forward(self, batch: ImageBatch, *, detections: bool = True,
+                image_keys: Sequence[int] | None = None) -> ForwardOutput:
         """``FasterRCNN.forward`` of a batch already on the device (bf16 autocast on CUDA when
-        ``runtime.amp``), the RoI head only when ``detections``."""
+        ``runtime.amp``), the RoI head only when ``detections``. ``image_keys``: the batch's manifest indices
+        as host numbers (default: read back from ``batch.indices``, which on a GPU waits for the device)."""
+        keys = batch.indices.tolist() if image_keys is None else list(image_keys)
         with autocast(self.device, self.runtime.amp):
             return self.model(batch.tensor, batch.image_sizes, batch.scales, run_roi_head=detections,
-                              proposer=self.settings.proposer, image_keys=batch.indices.tolist())
+                              proposer=self.settings.proposer, image_keys=keys)
 
     @torch.inference_mode()
     def run(self, batch: ImageBatch, *, detections: bool = True, proposals: bool = False) -> BatchResult:
-        """Detections and/or proposals of a host ``batch`` (the loader's), brought back to the host."""
+        """Detections and/or proposals of a host ``batch`` (the loader's), brought back to the host.
+
+        The image keys are read from the host batch, so the host queues the forward while the batch is
+        still being copied (non-blocking from the loader's pinned memory) instead of waiting for the copy."""
+        keys = batch.indices.tolist()
         on_device = batch.to(self.device, non_blocking=True)
         on_device.tensor = on_device.tensor.contiguous(memory_format=torch.channels_last)
-        out = self.forward(on_device, detections=detections)
+        out = self.forward(on_device, detections=detections, image_keys=keys)
         result = BatchResult()
         if detections:
             found = self.model.detect(out, on_device.image_sizes, on_device.scales, on_device.original_sizes,
@@ -198,21 +205,25 @@ class Predictor:
 
 def detections_to_host(dets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
     """``model.detect``'s per-image ``boxes``, ``scores`` (float32) and ``labels`` (int64) on the host, in one
-    copy for the batch (a device waits once)."""
-    packed = torch.cat([torch.cat([d["boxes"].float(), d["scores"].float()[:, None], d["labels"].float()[:, None]],
-                                  1) for d in dets]).cpu()
-    parts = packed.split([len(d["scores"]) for d in dets])
+    copy for the batch (a device waits once); a fixed number of device ops whatever the batch size."""
+    counts = [len(d["scores"]) for d in dets]
+    boxes = torch.cat([d["boxes"] for d in dets]).float()
+    scores = torch.cat([d["scores"] for d in dets]).float()
+    labels = torch.cat([d["labels"] for d in dets]).float()  # exact: labels are far below 2**24
+    parts = torch.cat([boxes, scores[:, None], labels[:, None]], 1).cpu().split(counts)
     return [{"boxes": p[:, :4].contiguous(), "scores": p[:, 4].contiguous(), "labels": p[:, 5].long()}
             for p in parts]
 
 
 def proposals_to_host(out: ForwardOutput, scales: Sequence[float]) -> list[tuple[Tensor, Tensor]]:
     """Each image's proposals in original pixels (float32 ``[R_i, 4]``) and scores (``[R_i]``) on the host,
-    in one copy for the batch (a device waits once)."""
-    packed = torch.cat([torch.cat([p.float() / s, sc.float()[:, None]], 1)
-                        for p, s, sc in zip(out.proposals, scales, out.proposal_scores)]).cpu()
-    parts = packed.split([len(s) for s in out.proposal_scores])
-    return [(part[:, :4].contiguous(), part[:, 4].contiguous()) for part in parts]
+    in one copy for the batch (a device waits once); mapped to original pixels there (a division per image
+    on the host, not a device op per image)."""
+    counts = [len(s) for s in out.proposal_scores]
+    boxes = torch.cat(out.proposals).float()
+    scores = torch.cat(out.proposal_scores).float()
+    parts = torch.cat([boxes, scores[:, None]], 1).cpu().split(counts)
+    return [(part[:, :4] / s, part[:, 4].contiguous()) for part, s in zip(parts, scales)]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -317,3 +317,20 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_the_message(train_s
     assert messages[0].startswith("training stage rpn: the loss became non-finite (NaN or inf) at iteration 2;")
     assert f"the last good state is in {out}.resume.pt" in messages[0]
     assert read_checkpoint(f"{out}.resume.pt")["train_state"]["iteration"] == 1  # saved before the bad one
+
+
+def test_more_processes_than_gpus_is_refused_on_every_rank_before_nccl(monkeypatch):
+    """NCCL gives each process its own GPU: ``torchrun --nproc-per-node 2`` on a one-GPU machine is a clean
+    error on each rank (rank 0 too, so that none waits for the other), not an invalid device inside NCCL."""
+    from frcnn_cli.errors import DeviceError
+    from frcnn_cli.train import distributed
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail("set_device was reached"))
+    for rank in ("0", "1"):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        with pytest.raises(DeviceError, match=r"2 processes .* 1 GPU\(s\).*use --nproc-per-node 1"):
+            distributed.setup(torch.device("cuda"))
+    assert not torch.distributed.is_initialized()

@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import DeviceError
+
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -29,7 +31,12 @@ def setup(device: torch.device) -> torch.device:
     if world_size() <= 1:
         return device
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
+        if per_node > gpus:  # every rank refuses (none waits for the others); NCCL wants a GPU per process
+            raise DeviceError(f"torchrun started {per_node} processes on this machine but it has {gpus} GPU(s), "
+                              f"and each process needs its own GPU; use --nproc-per-node {gpus} (or fewer)")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
