@@ -64,8 +64,8 @@ def _kill_after_saving(stage, at: int, report: Path) -> None:
     def saver(*args, **kwargs):
         save = real_saver(*args, **kwargs)
 
-        def save_then_die(done: int) -> None:
-            save(done)
+        def save_then_die(done: int, final: bool) -> None:
+            save(done, final)
             if done == at:
                 torch.save({"killed": at}, report)
                 os._exit(0)
