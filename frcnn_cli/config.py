@@ -24,6 +24,7 @@ backbone: a ``ConfigError`` names the key and what is allowed.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -285,8 +286,9 @@ def _presets() -> dict[str, Config]:
 
 
 PRESETS: dict[str, Config] = _presets()
-# the tiny preset's runs are short and share 2 cores with one loader process
-_PRESET_RUNTIME = {"tiny": RuntimeConfig(num_workers=1, log_every=10)}
+# the tiny preset's runs are short and share the cores with one loader process: half the cores compute (more
+# threads than free cores make PyTorch's CPU kernels wait on each other; docs/demo.md)
+_PRESET_RUNTIME = {"tiny": RuntimeConfig(num_workers=1, log_every=10, threads=max(1, (os.cpu_count() or 2) // 2))}
 
 
 def runtime_defaults(config_name: str) -> RuntimeConfig:

@@ -244,3 +244,30 @@ def decide_anchors(cfg: Config, manifest: Manifest, *, may_fit: bool = True) -> 
         f"the anchors cover the training boxes poorly at scale {scale}: {before.describe()}. They are kept "
         f"(anchors.auto is false, as in the paper presets); {_set_option(fitted)} would reach {after.at_07:.0%} and "
         f"{after.at_05:.0%}"), True)
+
+
+def box_spread(manifest: Manifest) -> dict | None:
+    """The spread of the non-difficult boxes: quantiles (10, 50, 90 %) of their size ``sqrt(w * h)`` in
+    pixels and as a fraction of their image's shorter side (what the training scale multiplies), and of their
+    aspect ratio ``h / w``; None without boxes."""
+    size, rel, aspect = [], [], []
+    for rec in manifest.images:
+        short = min(rec.width, rec.height)
+        for box, hard in zip(rec.boxes, rec.difficult):
+            w, h = max(box[2] - box[0], 1e-6), max(box[3] - box[1], 1e-6)
+            if not hard:
+                size.append(math.sqrt(w * h))
+                rel.append(math.sqrt(w * h) / short)
+                aspect.append(h / w)
+    if not size:
+        return None
+    q = (0.1, 0.5, 0.9)
+    return {"boxes": len(size), "size": np.quantile(size, q).tolist(), "relative": np.quantile(rel, q).tolist(),
+            "aspect": np.quantile(aspect, q).tolist()}
+
+
+def describe_spread(spread: dict) -> str:
+    s, r, a = spread["size"], spread["relative"], spread["aspect"]
+    return (f"box sizes sqrt(w*h): {s[0]:.0f} / {s[1]:.0f} / {s[2]:.0f} px (10 % / median / 90 %), "
+            f"{r[0]:.0%} / {r[1]:.0%} / {r[2]:.0%} of the image's shorter side (at training scale S a box is "
+            f"about that fraction of S); aspect h/w {a[0]:.2f} / {a[1]:.2f} / {a[2]:.2f}")
