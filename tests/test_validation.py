@@ -78,7 +78,7 @@ def test_the_best_checkpoint_is_not_the_last_when_the_last_validation_is_worse(t
     best = read_checkpoint(tmp_path / "rpn.best.pt")
     assert best["provenance"]["best"]["iteration"] == 2 * EPOCH and best["train_state"]["iteration"] == 2 * EPOCH
     assert not same_weights(tmp_path / "rpn.best.pt", tmp_path / "rpn.pt")
-    # the best is the state of the run at that iteration: a run stopped there by --patience has it too
+    # the best is a state of the run, which a rerun reproduces exactly
     figures([0.2, 0.6, 0.1])
     frcnn("train-rpn", "--data", train_set[0], "--init", "none", "--epochs", 3, "--val", train_set[1],
           "--val-every", 1, "--out", tmp_path / "again" / "rpn.pt", *train_options())

@@ -288,14 +288,15 @@ DEFAULT_SEED = 0
 
 def make_synthetic_set(out_dir: Path, *, n_train: int = DEFAULT_TRAIN, n_test: int = DEFAULT_TEST,
                        seed: int = DEFAULT_SEED, image_size: tuple[int, int] = (256, 192),
-                       kind: str = "shapes") -> tuple[Path, Path]:
+                       kind: str = "shapes", n_val: int = 0) -> tuple[Path, Path]:
     """Write the set under ``out_dir``; return the paths of ``trainval.json`` and ``test.json``.
 
     Layout: ``JPEGImages/<id>.jpg``, ``Annotations/<id>.xml``, ``ImageSets/Main/{trainval,test}.txt``,
     ``classes.txt``; ids ``000000``… (trainval first). ``image_size`` is (width, height). Images and XML
     are plain writes; the manifests are written last and atomically, so their presence means the set
     is complete. ``kind``: ``"shapes"`` (the demo's and the tests' five classes) or ``"glyphs"`` (four
-    other classes, 30-140 px: ``GLYPHS``), for measuring training on a set it was not tuned to.
+    other classes, 30-140 px: ``GLYPHS``), for measuring training on a set it was not tuned to. ``n_val``
+    > 0 also writes ``val.json`` (ids after the test images; for validation during training).
     """
     family = KINDS[kind]
     out_dir = Path(out_dir)
@@ -303,6 +304,8 @@ def make_synthetic_set(out_dir: Path, *, n_train: int = DEFAULT_TRAIN, n_test: i
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     (out_dir / "classes.txt").write_text("\n".join(family.classes) + "\n", encoding="utf-8")
     splits = (("trainval", 0, n_train, 0), ("test", 1, n_test, n_train))
+    if n_val > 0:
+        splits += (("val", 2, n_val, n_train + n_test),)
     records: dict[str, list[ImageRecord]] = {}
     for split, code, count, offset in splits:
         records[split] = [_write_image(out_dir, f"{offset + i:06d}", np.random.default_rng([seed, code, i]),
