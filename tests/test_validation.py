@@ -1,5 +1,6 @@
-"""Validation during training (``--val``): figures in metrics.jsonl, the best checkpoint, early stopping (``--patience``),
-and all of it resumed exactly after a kill. The train set is 12 images, flipped: 6 iterations of 4 images an epoch."""
+"""Validation during training (``--val``): figures in metrics.jsonl, the best checkpoint, early stopping
+(``--patience``), and all of it resumed exactly after a kill. The train set is 12 images, flipped: 6 iterations
+of 4 images an epoch."""
 
 from __future__ import annotations
 
