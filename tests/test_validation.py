@@ -152,3 +152,27 @@ def test_frcnn_train_with_val_makes_final_pt_the_best_unified_detector(train_set
     assert read_checkpoint(tmp_path / "det1.pt")["provenance"]["init"] == "none"
     assert read_checkpoint(tmp_path / "rpn2.pt")["provenance"]["init"] == str(tmp_path / "det1.pt")  # the best
     assert "final.pt is the best checkpoint: val_map=0.7 at epoch 1, iteration 6" in " ".join(result.stderr.split())
+
+
+def test_a_gain_under_half_a_point_makes_a_new_best_but_not_progress_for_the_patience():
+    from frcnn_cli.config import get_preset
+    from frcnn_cli.train.schedule import plan_step
+    from frcnn_cli.train.step_control import StepControl
+
+    class Fake:
+        key = "val_map"
+
+        def __init__(self, values):
+            self.values = list(values)
+
+        def measure(self, model):
+            return self.values.pop(0), {"val_map": 0.0, "val_seconds": 0.0}
+
+    plan = plan_step(get_preset("tiny").solver, "detector", images=12, flip=True, epochs=8)  # 6 an epoch
+    best, rows = [], []
+    control = StepControl(plan, get_preset("tiny").solver, validator=Fake([0.5, 0.503, 0.504, 0.6]), every=EPOCH,
+                          patience=2, on_best=lambda done, row: best.append(done), on_row=rows.append)
+    stops = [control.after_iteration(done) for done in range(1, 4 * EPOCH + 1)]
+    assert best == [6, 12, 18, 24] and not any(stops)
+    assert [r.get("event") for r in rows] == [None, None, None, "lr_drop", None]  # 2 small gains: the drop
+    assert control.state.drops == [18] and control.lr_at(18) == pytest.approx(0.001)

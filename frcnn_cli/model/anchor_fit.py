@@ -25,7 +25,10 @@ from ..data.manifest import Manifest
 from .anchors import generate_anchors
 
 MAX_IMAGES = 20000  # images measured (evenly spread over the set)
-POOR_AT_05, POOR_AT_07 = 0.95, 0.6  # coverage below either is poor
+# poor: a fifth of the boxes or more have no anchor at IoU 0.5. (The share at 0.7 is reported, not judged: at
+# stride 16 a small box is at most 8 px from an anchor centre, which alone can keep it under 0.7; on the
+# demo's shapes, 18 % at 0.7 and 83 % at 0.5, a fit to 38 % and 88 % trained to a lower mAP, docs/demo.md.)
+POOR_AT_05 = 0.8
 GAIN_NEEDED = 0.02  # a fit replaces the anchors when it raises the coverage at 0.5 or 0.7 by this much
 _STEPS = (math.log(1.3), math.log(1.1), math.log(1.03))
 
@@ -49,7 +52,7 @@ class AnchorCoverage:
 
     @property
     def poor(self) -> bool:
-        return self.boxes > 0 and (self.at_05 < POOR_AT_05 or self.at_07 < POOR_AT_07)
+        return self.boxes > 0 and self.at_05 < POOR_AT_05
 
     def describe(self) -> str:
         return (f"{self.at_07:.0%} of the {self.boxes} training boxes have an anchor at IoU >= 0.7, "

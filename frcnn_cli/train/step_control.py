@@ -4,8 +4,10 @@ early stopping.
 Every ``every`` iterations and at the last one, the ``Validator`` measures the step's figure (rank 0 only;
 the other ranks wait and receive the outcome, so every process stops and drops the lr at the same iteration).
 A better figure than any before is the best: ``on_best`` writes the best checkpoint. With ``patience`` K,
-K validations in a row without a better figure bring the next lr drop forward to that iteration (as
-ReduceLROnPlateau does, once per drop of the plan); when no drop is left, the step stops there. The best
+K validations in a row that do not beat the reference figure by ``MIN_DELTA`` (half a point of mAP or
+recall; the reference is the figure of the last validation that did) bring the next lr drop forward to
+that iteration (as ReduceLROnPlateau does, once per drop of the plan); when no drop is left, the step
+stops there. The best
 figure, its iteration, the count of validations without improvement and the drops brought forward are the
 resumable state (``state_dict``): the lr stays a pure function of the iteration and that state, so a run
 killed and resumed validates, drops and stops at the same iterations as one that was not.
@@ -21,12 +23,15 @@ from . import distributed
 from .schedule import Schedule, StepPlan
 from .validation import Validator
 
+MIN_DELTA = 0.005  # what counts as progress for the patience (any gain makes a new best checkpoint)
+
 
 @dataclass
 class ValidationState:
     best: float | None = None
     best_iteration: int | None = None
-    bad: int = 0  # validations since the best one
+    reference: float | None = None  # the figure of the last validation that made progress (by MIN_DELTA)
+    bad: int = 0  # validations since then
     drops: list[int] = field(default_factory=list)  # iterations where a drop was brought forward
     stopped: int | None = None  # the iteration early stopping ended the step at
 
@@ -71,9 +76,11 @@ class StepControl:
         improved = s.best is None or figure > s.best
         row = self._row(done, **values, best=improved)
         if improved:
-            s.best, s.best_iteration, s.bad = figure, done, 0
+            s.best, s.best_iteration = figure, done
             if self.on_best is not None:
                 self.on_best(done, row)
+        if s.reference is None or figure > s.reference + MIN_DELTA:
+            s.reference, s.bad = figure, 0
         else:
             s.bad += 1
         self._emit(row)
