@@ -177,9 +177,6 @@ def _run_step(req: PipelineRequest, step: Step, cfg: Config) -> None:
         distributed.barrier()
         return
     init = str(step_path(req.workdir, steps[step.init_from])) if step.init_from else cfg.init
-    import os  # EXPERIMENT
-    if step.name == "det1" and os.environ.get("FRCNN_EXP_DET_FROM_RPN"):
-        init = str(step_path(req.workdir, steps["rpn1"]))
     proposals = step_path(req.workdir, steps[step.proposals_from]) if step.proposals_from else None
     spec = stage_spec(step.kind, freeze_shared=step.freeze_shared)
     validating = req.val_manifest is not None
