@@ -138,3 +138,28 @@ def test_an_rpn_step_on_images_without_objects_only_is_refused():
     empty = _manifest([([], [], []), ([[5.0, 5.0, 9.0, 9.0]], [0], [True])])
     with pytest.raises(DataError, match="rpn_drop_empty=false"):
         training_images(empty, stage_spec("rpn"), get_preset("vgg16"), "m.json")
+
+
+def test_a_detector_step_with_dataset_statistics_saves_bbox_pred_folded_and_resumes_unfolded(
+        four_steps, frcnn, train_options, train_set, kill_after_saving, monkeypatch, tmp_path):
+    from frcnn_cli.model.checkpoint import read_checkpoint
+    from frcnn_cli.train import validation
+    from frcnn_cli.train.target_stats import folded_bbox_pred
+
+    monkeypatch.setattr(validation.Validator, "measure", lambda self, model: (0.5, {"val_map": 0.5, "val_seconds": 0}))
+    out = tmp_path / "det.pt"
+    kill_after_saving(6)  # just after the validation (and best checkpoint) of epoch 1 and the resumable state
+    with pytest.raises(BaseException, match="killed after writing"):
+        frcnn("train-detector", "--data", four_steps["data"], "--proposals", four_steps["props1"], "--init", "none",
+              "--epochs", 2, "--val", train_set[1], "--checkpoint-every", 6, "--out", out,
+              *train_options("roi_head.box_target_norm=dataset"))
+    best, state = read_checkpoint(tmp_path / "det.best.pt"), read_checkpoint(f"{out}.resume.pt")
+    record = best["provenance"]["box_target_stats"]
+    assert record["counts"][0] == 0 and sum(record["counts"]) > 0
+    stats = TargetStats(torch.tensor(record["means"], dtype=torch.float64),
+                        torch.tensor(record["stds"], dtype=torch.float64), torch.tensor(record["counts"]))
+    head = state["parts"]["roi_head"]
+    weight, bias = folded_bbox_pred(head["bbox_pred.weight"], head["bbox_pred.bias"], stats, FIXED)
+    assert torch.allclose(best["parts"]["roi_head"]["bbox_pred.weight"], weight, rtol=1e-4, atol=1e-6)  # 6 digits
+    assert torch.allclose(best["parts"]["roi_head"]["bbox_pred.bias"], bias, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(best["parts"]["roi_head"]["bbox_pred.weight"], head["bbox_pred.weight"])
