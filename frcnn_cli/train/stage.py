@@ -232,13 +232,14 @@ def _check_request(req: StageRequest) -> None:
                                  "can write to") from None
 
 
-def _announce(req: StageRequest, warning: str | None, notes: list[str], plan: StepPlan, start: int) -> None:
-    """The warning, the notes, the plan and the start, on rank 0, once the init, the proposals and the resume
+def _announce(req: StageRequest, warnings: list[str | None], notes: list[str], plan: StepPlan, start: int) -> None:
+    """The warnings, the notes, the plan and the start, on rank 0, once the init, the proposals and the resume
     state are checked."""
     if not distributed.is_main():
         return
-    if warning is not None and req.on_warning is not None:
-        req.on_warning(warning)
+    for warning in warnings:
+        if warning is not None and req.on_warning is not None:
+            req.on_warning(warning)
     for note in notes:
         if req.on_note is not None:
             req.on_note(note)
@@ -248,15 +249,14 @@ def _announce(req: StageRequest, warning: str | None, notes: list[str], plan: St
         req.on_start(start, plan.iterations)
 
 
-def _decide(req: StageRequest) -> tuple[Config, list[str], dict]:
-    """The config after the anchors were measured (and fitted): notes for the user and a provenance record."""
+def _decide(req: StageRequest) -> tuple[Config, list[str], list[str], dict]:
+    """The config after the anchors were measured (and fitted): notes and warnings for the user, and a
+    provenance record."""
     decision = stage_anchors(req.cfg, req.manifest, req.spec, req.init) if req.decide_anchors else None
     if decision is None:
-        return req.cfg, [], {}
-    if decision.warn and req.on_warning is not None and distributed.is_main():
-        req.on_warning(decision.message)
-        return decision.config, [], {"anchors": decision.to_dict()}
-    return decision.config, [decision.message], {"anchors": decision.to_dict()}
+        return req.cfg, [], [], {}
+    said = ([], [decision.message]) if decision.warn else ([decision.message], [])
+    return decision.config, *said, {"anchors": decision.to_dict()}
 
 
 def _control(req: StageRequest, plan: StepPlan, validator, model, saving: _Saving,
@@ -286,7 +286,7 @@ def run_stage(req: StageRequest) -> Path:
     if spec.needs_proposal_file:
         store = ProposalStore(req.proposals_path)
         store.check_manifest(req.manifest, req.manifest_path)
-    cfg, notes, decided = _decide(req)
+    cfg, notes, warnings, decided = _decide(req)
     images = training_images(req.manifest, spec, cfg, req.manifest_path)
     plan = plan_step(cfg.solver, spec.kind, images=len(images.images), flip=cfg.input.flip,
                      world_size=distributed.world_size(), iters=req.iters, epochs=req.epochs)
@@ -310,7 +310,7 @@ def run_stage(req: StageRequest) -> Path:
     if start >= total:
         raise TrainingError(f"{resume_path(req.out)} is already at iteration {start} of {total}; "
                             "delete it or ask for more --iters/--epochs")
-    _announce(req, shared_convs_warning(spec, init_info), notes, plan, start)
+    _announce(req, [*warnings, shared_convs_warning(spec, init_info)], notes, plan, start)
     wrapped = distributed.wrap(model, req.device)
     dataset = DetectionDataset(images, cfg, train=True)
     loader = make_loader(dataset, batch_size=spec.images_per_batch(cfg.solver), shuffle=True, seed=cfg.seed,
