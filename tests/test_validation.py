@@ -176,3 +176,12 @@ def test_a_gain_under_half_a_point_makes_a_new_best_but_not_progress_for_the_pat
     assert best == [6, 12, 18, 24] and not any(stops)
     assert [r.get("event") for r in rows] == [None, None, None, "lr_drop", None]  # 2 small gains: the drop
     assert control.state.drops == [18] and control.lr_at(18) == pytest.approx(0.001)
+
+
+def test_joint_mode_validates_map_and_keeps_its_best_as_final_pt(train_set, frcnn, train_options, figures, tmp_path):
+    figures([0.4, 0.2])
+    frcnn("train", "--data", train_set[0], "--workdir", tmp_path, "--mode", "joint", "--epochs", 2, "--val",
+          train_set[1], "--val-every", 1, *train_options())
+    assert [r["iteration"] for r in rows(tmp_path / "metrics.jsonl", "val_map")] == [EPOCH, 2 * EPOCH]
+    assert read_checkpoint(tmp_path / "final.pt")["provenance"]["best"]["iteration"] == EPOCH
+    assert read_checkpoint(tmp_path / "final.last.pt")["stage"] == "joint"

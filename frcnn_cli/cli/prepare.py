@@ -9,7 +9,6 @@ from rich.markup import escape
 
 from ..data.manifest import Manifest, PrepareReport, read_manifest, write_manifest
 from ..errors import ConfigError
-from ..model.anchor_fit import box_spread, describe_spread
 from . import console
 
 MAX_WARNINGS = 10  # warnings listed one by one; the rest are counted
@@ -40,6 +39,8 @@ def _show_report(report: PrepareReport, path: Path, manifest: Manifest | None = 
     crowd = f", including {report.crowd} crowd region{'s' * (report.crowd != 1)}" if report.crowd else ""
     console.info(f"{report.images} images ({report.empty_images} without objects), {report.objects} objects "
                  f"({report.difficult} difficult{crowd}); widths {w0}..{w1}, heights {h0}..{h1} px")
+    from ..model.anchor_fit import box_spread, describe_spread  # torch: not at the CLI's start-up
+
     spread = box_spread(manifest) if manifest is not None else None
     if spread is not None:
         console.info(describe_spread(spread))
