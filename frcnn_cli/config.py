@@ -4,9 +4,12 @@ Two kinds of settings, kept apart:
 
 - ``Config``, the model and its training recipe: saved in every artefact (checkpoints, proposal files, run
   folders), hashed and compared when a run resumes. Defaults are py-faster-rcnn's alternating-optimisation
-  values (shared/reference); presets change only what differs. Its test-time keys (``TEST_TIME_KEYS``) are
-  the defaults a checkpoint offers to ``detect``/``eval``/``dump-proposals``, and the only ones ``--set`` may
-  change there.
+  values (shared/reference), except the switches added since the first version (``anchors.auto``,
+  ``roi_head.box_target_norm``, ``solver.bias_lr_factor``, ``solver.rpn_drop_empty``), whose defaults keep
+  what a config did before they existed, so that an older checkpoint's config replays as it was trained; the
+  ``vgg16``/``zf`` presets set them to py-faster-rcnn's values. Presets change only what differs. Its
+  test-time keys (``TEST_TIME_KEYS``) are the defaults a checkpoint offers to ``detect``/``eval``/
+  ``dump-proposals``, and the only ones ``--set`` may change there.
 - ``RuntimeConfig``, this machine now (loader workers, AMP, channels-last, Winograd convs, logging,
   threads): never replayed from a checkpoint, a proposal file or ``state.json``, never compared on resume.
   Spelt ``runtime.<key>``; the five that lived in ``solver`` before (``solver.num_workers``, ``amp``,
@@ -21,6 +24,7 @@ backbone: a ``ConfigError`` names the key and what is allowed.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -32,6 +36,7 @@ OBJECTNESS = ("softmax", "sigmoid")
 LOSS_NORMALIZATIONS = ("sampled", "paper")
 POOLERS = ("roipool", "roialign")
 TRAIN_MODES = ("alternating", "joint")
+BOX_TARGET_NORMS = ("fixed", "dataset")
 MAX_INPUT_SIDE = 8192  # pixels of a rescaled image side: a config (or a checkpoint's) may not ask for more
 MAX_CHANNELS = 8192
 
@@ -67,6 +72,9 @@ class AnchorConfig(_Checked):
     ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     scales: tuple[float, ...] = (8.0, 16.0, 32.0)
     stride: int = 16
+    # fit scales and ratios to the training boxes when they cover them poorly (model/anchor_fit.py); false:
+    # keep these and only warn (the paper presets); a fitted config holds the fitted anchors and says false
+    auto: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,10 @@ class RoIHeadConfig(_Checked):
     add_gt_as_proposals: bool = True
     box_target_means: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     box_target_stds: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+    # "dataset" (py-faster-rcnn alt-opt): the detector steps normalise their targets by per-class means and
+    # stds of the stored proposals' targets, folded into bbox_pred when saved (train/target_stats.py);
+    # "fixed": by box_target_means/stds (end-to-end; joint mode always)
+    box_target_norm: str = "fixed"
     box_loss_sigma: float = 1.0
     score_thresh: float = 0.05  # >
     nms_thresh: float = 0.3
@@ -111,23 +123,43 @@ class RoIHeadConfig(_Checked):
     fc_svd_rank: int = 0  # truncated SVD of fc6/fc7 at test time (0 = off), as Fast R-CNN
 
 
+# the paper's schedule on VOC07 trainval, 5,011 images flipped to 10,022 entries: 80k RPN iterations of one
+# image and 40k detector iterations of two are each 80,000 / 10,022 epochs; joint (end-to-end) 70k of two
+PAPER_EPOCHS = 80000 / 10022
+PAPER_JOINT_EPOCHS = 140000 / 10022
+
+
 @dataclass(frozen=True)
 class SolverConfig(_Checked):
+    """SGD and the schedule of each step. A step runs ``*_epochs`` passes over its training entries (images,
+    and their mirror images when ``input.flip``), at least ``min_iters`` iterations, the lr multiplied by
+    ``gamma`` at each fraction ``lr_drops`` of it (train/schedule.py); ``*_iters`` > 0 gives a fixed
+    iteration count instead, with the drops at ``*_steps`` (iterations), as configs before epochs did."""
+
     lr: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 0.0005
     gamma: float = 0.1
-    bias_lr_factor: float = 1.0  # 2.0 = Caffe's lr_mult 2 on biases
-    rpn_iters: int = 80000
-    rpn_steps: tuple[int, ...] = (60000,)
-    det_iters: int = 40000
-    det_steps: tuple[int, ...] = (30000,)
-    joint_iters: int = 70000
-    joint_steps: tuple[int, ...] = (50000,)
+    bias_lr_factor: float = 1.0  # 2.0: Caffe's lr_mult 2 on biases (the paper presets)
+    rpn_epochs: float = PAPER_EPOCHS
+    det_epochs: float = PAPER_EPOCHS
+    joint_epochs: float = PAPER_JOINT_EPOCHS
+    lr_drops: tuple[float, ...] = (0.75,)  # the paper: 60k of 80k, 30k of 40k
+    min_iters: int = 0  # epoch schedules: at least this many iterations per step (small sets)
+    rpn_iters: int = 0  # > 0: a fixed iteration count instead of the epochs
+    rpn_steps: tuple[int, ...] = ()
+    det_iters: int = 0
+    det_steps: tuple[int, ...] = ()
+    joint_iters: int = 0
+    joint_steps: tuple[int, ...] = ()
     rpn_images_per_batch: int = 1
     det_images_per_batch: int = 2
     warmup_iters: int = 0
+    warmup_epochs: float = 0.0  # epoch schedules: the warm-up in epochs (added to warmup_iters)
     warmup_factor: float = 0.001
+    # RPN steps (and joint mode) leave out images without a non-difficult object (py-faster-rcnn's
+    # filter_roidb); detector steps keep them as negatives
+    rpn_drop_empty: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,8 +207,10 @@ _RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {  # key -> (low, hig
                       "fc_svd_rank": _NON_NEGATIVE},
     "SolverConfig": {"lr": _NON_NEGATIVE, "momentum": _UNIT, "weight_decay": _NON_NEGATIVE, "gamma": _POSITIVE,
                      "bias_lr_factor": _NON_NEGATIVE, "warmup_iters": _NON_NEGATIVE,
-                     "warmup_factor": _POSITIVE,
-                     **{f"{k}_iters": _AT_LEAST_1 for k in ("rpn", "det", "joint")},
+                     "warmup_epochs": _NON_NEGATIVE, "warmup_factor": _POSITIVE, "lr_drops": _UNIT,
+                     "min_iters": _NON_NEGATIVE,
+                     **{f"{k}_iters": _NON_NEGATIVE for k in ("rpn", "det", "joint")},
+                     **{f"{k}_epochs": (0, 1e6, False) for k in ("rpn", "det", "joint")},
                      **{f"{k}_steps": _NON_NEGATIVE for k in ("rpn", "det", "joint")},
                      **{f"{k}_images_per_batch": _AT_LEAST_1 for k in ("rpn", "det")}},
     "Config": {"seed": (0, 2**63 - 1, False)},
@@ -185,7 +219,7 @@ _RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {  # key -> (low, hig
 _CHOICES: dict[str, dict[str, tuple[str, ...]]] = {  # key -> the allowed names, each list written once above
     "InputConfig": {"pixel_order": PIXEL_ORDERS},
     "RPNConfig": {"objectness": OBJECTNESS, "loss_normalization": LOSS_NORMALIZATIONS},
-    "RoIHeadConfig": {"pooler": POOLERS},
+    "RoIHeadConfig": {"pooler": POOLERS, "box_target_norm": BOX_TARGET_NORMS},
     "Config": {"backbone": BACKBONES},
 }
 _SECTIONS = {"InputConfig": "input.", "AnchorConfig": "anchors.", "RPNConfig": "rpn.",
@@ -231,27 +265,30 @@ def _with(cfg: Config, **sections: dict[str, Any]) -> Config:
 
 
 def _presets() -> dict[str, Config]:
-    vgg16 = Config()
+    # py-faster-rcnn alt-opt's switches (the dataclass defaults keep what configs did before they existed)
+    vgg16 = _with(Config(), anchors={"auto": False}, roi_head={"box_target_norm": "dataset"},
+                  solver={"bias_lr_factor": 2.0, "rpn_drop_empty": True})
     zf = replace(_with(vgg16, rpn={"conv_channels": 256}), name="zf", backbone="zf")
     resnet50 = replace(vgg16, name="resnet50", backbone="resnet50")
     resnet101 = replace(vgg16, name="resnet101", backbone="resnet101")
     tiny = _with(
         replace(vgg16, name="tiny", backbone="tiny", init="none", seed=3),
         input={"train_scales": (192,), "test_scale": 192, "max_size": 320, "size_divisor": 16},
-        anchors={"scales": (1.5, 3.0, 6.0)},
         rpn={"conv_channels": 128, "min_size": 4.0, "test_pre_nms_top_n": 1000, "test_post_nms_top_n": 100,
              "train_pre_nms_top_n": 2000, "train_post_nms_top_n": 300, "dump_post_nms_top_n": 300},
-        roi_head={"pooler": "roialign"},
-        solver={"lr": 0.01, "rpn_iters": 400, "rpn_steps": (300,), "det_iters": 500, "det_steps": (375,),
-                "joint_iters": 600, "joint_steps": (450,), "rpn_images_per_batch": 4,
-                "det_images_per_batch": 4, "warmup_iters": 50},
+        anchors={"scales": (1.5, 3.0, 6.0), "auto": True},
+        roi_head={"pooler": "roialign", "box_target_norm": "fixed"},
+        solver={"lr": 0.01, "rpn_epochs": 4.0, "det_epochs": 5.0, "joint_epochs": 6.0, "min_iters": 0,
+                "rpn_images_per_batch": 4, "det_images_per_batch": 4, "warmup_epochs": 0.5,
+                "bias_lr_factor": 1.0, "rpn_drop_empty": False},
     )
     return {c.name: c for c in (vgg16, zf, resnet50, resnet101, tiny)}
 
 
 PRESETS: dict[str, Config] = _presets()
-# the tiny preset's runs are short and share 2 cores with one loader process
-_PRESET_RUNTIME = {"tiny": RuntimeConfig(num_workers=1, log_every=10)}
+# the tiny preset's runs are short and share the cores with one loader process: half the cores compute (more
+# threads than free cores make PyTorch's CPU kernels wait on each other; docs/demo.md)
+_PRESET_RUNTIME = {"tiny": RuntimeConfig(num_workers=1, log_every=10, threads=max(1, (os.cpu_count() or 2) // 2))}
 
 
 def runtime_defaults(config_name: str) -> RuntimeConfig:

@@ -145,7 +145,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) 
 
 def load_config_file(path: str | Path) -> tuple[Config, RuntimeConfig]:
     """A TOML file's config and runtime settings; ``preset = "name"`` at its top picks the base it overrides
-    (default: the preset of its ``backbone``, else vgg16)."""
+    (default: the preset of its ``backbone``, else vgg16). A file's config fits its anchors to the training
+    boxes (``anchors.auto = true``) unless it sets ``anchors.auto = false``."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is not TOML
@@ -155,6 +156,8 @@ def load_config_file(path: str | Path) -> tuple[Config, RuntimeConfig]:
         raise ConfigError(f"config file {path} is not valid TOML ({exc}); fix the file") from None
     preset = data.pop("preset", None)
     base = get_preset(preset) if preset else get_preset(data.get("backbone", "vgg16"))
+    # a config of one's own fits its anchors to the data unless it says otherwise (the paper presets keep theirs)
+    base = replace(base, anchors=replace(base.anchors, auto=True))
     try:
         cfg = config_from_dict(data, base)
         return cfg, runtime_from_dict(data, runtime_defaults(cfg.name))

@@ -1,7 +1,9 @@
 """``frcnn demo``: the whole paper in miniature on the synthetic shapes set, on a laptop CPU in minutes.
 
-Makes the synthetic set (``DIR/data``), runs the 4-step alternating optimisation with the ``tiny`` preset
-(``DIR/run``, resumable: a rerun continues after the last finished step), evaluates the unified model with
+Makes the synthetic set (``DIR/data``: training, validation and test images), runs the 4-step alternating
+optimisation with the ``tiny`` preset's epoch schedule, validated every epoch on the validation images and
+each step stopped by early stopping once it has learnt (``DIR/run``, resumable: a rerun continues after the
+last finished step; every step goes on from the best checkpoint of the one before), evaluates the unified model with
 the VOC2007 metric (11-point AP at IoU 0.5) on the test split, draws the detections of a few test images
 (``DIR/detections/``), dumps the test proposals of the final model and plots their recall against IoU
 (the paper's Fig. 2), and writes ``DIR/summary.json`` atomically. The same pipeline with the ``vgg16``
@@ -21,7 +23,8 @@ import torch
 
 from .atomic import atomic_write_json, ensure_dir
 from .callbacks import Progress, StepCallback
-from .config import Config, RuntimeConfig, get_preset, runtime_defaults
+from .config import RuntimeConfig, get_preset, runtime_defaults
+from .config_io import apply_overrides
 from .data import synthetic
 from .data.manifest import Manifest, read_manifest
 from .data.proposal_store import ProposalStore
@@ -32,33 +35,38 @@ from .evaluate.voc import detections_by_class, evaluate_detections
 from .inference import InferenceSettings, Predictor, detect_manifest, dump_proposals
 from .model.checkpoint import load_model
 from .train.loop import LoopState
-from .train.pipeline import PipelineRequest, run_pipeline
+from .train.pipeline import PipelineRequest, plans, run_pipeline
 
 SUMMARY_FORMAT = "frcnn-demo-summary"
 SUMMARY_VERSION = 1
 PRESET = "tiny"
 DEFAULT_TRAIN, DEFAULT_TEST, DEFAULT_SEED = synthetic.DEFAULT_TRAIN, synthetic.DEFAULT_TEST, synthetic.DEFAULT_SEED
+DEFAULT_VAL = 40  # validation images: a validation costs about 2 % of an epoch's training
+PATIENCE = 1  # validations without a better figure before the lr drop comes forward, then the stop
+# the demo's schedule on the tiny preset (docs/demo.md): the epochs after which its validation stops improving
+SCHEDULE = ("solver.rpn_epochs=3", "solver.det_epochs=4", "solver.min_iters=0")
 PICTURES = 4  # test images drawn with their detections
 DRAW_SCORE = 0.5  # detections drawn: score at least this (all of them count for the AP)
 RECALL_TOP_NS = (10, 50, 100, 300)
 
 
 def _make_data(data_dir: Path, n_train: int, n_test: int, seed: int,
-               on_step: StepCallback | None) -> tuple[Path, Path]:
-    """The synthetic set under ``data_dir``, made unless a complete one of the same size is there."""
-    train_path, test_path = data_dir / "trainval.json", data_dir / "test.json"
-    if train_path.exists() and test_path.exists():
+               on_step: StepCallback | None) -> tuple[Path, Path, Path]:
+    """The synthetic set under ``data_dir`` (training, test, validation), made unless a complete one of the
+    same size is there."""
+    train_path, test_path, val_path = data_dir / "trainval.json", data_dir / "test.json", data_dir / "val.json"
+    if train_path.exists() and test_path.exists() and val_path.exists():
         sizes = (len(read_manifest(train_path).images), len(read_manifest(test_path).images))
         if sizes != (n_train, n_test):
             raise DataError(f"{data_dir} holds a synthetic set of {sizes[0]} + {sizes[1]} images, not "
                             f"{n_train} + {n_test}; rerun with --train {sizes[0]} --test {sizes[1]} or use "
                             "another --workdir")
         _notify(on_step, "data", "skip")
-        return train_path, test_path
+        return train_path, test_path, val_path
     _notify(on_step, "data", "start")
-    paths = make_synthetic_set(data_dir, n_train=n_train, n_test=n_test, seed=seed)
+    paths = make_synthetic_set(data_dir, n_train=n_train, n_test=n_test, seed=seed, n_val=DEFAULT_VAL)
     _notify(on_step, "data", "done")
-    return paths
+    return (*paths, val_path)
 
 
 def _notify(on_step: StepCallback | None, name: str, what: str) -> None:
@@ -116,8 +124,20 @@ def _finite(value: float) -> float | None:
     return None if value is None or math.isnan(value) else round(float(value), 6)
 
 
-def _iterations(cfg: Config, iters: int | None) -> dict[str, int]:
-    return {"rpn": iters or cfg.solver.rpn_iters, "detector": iters or cfg.solver.det_iters}
+def _steps(run: Path) -> dict[str, dict]:
+    """Per training step: the iterations it ran of its plan, and the epoch of its best validation."""
+    from .model.checkpoint import read_checkpoint
+
+    out = {}
+    for name in ("rpn1", "det1", "rpn2", "final"):
+        prov = read_checkpoint(run / f"{name}.pt").get("provenance") or {}
+        last = read_checkpoint(run / f"{name}.last.pt").get("provenance") or {} if (
+            run / f"{name}.last.pt").exists() else prov
+        best = prov.get("best") or {}
+        out[name] = {"iterations": last.get("iterations"), "planned": (prov.get("plan") or {}).get("iterations"),
+                     "best_epoch": best.get("epoch"),
+                     "best": best.get("val_map", (best.get("val_recall") or {}).get("0.7"))}
+    return out
 
 
 def _evaluate(final: Path, test_path: Path, workdir: Path, device: torch.device, runtime: RuntimeConfig,
@@ -164,8 +184,8 @@ def run_demo(workdir: str | Path, *, device: torch.device | str = "cpu", n_train
     workdir, device = Path(workdir), torch.device(device)
     runtime = runtime if runtime is not None else runtime_defaults(PRESET)
     ensure_dir(workdir)
-    train_path, test_path = _make_data(workdir / "data", n_train, n_test, seed, on_step)
-    cfg = get_preset(PRESET)
+    train_path, test_path, val_path = _make_data(workdir / "data", n_train, n_test, seed, on_step)
+    cfg = apply_overrides(get_preset(PRESET), list(SCHEDULE))
     skipped: list[str] = []
 
     def step_cb(name: str, what: str) -> None:
@@ -174,18 +194,24 @@ def run_demo(workdir: str | Path, *, device: torch.device | str = "cpu", n_train
         _notify(on_step, name, what)
 
     train = read_manifest(train_path)
-    every = max(1, (iters or cfg.solver.det_iters) // 4)
-    final = run_pipeline(PipelineRequest(cfg=cfg, manifest=train, manifest_path=train_path, workdir=workdir / "run",
-                                         device=device, runtime=runtime, iters=iters, checkpoint_every=every,
-                                         on_log=on_log, on_step=step_cb, progress=progress))
+    request = PipelineRequest(cfg=cfg, manifest=train, manifest_path=train_path, workdir=workdir / "run",
+                              device=device, runtime=runtime, iters=iters, on_log=on_log, on_step=step_cb,
+                              progress=progress, val_manifest=read_manifest(val_path), val_path=val_path,
+                              val_every=1, patience=PATIENCE)
+    step_plans = plans(request, cfg)
+    request.checkpoint_every = max(1, max(p.iterations for _, p in step_plans) // 4)
+    final = run_pipeline(request)
     notes: list[str] = []
     if skipped:
         notes.append(f"resumed: steps {', '.join(skipped)} were already done by an earlier run; "
                      "seconds counts this run only")
     summary = {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION,
                **_evaluate(final, test_path, workdir, device, runtime, on_step, notes)}
+    planned = dict(step_plans)
     summary.update({"seconds": round(time.perf_counter() - start, 1), "device": str(device),
-                    "config": cfg.name, "iterations": _iterations(cfg, iters), "train_images": len(train.images),
+                    "config": cfg.name, "schedule": list(SCHEDULE), "iterations": {"rpn": planned["rpn1"].iterations,
+                                                       "detector": planned["det1"].iterations},
+                    "steps": _steps(workdir / "run"), "val_images": DEFAULT_VAL, "train_images": len(train.images),
                     "seed": seed, "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "model": str(final.resolve()), "notes": notes})
     atomic_write_json(workdir / "summary.json", summary)

@@ -64,8 +64,8 @@ def _kill_after_saving(stage, at: int, report: Path) -> None:
     def saver(*args, **kwargs):
         save = real_saver(*args, **kwargs)
 
-        def save_then_die(done: int) -> None:
-            save(done)
+        def save_then_die(done: int, final: bool) -> None:
+            save(done, final)
             if done == at:
                 torch.save({"killed": at}, report)
                 os._exit(0)
@@ -233,6 +233,25 @@ def test_a_killed_ddp_run_resumes_every_rank_exactly(two_ranks, train_set, ddp_c
     whole = read_checkpoint(two_ranks[0])["parts"]
     for name, state in read_checkpoint(out)["parts"].items():
         assert all(torch.equal(v, whole[name][k]) for k, v in state.items()), name
+
+
+def test_rank_0_validates_and_every_rank_drops_the_lr_and_stops_at_the_same_iteration(train_set, ddp_config,
+                                                                                     tmp_path, monkeypatch):
+    from frcnn_cli.data.manifest import read_manifest
+    from frcnn_cli.train import validation
+
+    def measure(self, model):  # a figure that never improves: patience 1 drops the lr, then stops
+        return 0.5, {"val_recall": {"0.5": 0.5, "0.7": 0.5}, "val_seconds": 0.0}
+
+    monkeypatch.setattr(validation.Validator, "measure", measure)
+    out = tmp_path / "rpn.pt"  # 24 entries, 2 ranks x 2 images: 6 iterations an epoch, 24 in all
+    reports = run_two_ranks(tmp_path, ddp_config, train_set[0], out, iters=24, val_manifest=read_manifest(train_set[1]),
+                            val_path=train_set[1], val_every=1, patience=1, checkpoint_every=0)
+    assert [len(r["seen"]) for r in reports] == [18, 18]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["event"], r["iteration"]) for r in rows if "event" in r] == [("lr_drop", 12), ("early_stop", 18)]
+    assert reports[1]["saves"] == [] and str(tmp_path / "rpn.best.pt") in reports[0]["saves"]
+    assert all(torch.equal(v, reports[1]["state"][k]) for k, v in reports[0]["state"].items())
 
 
 # --------------------------------------------------------------------------------------------------

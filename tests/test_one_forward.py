@@ -12,7 +12,7 @@ import torch
 from conftest import cpu_predictor, single_thread
 
 from frcnn_cli.ablations import ProposalAblation
-from frcnn_cli.config import RuntimeConfig
+from frcnn_cli.config import RuntimeConfig, runtime_defaults
 from frcnn_cli.data.images import batch_from_images, find_images, load_image
 from frcnn_cli.data.manifest import read_manifest
 from frcnn_cli.evaluate.voc import detections_by_class, evaluate_detections
@@ -126,8 +126,9 @@ def test_runtime_settings_of_an_old_checkpoint_are_never_replayed(tiny_checkpoin
     assert cpu_predictor(model).runtime.num_workers == 0  # the caller's runtime
     from frcnn_cli.inference import Predictor
 
-    assert Predictor(model, "cpu", InferenceSettings.from_config(model.cfg)).runtime == RuntimeConfig(
-        num_workers=1, log_every=10)  # the tiny preset's defaults on this machine, not the file's
+    runtime = Predictor(model, "cpu", InferenceSettings.from_config(model.cfg)).runtime
+    assert runtime == runtime_defaults("tiny")  # the tiny preset's defaults on this machine, not the file's
+    assert (runtime.num_workers, runtime.log_every, runtime.amp) == (1, 10, True)
 
 
 def test_a_resumed_train_may_change_runtime_settings_but_not_the_recipe(synth_set, frcnn, tmp_path, train_options):

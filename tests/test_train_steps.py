@@ -213,12 +213,14 @@ def test_freeze_shared_without_an_earlier_step_is_refused(four_steps, frcnn, tra
     assert list(tmp_path.iterdir()) == []
 
 
-def test_step_numbers_of_the_schedule_scale_with_iters():
-    from frcnn_cli.train.steps import scaled_schedule
+def test_lr_drops_keep_their_fraction_of_the_run_under_iters():
+    from frcnn_cli.config import get_preset
+    from frcnn_cli.train.schedule import plan_step
 
-    assert scaled_schedule(80000, (60000,), None) == (80000, (60000,))
-    assert scaled_schedule(80000, (60000,), 40) == (40, (30,))
-    assert scaled_schedule(400, (300,), 3) == (3, (2,))
+    solver = get_preset("vgg16").solver
+    assert plan_step(solver, "rpn", images=5011, flip=True).drops == (60000,)
+    assert plan_step(solver, "rpn", images=5011, flip=True, iters=40).drops == (30,)
+    assert plan_step(solver, "detector", images=5011, flip=True, iters=3).drops == (2,)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,7 +243,7 @@ def test_the_papers_steps_three_and_four_do_not_warn(four_steps, frcnn, tmp_path
                                  ("train-detector", "rpn2", ["--proposals", four_steps["props2"]])):
         result = frcnn(command, "--data", four_steps["data"], "--out", tmp_path / f"{command}.pt", "--init",
                        four_steps[init], "--freeze-shared", "--iters", 1, *extra)
-        assert "Warning" not in result.stderr and "training" in result.stderr
+        assert "--freeze-shared freezes" not in result.stderr and "training" in result.stderr
 
 
 @pytest.mark.parametrize("kind, stage, parts, expected", [

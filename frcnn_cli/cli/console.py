@@ -123,6 +123,7 @@ class TrainingProgress:
 
     def __init__(self, label: str = "training") -> None:
         self.label = label
+        self.note = ""  # appended to every progress line (the latest validation figure)
         self._bar: ProgressReporter | None = None
         self._total = -1
         self._last = -1
@@ -134,7 +135,8 @@ class TrainingProgress:
             self._total = state.total
         self._last = state.iteration
         losses = " ".join(f"{k.removeprefix('loss_')}={v:.3f}" for k, v in state.losses.items() if k != "loss")
-        self._bar.update(state.iteration, f"{losses} lr={state.lr:.1e} {state.images_per_s:.1f} img/s")
+        note = f" {self.note}" if self.note else ""
+        self._bar.update(state.iteration, f"{losses} lr={state.lr:.1e} {state.images_per_s:.1f} img/s{note}")
 
     def close(self) -> None:
         if self._bar is not None:

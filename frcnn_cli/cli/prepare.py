@@ -32,7 +32,7 @@ def _warn_classes_without_objects(report: PrepareReport, path: Path) -> None:
                         "class list and the annotations"))
 
 
-def _show_report(report: PrepareReport, path: Path) -> None:
+def _show_report(report: PrepareReport, path: Path, manifest: Manifest | None = None) -> None:
     rows = [[name, str(n), str(hard), str(images)] for name, (n, hard, images) in report.per_class.items()]
     rows.append(["[bold]all[/bold]", str(report.objects), str(report.difficult), str(report.images)])
     console.table(report.name, ["class", "objects", "difficult", "images"], rows)
@@ -40,6 +40,11 @@ def _show_report(report: PrepareReport, path: Path) -> None:
     crowd = f", including {report.crowd} crowd region{'s' * (report.crowd != 1)}" if report.crowd else ""
     console.info(f"{report.images} images ({report.empty_images} without objects), {report.objects} objects "
                  f"({report.difficult} difficult{crowd}); widths {w0}..{w1}, heights {h0}..{h1} px")
+    from ..model.anchor_fit import box_spread, describe_spread  # torch: not at the CLI's start-up
+
+    spread = box_spread(manifest) if manifest is not None else None
+    if spread is not None:
+        console.info(describe_spread(spread))
     for message in report.warnings[:MAX_WARNINGS]:
         console.warn(message)
     if len(report.warnings) > MAX_WARNINGS:
@@ -52,7 +57,7 @@ def _finish(outputs: list[tuple[Path, Manifest]], warnings: list[str]) -> None:
     for path, manifest in outputs:
         write_manifest(path, manifest)
     for i, (path, manifest) in enumerate(outputs):
-        _show_report(PrepareReport.from_manifest(manifest, warnings if i == 0 else ()), path)
+        _show_report(PrepareReport.from_manifest(manifest, warnings if i == 0 else ()), path, manifest)
     for path, _ in outputs:
         click.echo(str(path))
 
@@ -145,6 +150,10 @@ def folder(images_dir: Path, annotations_dir: Path, classes_file: Path | None, s
         found = ", ".join(outputs[0][1].classes)
         console.info(f"classes found in the XML (sorted; --classes FILE sets the order): {found}")
     _finish(outputs, warnings)
+    if len(outputs) == 2:
+        train, val = (escape(str(p)) for p, _ in outputs)
+        console.info(f"validate during training with --val {val}: frcnn train --data {train} --workdir run "
+                     f"--val {val} (the best checkpoint is kept; docs/quickstart.md, 'Your own images')")
 
 
 @prepare.command("coco")
@@ -188,6 +197,7 @@ def synth(out_dir: Path, n_train: int, n_test: int, seed: int) -> None:
     hold_output(out_dir, "--out", folder=True)
     paths = make_synthetic_set(out_dir, n_train=n_train, n_test=n_test, seed=seed)
     for path in paths:
-        _show_report(PrepareReport.from_manifest(read_manifest(path)), path)
+        manifest = read_manifest(path)
+        _show_report(PrepareReport.from_manifest(manifest), path, manifest)
     for path in paths:
         click.echo(str(path))

@@ -21,6 +21,7 @@ from .options import (
     load_predictor,
     positive_int,
 )
+from .schedule_options import Estimates, ValidationView, best_summary, read_val, schedule_options, show_plan
 
 _ITERS_HELP = "Iterations of this step (default: the preset's; lr drops keep their fraction of the run)."
 
@@ -37,6 +38,7 @@ def _training_options(f):
     f = click.option("--init", default=None,
                      help="imagenet, none (explicit random init), a frcnn checkpoint or a weights file "
                           "(a state dict, e.g. converted Caffe weights) (default: the preset's).")(f)
+    f = schedule_options(f)
     f = config_options(f)
     f = click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
                      help="Checkpoint to write (.pt).")(f)
@@ -53,19 +55,24 @@ def _is_main_process() -> bool:
 
 
 def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every,
-                  resume, device, proposals=None) -> None:
+                  resume, device, proposals=None, schedule: dict) -> None:
     from ..train.stage import StageRequest, resume_path, run_stage
+    from ..train.stage_setup import best_path
     from ..train.steps import stage_config, stage_spec
 
     hold_output(out, "--out")
     manifest = read_manifest(data)
+    val = read_val(schedule["val"], manifest, data, iters=iters, **{k: v for k, v in schedule.items() if k != "val"})
     cfg, runtime, init_read = stage_config(config, set_, seed, init)
     spec = stage_spec(kind, freeze_shared=freeze_shared)
     dev = resolve_device(device)
     process_settings(dev, runtime)
     req = StageRequest(cfg=cfg, spec=spec, manifest=manifest, manifest_path=data, out=out, init=init_read,
                        device=dev, runtime=runtime, iters=iters, proposals_path=proposals,
-                       checkpoint_every=checkpoint_every, resume=resume, metrics_path=out.parent / "metrics.jsonl")
+                       checkpoint_every=checkpoint_every, resume=resume, metrics_path=out.parent / "metrics.jsonl",
+                       epochs=schedule["epochs"], val_manifest=val, val_path=schedule["val"],
+                       val_every=schedule["val_every"], patience=schedule["patience"])
+    estimates, view = Estimates(), ValidationView()
 
     def on_start(start: int, total: int) -> None:  # after the init, the proposal file and the resume state are checked
         console.info(f"training {spec.name} on {len(manifest.images)} images ({cfg.name}, {req.device})")
@@ -75,21 +82,36 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
         elif resume:
             console.info(f"resuming from {escape(str(resume_path(out)))} at iteration {start} of {total}")
 
-    req.on_start = on_start
+    def on_plan(plan) -> None:
+        show_plan([(spec.label, plan)])
+        estimates.set_plans([(spec.label, plan)])
+
+    req.on_start, req.on_plan, req.on_validation = on_start, on_plan, view
     req.on_warning = lambda message: console.warn(escape(message))  # paths may hold [brackets]
+    req.on_note = lambda message: console.info(escape(message))
     with console.TrainingProgress(spec.kind) as progress:
-        req.on_log = progress
+        req.on_log = lambda state: _log(progress, view, estimates, state)
         run_stage(req)
     if _is_main_process():
+        if val is not None and best_path(out).exists():
+            console.info(escape(best_summary(best_path(out)) or ""))
         click.echo(str(out))
+
+
+def _log(progress, view: ValidationView, estimates: Estimates, state) -> None:
+    progress.note = view.text
+    progress(state)
+    estimates(state)
 
 
 @click.command("train-rpn")
 @_training_options
-def train_rpn(data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every, resume, device):
+def train_rpn(data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every, resume, device, epochs,
+              val, val_every, patience):
     """Train a Region Proposal Network: step 1 (--init imagenet) or step 3 (--init det1.pt --freeze-shared)."""
     _run_training("rpn", data=data, out=out, config=config, set_=set_, init=init, freeze_shared=freeze_shared,
-                  iters=iters, seed=seed, checkpoint_every=checkpoint_every, resume=resume, device=device)
+                  iters=iters, seed=seed, checkpoint_every=checkpoint_every, resume=resume, device=device,
+                  schedule={"epochs": epochs, "val": val, "val_every": val_every, "patience": patience})
 
 
 @click.command("train-detector")
@@ -97,11 +119,12 @@ def train_rpn(data, out, config, set_, init, freeze_shared, iters, seed, checkpo
 @click.option("--proposals", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="HDF5 proposals of this manifest (frcnn dump-proposals).")
 def train_detector(data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every, resume, device,
-                   proposals):
+                   epochs, val, val_every, patience, proposals):
     """Train Fast R-CNN on stored proposals: step 2 (--init imagenet) or step 4 (--init rpn2.pt --freeze-shared)."""
     _run_training("detector", data=data, out=out, config=config, set_=set_, init=init,
                   freeze_shared=freeze_shared, iters=iters, seed=seed, checkpoint_every=checkpoint_every,
-                  resume=resume, device=device, proposals=proposals)
+                  resume=resume, device=device, proposals=proposals,
+                  schedule={"epochs": epochs, "val": val, "val_every": val_every, "patience": patience})
 
 
 def _dumps_in_this_process(out: Path) -> bool:
@@ -157,35 +180,57 @@ def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thr
 @config_options
 @click.option("--mode", type=click.Choice(TRAIN_MODES), default="alternating", show_default=True)
 @click.option("--iters", type=positive_int, default=None, help="Iterations of EACH training step.")
+@schedule_options
 @click.option("--seed", type=int, default=None)
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=None,
-              help="Resumable state every N iterations [a tenth of the detector steps' iterations].")
+              help="Resumable state every N iterations [a tenth of the first detector step's iterations].")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --workdir (rerunning the same command resumes anyway; with --resume a "
                    "folder holding no run is a warning).")
 @click.option("--device", default=None)
-def train(data, workdir, config, set_, mode, iters, seed, checkpoint_every, resume, device):
-    """The whole 4-step alternating optimisation (or --mode joint), resumable: rerun to continue."""
-    from ..train.pipeline import PipelineRequest, run_pipeline
+def train(data, workdir, config, set_, mode, iters, epochs, val, val_every, patience, seed, checkpoint_every, resume,
+          device):
+    """The whole 4-step alternating optimisation (or --mode joint), resumable: rerun to continue.
+
+    Each step runs the preset's epochs over the data (--epochs or --iters change it); the plan is printed at
+    the start. With --val each step is validated and the best checkpoint kept: final.pt is then the best
+    unified detector (final.last.pt the last).
+    """
+    from ..train.pipeline import PipelineRequest, plans, run_pipeline
 
     hold_output(workdir, "--workdir", folder=True)
     manifest = read_manifest(data)
+    val_manifest = read_val(val, manifest, data, iters=iters, epochs=epochs, val_every=val_every, patience=patience)
     cfg, runtime = load_cli_config(config, set_, seed)
     dev = resolve_device(device)
     process_settings(dev, runtime)
-    every = checkpoint_every if checkpoint_every is not None else max(1, (iters or cfg.solver.det_iters) // 10)
-
     talk = _is_main_process()
+    estimates, view = Estimates(), ValidationView()
 
     def on_step(name: str, what: str) -> None:
         if talk:
             console.info({"start": f"[bold]step {name}[/bold]", "done": f"step {name} done",
                           "skip": f"step {name} already done"}[what])
+        if what == "start":
+            estimates.start(name)
+            view.step, view.text = name, ""
+
+    def on_plan(rows) -> None:
+        show_plan(rows)
+        estimates.set_plans(rows)
 
     with console.TrainingProgress("training") as progress:
         req = PipelineRequest(cfg=cfg, manifest=manifest, manifest_path=data, workdir=workdir, device=dev,
-                              runtime=runtime, mode=mode, iters=iters, checkpoint_every=every, resume=resume,
-                              on_log=progress, on_step=on_step, on_warning=lambda m: console.warn(escape(m)))
+                              runtime=runtime, mode=mode, iters=iters, resume=resume, on_step=on_step,
+                              on_warning=lambda m: console.warn(escape(m)), epochs=epochs, val_manifest=val_manifest,
+                              val_path=val, val_every=val_every, patience=patience, on_plan=on_plan,
+                              on_note=lambda m: console.info(escape(m)), on_validation=lambda _, row: view(row))
+        req.on_log = lambda state: _log(progress, view, estimates, state)
+        first_detector = next((p for name, p in plans(req, cfg) if p.kind != "rpn"), None)
+        req.checkpoint_every = checkpoint_every if checkpoint_every is not None else max(
+            1, (first_detector.iterations if first_detector else 100) // 10)
         final = run_pipeline(req)
     if talk:
+        if val_manifest is not None:
+            console.info(escape(best_summary(final, last=final.with_name("final.last.pt")) or ""))
         click.echo(str(final))

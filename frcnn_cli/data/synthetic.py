@@ -42,6 +42,28 @@ _COLOURS = {
     "circle": (215, 45, 45), "bottle": (40, 165, 60), "car": (45, 85, 215),
     "triangle": (235, 195, 35), "donut": (185, 55, 200),
 }
+# another kind of set (``kind="glyphs"``), for measuring how training fits data nobody tuned it to: other
+# shapes, larger and more varied objects (30-140 px), one wide class
+GLYPHS = ("star", "cross", "frame", "arrow")
+_GLYPH_GEOMETRY = {
+    "star": (30, 110, (0.9, 1.1)),
+    "cross": (30, 120, (0.75, 1.3)),
+    "frame": (40, 140, (1.2, 1.8)),
+    "arrow": (40, 140, (2.0, 3.0)),
+}
+_GLYPH_COLOURS = {"star": (230, 130, 30), "cross": (30, 170, 160), "frame": (90, 110, 170), "arrow": (150, 60, 150)}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A family of classes: their names, geometry and base colours."""
+
+    classes: tuple[str, ...]
+    geometry: dict
+    colours: dict
+
+
+KINDS = {"shapes": Kind(CLASSES, _GEOMETRY, _COLOURS), "glyphs": Kind(GLYPHS, _GLYPH_GEOMETRY, _GLYPH_COLOURS)}
 _EMPTY_FRACTION = 0.07
 _MAX_OVERLAP = 0.3
 _TINY = (6, 12)
@@ -82,9 +104,31 @@ def _draw_shape(draw: ImageDraw.ImageDraw, name: str, x: int, y: int, w: int, h:
         rad = 0.2 * h
         for cx in (x + 0.24 * w, r - 0.24 * w):
             draw.ellipse([cx - rad, b - 2 * rad, cx + rad, b], fill=2)
-    else:  # triangle
+    elif name == "triangle":
         apex, base = (y, b) if not flip else (b, y)
         draw.polygon([(x + (w - 1) / 2, apex), (x, base), (r, base)], fill=1)
+    else:
+        _draw_glyph(draw, name, x, y, w, h, flip)
+
+
+def _draw_glyph(draw: ImageDraw.ImageDraw, name: str, x: int, y: int, w: int, h: int, flip: bool) -> None:
+    r, b = x + w - 1, y + h - 1
+    if name == "star":
+        cx, cy = x + (w - 1) / 2, y + (h - 1) / 2
+        points = [(cx + (0.5 if k % 2 == 0 else 0.2) * (w - 1) * math.sin(k * math.pi / 5),
+                   cy - (0.5 if k % 2 == 0 else 0.2) * (h - 1) * math.cos(k * math.pi / 5)) for k in range(10)]
+        draw.polygon(points, fill=1)
+    elif name == "cross":
+        draw.rectangle([x + 0.35 * w, y, r - 0.35 * w, b], fill=1)
+        draw.rectangle([x, y + 0.35 * h, r, b - 0.35 * h], fill=1)
+    elif name == "frame":
+        draw.rectangle([x, y, r, b], fill=1)
+        draw.rectangle([x + 0.2 * w, y + 0.25 * h, r - 0.2 * w, b - 0.25 * h], fill=0)
+    else:  # arrow, pointing right (left when flipped)
+        tip, tail = (r, x) if not flip else (x, r)
+        neck = tip - (0.35 * w if not flip else -0.35 * w)
+        draw.rectangle([min(tail, neck), y + 0.3 * h, max(tail, neck), b - 0.3 * h], fill=1)
+        draw.polygon([(neck, y), (tip, y + (h - 1) / 2), (neck, b)], fill=1)
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> Image.Image:
@@ -114,14 +158,14 @@ def _background(rng: np.random.Generator, height: int, width: int) -> Image.Imag
     return image
 
 
-def _paint(canvas: np.ndarray, owner: np.ndarray, k: int, name: str, rect, flip, rng) -> None:
+def _paint(canvas: np.ndarray, owner: np.ndarray, k: int, name: str, rect, flip, rng, kind: Kind) -> None:
     """Draw one object into ``canvas`` (float H x W x 3) and mark its pixels ``k`` in ``owner``."""
     height, width = owner.shape
     layer = Image.new("L", (width, height), 0)
     _draw_shape(ImageDraw.Draw(layer), name, *rect, flip)
     values = np.asarray(layer)
     rows, cols = np.nonzero(values)
-    colour = np.asarray(_COLOURS[name], dtype=np.float32) + rng.uniform(-30, 30, size=3).astype(np.float32)
+    colour = np.asarray(kind.colours[name], dtype=np.float32) + rng.uniform(-30, 30, size=3).astype(np.float32)
     shade = rng.uniform(-30, 30) * ((cols - rect[0]) / max(rect[2], 1) - 0.5)
     canvas[rows, cols] = np.clip(colour[None, :] + shade[:, None].astype(np.float32), 0, 255)
     detail = values[rows, cols] == 2
@@ -136,12 +180,12 @@ def _overlap(a, b) -> float:
     return max(iw, 0) * max(ih, 0)
 
 
-def _place(rng, names, width, height, tiny: bool):
+def _place(rng, names, width, height, tiny: bool, kind: Kind = KINDS["shapes"]):
     """Rectangles ``(x, y, w, h)`` with overlaps of at most 30 % of either (tiny ones: none, inside)."""
     placed: list[tuple[str, tuple[int, int, int, int], bool]] = []
     covered: list[float] = []
     for name in names:
-        lo, hi, (amin, amax) = _GEOMETRY[name]
+        lo, hi, (amin, amax) = kind.geometry[name]
         if tiny:
             lo, hi = _TINY
         long_side, aspect = rng.uniform(lo, hi), rng.uniform(amin, amax)
@@ -163,21 +207,23 @@ def _place(rng, names, width, height, tiny: bool):
     return placed
 
 
-def render_image(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, list[SynthObject]]:
+def render_image(rng: np.random.Generator, width: int, height: int,
+                 kind: Kind = KINDS["shapes"]) -> tuple[np.ndarray, list[SynthObject]]:
     """One image ``uint8 [H, W, 3]`` and its objects, boxes exactly around each object's visible pixels."""
+    classes = kind.classes
     canvas = np.asarray(_background(rng, height, width), dtype=np.float32).copy()
     owner = np.full((height, width), -1, dtype=np.int32)
     objects: list[tuple[str, tuple[int, int, int, int], bool, bool]] = []
     if rng.random() >= _EMPTY_FRACTION:
         count = int(rng.choice([1, 2, 3, 4], p=[0.3, 0.3, 0.25, 0.15]))
-        names = [CLASSES[int(i)] for i in rng.integers(0, len(CLASSES), size=count)]
-        objects = [(n, r, f, False) for n, r, f in _place(rng, names, width, height, tiny=False)]
+        names = [classes[int(i)] for i in rng.integers(0, len(classes), size=count)]
+        objects = [(n, r, f, False) for n, r, f in _place(rng, names, width, height, tiny=False, kind=kind)]
         if rng.random() < 0.35:
-            names = [CLASSES[int(i)] for i in rng.integers(0, len(CLASSES), size=int(rng.integers(1, 3)))]
-            tiny = _place_tiny(rng, names, width, height, [r for _, r, _, _ in objects])
+            names = [classes[int(i)] for i in rng.integers(0, len(classes), size=int(rng.integers(1, 3)))]
+            tiny = _place_tiny(rng, names, width, height, [r for _, r, _, _ in objects], kind)
             objects += [(n, r, f, True) for n, r, f in tiny]
     for k, (name, rect, flip, _) in enumerate(objects):
-        _paint(canvas, owner, k, name, rect, flip, rng)
+        _paint(canvas, owner, k, name, rect, flip, rng, kind)
     canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(rng.uniform(3, 8))
     image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     result = []
@@ -187,14 +233,14 @@ def render_image(rng: np.random.Generator, width: int, height: int) -> tuple[np.
             continue
         box = (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
         truncated = x < 0 or y < 0 or x + w > width or y + h > height
-        result.append(SynthObject(CLASSES.index(name), box, difficult, truncated))
+        result.append(SynthObject(classes.index(name), box, difficult, truncated))
     return image, result
 
 
-def _place_tiny(rng, names, width, height, others):
+def _place_tiny(rng, names, width, height, others, kind: Kind):
     """Tiny objects inside the image, 2 px clear of every other object."""
     placed = []
-    for name, rect, flip in _place(rng, names, width, height, tiny=True):
+    for name, rect, flip in _place(rng, names, width, height, tiny=True, kind=kind):
         grown = (rect[0] - 2, rect[1] - 2, rect[2] + 4, rect[3] + 4)
         if all(_overlap(grown, o) == 0 for o in others):
             placed.append((name, rect, flip))
@@ -206,7 +252,8 @@ def _place_tiny(rng, names, width, height, others):
 # files
 
 
-def _xml(image_id: str, filename: str, width: int, height: int, objects: list[SynthObject]) -> bytes:
+def _xml(image_id: str, filename: str, width: int, height: int, objects: list[SynthObject],
+         classes: tuple[str, ...] = CLASSES) -> bytes:
     """A VOC annotation with 1-based inclusive corners."""
     root = ET.Element("annotation")
     for tag, text in (("folder", "synth"), ("filename", filename)):
@@ -218,7 +265,7 @@ def _xml(image_id: str, filename: str, width: int, height: int, objects: list[Sy
     ET.SubElement(root, "segmented").text = "0"
     for obj in objects:
         node = ET.SubElement(root, "object")
-        for tag, text in (("name", CLASSES[obj.label]), ("pose", "Unspecified"),
+        for tag, text in (("name", classes[obj.label]), ("pose", "Unspecified"),
                           ("truncated", str(int(obj.truncated))), ("difficult", str(int(obj.difficult)))):
             ET.SubElement(node, tag).text = text
         bndbox = ET.SubElement(node, "bndbox")
@@ -241,7 +288,8 @@ DEFAULT_SEED = 0
 
 
 def make_synthetic_set(out_dir: Path, *, n_train: int = DEFAULT_TRAIN, n_test: int = DEFAULT_TEST,
-                       seed: int = DEFAULT_SEED, image_size: tuple[int, int] = (256, 192)) -> tuple[Path, Path]:
+                       seed: int = DEFAULT_SEED, image_size: tuple[int, int] = (256, 192),
+                       kind: str = "shapes", n_val: int = 0) -> tuple[Path, Path]:
     """Write the set under ``out_dir``; return the paths of ``trainval.json`` and ``test.json``.
 
     Layout: ``JPEGImages/<id>.jpg``, ``Annotations/<id>.xml``, ``ImageSets/Main/{trainval,test}.txt``,
@@ -249,17 +297,23 @@ def make_synthetic_set(out_dir: Path, *, n_train: int = DEFAULT_TRAIN, n_test: i
     are written into a staging folder beside ``out_dir`` and moved in when all are written
     (``atomic.atomic_dir``): a full disk or an error half-way leaves nothing of this call in ``out_dir``.
     The manifests are written last and atomically, so their presence means the set is complete.
+    ``kind``: ``"shapes"`` (the demo's and the tests' five classes) or ``"glyphs"`` (four other
+    classes, 30-140 px: ``GLYPHS``), for measuring training on a set it was not tuned to. ``n_val`` > 0
+    also writes ``val.json`` (ids after the test images; for validation during training).
     """
+    family = KINDS[kind]
     out_dir = Path(out_dir)
     splits = (("trainval", 0, n_train, 0), ("test", 1, n_test, n_train))
+    if n_val > 0:
+        splits += (("val", 2, n_val, n_train + n_test),)
     records: dict[str, list[ImageRecord]] = {}
     with atomic_dir(out_dir) as staging:
         for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
             (staging / sub).mkdir(parents=True, exist_ok=True)
-        (staging / "classes.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
+        (staging / "classes.txt").write_text("\n".join(family.classes) + "\n", encoding="utf-8")
         for split, code, count, offset in splits:
             records[split] = [_write_image(staging, f"{offset + i:06d}", np.random.default_rng([seed, code, i]),
-                                           image_size) for i in range(count)]
+                                           image_size, family) for i in range(count)]
             ids = "".join(rec.id + "\n" for rec in records[split])
             (staging / "ImageSets" / "Main" / f"{split}.txt").write_text(ids, encoding="utf-8")
         for split, *_ in splits:  # an older set's manifests go first: never beside half-replaced images
@@ -267,21 +321,21 @@ def make_synthetic_set(out_dir: Path, *, n_train: int = DEFAULT_TRAIN, n_test: i
     paths = []
     for split, *_ in splits:
         path = out_dir / f"{split}.json"
-        write_manifest(path, Manifest(name=f"synth-{split}", classes=list(CLASSES),
+        write_manifest(path, Manifest(name=f"synth-{split}", classes=list(family.classes),
                                       root=str(out_dir.resolve()), images=records[split]))
         paths.append(path)
     return paths[0], paths[1]
 
 
 def _write_image(out_dir: Path, image_id: str, rng: np.random.Generator,
-                 image_size: tuple[int, int]) -> ImageRecord:
+                 image_size: tuple[int, int], kind: Kind) -> ImageRecord:
     width, height = _image_size(rng, image_size)
-    pixels, objects = render_image(rng, width, height)
+    pixels, objects = render_image(rng, width, height, kind)
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=92)
     filename = f"{image_id}.jpg"
     (out_dir / "JPEGImages" / filename).write_bytes(buffer.getvalue())
-    xml = _xml(image_id, filename, width, height, objects)
+    xml = _xml(image_id, filename, width, height, objects, kind.classes)
     (out_dir / "Annotations" / f"{image_id}.xml").write_bytes(xml)
     return ImageRecord(
         id=image_id, path=f"JPEGImages/{filename}", width=width, height=height,

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align, roi_pool
+from torchvision.ops import roi_pool
 
 from ..errors import ConfigError
+from .roialign_grad import roi_align_aligned
 from .roipool import roi_pool_table
 
 POOLERS = ("roipool", "roialign")
@@ -65,8 +66,8 @@ class RoIHead(nn.Module):
                     torch.is_grad_enabled() and features.requires_grad):
                 return roi_pool_table(features, inclusive, self.pool_size, self.spatial_scale)  # same values
             return roi_pool(features, inclusive, self.pool_size, self.spatial_scale)
-        return roi_align(features, rois, self.pool_size, self.spatial_scale, self.sampling_ratio,
-                         aligned=True)
+        # the same values; on the CPU while training, a backward of two matrix products (roialign_grad.py)
+        return roi_align_aligned(features, rois, self.pool_size, self.spatial_scale, self.sampling_ratio)
 
     def predict(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
         """``(class_logits Tensor[S, K+1], box_deltas Tensor[S, 4(K+1)])`` from pooled features."""

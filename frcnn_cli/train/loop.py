@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -18,27 +19,13 @@ from torch import nn
 from ..config import SolverConfig
 from ..devices import autocast
 from ..errors import TrainingError
+from ..model.detector import ForwardOutput
 from ..model.rpn import ProposalSettings, Proposer, RPNProposer
 from . import distributed
+from .schedule import Schedule
 from .steps import StageSpec
 
-
-@dataclass(frozen=True)
-class Schedule:
-    """Step decay with optional linear warm-up: ``lr * gamma^(#drops passed)``."""
-
-    base_lr: float
-    steps: tuple[int, ...]
-    gamma: float = 0.1
-    warmup_iters: int = 0
-    warmup_factor: float = 0.001
-
-    def lr_at(self, iteration: int) -> float:
-        lr = self.base_lr * self.gamma ** sum(iteration >= s for s in self.steps)
-        if iteration < self.warmup_iters:
-            alpha = iteration / self.warmup_iters
-            lr *= self.warmup_factor * (1 - alpha) + alpha
-        return lr
+__all__ = ["LoopHooks", "LoopState", "Schedule", "build_optimizer", "run_loop"]
 
 
 def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.SGD:
@@ -67,12 +54,21 @@ class LoopState:
     extra: dict = field(default_factory=dict)
 
 
+class LearningRate(Protocol):
+    def lr_at(self, iteration: int) -> float: ...
+
+
 @dataclass
 class LoopHooks:
-    """Callbacks: ``on_log(state)`` at logging steps, ``save(next_iteration)`` at checkpoint steps."""
+    """Callbacks: ``on_log(state)`` at logging steps; ``after_iteration(done)`` after every iteration (True:
+    stop the step now, e.g. early stopping), before ``save(done, final)`` at checkpoint steps and at the end;
+    ``prepare_losses(out)`` between the forward and the losses (the detector's per-class target
+    normalisation)."""
 
     on_log: Callable[[LoopState], None] | None = None
-    save: Callable[[int], None] | None = None
+    save: Callable[[int, bool], None] | None = None
+    after_iteration: Callable[[int], bool] | None = None
+    prepare_losses: Callable[[ForwardOutput], None] | None = None
     checkpoint_every: int = 0
     log_every: int = 20
 
@@ -83,10 +79,12 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def _forward_losses(model: nn.Module, core: nn.Module, spec: StageSpec, batch, targets, proposals,
-                    proposer: Proposer | None, amp: bool) -> dict[str, torch.Tensor]:
+                    proposer: Proposer | None, amp: bool, hooks: LoopHooks) -> dict[str, torch.Tensor]:
     with autocast(batch.tensor.device, amp):
         out = model(batch.tensor, batch.image_sizes, batch.scales, targets=targets, proposals=proposals,
                     run_rpn=spec.run_rpn, run_roi_head=spec.run_roi_head, proposer=proposer, sample_rois=True)
+        if hooks.prepare_losses is not None:
+            hooks.prepare_losses(out)
         losses = core.losses(out, targets, batch.image_sizes)
     return {k: v.float() for k, v in losses.items()}
 
@@ -101,9 +99,11 @@ def _check_finite(first_bad: torch.Tensor, spec: StageSpec, hooks_note: str) -> 
 
 
 def run_loop(*, model: nn.Module, core: nn.Module, spec: StageSpec, optimizer: torch.optim.Optimizer,
-             schedule: Schedule, batches: Iterator, start: int, total: int,
-             amp: bool, hooks: LoopHooks, last_good_note: str = "") -> None:
-    """Train ``model`` (possibly DDP-wrapped ``core``) from iteration ``start`` to ``total``.
+             schedule: LearningRate, batches: Iterator, start: int, total: int,
+             amp: bool, hooks: LoopHooks, last_good_note: str = "") -> int:
+    """Train ``model`` (possibly DDP-wrapped ``core``) from iteration ``start`` to ``total``, or until
+    ``hooks.after_iteration`` stops it; returns the iterations done. ``schedule.lr_at(it)`` is read every
+    iteration (a ``Schedule``, or early stopping's control, whose drops may come forward).
 
     ``batches`` yields ``(ImageBatch, Targets, proposals)`` already on the model's device (``proposals``:
     a detector stage's external proposals, else None). The non-finite check reads one device flag only at
@@ -118,7 +118,7 @@ def run_loop(*, model: nn.Module, core: nn.Module, spec: StageSpec, optimizer: t
     for it in range(start, total):
         batch, targets, proposals = next(batches)
         _set_lr(optimizer, schedule.lr_at(it))
-        losses = _forward_losses(model, core, spec, batch, targets, proposals, proposer, amp)
+        losses = _forward_losses(model, core, spec, batch, targets, proposals, proposer, amp, hooks)
         loss = sum(losses.values())
         finite = torch.isfinite(loss)
         first_bad = torch.where((first_bad < 0) & ~finite, torch.full_like(first_bad, it), first_bad)
@@ -138,5 +138,11 @@ def run_loop(*, model: nn.Module, core: nn.Module, spec: StageSpec, optimizer: t
             values["loss"] = float(sum(values.values())) if values else math.nan
             hooks.on_log(LoopState(done, total, values, schedule.lr_at(it), images / elapsed))
             tick, images = time.perf_counter(), 0
-        if saving:
-            hooks.save(done)
+        stop = hooks.after_iteration is not None and hooks.after_iteration(done)
+        if stop and not (logging or saving):
+            _check_finite(first_bad, spec, last_good_note)
+        if saving or stop:
+            hooks.save(done, stop or done == total)
+        if stop:
+            return done
+    return total

@@ -1,9 +1,12 @@
 """The whole 4-step alternating optimisation (or joint training) as one resumable job in a run folder.
 
 Run folder: ``rpn1.pt``, ``props1.h5``, ``det1.pt``, ``rpn2.pt``, ``props2.h5``, ``final.pt`` (joint:
-``final.pt`` only), ``metrics.jsonl`` and ``state.json`` (which steps are done, the manifest hash and the
-config). Rerunning the same command continues after the last finished step, and inside an interrupted one
-(training stages from their ``.resume.pt``, dumps from their ``.partial`` file).
+``final.pt`` only), ``metrics.jsonl`` and ``state.json`` (which steps are done, the manifest hash, the
+config asked for and the one trained: the anchors are measured, and fitted when ``anchors.auto``, once at the
+start). With validation (``val_manifest``) each training step's file is its best checkpoint and
+``<step>.last.pt`` its last, so every later step starts from the best of the one before and ``final.pt`` is
+the best unified detector. Rerunning the same command continues after the last finished step, and inside an
+interrupted one (training stages from their ``.resume.pt``, dumps from their ``.partial`` file).
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ from ..config_io import config_from_dict, config_to_dict
 from ..data.manifest import Manifest, manifest_hash
 from ..errors import ConfigError, DataError
 from ..inference import InferenceSettings, Predictor, dump_proposals
+from ..model.anchor_fit import decide_anchors
 from ..model.checkpoint import load_model, read_init
 from . import distributed
 from .loop import LoopState
+from .schedule import StepPlan, plan_step
 from .stage import StageRequest, run_stage
+from .stage_setup import training_images, trains_fresh_rpn
 from .steps import stage_spec
 
 STATE_FORMAT = "frcnn-run"
@@ -54,7 +60,13 @@ JOINT = (Step("final", "joint"),)
 
 
 def step_path(workdir: Path, step: Step) -> Path:
+    """The file a step leaves for the later ones (with validation: a training step's best checkpoint)."""
     return workdir / (step.name + (".h5" if step.kind == "dump" else ".pt"))
+
+
+def last_path(workdir: Path, step: Step) -> Path:
+    """A training step's last checkpoint when it validates (its ``step_path`` is then the best one)."""
+    return workdir / (step.name + ".last.pt")
 
 
 @dataclass
@@ -73,6 +85,14 @@ class PipelineRequest:
     on_step: StepCallback | None = None  # (step name, "start" | "done" | "skip")
     on_warning: WarningCallback | None = None
     progress: Progress | None = None  # dump progress (done, total)
+    epochs: float | None = None  # --epochs of each training step (not with iters)
+    val_manifest: Manifest | None = None
+    val_path: Path | None = None
+    val_every: int | None = None
+    patience: int | None = None
+    on_plan: Callable[[list[tuple[str, StepPlan]]], None] | None = None  # every training step's plan, at start
+    on_note: Callable[[str], None] | None = None
+    on_validation: Callable[[str, dict], None] | None = None  # (step name, metrics row)
 
 
 def _read_state(path: Path) -> dict | None:
@@ -89,28 +109,62 @@ def _read_state(path: Path) -> dict | None:
     return state
 
 
-def _check_same_run(state: dict, req: PipelineRequest, path: Path) -> Config:
+def _check_same_run(state: dict, req: PipelineRequest, path: Path) -> None:
     if state["manifest_hash"] != manifest_hash(req.manifest):
         raise DataError(f"{req.workdir} holds a run on another dataset than {req.manifest_path} "
                         f"(see {path}); use another --workdir or the original manifest")
-    if state["mode"] != req.mode or state.get("iters") != req.iters:
+    if state["mode"] != req.mode or state.get("iters") != req.iters or state.get("epochs") != req.epochs:
         iters = state.get("iters") or "of the preset"
-        raise ConfigError(f"{req.workdir} holds an {state['mode']} run with iterations {iters}; "
+        epochs = state.get("epochs") or "of the preset"
+        raise ConfigError(f"{req.workdir} holds an {state['mode']} run with iterations {iters} and epochs {epochs}; "
                           "rerun it with the same options or use another --workdir")
+    if {k: state.get(k) for k in _VAL_KEYS} != _val_record(req):
+        raise ConfigError(f"{req.workdir} holds a run with other validation options (--val, --val-every, "
+                          f"--patience; see {path}); rerun it with the same options or use another --workdir")
     saved = config_from_dict(state["config"])  # the recipe only: runtime settings may change between runs
     if saved != req.cfg:
         raise ConfigError(f"{req.workdir} was started with another config (see {path}); rerun with the same "
                           "--config/--set or use another --workdir")
-    return saved
+
+
+_VAL_KEYS = ("val_hash", "val_every", "patience")
+
+
+def _val_record(req: PipelineRequest) -> dict:
+    val_hash = manifest_hash(req.val_manifest) if req.val_manifest is not None else None
+    return {"val_hash": val_hash, "val_every": req.val_every, "patience": req.patience}
 
 
 def _new_state(req: PipelineRequest) -> dict:
-    return {"format": STATE_FORMAT, "version": STATE_VERSION, "mode": req.mode, "iters": req.iters,
-            "manifest": str(req.manifest_path), "manifest_hash": manifest_hash(req.manifest),
-            "config": config_to_dict(req.cfg), "done": []}
+    """A new run's state; the anchors are decided (measured, fitted when ``anchors.auto``) here, once."""
+    trained = req.cfg
+    first = ALTERNATING[0] if req.mode == "alternating" else JOINT[0]
+    anchors = None
+    if req.cfg.init in ("imagenet", "none") or trains_fresh_rpn(stage_spec(first.kind), read_init(req.cfg.init)):
+        decision = decide_anchors(req.cfg, req.manifest)
+        trained, anchors = decision.config, decision
+    state = {"format": STATE_FORMAT, "version": STATE_VERSION, "mode": req.mode, "iters": req.iters,
+             "epochs": req.epochs, **_val_record(req), "val": str(req.val_path) if req.val_path else None,
+             "manifest": str(req.manifest_path), "manifest_hash": manifest_hash(req.manifest),
+             "config": config_to_dict(req.cfg), "trained_config": config_to_dict(trained), "done": [],
+             "anchors": anchors.to_dict() if anchors is not None else None}
+    return state, anchors
 
 
-def _run_step(req: PipelineRequest, step: Step) -> None:
+def plans(req: PipelineRequest, cfg: Config) -> list[tuple[str, StepPlan]]:
+    """Every training step's plan (images, epochs, iterations, lr drops) under ``cfg``."""
+    out = []
+    for step in ALTERNATING if req.mode == "alternating" else JOINT:
+        if step.kind == "dump":
+            continue
+        spec = stage_spec(step.kind, freeze_shared=step.freeze_shared)
+        images = training_images(req.manifest, spec, cfg, req.manifest_path)
+        out.append((step.name, plan_step(cfg.solver, spec.kind, images=len(images.images), flip=cfg.input.flip,
+                                         world_size=distributed.world_size(), iters=req.iters, epochs=req.epochs)))
+    return out
+
+
+def _run_step(req: PipelineRequest, step: Step, cfg: Config) -> None:
     out = step_path(req.workdir, step)
     steps = {s.name: s for s in (ALTERNATING if req.mode == "alternating" else JOINT)}
     if step.kind == "dump":
@@ -122,14 +176,40 @@ def _run_step(req: PipelineRequest, step: Step) -> None:
                            checkpoint_path=model_path, progress=req.progress)
         distributed.barrier()
         return
-    init = str(step_path(req.workdir, steps[step.init_from])) if step.init_from else req.cfg.init
+    init = str(step_path(req.workdir, steps[step.init_from])) if step.init_from else cfg.init
     proposals = step_path(req.workdir, steps[step.proposals_from]) if step.proposals_from else None
     spec = stage_spec(step.kind, freeze_shared=step.freeze_shared)
-    run_stage(StageRequest(cfg=req.cfg, spec=spec, manifest=req.manifest, manifest_path=req.manifest_path,
-                           out=out, init=read_init(init), device=req.device, runtime=req.runtime, iters=req.iters,
-                           proposals_path=proposals, checkpoint_every=req.checkpoint_every, resume=True,
-                           metrics_path=req.workdir / "metrics.jsonl", on_log=req.on_log,
-                           on_warning=req.on_warning))
+    validating = req.val_manifest is not None
+    on_validation = None
+    if req.on_validation is not None:
+        on_validation = lambda row: req.on_validation(step.name, row)  # noqa: E731
+    run_stage(StageRequest(cfg=cfg, spec=spec, manifest=req.manifest, manifest_path=req.manifest_path,
+                           out=last_path(req.workdir, step) if validating else out, best_out=out,
+                           init=read_init(init), device=req.device, runtime=req.runtime, iters=req.iters,
+                           epochs=req.epochs, proposals_path=proposals, checkpoint_every=req.checkpoint_every,
+                           resume=True, metrics_path=req.workdir / "metrics.jsonl", on_log=req.on_log,
+                           on_warning=req.on_warning, decide_anchors=False, val_manifest=req.val_manifest,
+                           val_path=req.val_path, val_every=req.val_every, patience=req.patience,
+                           on_validation=on_validation))
+
+
+def _start(req: PipelineRequest, state_path: Path) -> tuple[dict, Config]:
+    """The run's state (new, or the one in the folder, checked against the request) and the config its steps
+    train with (the anchors decided at the start)."""
+    state = _read_state(state_path)
+    if state is None:
+        if req.resume and req.on_warning is not None and distributed.is_main():
+            req.on_warning(f"--resume: {req.workdir} holds no run to resume (no {state_path.name}); starting one")
+        state, decision = _new_state(req)
+        if distributed.is_main():
+            atomic_write_json(state_path, state)
+            if decision is not None and decision.warn and req.on_warning is not None:
+                req.on_warning(decision.message)
+            elif decision is not None and req.on_note is not None:
+                req.on_note(decision.message)
+    else:
+        _check_same_run(state, req, state_path)
+    return state, config_from_dict(state.get("trained_config") or state["config"])
 
 
 def run_pipeline(req: PipelineRequest) -> Path:
@@ -143,15 +223,9 @@ def run_pipeline(req: PipelineRequest) -> Path:
     ensure_dir(req.workdir)
     req.device = distributed.setup(req.device)  # before any barrier: a resumed run may start with a dump
     state_path = req.workdir / "state.json"
-    state = _read_state(state_path)
-    if state is None:
-        if req.resume and req.on_warning is not None and distributed.is_main():
-            req.on_warning(f"--resume: {req.workdir} holds no run to resume (no {state_path.name}); starting one")
-        state = _new_state(req)
-        if distributed.is_main():
-            atomic_write_json(state_path, state)
-    else:
-        _check_same_run(state, req, state_path)
+    state, cfg = _start(req, state_path)
+    if req.on_plan is not None and distributed.is_main():
+        req.on_plan(plans(req, cfg))
     for step in ALTERNATING if req.mode == "alternating" else JOINT:
         if step.name in state["done"]:
             if req.on_step:
@@ -159,7 +233,7 @@ def run_pipeline(req: PipelineRequest) -> Path:
             continue
         if req.on_step:
             req.on_step(step.name, "start")
-        _run_step(req, step)
+        _run_step(req, step, cfg)
         state["done"].append(step.name)
         if distributed.is_main():
             atomic_write_json(state_path, state)

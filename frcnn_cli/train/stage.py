@@ -1,8 +1,11 @@
 """One training stage from start to checkpoint: ``train-rpn``, ``train-detector`` and the joint mode.
 
-Wires the model, the data, the proposal file and the resume state around the one loop in ``loop.py``.
+Wires the model, the data, the proposal file and the resume state around the one loop in ``loop.py``; what
+the stage decides from its data before the first iteration (images, anchors, target statistics, validator) is
+in ``stage_setup.py``, its schedule in ``schedule.py``, validation and early stopping in ``step_control.py``.
 While it runs, ``<out>.resume.pt`` holds the latest resumable state (written atomically every
 ``checkpoint_every`` iterations); the final checkpoint appears under ``<out>`` only when the stage is done.
+With validation, the best checkpoint so far is ``best_out`` (default ``<out stem>.best.pt``).
 """
 
 from __future__ import annotations
@@ -26,10 +29,16 @@ from ..data.proposal_store import ProposalStore
 from ..devices import place_model
 from ..errors import ConfigError, TrainingError
 from ..model.checkpoint import Init, file_sha256, read_checkpoint, save_checkpoint
+from ..model.detector import FasterRCNN
 from . import distributed
 from .batching import device_batches, proposal_source
-from .loop import LoopHooks, LoopState, Schedule, build_optimizer, run_loop
-from .steps import StageSpec, build_stage_model, freeze_for_stage, scaled_schedule, shared_convs_warning
+from .loop import LoopHooks, LoopState, build_optimizer, run_loop
+from .schedule import StepPlan, plan_step
+from .stage_setup import best_path, make_validator, stage_anchors, stage_target_stats, training_images
+from .step_control import StepControl
+from .steps import StageSpec, build_stage_model, freeze_for_stage, shared_convs_warning
+from .target_stats import TargetNormaliser, folded
+from .validation import default_val_every
 
 
 @dataclass
@@ -53,6 +62,16 @@ class StageRequest:
     on_warning: WarningCallback | None = None  # something odd but allowed (rank 0 only)
     # once every input is checked, just before the first iteration: (first iteration, total) (rank 0 only)
     on_start: Callable[[int, int], None] | None = None
+    epochs: float | None = None  # --epochs (per step; not with iters)
+    val_manifest: Manifest | None = None  # --val: validated every val_every epochs
+    val_path: Path | None = None
+    val_every: int | None = None  # epochs between validations (None: default_val_every)
+    patience: int | None = None  # validations without a better figure before the lr drop / the stop
+    best_out: Path | None = None  # where the best checkpoint goes (default best_path(out))
+    decide_anchors: bool = True  # False: the caller (the pipeline) measured and fitted them already
+    on_plan: Callable[[StepPlan], None] | None = None  # the step's plan, before on_start (rank 0 only)
+    on_note: Callable[[str], None] | None = None  # what the stage decided from the data (rank 0 only)
+    on_validation: Callable[[dict], None] | None = None  # each validation's (and event's) metrics row
 
 
 def resume_path(out: Path) -> Path:
@@ -95,6 +114,17 @@ class _MetricsLog:
                 self.tb.add_scalar(f"{self.stage}/{key}", value, state.iteration)
             self.tb.add_scalar(f"{self.stage}/lr", state.lr, state.iteration)
 
+    def write_row(self, row: dict) -> None:
+        """A validation (``val_map`` / ``val_recall``) or an event row (``lr_drop``, ``early_stop``)."""
+        if self.path is None:
+            return
+        append_text(self.path, json.dumps({"stage": self.stage, **row}) + "\n")
+        if self.tb is not None:
+            flat = {k: v for k, v in row.items() if k.startswith("val_") and isinstance(v, (int, float))}
+            flat.update({f"val_recall_{t}": v for t, v in (row.get("val_recall") or {}).items()})
+            for key, value in flat.items():
+                self.tb.add_scalar(f"{self.stage}/{key}", value, row["iteration"])
+
 
 def _provenance(req: StageRequest, init_info: dict, total: int, seed: int) -> dict:
     prov = {"manifest_hash": manifest_hash(req.manifest), "manifest": str(req.manifest_path),
@@ -106,7 +136,7 @@ def _provenance(req: StageRequest, init_info: dict, total: int, seed: int) -> di
     return prov
 
 
-def _load_resume(req: StageRequest, model, optimizer, total: int) -> int:
+def _load_resume(req: StageRequest, model, optimizer, total: int, control: StepControl) -> int:
     path = resume_path(req.out)
     if not (req.resume and path.exists()):
         return 0
@@ -121,35 +151,68 @@ def _load_resume(req: StageRequest, model, optimizer, total: int) -> int:
                             f"delete {path} to start this stage afresh")
     if state.get("total", total) != total:
         raise TrainingError(f"{path} is a run of {state['total']} iterations, this one asks for {total}; resume "
-                            f"with the same --iters, or delete {path} to start this stage afresh")
+                            f"with the same --iters/--epochs, or delete {path} to start this stage afresh")
     model.load_state_dict({f"{p}.{k}": v for p, sd in ckpt["parts"].items() for k, v in sd.items()},
                           strict=False)
     optimizer.load_state_dict(state["optimizer"])
+    control.load_state_dict(state.get("control"))
     per_rank = state.get("rng_per_rank") or []
     _restore_rng(per_rank[distributed.rank()] if len(per_rank) == distributed.world_size() else state["rng"])
     return int(state["iteration"])
 
 
-def _saver(req: StageRequest, model, optimizer, parts: tuple[str, ...], prov: dict, total: int):
-    label = req.spec.label
+@dataclass
+class _Saving:
+    """What a stage's checkpoints hold besides the weights, and the per-class target statistics that are
+    folded into ``bbox_pred`` in every checkpoint but the resumable state."""
 
-    def save(done: int) -> None:
+    model: FasterRCNN
+    parts: tuple[str, ...]
+    prov: dict
+    total: int
+    stats: object = None  # TargetStats | None
+
+    def write(self, path: Path, label: str, train_state: dict, extra: dict) -> None:
+        with folded(self.model.roi_head.bbox_pred, self.stats, self.model.box_coder):
+            save_checkpoint(path, self.model, stage=label, provenance={**self.prov, **extra}, parts=self.parts,
+                            train_state=train_state)
+
+
+def _saver(req: StageRequest, optimizer, saving: _Saving, control: StepControl):
+    label, model, total = req.spec.label, saving.model, saving.total
+
+    def save(done: int, final: bool) -> None:
         # every rank samples anchors and RoIs with its own RNG stream: rank 0 keeps them all
-        rngs = distributed.all_gather_objects(_rng_state()) if done < total else []
+        rngs = distributed.all_gather_objects(_rng_state()) if not final else []
         if not distributed.is_main():
             return
-        if done < total:
+        if not final:
             state = {"iteration": done, "total": total, "optimizer": optimizer.state_dict(),
-                     "rng": rngs[0], "rng_per_rank": rngs, "manifest_hash": prov["manifest_hash"]}
-            save_checkpoint(resume_path(req.out), model, stage=label, provenance=prov,
+                     "rng": rngs[0], "rng_per_rank": rngs, "manifest_hash": saving.prov["manifest_hash"],
+                     "control": control.state_dict()}
+            save_checkpoint(resume_path(req.out), model, stage=label, provenance=saving.prov,
                             parts=model.part_names, train_state=state)
             return
-        save_checkpoint(req.out, model, stage=label, provenance=prov, parts=parts,
-                        train_state={"iteration": done, "total": total, "finished": True})
+        summary = control.summary()
+        extra = {"iterations": done, "planned_iterations": total, **({"validation": summary} if summary else {})}
+        saving.write(req.out, label, {"iteration": done, "total": total, "finished": True,
+                                      "stopped_early": done < total}, extra)
         with contextlib.suppress(FileNotFoundError):
             resume_path(req.out).unlink()
 
     return save
+
+
+def _best_saver(req: StageRequest, saving: _Saving):
+    def on_best(done: int, row: dict) -> None:
+        figure = {k: v for k, v in row.items() if k.startswith("val_") and k != "val_seconds"}
+        record = {"iteration": done, "epoch": row["epoch"], **figure, "val": str(req.val_path),
+                  "val_hash": manifest_hash(req.val_manifest)}
+        saving.write(req.best_out or best_path(req.out), req.spec.label,
+                     {"iteration": done, "total": saving.total, "best": True},
+                     {"iterations": done, "best": record})
+
+    return on_best
 
 
 def _check_request(req: StageRequest) -> None:
@@ -159,66 +222,109 @@ def _check_request(req: StageRequest) -> None:
         raise ConfigError(f"--checkpoint-every must be 0 (off) or positive, got {req.checkpoint_every}")
     if not req.manifest.images:
         raise ConfigError(f"{req.manifest_path} holds no images; there is nothing to train on")
-    for path in (req.out, req.metrics_path):
+    best = (req.best_out or best_path(req.out)) if req.val_manifest is not None else None
+    for path in (req.out, req.metrics_path, best):
         if path is not None:  # before any training: a checkpoint that cannot be written is better known now
             check_writable(path, option="--out")
 
 
-def _announce(req: StageRequest, warning: str | None, start: int, total: int) -> None:
-    """The warning and the start, on rank 0, once the init, the proposals and the resume state are checked."""
+def _announce(req: StageRequest, warnings: list[str | None], notes: list[str], plan: StepPlan, start: int) -> None:
+    """The warnings, the notes, the plan and the start, on rank 0, once the init, the proposals and the resume
+    state are checked."""
     if not distributed.is_main():
         return
-    if warning is not None and req.on_warning is not None:
-        req.on_warning(warning)
+    for warning in warnings:
+        if warning is not None and req.on_warning is not None:
+            req.on_warning(warning)
+    for note in notes:
+        if req.on_note is not None:
+            req.on_note(note)
+    if req.on_plan is not None:
+        req.on_plan(plan)
     if req.on_start is not None:
-        req.on_start(start, total)
+        req.on_start(start, plan.iterations)
+
+
+def _decide(req: StageRequest) -> tuple[Config, list[str], list[str], dict]:
+    """The config after the anchors were measured (and fitted): notes and warnings for the user, and a
+    provenance record."""
+    decision = stage_anchors(req.cfg, req.manifest, req.spec, req.init) if req.decide_anchors else None
+    if decision is None:
+        return req.cfg, [], [], {}
+    said = ([], [decision.message]) if decision.warn else ([decision.message], [])
+    return decision.config, *said, {"anchors": decision.to_dict()}
+
+
+def _control(req: StageRequest, plan: StepPlan, validator, model, saving: _Saving,
+             metrics: _MetricsLog) -> StepControl:
+    every = 0
+    if req.val_manifest is not None:
+        epochs = req.val_every or default_val_every(len(req.val_manifest.images), plan.entries, req.spec)
+        every = max(1, round(epochs * plan.iters_per_epoch))
+
+    def on_row(row: dict) -> None:
+        metrics.write_row(row)
+        if req.on_validation is not None:
+            req.on_validation(row)
+
+    return StepControl(plan, saving.model.cfg.solver, validator=validator, validating=req.val_manifest is not None,
+                       model=model, every=every, patience=req.patience, on_best=_best_saver(req, saving),
+                       on_row=on_row)
 
 
 def run_stage(req: StageRequest) -> Path:
     """Train one stage and write its checkpoint to ``req.out``; returns ``req.out``."""
     _check_request(req)
-    cfg, spec = req.cfg, req.spec
-    torch.manual_seed(cfg.seed)
+    spec = req.spec
+    torch.manual_seed(req.cfg.seed)
     req.device = distributed.setup(req.device)
     store = None
     if spec.needs_proposal_file:
         store = ProposalStore(req.proposals_path)
         store.check_manifest(req.manifest, req.manifest_path)
+    cfg, notes, warnings, decided = _decide(req)
+    images = training_images(req.manifest, spec, cfg, req.manifest_path)
+    plan = plan_step(cfg.solver, spec.kind, images=len(images.images), flip=cfg.input.flip,
+                     world_size=distributed.world_size(), iters=req.iters, epochs=req.epochs)
     model, init_info, loaded = build_stage_model(cfg, req.manifest.classes, spec, req.init)
     freeze_for_stage(model, spec)
     # on the CPU 3x3 convs >= 128 channels: Winograd forward (and gradients when trained)
     place_model(model, req.device, req.runtime, training=True)
     channels_last = req.device.type == "cuda" and req.runtime.channels_last
-    default_iters, steps = spec.iterations(cfg.solver)
-    total, steps = scaled_schedule(default_iters, steps, req.iters)
+    total = plan.iterations
     optimizer = build_optimizer(model, cfg.solver)
-    start = _load_resume(req, model, optimizer, total)
+    stats = stage_target_stats(cfg, spec, store, req.manifest)
+    prov = {**_provenance(req, init_info, total, cfg.seed), **decided, "plan": plan.to_dict(),
+            **({"box_target_stats": stats.to_dict()} if stats is not None else {})}
+    parts = tuple(p for p in model.part_names if p in spec.trainable or p in loaded)
+    saving = _Saving(model, parts, prov, total, stats)
+    metrics = _MetricsLog(req.metrics_path if distributed.is_main() else None, spec.label)
+    validator = make_validator(val=req.val_manifest, spec=spec, model=model, store=store, stats=stats,
+                               device=req.device, runtime=req.runtime) if distributed.is_main() else None
+    control = _control(req, plan, validator, model, saving, metrics)
+    start = _load_resume(req, model, optimizer, total, control)
     if start >= total:
         raise TrainingError(f"{resume_path(req.out)} is already at iteration {start} of {total}; "
-                            "delete it or ask for more --iters")
-    prov = _provenance(req, init_info, total, cfg.seed)
-    _announce(req, shared_convs_warning(spec, init_info), start, total)
-    parts = tuple(p for p in model.part_names if p in spec.trainable or p in loaded)
+                            "delete it or ask for more --iters/--epochs")
+    _announce(req, [*warnings, shared_convs_warning(spec, init_info)], notes, plan, start)
     wrapped = distributed.wrap(model, req.device)
-    dataset = DetectionDataset(req.manifest, cfg, train=True)
-    batch_size = spec.images_per_batch(cfg.solver)
-    loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=cfg.seed,
+    dataset = DetectionDataset(images, cfg, train=True)
+    loader = make_loader(dataset, batch_size=spec.images_per_batch(cfg.solver), shuffle=True, seed=cfg.seed,
                          num_workers=req.runtime.num_workers, start_iteration=start,
                          pin_memory=req.device.type == "cuda", **distributed.shard_kwargs())
-    metrics = _MetricsLog(req.metrics_path if distributed.is_main() else None, spec.label)
 
     def on_log(state: LoopState) -> None:
         metrics.write(state)
         if req.on_log is not None and distributed.is_main():
             req.on_log(state)
 
-    hooks = LoopHooks(on_log=on_log, save=_saver(req, model, optimizer, parts, prov, total),
+    hooks = LoopHooks(on_log=on_log, save=_saver(req, optimizer, saving, control),
+                      after_iteration=control.after_iteration if req.val_manifest is not None else None,
+                      prepare_losses=TargetNormaliser(stats, model.box_coder, req.device) if stats else None,
                       checkpoint_every=req.checkpoint_every, log_every=req.runtime.log_every)
-    warmup = min(cfg.solver.warmup_iters, max(steps[0] if steps else total, 1) // 2)  # short runs warm up less
-    schedule = Schedule(cfg.solver.lr, steps, cfg.solver.gamma, warmup, cfg.solver.warmup_factor)
     note = (f"the last good state is in {resume_path(req.out)}." if req.checkpoint_every else
             "no checkpoint was written (use --checkpoint-every N to keep one).")
-    run_loop(model=wrapped, core=model, spec=spec, optimizer=optimizer, schedule=schedule,
+    run_loop(model=wrapped, core=model, spec=spec, optimizer=optimizer, schedule=control,
              batches=device_batches(loader, req.device, channels_last=channels_last,
                                     proposals_for=proposal_source(store, req.device) if store is not None else None),
              start=start, total=total, amp=req.runtime.amp, hooks=hooks, last_good_note=note)

@@ -50,14 +50,6 @@ class StageSpec:
         """The ``stage`` its checkpoints record: rpn, detector, rpn-shared-frozen, detector-shared-frozen, joint."""
         return self.kind + ("-shared-frozen" if self.freeze_shared else "")
 
-    def iterations(self, solver: SolverConfig) -> tuple[int, tuple[int, ...]]:
-        """The preset's iteration count and lr drops for this kind of stage."""
-        return {
-            "rpn": (solver.rpn_iters, solver.rpn_steps),
-            "detector": (solver.det_iters, solver.det_steps),
-            "joint": (solver.joint_iters, solver.joint_steps),
-        }[self.kind]
-
     def images_per_batch(self, solver: SolverConfig) -> int:
         return solver.rpn_images_per_batch if self.kind == "rpn" else solver.det_images_per_batch
 
@@ -75,15 +67,6 @@ def stage_spec(kind: str, *, freeze_shared: bool = False) -> StageSpec:
         trainable = ("roi_head",) if freeze_shared else ("backbone", "roi_head")
         return StageSpec("detector", freeze_shared, False, True, True, trainable)
     return StageSpec("joint", False, True, True, False, ("backbone", "rpn", "roi_head"))
-
-
-def scaled_schedule(default_iters: int, steps: tuple[int, ...], iters: int | None) -> tuple[int, tuple[int, ...]]:
-    """``--iters N`` keeps the lr drops at the same fraction of the run (60k of 80k → 3/4 of N)."""
-    if iters is None or iters == default_iters:
-        return default_iters, steps
-    if iters <= 0:
-        raise ConfigError(f"--iters must be a positive number of iterations, got {iters}")
-    return iters, tuple(max(1, round(s * iters / default_iters)) for s in steps)
 
 
 def build_stage_model(cfg: Config, classes: list[str], spec: StageSpec,
