@@ -12,7 +12,7 @@ import torch
 from conftest import cpu_predictor, single_thread
 
 from frcnn_cli.ablations import ProposalAblation
-from frcnn_cli.config import RuntimeConfig, runtime_defaults
+from frcnn_cli.config import runtime_defaults
 from frcnn_cli.data.images import batch_from_images, find_images, load_image
 from frcnn_cli.data.manifest import read_manifest
 from frcnn_cli.evaluate.voc import detections_by_class, evaluate_detections
