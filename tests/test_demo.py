@@ -92,3 +92,15 @@ def test_a_workdir_with_a_set_of_another_size_is_refused(demo_run, assert_clean_
     result = CliRunner().invoke(cli, ["demo", "--workdir", str(workdir), "--iters", "10", "--train", "20",
                                       "--test", "8"])
     assert_clean_error(result, "16 + 8 images", "--train 16 --test 8")
+
+
+@pytest.mark.parametrize(("cores", "load", "threads"), [(2, 0.1, 2), (2, 0.6, 1), (2, 3.5, 1), (8, 1.2, 7),
+                                                         (8, 6.0, 4), (1, 0.0, 1)])
+def test_the_demo_takes_the_cores_idle_at_its_start_and_at_least_half(monkeypatch, cores, load, threads):
+    import os
+
+    from frcnn_cli import demo
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+    assert demo.default_threads() == threads

@@ -82,7 +82,7 @@ def _report(summary: dict, workdir: Path) -> None:
               help="Synthetic test images.")
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Seed of the synthetic set.")
 @click.option("--threads", type=positive_int, default=None,
-              help="PyTorch threads on the CPU [half the cores: 1 on a 2-core machine].")
+              help="PyTorch threads on the CPU [the cores idle at the start, at least half of them].")
 @click.option("--iters", type=positive_int, default=None, hidden=True,
               help="Iterations of every training step (quick runs; the preset's otherwise).")
 def demo(workdir, device, n_train, n_test, seed, threads, iters) -> None:
