@@ -64,6 +64,12 @@ class InputConfig(_Checked):
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # in pixel_order and pixel_range
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # Caffe: (1, 1, 1)
     size_divisor: int = 1  # padded batch sides are multiples of this (1: the largest image, as py-faster-rcnn)
+    # augmentation of training images (data/augment.py; off in the paper presets, which stay exact):
+    # scale_jitter: each image's shorter side drawn uniformly from min(train_scales) to max(train_scales)
+    # instead of one of the listed scales; photometric: brightness, contrast and saturation each scaled by a
+    # factor drawn from [1 - p, 1 + p] (0: off)
+    scale_jitter: bool = False
+    photometric: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,15 @@ class SolverConfig(_Checked):
     # RPN steps (and joint mode) leave out images without a non-difficult object (py-faster-rcnn's
     # filter_roidb); detector steps keep them as negatives
     rpn_drop_empty: bool = False
+    # `frcnn train`'s default --mode (the paper presets: the 4-step alternating optimisation)
+    mode: str = "alternating"
+    # the length chosen from the data (train/data_schedule.py), when no --epochs/--iters/--time is given:
+    # val_fraction of the training images held out for validation when no --val is given (0: none, the
+    # paper presets); with validation, each step runs up to max_epochs (0: its *_epochs), its lr drop and its
+    # end brought forward by a patience of `patience` validations without progress (0: none)
+    val_fraction: float = 0.0
+    max_epochs: float = 0.0
+    patience: int = 0
 
 
 @dataclass(frozen=True)
@@ -193,7 +208,8 @@ _POSITIVE, _NON_NEGATIVE, _UNIT = (0, math.inf, True), (0, math.inf, False), (0,
 _AT_LEAST_1, _FINITE, _SIDE = (1, math.inf, False), (-math.inf, math.inf, False), (1, MAX_INPUT_SIDE, False)
 _RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {  # key -> (low, high, low excluded)
     "InputConfig": {"train_scales": _SIDE, "test_scale": _SIDE, "max_size": _SIDE, "pixel_range": _POSITIVE,
-                    "pixel_mean": _FINITE, "pixel_std": _POSITIVE, "size_divisor": (1, 1024, False)},
+                    "pixel_mean": _FINITE, "pixel_std": _POSITIVE, "size_divisor": (1, 1024, False),
+                    "photometric": (0, 0.9, False)},
     "AnchorConfig": {"base_size": _POSITIVE, "ratios": _POSITIVE, "scales": _POSITIVE, "stride": _AT_LEAST_1},
     "RPNConfig": {"conv_channels": (1, MAX_CHANNELS, False), "positive_iou": _UNIT, "negative_iou": _UNIT,
                   "batch_size_per_image": _AT_LEAST_1, "positive_fraction": _UNIT, "allowed_border": _FINITE,
@@ -208,7 +224,8 @@ _RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {  # key -> (low, hig
     "SolverConfig": {"lr": _NON_NEGATIVE, "momentum": _UNIT, "weight_decay": _NON_NEGATIVE, "gamma": _POSITIVE,
                      "bias_lr_factor": _NON_NEGATIVE, "warmup_iters": _NON_NEGATIVE,
                      "warmup_epochs": _NON_NEGATIVE, "warmup_factor": _POSITIVE, "lr_drops": _UNIT,
-                     "min_iters": _NON_NEGATIVE,
+                     "min_iters": _NON_NEGATIVE, "val_fraction": (0, 0.5, False), "max_epochs": (0, 1e6, False),
+                     "patience": (0, 10_000, False),
                      **{f"{k}_iters": _NON_NEGATIVE for k in ("rpn", "det", "joint")},
                      **{f"{k}_epochs": (0, 1e6, False) for k in ("rpn", "det", "joint")},
                      **{f"{k}_steps": _NON_NEGATIVE for k in ("rpn", "det", "joint")},
@@ -220,6 +237,7 @@ _CHOICES: dict[str, dict[str, tuple[str, ...]]] = {  # key -> the allowed names,
     "InputConfig": {"pixel_order": PIXEL_ORDERS},
     "RPNConfig": {"objectness": OBJECTNESS, "loss_normalization": LOSS_NORMALIZATIONS},
     "RoIHeadConfig": {"pooler": POOLERS, "box_target_norm": BOX_TARGET_NORMS},
+    "SolverConfig": {"mode": TRAIN_MODES},
     "Config": {"backbone": BACKBONES},
 }
 _SECTIONS = {"InputConfig": "input.", "AnchorConfig": "anchors.", "RPNConfig": "rpn.",

@@ -1,6 +1,6 @@
-"""The schedule and validation options of the training commands (``--epochs``, ``--val``, ``--val-every``,
-``--patience``) and how their outcome is shown: the plan at the start, the validation figures on the progress
-line, the best checkpoint at the end."""
+"""The schedule and validation options of the training commands (``--epochs``, ``--time``, ``--val``,
+``--val-every``, ``--patience``) and how their outcome is shown: the plan at the start, the validation figures
+on the progress line, the best checkpoint at the end."""
 
 from __future__ import annotations
 
@@ -20,29 +20,51 @@ _EPOCHS_HELP = ("Passes over the training images (and their mirror images) of EA
                 "preset's (lr drops and warm-up scale with it); not with --iters.")
 
 
+_TIME_HELP = ("A time budget for the whole run (15m, 90s, 2h, 1h30m): every step's length, lr drops and "
+              "validations fitted to it from the measured speed, the best checkpoint kept; not with --epochs or "
+              "--iters.")
+
+
 def schedule_options(f):
-    """``--epochs``, ``--val``, ``--val-every``, ``--patience`` (applied under the existing options)."""
+    """``--epochs``, ``--time``, ``--val``, ``--val-every``, ``--patience`` (applied under the existing options)."""
     f = click.option("--patience", type=click.IntRange(min=1), default=None,
-                     help="With --val: after K validations without a better figure the lr drops early, and "
-                          "after K more with no drop left the step stops (default: never stop early).")(f)
+                     help="With validation: after K validations without a better figure the lr drops early, and "
+                          "after K more with no drop left the step stops (default: the preset's solver.patience "
+                          "when no length is given, else never stop early).")(f)
     f = click.option("--val-every", type=click.IntRange(min=1), default=None,
                      help="Epochs between validations [about a tenth of the training time].")(f)
     f = click.option("--val", "val", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="Validation manifest (e.g. NAME.val.json of frcnn prepare folder --val-fraction): "
                           "RPN steps measure proposal recall, detector steps VOC07 mAP; the best checkpoint "
                           "is kept.")(f)
+    f = click.option("--time", "time_budget", default=None, metavar="DURATION", help=_TIME_HELP)(f)
     f = click.option("--epochs", type=FiniteFloatRange(min=0, min_open=True), default=None, help=_EPOCHS_HELP)(f)
     return f
 
 
+def budget_seconds(text: str | None, *, iters: int | None, epochs: float | None) -> float | None:
+    """``--time`` in seconds (None when not given); refused with ``--iters`` or ``--epochs``."""
+    from ..train.budget import parse_duration
+
+    if text is None:
+        return None
+    if iters is not None or epochs is not None:
+        raise ConfigError("give one of --time, --epochs or --iters: --time fits every step's length to the budget, "
+                          "--epochs and --iters fix it")
+    return parse_duration(text)
+
+
 def read_val(val: Path | None, train: Manifest, data: Path, *, iters: int | None, epochs: float | None,
-             val_every: int | None, patience: int | None) -> Manifest | None:
-    """The validation manifest, checked against the training one; the option combinations checked first."""
+             val_every: int | None, patience: int | None, carving: bool = False) -> Manifest | None:
+    """The validation manifest, checked against the training one; the option combinations checked first.
+    ``carving``: without ``--val`` the run validates on a split it carves (``frcnn train``)."""
     from ..train.validation import check_val_manifest
 
     if iters is not None and epochs is not None:
         raise ConfigError("give --epochs or --iters, not both: --epochs sets each step's length in passes over "
                           "the data, --iters in iterations")
+    if val is None and carving:
+        return None
     if val is None:
         for name, value in (("--val-every", val_every), ("--patience", patience)):
             if value is not None:

@@ -10,6 +10,7 @@ from rich.markup import escape
 from ..config import TRAIN_MODES
 from ..data.manifest import read_manifest
 from ..devices import process_settings, resolve_device
+from ..train.budget import format_duration
 from . import console
 from .options import (
     FiniteFloatRange,
@@ -21,7 +22,15 @@ from .options import (
     load_predictor,
     positive_int,
 )
-from .schedule_options import Estimates, ValidationView, best_summary, read_val, schedule_options, show_plan
+from .schedule_options import (
+    Estimates,
+    ValidationView,
+    best_summary,
+    budget_seconds,
+    read_val,
+    schedule_options,
+    show_plan,
+)
 
 _ITERS_HELP = "Iterations of this step (default: the preset's; lr drops keep their fraction of the run)."
 
@@ -56,14 +65,20 @@ def _is_main_process() -> bool:
 
 def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every,
                   resume, device, proposals=None, schedule: dict) -> None:
+    from ..train.budget_control import StepBudget
+    from ..train.data_schedule import choose_length
     from ..train.stage import StageRequest, resume_path, run_stage
     from ..train.stage_setup import best_path
     from ..train.steps import stage_config, stage_spec
 
     hold_output(out, "--out")
+    seconds = budget_seconds(schedule["time_budget"], iters=iters, epochs=schedule["epochs"])
     manifest = read_manifest(data)
-    val = read_val(schedule["val"], manifest, data, iters=iters, **{k: v for k, v in schedule.items() if k != "val"})
+    val = read_val(schedule["val"], manifest, data, iters=iters, epochs=schedule["epochs"],
+                   val_every=schedule["val_every"], patience=schedule["patience"])
     cfg, runtime, init_read = stage_config(config, set_, seed, init)
+    length = choose_length(cfg, iters=iters, epochs=schedule["epochs"], seconds=seconds, validating=val is not None,
+                           patience=schedule["patience"])
     spec = stage_spec(kind, freeze_shared=freeze_shared)
     dev = resolve_device(device)
     process_settings(dev, runtime)
@@ -71,7 +86,8 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
                        device=dev, runtime=runtime, iters=iters, proposals_path=proposals,
                        checkpoint_every=checkpoint_every, resume=resume, metrics_path=out.parent / "metrics.jsonl",
                        epochs=schedule["epochs"], val_manifest=val, val_path=schedule["val"],
-                       val_every=schedule["val_every"], patience=schedule["patience"])
+                       val_every=schedule["val_every"], patience=length.patience,
+                       until_plateau=length.until_plateau)
     estimates, view = Estimates(), ValidationView()
 
     def on_start(start: int, total: int) -> None:  # after the init, the proposal file and the resume state are checked
@@ -83,9 +99,16 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
             console.info(f"resuming from {escape(str(resume_path(out)))} at iteration {start} of {total}")
 
     def on_plan(plan) -> None:
+        if seconds is not None and not fitted:  # under --time, shown once the first iterations are timed
+            console.info(f"--time {format_duration(seconds)}: the step's length is fitted to the budget once its "
+                         "first iterations are timed, and fitted again as it goes")
+            return
         show_plan([(spec.label, plan)])
         estimates.set_plans([(spec.label, plan)])
 
+    fitted: list = []
+    if seconds is not None:
+        req.budget = StepBudget(seconds, on_fitted=lambda plan: (fitted.append(plan), on_plan(plan)))
     req.on_start, req.on_plan, req.on_validation = on_start, on_plan, view
     req.on_warning = lambda message: console.warn(escape(message))  # paths may hold [brackets]
     req.on_note = lambda message: console.info(escape(message))
@@ -107,11 +130,12 @@ def _log(progress, view: ValidationView, estimates: Estimates, state) -> None:
 @click.command("train-rpn")
 @_training_options
 def train_rpn(data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every, resume, device, epochs,
-              val, val_every, patience):
+              time_budget, val, val_every, patience):
     """Train a Region Proposal Network: step 1 (--init imagenet) or step 3 (--init det1.pt --freeze-shared)."""
     _run_training("rpn", data=data, out=out, config=config, set_=set_, init=init, freeze_shared=freeze_shared,
                   iters=iters, seed=seed, checkpoint_every=checkpoint_every, resume=resume, device=device,
-                  schedule={"epochs": epochs, "val": val, "val_every": val_every, "patience": patience})
+                  schedule={"epochs": epochs, "val": val, "val_every": val_every, "patience": patience,
+                            "time_budget": time_budget})
 
 
 @click.command("train-detector")
@@ -119,12 +143,13 @@ def train_rpn(data, out, config, set_, init, freeze_shared, iters, seed, checkpo
 @click.option("--proposals", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="HDF5 proposals of this manifest (frcnn dump-proposals).")
 def train_detector(data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every, resume, device,
-                   epochs, val, val_every, patience, proposals):
+                   epochs, time_budget, val, val_every, patience, proposals):
     """Train Fast R-CNN on stored proposals: step 2 (--init imagenet) or step 4 (--init rpn2.pt --freeze-shared)."""
     _run_training("detector", data=data, out=out, config=config, set_=set_, init=init,
                   freeze_shared=freeze_shared, iters=iters, seed=seed, checkpoint_every=checkpoint_every,
                   resume=resume, device=device, proposals=proposals,
-                  schedule={"epochs": epochs, "val": val, "val_every": val_every, "patience": patience})
+                  schedule={"epochs": epochs, "val": val, "val_every": val_every, "patience": patience,
+                            "time_budget": time_budget})
 
 
 def _dumps_in_this_process(out: Path) -> bool:
@@ -178,7 +203,9 @@ def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thr
 @click.option("--workdir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder: every step's checkpoint and proposals, metrics.jsonl, state.json.")
 @config_options
-@click.option("--mode", type=click.Choice(TRAIN_MODES), default="alternating", show_default=True)
+@click.option("--mode", type=click.Choice(TRAIN_MODES), default=None,
+              help="The paper's 4-step alternating optimisation or one jointly trained network [the preset's "
+                   "solver.mode: alternating for the paper presets, joint for tiny].")
 @click.option("--iters", type=positive_int, default=None, help="Iterations of EACH training step.")
 @schedule_options
 @click.option("--seed", type=int, default=None)
@@ -188,20 +215,25 @@ def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thr
               help="Continue the run in --workdir (rerunning the same command resumes anyway; with --resume a "
                    "folder holding no run is a warning).")
 @click.option("--device", default=None)
-def train(data, workdir, config, set_, mode, iters, epochs, val, val_every, patience, seed, checkpoint_every, resume,
-          device):
+def train(data, workdir, config, set_, mode, iters, epochs, time_budget, val, val_every, patience, seed,
+          checkpoint_every, resume, device):
     """The whole 4-step alternating optimisation (or --mode joint), resumable: rerun to continue.
 
-    Each step runs the preset's epochs over the data (--epochs or --iters change it); the plan is printed at
-    the start. With --val each step is validated and the best checkpoint kept: final.pt is then the best
+    The length of each step: --epochs, --iters, or --time for the whole run; else chosen from the data where
+    the preset validates (tiny: a validation split carved from the training set unless --val is given, each
+    step run until the validation stops improving), or the preset's epochs (the paper presets). The plan is
+    printed at the start. With validation each step keeps its best checkpoint: final.pt is then the best
     unified detector (final.last.pt the last).
     """
+    from ..train.data_schedule import carves
     from ..train.pipeline import PipelineRequest, plans, run_pipeline
 
     hold_output(workdir, "--workdir", folder=True)
+    seconds = budget_seconds(time_budget, iters=iters, epochs=epochs)
     manifest = read_manifest(data)
-    val_manifest = read_val(val, manifest, data, iters=iters, epochs=epochs, val_every=val_every, patience=patience)
     cfg, runtime = load_cli_config(config, set_, seed)
+    val_manifest = read_val(val, manifest, data, iters=iters, epochs=epochs, val_every=val_every, patience=patience,
+                            carving=carves(cfg, iters=iters, epochs=epochs))
     dev = resolve_device(device)
     process_settings(dev, runtime)
     talk = _is_main_process()
@@ -224,7 +256,8 @@ def train(data, workdir, config, set_, mode, iters, epochs, val, val_every, pati
                               runtime=runtime, mode=mode, iters=iters, resume=resume, on_step=on_step,
                               on_warning=lambda m: console.warn(escape(m)), epochs=epochs, val_manifest=val_manifest,
                               val_path=val, val_every=val_every, patience=patience, on_plan=on_plan,
-                              on_note=lambda m: console.info(escape(m)), on_validation=lambda _, row: view(row))
+                              on_note=lambda m: console.info(escape(m)), on_validation=lambda _, row: view(row),
+                              seconds=seconds)
         req.on_log = lambda state: _log(progress, view, estimates, state)
         first_detector = next((p for name, p in plans(req, cfg) if p.kind != "rpn"), None)
         req.checkpoint_every = checkpoint_every if checkpoint_every is not None else max(

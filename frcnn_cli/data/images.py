@@ -46,6 +46,7 @@ from torch.utils.data import Dataset
 from ..boxes import flip_boxes
 from ..config import Config, InputConfig
 from ..errors import DataError
+from .augment import boxes_inside, colour_factors, jitter_colours, training_scale
 from .decode import open_image
 from .manifest import ImageRecord, Manifest
 from .resize import resize_image
@@ -169,12 +170,16 @@ def normalize(image: Tensor, input_cfg: InputConfig) -> Tensor:
     return torch.addcmul(bias.to(image)[:, None, None], image, gain.to(image)[:, None, None])
 
 
-def prepare_image(image: Tensor, scale: float, input_cfg: InputConfig, *, flip: bool = False) -> Tensor:
-    """uint8 ``[3, H, W]`` RGB -> normalised float32 ``[3, round(H*s), round(W*s)]``, mirrored if ``flip``."""
+def prepare_image(image: Tensor, scale: float, input_cfg: InputConfig, *, flip: bool = False,
+                  colours: tuple[float, float, float] | None = None) -> Tensor:
+    """uint8 ``[3, H, W]`` RGB -> normalised float32 ``[3, round(H*s), round(W*s)]``, mirrored if ``flip``,
+    its colours jittered by ``colours`` (``augment.jitter_colours``) when given."""
     height, width = image.shape[-2:]
     x = resize_image(image, resized_size(height, width, scale))
     if flip:
         x = x.flip(-1)
+    if colours is not None:
+        x = jitter_colours(x, colours)
     return normalize(x, input_cfg)
 
 
@@ -274,8 +279,9 @@ class DetectionDataset(Dataset):
     """A manifest as model inputs.
 
     ``train=True``: entries are every image unflipped, then every image flipped when ``cfg.input.flip``
-    (py-faster-rcnn appends the flipped roidb); one of ``cfg.input.train_scales`` per item, drawn from
-    ``(seed, epoch, entry)``. ``train=False``: each image once, unflipped, at ``cfg.input.test_scale``.
+    (py-faster-rcnn appends the flipped roidb); the scale and the other augmentation of ``cfg.input`` drawn
+    from ``(seed, epoch, entry)`` (``augment.py``). ``train=False``: each image once, unflipped, at
+    ``cfg.input.test_scale``.
     An item is a dict: ``image`` (normalised ``[3, h, w]``), ``boxes`` (scaled ``[G, 4]``), ``labels``
     (``1..K``), ``id``, ``index`` (manifest index), ``flipped``, ``scale``, ``original_size`` (h, w).
     Keys are an entry index or ``(entry, epoch)`` (what ``make_loader``'s sampler yields).
@@ -292,13 +298,11 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def target_size(self, entry: int, epoch: int) -> int:
+    def target_size(self, entry: int, epoch: int) -> float:
         """The shorter-side target of an entry in an epoch (deterministic)."""
-        scales = self.cfg.input.train_scales if self.train else (self.cfg.input.test_scale,)
-        if len(scales) == 1:
-            return scales[0]
-        rng = np.random.default_rng([self.seed, epoch, entry])
-        return scales[int(rng.integers(len(scales)))]
+        if not self.train:
+            return self.cfg.input.test_scale
+        return training_scale(self.cfg.input, self.seed, epoch, entry)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         entry, epoch = key if isinstance(key, tuple) else (key, 0)
@@ -313,9 +317,13 @@ class DetectionDataset(Dataset):
             )
         scale = compute_scale(height, width, self.target_size(entry, epoch), self.cfg.input.max_size)
         boxes, labels = record_targets(rec)
+        boxes = scale_and_flip_proposals(boxes, scale, flipped, width)
+        if self.train and self.cfg.input.scale_jitter:
+            boxes = boxes_inside(boxes, resized_size(height, width, scale))
+        colours = colour_factors(self.cfg.input, self.seed, epoch, entry) if self.train else None
         return {
-            "image": prepare_image(image, scale, self.cfg.input, flip=flipped),
-            "boxes": scale_and_flip_proposals(boxes, scale, flipped, width),
+            "image": prepare_image(image, scale, self.cfg.input, flip=flipped, colours=colours),
+            "boxes": boxes,
             "labels": labels, "id": rec.id, "index": index, "flipped": flipped, "scale": scale,
             "original_size": (height, width),
         }

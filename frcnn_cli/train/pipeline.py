@@ -11,6 +11,7 @@ interrupted one (training stages from their ``.resume.pt``, dumps from their ``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,11 @@ from ..inference import InferenceSettings, Predictor, dump_proposals
 from ..model.anchor_fit import decide_anchors
 from ..model.checkpoint import load_model, read_init
 from . import distributed
+from .budget import format_duration
+from .budget_control import StepBudget
+from .data_schedule import LengthChoice, carve_note, carve_validation, carves, choose_length
 from .loop import LoopState
+from .run_budget import BudgetedStep, RunBudget
 from .schedule import StepPlan, plan_step
 from .stage import StageRequest, run_stage
 from .stage_setup import training_images, trains_fresh_rpn
@@ -77,7 +82,7 @@ class PipelineRequest:
     workdir: Path
     device: torch.device
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    mode: str = "alternating"
+    mode: str | None = None  # None: the config's solver.mode
     iters: int | None = None
     checkpoint_every: int = 0
     resume: bool = False  # asked to resume (``frcnn train --resume``): warn when there is nothing to resume
@@ -93,6 +98,8 @@ class PipelineRequest:
     on_plan: Callable[[list[tuple[str, StepPlan]]], None] | None = None  # every training step's plan, at start
     on_note: Callable[[str], None] | None = None
     on_validation: Callable[[str, dict], None] | None = None  # (step name, metrics row)
+    seconds: float | None = None  # --time: the whole run fitted to this many seconds (not with iters/epochs)
+    carved: int = 0  # validation images carved from the training manifest (settle_request)
 
 
 def _read_state(path: Path) -> dict | None:
@@ -113,11 +120,14 @@ def _check_same_run(state: dict, req: PipelineRequest, path: Path) -> None:
     if state["manifest_hash"] != manifest_hash(req.manifest):
         raise DataError(f"{req.workdir} holds a run on another dataset than {req.manifest_path} "
                         f"(see {path}); use another --workdir or the original manifest")
-    if state["mode"] != req.mode or state.get("iters") != req.iters or state.get("epochs") != req.epochs:
+    if (state["mode"] != req.mode or state.get("iters") != req.iters or state.get("epochs") != req.epochs
+            or state.get("time") != req.seconds):
         iters = state.get("iters") or "of the preset"
         epochs = state.get("epochs") or "of the preset"
-        raise ConfigError(f"{req.workdir} holds an {state['mode']} run with iterations {iters} and epochs {epochs}; "
-                          "rerun it with the same options or use another --workdir")
+        budget = f" and a time budget of {format_duration(state['time'])}" if state.get("time") else ""
+        raise ConfigError(f"{req.workdir} holds an {state['mode']} run with iterations {iters} and epochs {epochs}"
+                          f"{budget}; rerun it with the same options (--mode, --iters, --epochs, --time) or use "
+                          "another --workdir")
     if {k: state.get(k) for k in _VAL_KEYS} != _val_record(req):
         raise ConfigError(f"{req.workdir} holds a run with other validation options (--val, --val-every, "
                           f"--patience; see {path}); rerun it with the same options or use another --workdir")
@@ -144,29 +154,59 @@ def _new_state(req: PipelineRequest) -> dict:
         decision = decide_anchors(req.cfg, req.manifest)
         trained, anchors = decision.config, decision
     state = {"format": STATE_FORMAT, "version": STATE_VERSION, "mode": req.mode, "iters": req.iters,
-             "epochs": req.epochs, **_val_record(req), "val": str(req.val_path) if req.val_path else None,
+             "epochs": req.epochs, "time": req.seconds, **_val_record(req),
+             "val": str(req.val_path) if req.val_path else None, "carved": req.carved,
              "manifest": str(req.manifest_path), "manifest_hash": manifest_hash(req.manifest),
              "config": config_to_dict(req.cfg), "trained_config": config_to_dict(trained), "done": [],
              "anchors": anchors.to_dict() if anchors is not None else None}
     return state, anchors
 
 
+def settle_request(req: PipelineRequest) -> PipelineRequest:
+    """The request as the run sees it (a copy): the mode (the config's ``solver.mode`` unless given) and,
+    when no ``--val`` is given and the config carves one (``data_schedule``), the training manifest less a
+    validation split carved from it, and that split. Settling a settled request changes nothing."""
+    if req.seconds is not None and (req.iters is not None or req.epochs is not None):
+        raise ConfigError("give one of --time, --epochs or --iters: --time fits every step's length to the budget")
+    out = dataclasses.replace(req, mode=req.mode or req.cfg.solver.mode)
+    if req.val_manifest is None and carves(req.cfg, iters=req.iters, epochs=req.epochs):
+        carved = carve_validation(req.manifest, req.cfg)
+        if carved is not None:
+            out.manifest, out.val_manifest = carved
+            out.carved = len(carved[1].images)
+    return out
+
+
+def length_choice(req: PipelineRequest) -> LengthChoice:
+    """What decides each step's length in a settled request (``data_schedule.choose_length``)."""
+    return choose_length(req.cfg, iters=req.iters, epochs=req.epochs, seconds=req.seconds,
+                         validating=req.val_manifest is not None, patience=req.patience)
+
+
+def _steps(req: PipelineRequest) -> tuple[Step, ...]:
+    return ALTERNATING if req.mode == "alternating" else JOINT
+
+
 def plans(req: PipelineRequest, cfg: Config) -> list[tuple[str, StepPlan]]:
-    """Every training step's plan (images, epochs, iterations, lr drops) under ``cfg``."""
+    """Every training step's plan (images, epochs, iterations, lr drops) under ``cfg``; under ``--time`` the
+    preset's epochs, which the budget then scales (``run_budget``)."""
+    req = settle_request(req)
+    until_plateau = length_choice(req).until_plateau
     out = []
-    for step in ALTERNATING if req.mode == "alternating" else JOINT:
+    for step in _steps(req):
         if step.kind == "dump":
             continue
         spec = stage_spec(step.kind, freeze_shared=step.freeze_shared)
         images = training_images(req.manifest, spec, cfg, req.manifest_path)
         out.append((step.name, plan_step(cfg.solver, spec.kind, images=len(images.images), flip=cfg.input.flip,
-                                         world_size=distributed.world_size(), iters=req.iters, epochs=req.epochs)))
+                                         world_size=distributed.world_size(), iters=req.iters, epochs=req.epochs,
+                                         until_plateau=until_plateau)))
     return out
 
 
-def _run_step(req: PipelineRequest, step: Step, cfg: Config) -> None:
+def _run_step(req: PipelineRequest, step: Step, cfg: Config, budget: StepBudget | None = None) -> None:
     out = step_path(req.workdir, step)
-    steps = {s.name: s for s in (ALTERNATING if req.mode == "alternating" else JOINT)}
+    steps = {s.name: s for s in _steps(req)}
     if step.kind == "dump":
         if distributed.is_main():  # one rank dumps; the others wait for the file
             model_path = step_path(req.workdir, steps[step.model_from])
@@ -180,6 +220,7 @@ def _run_step(req: PipelineRequest, step: Step, cfg: Config) -> None:
     proposals = step_path(req.workdir, steps[step.proposals_from]) if step.proposals_from else None
     spec = stage_spec(step.kind, freeze_shared=step.freeze_shared)
     validating = req.val_manifest is not None
+    length = length_choice(req)
     on_validation = None
     if req.on_validation is not None:
         on_validation = lambda row: req.on_validation(step.name, row)  # noqa: E731
@@ -189,8 +230,8 @@ def _run_step(req: PipelineRequest, step: Step, cfg: Config) -> None:
                            epochs=req.epochs, proposals_path=proposals, checkpoint_every=req.checkpoint_every,
                            resume=True, metrics_path=req.workdir / "metrics.jsonl", on_log=req.on_log,
                            on_warning=req.on_warning, decide_anchors=False, val_manifest=req.val_manifest,
-                           val_path=req.val_path, val_every=req.val_every, patience=req.patience,
-                           on_validation=on_validation))
+                           val_path=req.val_path, val_every=req.val_every, patience=length.patience,
+                           on_validation=on_validation, until_plateau=length.until_plateau, budget=budget))
 
 
 def _start(req: PipelineRequest, state_path: Path) -> tuple[dict, Config]:
@@ -212,8 +253,60 @@ def _start(req: PipelineRequest, state_path: Path) -> tuple[dict, Config]:
     return state, config_from_dict(state.get("trained_config") or state["config"])
 
 
+def _announce_plan(req: PipelineRequest, cfg: Config) -> None:
+    """The plan at the start (under ``--time`` once the first iterations are timed: ``run_budget``), and what
+    was decided about validation."""
+    if not distributed.is_main():
+        return
+    if req.on_plan is not None and req.seconds is None:
+        req.on_plan(plans(req, cfg))
+    if req.on_note is None:
+        return
+    if req.seconds is not None:
+        req.on_note(f"--time {format_duration(req.seconds)}: every step's length is fitted to the budget once "
+                    "the first iterations are timed, and fitted again as the run goes")
+    if req.carved or (req.val_manifest is None and carves(req.cfg, iters=req.iters, epochs=req.epochs)):
+        req.on_note(carve_note(req.manifest, req.val_manifest if req.carved else None, req.cfg, req.manifest_path))
+    length = length_choice(req)
+    if length.until_plateau:
+        req.on_note(f"each step runs until {length.patience} validations in a row bring no progress after its lr "
+                    f"drop (at most {cfg.solver.max_epochs:g} epochs); --epochs E or --time T fix the length instead")
+
+
+def _budget(req: PipelineRequest, cfg: Config, state: dict) -> RunBudget | None:
+    """The run's budget under ``--time``, with what a resumed run had spent and measured."""
+    if req.seconds is None:
+        return None
+    budget = RunBudget(req.seconds, val_images=len(req.val_manifest.images) if req.val_manifest else 0,
+                       val_every=req.val_every, on_plan=req.on_plan, on_note=req.on_note,
+                       dump_images=len(req.manifest.images))
+    budget.restore(state.get("budget"))
+    return budget
+
+
+def _budgeted_steps(req: PipelineRequest, cfg: Config, state: dict) -> list[BudgetedStep]:
+    nominal = dict(plans(req, cfg))
+    return [BudgetedStep(s.name, s.kind, s.freeze_shared, nominal.get(s.name)) for s in _steps(req)
+            if s.name not in state["done"]]
+
+
+def _run_budgeted_step(req: PipelineRequest, step: Step, cfg: Config, state: dict, budget: RunBudget) -> None:
+    """One step under ``--time``: its share of what is left, and what it spent and measured recorded."""
+    left = _budgeted_steps(req, cfg, state)
+    if step.kind == "dump":
+        tick = budget.clock()
+        _run_step(req, step, cfg)
+        budget.dumped(budget.clock() - tick, len(req.manifest.images))
+    else:
+        step_budget = budget.step_budget(left)
+        _run_step(req, step, cfg, step_budget)
+        budget.trained(left[0], step_budget.report)
+    state["budget"] = budget.to_state()
+
+
 def run_pipeline(req: PipelineRequest) -> Path:
     """Run (or continue) every step; returns the path of the final unified model."""
+    req = settle_request(req)
     if req.mode not in TRAIN_MODES:
         raise ConfigError(f"--mode must be one of {', '.join(TRAIN_MODES)}, got {req.mode}")
     init = req.cfg.init
@@ -224,16 +317,19 @@ def run_pipeline(req: PipelineRequest) -> Path:
     req.device = distributed.setup(req.device)  # before any barrier: a resumed run may start with a dump
     state_path = req.workdir / "state.json"
     state, cfg = _start(req, state_path)
-    if req.on_plan is not None and distributed.is_main():
-        req.on_plan(plans(req, cfg))
-    for step in ALTERNATING if req.mode == "alternating" else JOINT:
+    _announce_plan(req, cfg)
+    budget = _budget(req, cfg, state)
+    for step in _steps(req):
         if step.name in state["done"]:
             if req.on_step:
                 req.on_step(step.name, "skip")
             continue
         if req.on_step:
             req.on_step(step.name, "start")
-        _run_step(req, step, cfg)
+        if budget is not None:
+            _run_budgeted_step(req, step, cfg, state, budget)
+        else:
+            _run_step(req, step, cfg)
         state["done"].append(step.name)
         if distributed.is_main():
             atomic_write_json(state_path, state)

@@ -9,7 +9,8 @@ and 40k detector iterations of two. The lr drops by ``gamma`` at the fractions `
 step (the paper's 60k of 80k: 0.75) and warms up linearly over ``warmup_iters + warmup_epochs`` epochs'
 iterations (at most half the run before the first drop), so both scale with the step's length.
 
-Where the length comes from, first match: ``--iters N``; ``--epochs E``; a fixed ``solver.<kind>_iters``
+Where the length comes from, first match: ``--iters N``; ``--epochs E``; when validation with patience
+decides it (``train/data_schedule.py``), up to ``solver.max_epochs`` ("validation"); a fixed ``solver.<kind>_iters``
 (configs from before epochs; its drops are ``<kind>_steps``, kept at their fraction when ``--iters`` or
 ``--epochs`` changes the length); else ``solver.<kind>_epochs``, raised to ``solver.min_iters`` (a floor for
 small sets).
@@ -69,7 +70,9 @@ class StepPlan:
     iterations: int
     drops: tuple[int, ...]
     warmup: int
-    source: str  # "--iters", "--epochs", "iters" (a fixed count of the config), "epochs", "min_iters"
+    # "--iters", "--epochs", "--time" (fitted to a budget), "validation" (up to solver.max_epochs, ended by the
+    # patience), "iters" (a fixed count of the config), "epochs", "min_iters"
+    source: str
 
     @property
     def epochs(self) -> float:
@@ -90,11 +93,13 @@ class StepPlan:
 
 
 def _length(solver: SolverConfig, key: str, per_epoch: int, iters: int | None,
-            epochs: float | None) -> tuple[int, str]:
+            epochs: float | None, until_plateau: bool) -> tuple[int, str]:
     if iters is not None:
         return iters, "--iters"
     if epochs is not None:
         return max(1, round(epochs * per_epoch)), "--epochs"
+    if until_plateau and solver.max_epochs > 0:
+        return max(1, round(solver.max_epochs * per_epoch)), "validation"
     fixed = getattr(solver, f"{key}_iters")
     if fixed > 0:
         return fixed, "iters"
@@ -114,10 +119,11 @@ def _drops(solver: SolverConfig, key: str, total: int) -> tuple[int, ...]:
 
 
 def plan_step(solver: SolverConfig, kind: str, *, images: int, flip: bool, world_size: int = 1,
-              iters: int | None = None, epochs: float | None = None) -> StepPlan:
+              iters: int | None = None, epochs: float | None = None, until_plateau: bool = False) -> StepPlan:
     """The plan of a ``kind`` step ("rpn", "detector", "joint") over ``images`` training images (``flip``:
     each also mirrored), with ``world_size`` processes; ``iters`` / ``epochs``: the command line's
-    ``--iters`` / ``--epochs`` (at most one)."""
+    ``--iters`` / ``--epochs`` (at most one); ``until_plateau``: validation with patience decides the length,
+    so the step may run up to ``solver.max_epochs`` (when set; source "validation")."""
     if iters is not None and epochs is not None:
         raise ConfigError("give --epochs or --iters, not both: --epochs sets each step's length in passes over "
                           "the data, --iters in iterations")
@@ -130,7 +136,7 @@ def plan_step(solver: SolverConfig, kind: str, *, images: int, flip: bool, world
     batch = per_process * max(1, world_size)
     entries = images * (2 if flip else 1)
     per_epoch = max(1, math.ceil(entries / batch))
-    total, source = _length(solver, key, per_epoch, iters, epochs)
+    total, source = _length(solver, key, per_epoch, iters, epochs, until_plateau)
     drops = _drops(solver, key, total)
     warmup = solver.warmup_iters + round(solver.warmup_epochs * per_epoch)
     warmup = min(warmup, max(drops[0] if drops else total, 1) // 2)  # short runs warm up less

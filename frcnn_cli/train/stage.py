@@ -32,6 +32,7 @@ from ..model.checkpoint import Init, file_sha256, read_checkpoint, save_checkpoi
 from ..model.detector import FasterRCNN
 from . import distributed
 from .batching import device_batches, proposal_source
+from .budget_control import CALIBRATION, BudgetControl, StepBudget
 from .loop import LoopHooks, LoopState, build_optimizer, run_loop
 from .schedule import StepPlan, plan_step
 from .stage_setup import best_path, make_validator, stage_anchors, stage_target_stats, training_images
@@ -72,6 +73,11 @@ class StageRequest:
     on_plan: Callable[[StepPlan], None] | None = None  # the step's plan, before on_start (rank 0 only)
     on_note: Callable[[str], None] | None = None  # what the stage decided from the data (rank 0 only)
     on_validation: Callable[[dict], None] | None = None  # each validation's (and event's) metrics row
+    until_plateau: bool = False  # validation with patience decides the length: up to solver.max_epochs
+    budget: StepBudget | None = None  # --time: the step's length fitted to these seconds (budget_control.py)
+
+
+BUDGET_CAP = 10**9  # the loop's bound under --time: the budget's control ends the step
 
 
 def resume_path(out: Path) -> Path:
@@ -193,10 +199,12 @@ def _saver(req: StageRequest, optimizer, saving: _Saving, control: StepControl):
             save_checkpoint(resume_path(req.out), model, stage=label, provenance=saving.prov,
                             parts=model.part_names, train_state=state)
             return
-        summary = control.summary()
-        extra = {"iterations": done, "planned_iterations": total, **({"validation": summary} if summary else {})}
-        saving.write(req.out, label, {"iteration": done, "total": total, "finished": True,
-                                      "stopped_early": done < total}, extra)
+        summary, planned = control.summary(), control.plan.iterations  # under --time: the fitted length
+        extra = {"iterations": done, "planned_iterations": planned, **({"validation": summary} if summary else {})}
+        if isinstance(control, BudgetControl):
+            extra.update(plan=control.plan.to_dict(), budget=control.report())
+        saving.write(req.out, label, {"iteration": done, "total": planned, "finished": True,
+                                      "stopped_early": done < planned}, extra)
         with contextlib.suppress(FileNotFoundError):
             resume_path(req.out).unlink()
 
@@ -206,7 +214,8 @@ def _saver(req: StageRequest, optimizer, saving: _Saving, control: StepControl):
 def _best_saver(req: StageRequest, saving: _Saving):
     def on_best(done: int, row: dict) -> None:
         figure = {k: v for k, v in row.items() if k.startswith("val_") and k != "val_seconds"}
-        record = {"iteration": done, "epoch": row["epoch"], **figure, "val": str(req.val_path),
+        val = str(req.val_path) if req.val_path else "carved from the training data"
+        record = {"iteration": done, "epoch": row["epoch"], **figure, "val": val,
                   "val_hash": manifest_hash(req.val_manifest)}
         saving.write(req.best_out or best_path(req.out), req.spec.label,
                      {"iteration": done, "total": saving.total, "best": True},
@@ -255,6 +264,29 @@ def _decide(req: StageRequest) -> tuple[Config, list[str], list[str], dict]:
     return decision.config, *said, {"anchors": decision.to_dict()}
 
 
+def _budget_plans(req: StageRequest, cfg: Config, images: int) -> tuple[StepPlan, Callable[[int], StepPlan]]:
+    """Under ``--time``: the plan a step starts on (the budget's estimate, at least past the first fit) and
+    the plan of any length (source "--time")."""
+    def plan_of(iterations: int) -> StepPlan:
+        plan = plan_step(cfg.solver, req.spec.kind, images=images, flip=cfg.input.flip,
+                         world_size=distributed.world_size(), iters=iterations)
+        return dataclasses.replace(plan, source="--time")
+
+    per_epoch = plan_of(1).iters_per_epoch
+    return plan_of(max(CALIBRATION + 1, round(req.budget.epochs * per_epoch))), plan_of
+
+
+def _budgeted(req: StageRequest, control: StepControl, cfg: Config, saving: _Saving,
+              plan_of: Callable[[int], StepPlan]) -> BudgetControl:
+    """The step's control under ``--time``; its checkpoints record each fitted plan."""
+    def on_change(plan: StepPlan) -> None:
+        saving.total = plan.iterations
+        saving.prov["plan"] = plan.to_dict()
+
+    return BudgetControl(control, req.budget, cfg.solver, images_per_iteration=control.plan.batch,
+                         plan_of=plan_of, on_change=on_change)
+
+
 def _control(req: StageRequest, plan: StepPlan, validator, model, saving: _Saving,
              metrics: _MetricsLog) -> StepControl:
     every = 0
@@ -285,13 +317,16 @@ def run_stage(req: StageRequest) -> Path:
     cfg, notes, warnings, decided = _decide(req)
     images = training_images(req.manifest, spec, cfg, req.manifest_path)
     plan = plan_step(cfg.solver, spec.kind, images=len(images.images), flip=cfg.input.flip,
-                     world_size=distributed.world_size(), iters=req.iters, epochs=req.epochs)
+                     world_size=distributed.world_size(), iters=req.iters, epochs=req.epochs,
+                     until_plateau=req.until_plateau)
+    if req.budget is not None:
+        plan, plan_of = _budget_plans(req, cfg, len(images.images))
     model, init_info, loaded = build_stage_model(cfg, req.manifest.classes, spec, req.init)
     freeze_for_stage(model, spec)
     # on the CPU 3x3 convs >= 128 channels: Winograd forward (and gradients when trained)
     place_model(model, req.device, req.runtime, training=True)
     channels_last = req.device.type == "cuda" and req.runtime.channels_last
-    total = plan.iterations
+    total = plan.iterations if req.budget is None else BUDGET_CAP  # under --time the control ends the step
     optimizer = build_optimizer(model, cfg.solver)
     stats = stage_target_stats(cfg, spec, store, req.manifest)
     prov = {**_provenance(req, init_info, total, cfg.seed), **decided, "plan": plan.to_dict(),
@@ -302,11 +337,13 @@ def run_stage(req: StageRequest) -> Path:
     validator = make_validator(val=req.val_manifest, spec=spec, model=model, store=store, stats=stats,
                                device=req.device, runtime=req.runtime) if distributed.is_main() else None
     control = _control(req, plan, validator, model, saving, metrics)
+    if req.budget is not None:
+        control = _budgeted(req, control, cfg, saving, plan_of)
     start = _load_resume(req, model, optimizer, total, control)
     if start >= total:
         raise TrainingError(f"{resume_path(req.out)} is already at iteration {start} of {total}; "
                             "delete it or ask for more --iters/--epochs")
-    _announce(req, [*warnings, shared_convs_warning(spec, init_info)], notes, plan, start)
+    _announce(req, [*warnings, shared_convs_warning(spec, init_info)], notes, control.plan, start)
     wrapped = distributed.wrap(model, req.device)
     dataset = DetectionDataset(images, cfg, train=True)
     loader = make_loader(dataset, batch_size=spec.images_per_batch(cfg.solver), shuffle=True, seed=cfg.seed,
@@ -314,19 +351,25 @@ def run_stage(req: StageRequest) -> Path:
                          pin_memory=req.device.type == "cuda", **distributed.shard_kwargs())
 
     def on_log(state: LoopState) -> None:
+        state.total = control.plan.iterations  # under --time the fitted length, not the loop's bound
         metrics.write(state)
         if req.on_log is not None and distributed.is_main():
             req.on_log(state)
 
+    validating = req.val_manifest is not None
     hooks = LoopHooks(on_log=on_log, save=_saver(req, optimizer, saving, control),
-                      after_iteration=control.after_iteration if req.val_manifest is not None else None,
+                      after_iteration=control.after_iteration if validating or req.budget else None,
                       prepare_losses=TargetNormaliser(stats, model.box_coder, req.device) if stats else None,
                       checkpoint_every=req.checkpoint_every, log_every=req.runtime.log_every)
     note = (f"the last good state is in {resume_path(req.out)}." if req.checkpoint_every else
             "no checkpoint was written (use --checkpoint-every N to keep one).")
+    if req.budget is not None:
+        control.begin(start)
     run_loop(model=wrapped, core=model, spec=spec, optimizer=optimizer, schedule=control,
              batches=device_batches(loader, req.device, channels_last=channels_last,
                                     proposals_for=proposal_source(store, req.device) if store is not None else None),
              start=start, total=total, amp=req.runtime.amp, hooks=hooks, last_good_note=note)
+    if req.budget is not None:
+        req.budget.report = control.report()
     distributed.barrier()
     return req.out
