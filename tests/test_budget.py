@@ -5,6 +5,7 @@ that advances by given amounts, so each figure is a hand computation, not a timi
 from __future__ import annotations
 
 import pytest
+from fake_clock import FakeClock
 
 from frcnn_cli.config import get_preset
 from frcnn_cli.errors import ConfigError
@@ -15,19 +16,6 @@ from frcnn_cli.train.schedule import plan_step
 from frcnn_cli.train.step_control import StepControl
 
 SOLVER = get_preset("tiny").solver  # 4 images per iteration, lr drop at 3/4, half an epoch of warm-up
-
-
-class FakeClock:
-    """Seconds that pass only when told: ``advance(s)``."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.t = start
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("15m", 900), ("90s", 90), ("2.5h", 9000), ("1h30m", 5400),
@@ -164,7 +152,8 @@ def test_the_run_budget_shares_what_is_left_over_the_steps_left_and_keeps_it_acr
     assert sum(a.seconds for a in shares) == pytest.approx(600.0)
     # the preset's epochs: 4 per RPN step, 5 per detector step, scaled by one factor
     epochs = {a.name: a.epochs for a in shares}
-    assert epochs["det1"] / epochs["rpn1"] == pytest.approx(5 / 4) and epochs["final"] / epochs["rpn2"] == pytest.approx(5 / 4)
+    assert epochs["det1"] / epochs["rpn1"] == pytest.approx(5 / 4)
+    assert epochs["final"] / epochs["rpn2"] == pytest.approx(5 / 4)
     assert epochs["rpn1"] == pytest.approx(epochs["rpn2"])
     budget.trained(steps[0], {"elapsed": 100.0, "train_seconds": 80.0, "train_images": 1000})
     assert budget.costs.measured["rpn"] == pytest.approx(0.08)

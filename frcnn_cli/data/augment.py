@@ -25,7 +25,7 @@ from ..boxes import clip_boxes
 from ..config import InputConfig
 
 _SCALE_STREAM, _COLOUR_STREAM = 1, 2  # separate random streams, so one switch does not move the other's draws
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision's rgb_to_grayscale
+_LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601)
 
 
 def training_scale(input_cfg: InputConfig, seed: int, epoch: int, entry: int) -> float:
