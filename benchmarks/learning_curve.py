@@ -54,40 +54,49 @@ def tree_cpu_seconds(root: int) -> float:
     return total / _TICK
 
 
-def watch(command: Sequence[str], target: Path, copies: Path, *, env: dict | None = None,
-          poll: float = 1.0) -> tuple[float, list[tuple[float, float, Path]]]:
+def watch(command: Sequence[str], target: Path, copies: Path, *, env: dict | None = None, poll: float = 1.0,
+          also: Path | None = None) -> tuple[float, list[tuple[float, float, Path]]]:
     """Run ``command``; each new version of ``target`` is copied into ``copies`` with its time: wall seconds since
     the start and CPU seconds of the command's processes (what the run would take alone on a quiet machine).
-    Returns the command's wall seconds and the ``(wall, cpu, copy)`` list."""
+    Returns the command's wall seconds and the ``(wall, cpu, copy)`` list. ``also``: another file copied the
+    same way into ``copies/also`` (e.g. the resumable state, the last model so far)."""
     copies.mkdir(parents=True, exist_ok=True)
-    seen, found = None, []
+    watched = {target: (copies, [None], [])}
+    if also is not None:
+        (copies / "also").mkdir(exist_ok=True)
+        watched[also] = (copies / "also", [None], [])
     tick = time.perf_counter()
     proc = subprocess.Popen(list(map(str, command)), env=env)
     cpu = 0.0
     while True:
         done = proc.poll() is not None
         cpu = max(cpu, tree_cpu_seconds(proc.pid)) if not done else cpu
-        try:
-            stat = target.stat()
-            key = (stat.st_ino, stat.st_mtime_ns)
-        except FileNotFoundError:
-            key = None
-        if key is not None and key != seen:
-            seconds = time.perf_counter() - tick
-            copy = copies / f"{len(found):03d}-{seconds:07.1f}s.pt"
-            try:
-                shutil.copyfile(target, copy)
-                seen = key
-                found.append((seconds, cpu, copy))
-            except FileNotFoundError:  # replaced between stat and copy: taken at the next poll
-                pass
+        for path, (folder, seen, found) in watched.items():
+            _copy_if_new(path, folder, seen, found, time.perf_counter() - tick, cpu)
         if done:
             break
         time.sleep(poll)
     seconds = time.perf_counter() - tick
     if proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, command)
-    return seconds, found
+    return seconds, watched[target][2]
+
+
+def _copy_if_new(path: Path, folder: Path, seen: list, found: list, seconds: float, cpu: float) -> None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return
+    key = (stat.st_ino, stat.st_mtime_ns)
+    if key == seen[0]:
+        return
+    copy = folder / f"{len(found):03d}-{seconds:07.1f}s-{cpu:07.1f}cpu.pt"
+    try:
+        shutil.copyfile(path, copy)
+    except FileNotFoundError:  # replaced between stat and copy: taken at the next poll
+        return
+    seen[0] = key
+    found.append((seconds, cpu, copy))
 
 
 def evaluate_copies(found: list[tuple[float, float, Path]],

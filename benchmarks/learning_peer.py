@@ -69,8 +69,10 @@ def _flip(image: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch
     return image.flip(-1), flipped
 
 
-def train_peer(train: Manifest, seconds: float, *, seed: int = 0, log=print) -> tuple[FasterRCNN, dict]:
-    """Train the peer on ``train`` for ``seconds`` of wall time (loading the images not counted)."""
+def train_peer(train: Manifest, seconds: float, *, seed: int = 0, log=print, on_tick=None,
+               tick_every: float = 60.0) -> tuple[FasterRCNN, dict]:
+    """Train the peer on ``train`` for ``seconds`` of wall time (loading the images not counted). ``on_tick(wall,
+    cpu, model)`` every ``tick_every`` seconds and at the end (a learning curve): its own time is not counted."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     data = [d for d in _images(train) if len(d[1])]  # torchvision's training needs a box per image
@@ -79,7 +81,8 @@ def train_peer(train: Manifest, seconds: float, *, seed: int = 0, log=print) -> 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=LR, momentum=0.9, weight_decay=1e-4)
     start, it, dropped, order = time.perf_counter(), 0, False, []
-    while time.perf_counter() - start < seconds:
+    cpu_start, paused, cpu_paused, next_tick = time.process_time(), 0.0, 0.0, tick_every
+    while time.perf_counter() - start - paused < seconds:
         if len(order) < BATCH:
             order += rng.sample(range(len(data)), len(data))
         batch, order = order[:BATCH], order[BATCH:]
@@ -90,7 +93,7 @@ def train_peer(train: Manifest, seconds: float, *, seed: int = 0, log=print) -> 
                 image, boxes = _flip(image, boxes)
             images.append(image)
             targets.append({"boxes": boxes, "labels": labels})
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start - paused
         if not dropped and elapsed > 0.75 * seconds:
             dropped = True
         lr = LR * (0.1 if dropped else 1.0) * (min(1.0, (it + 1) / WARMUP))
@@ -104,7 +107,16 @@ def train_peer(train: Manifest, seconds: float, *, seed: int = 0, log=print) -> 
         it += 1
         if it % 50 == 0:
             log(f"peer iteration {it}, {elapsed:.0f} s, loss {loss.item():.3f}, lr {lr:.4f}")
-    return model, {"iterations": it, "seconds": round(time.perf_counter() - start, 1)}
+        if on_tick is not None and time.perf_counter() - start - paused >= next_tick:
+            next_tick += tick_every
+            tick, cpu = time.perf_counter(), time.process_time()
+            on_tick(tick - start - paused, cpu - cpu_start - cpu_paused, model)
+            model.train()
+            paused, cpu_paused = paused + time.perf_counter() - tick, cpu_paused + time.process_time() - cpu
+    wall, cpu = time.perf_counter() - start - paused, time.process_time() - cpu_start - cpu_paused
+    if on_tick is not None:
+        on_tick(wall, cpu, model)
+    return model, {"iterations": it, "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)}
 
 
 @torch.inference_mode()

@@ -291,14 +291,16 @@ def _presets() -> dict[str, Config]:
     resnet101 = replace(vgg16, name="resnet101", backbone="resnet101")
     tiny = _with(
         replace(vgg16, name="tiny", backbone="tiny", init="none", seed=3),
-        input={"train_scales": (192,), "test_scale": 192, "max_size": 320, "size_divisor": 16},
+        input={"train_scales": (144, 240), "scale_jitter": True, "photometric": 0.25, "test_scale": 192,
+               "max_size": 320, "size_divisor": 16},
         rpn={"conv_channels": 128, "min_size": 4.0, "test_pre_nms_top_n": 1000, "test_post_nms_top_n": 100,
              "train_pre_nms_top_n": 2000, "train_post_nms_top_n": 300, "dump_post_nms_top_n": 300},
         anchors={"scales": (1.5, 3.0, 6.0), "auto": True},
         roi_head={"pooler": "roialign", "box_target_norm": "fixed"},
         solver={"lr": 0.01, "rpn_epochs": 4.0, "det_epochs": 5.0, "joint_epochs": 6.0, "min_iters": 0,
                 "rpn_images_per_batch": 4, "det_images_per_batch": 4, "warmup_epochs": 0.5,
-                "bias_lr_factor": 1.0, "rpn_drop_empty": False},
+                "bias_lr_factor": 1.0, "rpn_drop_empty": False, "mode": "joint", "val_fraction": 0.15,
+                "max_epochs": 60.0, "patience": 3},
     )
     return {c.name: c for c in (vgg16, zf, resnet50, resnet101, tiny)}
 

@@ -81,7 +81,9 @@ def test_a_drop_brought_forward_replaces_the_next_one_only():
     early = schedule.with_drop_at(40)
     assert early.steps == (40, 90)
     assert [early.lr_at(i) for i in (39, 40, 89, 90)] == pytest.approx([0.01, 0.001, 0.001, 0.0001])
-    assert early.drops_left(40) == 1 and early.with_drop_at(50).with_drop_at(55) == early.with_drop_at(50)
+    assert early.drops_left(41) == 1 and early.with_drop_at(50).with_drop_at(55) == early.with_drop_at(50)
+    # a drop at the very iteration the patience runs out has not acted yet: it counts, and the step goes on
+    assert schedule.drops_left(60) == 2 and schedule.with_drop_at(60) == schedule
 
 
 def test_the_cli_refuses_epochs_with_iters_and_val_options_without_val(train_set, frcnn, train_options, tmp_path,

@@ -45,17 +45,18 @@ class Schedule:
         return lr
 
     def with_drop_at(self, iteration: int) -> Schedule:
-        """The schedule with its next drop (the first one after ``iteration``) brought forward to ``iteration``
-        (early stopping's patience ran out); unchanged when no drop is left."""
-        later = [s for s in self.steps if s > iteration]
+        """The schedule with its next drop (the first one at or after ``iteration``) brought forward to
+        ``iteration`` (early stopping's patience ran out); unchanged when no drop is left."""
+        later = [s for s in self.steps if s >= iteration]
         if not later:
             return self
         steps = sorted([s for s in self.steps if s != later[0]] + [iteration])
         return replace(self, steps=tuple(steps))
 
     def drops_left(self, iteration: int) -> int:
-        """Drops that have not happened by ``iteration``."""
-        return sum(s > iteration for s in self.steps)
+        """Drops that have not happened after ``iteration`` iterations: a drop at ``iteration`` applies from
+        that iteration on, so no iteration has run at its lr yet (early stopping there drops first)."""
+        return sum(s >= iteration for s in self.steps)
 
 
 @dataclass(frozen=True)
