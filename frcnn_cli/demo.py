@@ -162,9 +162,13 @@ def _evaluate(final: Path, test_path: Path, workdir: Path, device: torch.device,
 def demo_config() -> Config:
     """The ``tiny`` preset as the demo trains it: the paper's alternating optimisation (``tiny`` defaults to joint
     training) on the preset's own epochs, 4 per RPN step and 5 per detector step (docs/demo.md: 3 / 4 measured
-    0.842, 4 / 5 0.944), each step stopped early by its patience, not run up to ``solver.max_epochs``."""
+    0.842, 4 / 5 0.944), each step stopped early by its patience, not run up to ``solver.max_epochs``, and
+    without ``tiny``'s augmentation (the synthetic images have one size and plain colours; the demo's figures
+    were measured without it)."""
     cfg = get_preset(PRESET)
-    return replace(cfg, solver=replace(cfg.solver, mode="alternating", max_epochs=0.0))
+    return replace(cfg, input=replace(cfg.input, train_scales=(cfg.input.test_scale,), scale_jitter=False,
+                                      photometric=0.0),
+                   solver=replace(cfg.solver, mode="alternating", max_epochs=0.0))
 
 
 def default_threads() -> int:

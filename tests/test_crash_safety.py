@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--config", "tiny", "--set", "input.train_scales=64", "--set", "input.test_scale=64",
         "--set", "input.max_size=96", "--set", "solver.num_workers=0", "--device", "cpu"]
-TRAIN = [*TINY, "--iters", "4", "--checkpoint-every", "1"]
+TRAIN = [*TINY, "--mode", "alternating", "--iters", "4", "--checkpoint-every", "1"]
 STEPS = ("rpn1", "props1", "det1", "rpn2", "props2", "final")
 
 WRAPPER = r"""

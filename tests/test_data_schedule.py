@@ -72,8 +72,8 @@ def test_frcnn_train_carves_its_validation_split_and_says_so_in_the_plan(frcnn, 
     assert req.mode == "joint" and req.carved == 6 and len(req.manifest.images) == 34
     (step, plan), = plans(req, TINY)
     assert (step, plan.source, plan.epochs) == ("final", "validation", TINY.solver.max_epochs)
-    result = frcnn("train", "--data", train_path, "--workdir", tmp_path / "run", *TINY_CLI, "--set",
-                   "solver.max_epochs=1", "--val-every", 1)
+    result = frcnn("train", "--data", train_path, "--workdir", tmp_path / "run", *TINY_CLI, "--mode", "joint",
+                   "--set", "solver.max_epochs=1", "--val-every", 1)
     said = " ".join(result.stderr.split())
     assert f"validation: 6 of the 40 images of {train_path}" in said and "--set solver.val_fraction=0" in said
     state = json.loads((tmp_path / "run" / "state.json").read_text())

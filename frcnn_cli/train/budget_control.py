@@ -143,7 +143,7 @@ class BudgetControl:
     def _apply(self, done: int, iterations: int) -> None:
         """The plan of ``iterations``: drops ahead moved, drops passed and the warm-up kept."""
         old, new = self.plan, self.plan_of(max(iterations, 1))
-        drops = tuple(o if o <= done else max(n, done + 1) for o, n in zip(old.drops, new.drops))
+        drops = tuple(o if o <= done else min(max(n, done + 1), iterations) for o, n in zip(old.drops, new.drops))
         plan = replace(new, iterations=iterations, drops=drops, warmup=old.warmup, source="--time")
         self._set_plan(plan)
 

@@ -156,8 +156,12 @@ def _load_resume(req: StageRequest, model, optimizer, total: int, control: StepC
                             f"'{req.spec.label}'; resume it with the command that started it, or "
                             f"delete {path} to start this stage afresh")
     if state.get("total", total) != total:
-        raise TrainingError(f"{path} is a run of {state['total']} iterations, this one asks for {total}; resume "
-                            f"with the same --iters/--epochs, or delete {path} to start this stage afresh")
+        def length(n: int) -> str:
+            return "a length fitted to a time budget (--time)" if n == BUDGET_CAP else f"{n} iterations"
+
+        raise TrainingError(f"{path} is a run of {length(state['total'])}, this one asks for {length(total)}; "
+                            f"resume with the same --iters/--epochs/--time, or delete {path} to start this stage "
+                            "afresh")
     model.load_state_dict({f"{p}.{k}": v for p, sd in ckpt["parts"].items() for k, v in sd.items()},
                           strict=False)
     optimizer.load_state_dict(state["optimizer"])
