@@ -23,10 +23,15 @@ SYNTH = {"kind": "glyphs", "seed": "11", "train": "300", "test": "100", "size": 
 
 
 def frcnn(*args, capture: bool = False) -> str:
-    """``python -m frcnn_cli ARGS`` from this repository; its stdout when ``capture``."""
+    """``python -m frcnn_cli ARGS`` from this repository; its stdout when ``capture`` (its stderr then only when
+    it fails)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    result = subprocess.run([sys.executable, "-m", "frcnn_cli", *map(str, args)], env=env, check=True,
-                            stdout=subprocess.PIPE if capture else None)
+    result = subprocess.run([sys.executable, "-m", "frcnn_cli", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE if capture else None)
+    if result.returncode != 0:
+        if capture:
+            sys.stderr.write(result.stderr.decode(errors="replace"))
+        raise subprocess.CalledProcessError(result.returncode, args)
     return result.stdout.decode() if capture else ""
 
 

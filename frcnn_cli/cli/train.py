@@ -65,12 +65,14 @@ def _is_main_process() -> bool:
 
 def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every,
                   resume, device, proposals=None, schedule: dict) -> None:
+    from ..train.budget import now
     from ..train.budget_control import StepBudget
     from ..train.data_schedule import choose_length
     from ..train.stage import StageRequest, resume_path, run_stage
     from ..train.stage_setup import best_path
     from ..train.steps import stage_config, stage_spec
 
+    started = now()
     hold_output(out, "--out")
     seconds = budget_seconds(schedule["time_budget"], iters=iters, epochs=schedule["epochs"])
     manifest = read_manifest(data)
@@ -108,7 +110,7 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
 
     fitted: list = []
     if seconds is not None:
-        req.budget = StepBudget(seconds, on_fitted=lambda plan: (fitted.append(plan), on_plan(plan)))
+        req.budget = StepBudget(seconds, on_fitted=lambda plan: (fitted.append(plan), on_plan(plan)), started=started)
     req.on_start, req.on_plan, req.on_validation = on_start, on_plan, view
     req.on_warning = lambda message: console.warn(escape(message))  # paths may hold [brackets]
     req.on_note = lambda message: console.info(escape(message))

@@ -42,6 +42,7 @@ class StepBudget:
     refit: Callable[[float], float] | None = None
     on_fitted: Callable[[StepPlan], None] | None = None
     epochs: float = 1.0  # the estimate the step starts on, until its first fit
+    started: float | None = None  # the clock when the step (or the command) began: its setup is spent too
     val_estimate: float = 0.0  # seconds of one validation before one is measured
     report: dict = field(default_factory=dict)
 
@@ -84,7 +85,8 @@ class BudgetControl:
     def begin(self, start: int) -> None:
         """The step (re)starts at iteration ``start``: the clock goes on from the elapsed seconds restored."""
         clock = self.budget.clock()
-        self.origin, self.mark = clock - self.state.elapsed, clock
+        fresh = self.state.elapsed == 0 and self.budget.started is not None
+        self.origin, self.mark = self.budget.started if fresh else clock - self.state.elapsed, clock
         self.timing_from = start + 1
         self.next_fit = start + CALIBRATION if self.state.fits == 0 else start + 1 + CALIBRATION
 

@@ -30,6 +30,7 @@ from ..model.anchor_fit import decide_anchors
 from ..model.checkpoint import load_model, read_init
 from . import distributed
 from .budget import format_duration
+from .budget import now as budget_now
 from .budget_control import StepBudget
 from .data_schedule import LengthChoice, carve_note, carve_validation, carves, choose_length
 from .loop import LoopState
@@ -269,18 +270,21 @@ def _announce_plan(req: PipelineRequest, cfg: Config) -> None:
         req.on_note(carve_note(req.manifest, req.val_manifest if req.carved else None, req.cfg, req.manifest_path))
     length = length_choice(req)
     if length.until_plateau:
-        req.on_note(f"each step runs until {length.patience} validations in a row bring no progress after its lr "
-                    f"drop (at most {cfg.solver.max_epochs:g} epochs); --epochs E or --time T fix the length instead")
+        req.on_note(f"each step runs until {length.patience} validations in a row bring no progress: the first "
+                    f"time its lr drops, the second time it ends (at most {cfg.solver.max_epochs:g} epochs); "
+                    "--epochs E or --time T fix the length instead")
 
 
-def _budget(req: PipelineRequest, cfg: Config, state: dict) -> RunBudget | None:
-    """The run's budget under ``--time``, with what a resumed run had spent and measured."""
+def _budget(req: PipelineRequest, state: dict, started: float) -> RunBudget | None:
+    """The run's budget under ``--time``, with what a resumed run had spent and measured, and the seconds this
+    process has spent since ``started`` (reading the data, deciding the anchors)."""
     if req.seconds is None:
         return None
     budget = RunBudget(req.seconds, val_images=len(req.val_manifest.images) if req.val_manifest else 0,
                        val_every=req.val_every, on_plan=req.on_plan, on_note=req.on_note,
                        dump_images=len(req.manifest.images))
     budget.restore(state.get("budget"))
+    budget.spent += budget.clock() - started
     return budget
 
 
@@ -306,6 +310,7 @@ def _run_budgeted_step(req: PipelineRequest, step: Step, cfg: Config, state: dic
 
 def run_pipeline(req: PipelineRequest) -> Path:
     """Run (or continue) every step; returns the path of the final unified model."""
+    started = budget_now()
     req = settle_request(req)
     if req.mode not in TRAIN_MODES:
         raise ConfigError(f"--mode must be one of {', '.join(TRAIN_MODES)}, got {req.mode}")
@@ -318,7 +323,7 @@ def run_pipeline(req: PipelineRequest) -> Path:
     state_path = req.workdir / "state.json"
     state, cfg = _start(req, state_path)
     _announce_plan(req, cfg)
-    budget = _budget(req, cfg, state)
+    budget = _budget(req, state, started)
     for step in _steps(req):
         if step.name in state["done"]:
             if req.on_step:

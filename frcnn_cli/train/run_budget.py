@@ -84,7 +84,7 @@ class RunBudget:
 
         val = demand.val_images * self.costs.seconds_per_image(demand.val_kind) if demand.val_images else 0.0
         return StepBudget(seconds=first.seconds, clock=self.clock, refit=refit, on_fitted=on_fitted,
-                          epochs=first.epochs, val_estimate=val)
+                          epochs=first.epochs, val_estimate=val, started=self.clock())
 
     def _tell(self, left: Sequence[BudgetedStep], fitted: StepPlan) -> None:
         """The plan of every step left (the first told in full; after that one line per step)."""
