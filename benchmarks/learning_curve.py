@@ -55,10 +55,11 @@ def tree_cpu_seconds(root: int) -> float:
 
 
 def watch(command: Sequence[str], target: Path, copies: Path, *, env: dict | None = None, poll: float = 1.0,
-          also: Path | None = None) -> tuple[float, list[tuple[float, float, Path]]]:
+          also: Path | None = None) -> tuple[float, list[tuple[float, float, Path]], float]:
     """Run ``command``; each new version of ``target`` is copied into ``copies`` with its time: wall seconds since
     the start and CPU seconds of the command's processes (what the run would take alone on a quiet machine).
-    Returns the command's wall seconds and the ``(wall, cpu, copy)`` list. ``also``: another file copied the
+    Returns the command's wall seconds, the ``(wall, cpu, copy)`` list and its CPU seconds (the last reading
+    before it ended). ``also``: another file copied the
     same way into ``copies/also`` (e.g. the resumable state, the last model so far)."""
     copies.mkdir(parents=True, exist_ok=True)
     watched = {target: (copies, [None], [])}
@@ -79,7 +80,7 @@ def watch(command: Sequence[str], target: Path, copies: Path, *, env: dict | Non
     seconds = time.perf_counter() - tick
     if proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, command)
-    return seconds, watched[target][2]
+    return seconds, watched[target][2], cpu
 
 
 def _copy_if_new(path: Path, folder: Path, seen: list, found: list, seconds: float, cpu: float) -> None:
@@ -105,7 +106,8 @@ def evaluate_copies(found: list[tuple[float, float, Path]],
     return [(wall / 60, cpu / 60, evaluate(path)) for wall, cpu, path in found]
 
 
-def plot_curves(curves: dict[str, list[tuple[float, float]]], out: Path, title: str) -> Path | None:
+def plot_curves(curves: dict[str, list[tuple[float, float]]], out: Path, title: str,
+                xlabel: str = "minutes of training (wall clock)") -> Path | None:
     """One PNG with each curve (minutes, mAP07) as a line; None without matplotlib."""
     try:
         import matplotlib
@@ -120,11 +122,11 @@ def plot_curves(curves: dict[str, list[tuple[float, float]]], out: Path, title: 
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o", markersize=3, label=label, drawstyle="steps-post")
-    ax.set_xlabel("minutes of training (wall clock)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test mAP07 (VOC 11-point, IoU 0.5)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +142,7 @@ def main() -> None:
     workdir, test = Path(sys.argv[1]), Path(sys.argv[2])
     command = sys.argv[cut + 1:]
     run = Path(command[command.index("--workdir") + 1])
-    seconds, found = watch(command, run / "final.pt", workdir / "curve")
+    seconds, found, _ = watch(command, run / "final.pt", workdir / "curve")
 
     def evaluate(path: Path) -> float:
         out = subprocess.run([sys.executable, "-m", "frcnn_cli", "eval", "--model", str(path), "--data", str(test),

@@ -107,7 +107,7 @@ def train_peer(train: Manifest, seconds: float, *, seed: int = 0, log=print, on_
         it += 1
         if it % 50 == 0:
             log(f"peer iteration {it}, {elapsed:.0f} s, loss {loss.item():.3f}, lr {lr:.4f}")
-        if on_tick is not None and time.perf_counter() - start - paused >= next_tick:
+        if on_tick is not None and next_tick <= time.perf_counter() - start - paused < seconds:  # the end: below
             next_tick += tick_every
             tick, cpu = time.perf_counter(), time.process_time()
             on_tick(tick - start - paused, cpu - cpu_start - cpu_paused, model)

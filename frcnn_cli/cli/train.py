@@ -65,14 +65,14 @@ def _is_main_process() -> bool:
 
 def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every,
                   resume, device, proposals=None, schedule: dict) -> None:
-    from ..train.budget import now
+    from ..train.budget import process_start
     from ..train.budget_control import StepBudget
     from ..train.data_schedule import choose_length
     from ..train.stage import StageRequest, resume_path, run_stage
     from ..train.stage_setup import best_path
     from ..train.steps import stage_config, stage_spec
 
-    started = now()
+    started = process_start()
     hold_output(out, "--out")
     seconds = budget_seconds(schedule["time_budget"], iters=iters, epochs=schedule["epochs"])
     manifest = read_manifest(data)
@@ -227,6 +227,7 @@ def train(data, workdir, config, set_, mode, iters, epochs, time_budget, val, va
     printed at the start. With validation each step keeps its best checkpoint: final.pt is then the best
     unified detector (final.last.pt the last).
     """
+    from ..train.budget import process_start
     from ..train.data_schedule import carves
     from ..train.pipeline import PipelineRequest, plans, run_pipeline
 
@@ -259,7 +260,7 @@ def train(data, workdir, config, set_, mode, iters, epochs, time_budget, val, va
                               on_warning=lambda m: console.warn(escape(m)), epochs=epochs, val_manifest=val_manifest,
                               val_path=val, val_every=val_every, patience=patience, on_plan=on_plan,
                               on_note=lambda m: console.info(escape(m)), on_validation=lambda _, row: view(row),
-                              seconds=seconds)
+                              seconds=seconds, started=process_start() if seconds is not None else None)
         req.on_log = lambda state: _log(progress, view, estimates, state)
         first_detector = next((p for name, p in plans(req, cfg) if p.kind != "rpn"), None)
         req.checkpoint_every = checkpoint_every if checkpoint_every is not None else max(

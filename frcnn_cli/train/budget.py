@@ -18,6 +18,7 @@ Shapes: none (seconds and counts).
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,20 @@ _UNITS = {"h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0}
 def now() -> float:
     """The budget's clock (seconds, monotonic): every budget reads it through here (tests replace it)."""
     return time.monotonic()
+
+
+def process_start() -> float:
+    """The budget clock's reading when this process started (Linux: from /proc, so the interpreter's start-up
+    and the imports are spent too), else now."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time, clock ticks after boot
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - started / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        age = 0.0
+    return now() - max(0.0, min(age, 3600.0))
 
 
 def parse_duration(text: str) -> float:

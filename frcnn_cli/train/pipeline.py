@@ -101,6 +101,7 @@ class PipelineRequest:
     on_validation: Callable[[str, dict], None] | None = None  # (step name, metrics row)
     seconds: float | None = None  # --time: the whole run fitted to this many seconds (not with iters/epochs)
     carved: int = 0  # validation images carved from the training manifest (settle_request)
+    started: float | None = None  # budget.now() when the command began (its start-up spent too); None: now
 
 
 def _read_state(path: Path) -> dict | None:
@@ -310,7 +311,7 @@ def _run_budgeted_step(req: PipelineRequest, step: Step, cfg: Config, state: dic
 
 def run_pipeline(req: PipelineRequest) -> Path:
     """Run (or continue) every step; returns the path of the final unified model."""
-    started = budget_now()
+    started = req.started if req.started is not None else budget_now()
     req = settle_request(req)
     if req.mode not in TRAIN_MODES:
         raise ConfigError(f"--mode must be one of {', '.join(TRAIN_MODES)}, got {req.mode}")
