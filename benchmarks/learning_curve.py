@@ -32,18 +32,19 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2:].split()  # fields from the state on (the name may hold spaces)
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds (user + system) of process ``root``, its reaped children and its live descendants (the loader
-    workers): Linux /proc; 0.0 elsewhere."""
+def cpu_seconds(root: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of process ``root`` alone (on a quiet 2-core machine about its wall time: its
+    loader worker runs beside it), and with its reaped children and live descendants (the loader workers):
+    Linux /proc; zeros elsewhere."""
     if not os.path.isdir("/proc"):
-        return 0.0
+        return 0.0, 0.0
     parents, times = {}, {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (fields := _stat(int(entry))) is not None:
             parents[int(entry)] = int(fields[1])
             times[int(entry)] = [int(v) for v in fields[11:15]]  # utime stime cutime cstime
     if root not in times:
-        return 0.0
+        return 0.0, 0.0
     total, todo = sum(times[root]), [root]
     while todo:
         pid = todo.pop()
@@ -51,13 +52,13 @@ def tree_cpu_seconds(root: int) -> float:
             if parent == pid:
                 total += sum(times[child][:2])
                 todo.append(child)
-    return total / _TICK
+    return sum(times[root][:2]) / _TICK, total / _TICK
 
 
 def watch(command: Sequence[str], target: Path, copies: Path, *, env: dict | None = None, poll: float = 1.0,
           also: Path | None = None) -> tuple[float, list[tuple[float, float, Path]], float]:
     """Run ``command``; each new version of ``target`` is copied into ``copies`` with its time: wall seconds since
-    the start and CPU seconds of the command's processes (what the run would take alone on a quiet machine).
+    the start and CPU seconds of the command's own process (what the run would take alone on a quiet machine).
     Returns the command's wall seconds, the ``(wall, cpu, copy)`` list and its CPU seconds (the last reading
     before it ended). ``also``: another file copied the
     same way into ``copies/also`` (e.g. the resumable state, the last model so far)."""
@@ -71,7 +72,7 @@ def watch(command: Sequence[str], target: Path, copies: Path, *, env: dict | Non
     cpu = 0.0
     while True:
         done = proc.poll() is not None
-        cpu = max(cpu, tree_cpu_seconds(proc.pid)) if not done else cpu
+        cpu = max(cpu, cpu_seconds(proc.pid)[0]) if not done else cpu
         for path, (folder, seen, found) in watched.items():
             _copy_if_new(path, folder, seen, found, time.perf_counter() - tick, cpu)
         if done:

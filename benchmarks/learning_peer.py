@@ -8,8 +8,8 @@ image; 2000 → 300 proposals in training, 1000 → 100 at test), RoIAlign 7×7 
 6272 → 256 → 256), 64 RoIs per image with 25 % foreground; the same image size as ``tiny`` (shorter side
 192, longer at most 320), ImageNet mean/std, horizontal flips. SGD (momentum 0.9, weight decay 1e-4), 4
 images per iteration, lr 0.02 after a 100-iteration linear warm-up, ×0.1 once three quarters of the wall
-time have passed. Decoded images are kept in memory (the peer pays no decoding). Evaluation: frcnn's VOC07
-code on its detections (score > 0.05, NMS 0.3, at most 100 per image).
+time (or with ``clock="cpu"`` of the CPU time) have passed. Decoded images are kept in memory (the peer pays no
+decoding). Evaluation: frcnn's VOC07 code on its detections (score > 0.05, NMS 0.3, at most 100 per image).
 """
 
 from __future__ import annotations
@@ -69,10 +69,49 @@ def _flip(image: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch
     return image.flip(-1), flipped
 
 
+class _Clocks:
+    """Wall and CPU seconds since the start, less the paused spans (the curve's evaluations); ``now()`` is the one
+    the budget counts (``kind``: "wall" or "cpu")."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
+        self.paused = self.cpu_paused = 0.0
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.start - self.paused
+
+    def cpu(self) -> float:
+        return time.process_time() - self.cpu_start - self.cpu_paused
+
+    def now(self) -> float:
+        return self.wall() if self.kind == "wall" else self.cpu()
+
+    def pause(self, work) -> None:
+        tick, cpu = time.perf_counter(), time.process_time()
+        work()
+        self.paused += time.perf_counter() - tick
+        self.cpu_paused += time.process_time() - cpu
+
+
+def _batch(data, order: list[int], rng: random.Random) -> tuple[list, list, list[int]]:
+    if len(order) < BATCH:
+        order += rng.sample(range(len(data)), len(data))
+    images, targets = [], []
+    for i in order[:BATCH]:
+        image, boxes, labels = data[i]
+        if rng.random() < 0.5:
+            image, boxes = _flip(image, boxes)
+        images.append(image)
+        targets.append({"boxes": boxes, "labels": labels})
+    return images, targets, order[BATCH:]
+
+
 def train_peer(train: Manifest, seconds: float, *, seed: int = 0, log=print, on_tick=None,
-               tick_every: float = 60.0) -> tuple[FasterRCNN, dict]:
-    """Train the peer on ``train`` for ``seconds`` of wall time (loading the images not counted). ``on_tick(wall,
-    cpu, model)`` every ``tick_every`` seconds and at the end (a learning curve): its own time is not counted."""
+               tick_every: float = 60.0, clock: str = "wall") -> tuple[FasterRCNN, dict]:
+    """Train the peer on ``train`` for ``seconds`` of wall time (``clock="cpu"``: of its process's CPU time, for a
+    loaded machine; loading the images not counted). ``on_tick(wall, cpu, model)`` every ``tick_every`` seconds
+    of that clock and at the end (a learning curve): its own time is not counted."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     data = [d for d in _images(train) if len(d[1])]  # torchvision's training needs a box per image
@@ -80,23 +119,11 @@ def train_peer(train: Manifest, seconds: float, *, seed: int = 0, log=print, on_
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=LR, momentum=0.9, weight_decay=1e-4)
-    start, it, dropped, order = time.perf_counter(), 0, False, []
-    cpu_start, paused, cpu_paused, next_tick = time.process_time(), 0.0, 0.0, tick_every
-    while time.perf_counter() - start - paused < seconds:
-        if len(order) < BATCH:
-            order += rng.sample(range(len(data)), len(data))
-        batch, order = order[:BATCH], order[BATCH:]
-        images, targets = [], []
-        for i in batch:
-            image, boxes, labels = data[i]
-            if rng.random() < 0.5:
-                image, boxes = _flip(image, boxes)
-            images.append(image)
-            targets.append({"boxes": boxes, "labels": labels})
-        elapsed = time.perf_counter() - start - paused
-        if not dropped and elapsed > 0.75 * seconds:
-            dropped = True
-        lr = LR * (0.1 if dropped else 1.0) * (min(1.0, (it + 1) / WARMUP))
+    clocks, it, order, next_tick = _Clocks(clock), 0, [], tick_every
+    while clocks.now() < seconds:
+        images, targets, order = _batch(data, order, rng)
+        elapsed = clocks.now()
+        lr = LR * (0.1 if elapsed > 0.75 * seconds else 1.0) * (min(1.0, (it + 1) / WARMUP))
         for group in optimizer.param_groups:
             group["lr"] = lr
         losses = model(images, targets)
@@ -106,17 +133,13 @@ def train_peer(train: Manifest, seconds: float, *, seed: int = 0, log=print, on_
         optimizer.step()
         it += 1
         if it % 50 == 0:
-            log(f"peer iteration {it}, {elapsed:.0f} s, loss {loss.item():.3f}, lr {lr:.4f}")
-        if on_tick is not None and next_tick <= time.perf_counter() - start - paused < seconds:  # the end: below
+            log(f"peer iteration {it}, {elapsed:.0f} s ({clock}), loss {loss.item():.3f}, lr {lr:.4f}")
+        if on_tick is not None and next_tick <= clocks.now() < seconds:  # the end's point comes below
             next_tick += tick_every
-            tick, cpu = time.perf_counter(), time.process_time()
-            on_tick(tick - start - paused, cpu - cpu_start - cpu_paused, model)
-            model.train()
-            paused, cpu_paused = paused + time.perf_counter() - tick, cpu_paused + time.process_time() - cpu
-    wall, cpu = time.perf_counter() - start - paused, time.process_time() - cpu_start - cpu_paused
+            clocks.pause(lambda: (on_tick(clocks.wall(), clocks.cpu(), model), model.train()))
     if on_tick is not None:
-        on_tick(wall, cpu, model)
-    return model, {"iterations": it, "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)}
+        on_tick(clocks.wall(), clocks.cpu(), model)
+    return model, {"iterations": it, "seconds": round(clocks.wall(), 1), "cpu_seconds": round(clocks.cpu(), 1)}
 
 
 @torch.inference_mode()

@@ -11,8 +11,10 @@ Faster R-CNN given the same wall time, on the same split; a table row and learni
 Learning curves (test mAP07 against minutes, ``WORKDIR/curves.png``): for frcnn, each version of its best
 checkpoint (``final.pt``, rewritten at each better validation) copied as the run writes it and evaluated
 afterwards (``learning_curve.py``); for the peer, its model evaluated every ``--tick`` seconds of its budget
-run (evaluation time not counted). Each point also has the CPU minutes of the run so far (frcnn: its process,
-loader workers included; the peer: its process), which a loaded machine does not inflate.
+run (evaluation time not counted). Each point also has the CPU minutes of the run so far (frcnn's own process,
+not its loader worker, which a quiet 2-core machine runs beside it; the peer's process), which a loaded machine
+does not inflate: ``--clock cpu`` makes every budget count those (frcnn's ``--time`` under
+``FRCNN_BUDGET_CLOCK=cpu``), so that a shared machine measures what a quiet one does in that wall time.
 
 Every part gets the same threads (``--threads``, default: frcnn's tiny default, half the cores). Prints the
 mAP07 (VOC2007 11-point AP at IoU 0.5), the ratios frcnn / torchvision, the load average before and after, and
@@ -55,8 +57,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--parts", default=",".join(PARTS), help=f"which runs: {','.join(PARTS)}")
     p.add_argument("--tick", type=float, default=60.0, help="seconds between the peer's curve points [60]")
     p.add_argument("--frcnn-args", default="", help="extra options of both frcnn runs (default: none)")
-    p.add_argument("--axis", choices=("wall", "cpu"), default="wall",
-                   help="the curves' minutes: wall clock (a quiet machine) or CPU time (a loaded one) [wall]")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="what the budgets and the curves count: wall clock (a quiet machine) or each run's own "
+                        "CPU time (a shared one: frcnn's --time under FRCNN_BUDGET_CLOCK=cpu, the peer by its "
+                        "process time) [wall]")
     return p.parse_args()
 
 
@@ -69,12 +73,14 @@ def _evaluator(test: Path, threads: int):
     return evaluate
 
 
-def run_frcnn(train: Path, test: Path, work: Path, threads: int, extra: list[str]) -> dict:
+def run_frcnn(train: Path, test: Path, work: Path, threads: int, extra: list[str], clock: str) -> dict:
     """One ``frcnn train`` (tiny, CPU): its wall and CPU seconds, test mAP07 and curve."""
     run = work / "run"
     command = [sys.executable, "-m", "frcnn_cli", "train", "--data", train, "--workdir", run, "--config", "tiny",
                "--device", "cpu", "--set", f"runtime.threads={threads}", *extra]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    if clock == "cpu":
+        env["FRCNN_BUDGET_CLOCK"] = "cpu"
     seconds, found, cpu = watch(command, run / "final.pt", work / "curve", env=env)
     curve = evaluate_copies(found, _evaluator(test, threads))
     value = _evaluator(test, threads)(run / "final.pt")
@@ -83,7 +89,7 @@ def run_frcnn(train: Path, test: Path, work: Path, threads: int, extra: list[str
             "command": " ".join(map(str, command[3:]))}
 
 
-def run_peer(train_m, test_m, seconds: float, tick: float | None) -> dict:
+def run_peer(train_m, test_m, seconds: float, tick: float | None, clock: str) -> dict:
     curve = []
 
     def on_tick(wall: float, cpu: float, model) -> None:
@@ -91,12 +97,12 @@ def run_peer(train_m, test_m, seconds: float, tick: float | None) -> dict:
         print(f"  peer at {wall / 60:.1f} min ({cpu / 60:.1f} CPU min): mAP07 {curve[-1][2]:.3f}", flush=True)
 
     model, info = train_peer(train_m, seconds, log=lambda m: print(m, flush=True),
-                             on_tick=on_tick if tick else None, tick_every=tick or seconds)
+                             on_tick=on_tick if tick else None, tick_every=tick or seconds, clock=clock)
     value = curve[-1][2] if curve else evaluate_peer(model, test_m)
     return {**info, "budget": seconds, "map": value, "curve": curve}
 
 
-def _row(name: str, n_train: int, n_test: int, r: dict, budget: float) -> str:
+def _row(name: str, n_train: int, n_test: int, r: dict, budget: float, clock: str) -> str:
     d, t, same, long = r.get("defaults", {}), r.get("time", {}), r.get("peer-same", {}), r.get("peer-budget", {})
 
     def ratio(a: dict, b: dict) -> str:
@@ -105,10 +111,11 @@ def _row(name: str, n_train: int, n_test: int, r: dict, budget: float) -> str:
     def fig(x: dict, key: str = "map") -> str:
         return f"{x[key]:.3f}" if x.get(key) is not None else "—"
 
-    minutes = f"{d['seconds'] / 60:.1f} min" if d.get("seconds") else "—"
+    key, unit = ("seconds", "min") if clock == "wall" else ("cpu_seconds", "CPU min")
+    minutes = f"{d[key] / 60:.1f} {unit}" if d.get(key) else "—"
     return (f"| {name} | {n_train} / {n_test} | {minutes}, **{fig(d)}** | {fig(same)} | {ratio(d, same)} | "
-            f"**{fig(t)}** ({t.get('seconds', 0) / 60:.1f} min) | {fig(long)} | {ratio(t, long)} |"
-            f" budget {budget / 60:g} min")
+            f"**{fig(t)}** ({t.get(key, 0) / 60:.1f} {unit}) | {fig(long)} | {ratio(t, long)} |"
+            f" budget {budget / 60:g} {unit}")
 
 
 def main() -> None:
@@ -127,14 +134,16 @@ def main() -> None:
     extra = args.frcnn_args.split()
     for part in parts:
         if part == "defaults":
-            results[part] = run_frcnn(train, test, args.workdir / "frcnn-defaults", args.threads, extra)
+            results[part] = run_frcnn(train, test, args.workdir / "frcnn-defaults", args.threads, extra, args.clock)
         elif part == "time":
             results[part] = run_frcnn(train, test, args.workdir / "frcnn-time", args.threads,
-                                      [*extra, "--time", args.budget])
+                                      [*extra, "--time", args.budget], args.clock)
         elif part == "peer-same":
-            results[part] = run_peer(train_m, test_m, results["defaults"]["seconds"], None)
+            same = results["defaults"]["seconds" if args.clock == "wall" else "cpu_seconds"]
+            results[part] = run_peer(train_m, test_m, same, None, args.clock)
         elif part == "peer-budget":
-            results[part] = run_peer(train_m, test_m, budget, args.tick)
+            results[part] = run_peer(train_m, test_m, budget, args.tick, args.clock)
+        results[part]["clock"] = args.clock
         print(f"{part}: mAP07 {results[part]['map']:.3f} in {results[part]['seconds'] / 60:.1f} min", flush=True)
         results_path.write_text(json.dumps(results, indent=1))
     print("after:", environment(torch.device("cpu")))
@@ -145,11 +154,11 @@ def main() -> None:
     if "peer-budget" in results:
         curves[f"torchvision peer, {budget / 60:g} min"] = results["peer-budget"]["curve"]
     name = Path(args.dataset.rstrip("/")).name or args.dataset
-    axis = 0 if args.axis == "wall" else 1
+    axis = 0 if args.clock == "wall" else 1
     plot_curves({k: [(p[axis], p[2]) for p in v] for k, v in curves.items()}, args.workdir / "curves.png",
                 f"{name[:40]}: test mAP07 against training time ({args.threads} thread(s))",
                 xlabel=f"minutes of training ({'wall clock' if axis == 0 else 'CPU time'})")
-    print("\n" + _row(name, len(train_m.images), len(test_m.images), results, budget))
+    print("\n" + _row(name, len(train_m.images), len(test_m.images), results, budget, args.clock))
 
 
 if __name__ == "__main__":
