@@ -97,8 +97,9 @@ def test_tiny_fits_poorly_covering_anchors_and_records_them_the_paper_presets_wa
 
 def test_well_covered_boxes_leave_the_anchors_alone():
     fits = _manifest([[[0.0, 0.0, 48.0, 48.0], [96.0, 96.0, 144.0, 144.0]]], size=(192, 192))
-    decision = decide_anchors(get_preset("tiny"), fits)  # 48x48 boxes on the 48-px anchors' cells
-    assert not decision.fitted and not decision.warn and decision.config == get_preset("tiny")
+    tiny = apply_overrides(get_preset("tiny"), ["input.train_scales=192"])  # shown at its own size: scale 1
+    decision = decide_anchors(tiny, fits)  # 48x48 boxes on the 48-px anchors' cells
+    assert not decision.fitted and not decision.warn and decision.config == tiny
     assert decision.before.at_07 == 1.0
 
 
