@@ -32,7 +32,14 @@ from .eval_outputs import (
     write_coco_outputs,
     write_report_page,
 )
-from .options import check_checkpoint_overrides, checkpoint_set_option, hold_output, load_predictor, positive_int
+from .options import (
+    check_checkpoint_overrides,
+    checkpoint_set_option,
+    hold_output,
+    load_predictor,
+    output_complete,
+    positive_int,
+)
 
 __all__ = ["eval_command", "check_classes", "split_of"]
 
@@ -74,6 +81,7 @@ def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str
         write_ap_outputs(out, run.by_class, manifest, run.voc)
         if run.coco_results is not None:
             write_coco_outputs(out, run.coco_results)
+        output_complete(out, folder=True)
     if report is not None:
         write_report_page(report, model_path=model_path, data=data, manifest=manifest, run=run,
                           settings=report_settings(metric, dev, batch_size, set_, ablation))
@@ -94,6 +102,7 @@ def _eval_proposals(proposals_path: Path, data: Path, manifest: Manifest, out: P
 
         plot_recall_vs_iou(result, out / RECALL_PLOT, title=f"{manifest.name}: recall vs IoU")
         console.info(f"wrote {escape(str(out / RECALL_PLOT))}")
+    output_complete(out, folder=True)
     return {"iou_thresholds": result["iou_thresholds"], "top_ns": result["top_ns"],
             "recall": {str(n): [json_number(v) for v in result["recall"][n]] for n in result["top_ns"]},
             "average_recall": {str(n): json_number(result["average_recall"][n]) for n in result["top_ns"]},
@@ -151,7 +160,7 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, coco, out, r
     """
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
     metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report, coco)
-    hold_output(out, "--out", folder=True)
+    hold_output(out, "--out", folder=True, discard_on_failure=True)
     hold_output(report, "--report")
     check_checkpoint_overrides(set_, model_path)
     manifest = read_manifest(data)
