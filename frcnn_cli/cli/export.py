@@ -43,12 +43,14 @@ def export(model_path, fmt, out, score_thresh, proposals_n, check_paths, set_) -
     from ..config import runtime_defaults
     from ..config_io import apply_runtime_overrides, split_overrides
     from ..devices import process_settings
-    from ..export.writer import export_model
+    from ..export.writer import check_suffix, export_model
     from ..inference import InferenceSettings
     from ..model.checkpoint import load_model
     from .detect import ablation_from_options
 
     check_checkpoint_overrides(set_, model_path)
+    check_suffix(out, fmt)
+    replacing = out.is_file()
     hold_output(out, "--out")
     images = load_images(check_paths) if check_paths else None
     model, _ = load_model(model_path, device="cpu", require=("rpn", "roi_head"))
@@ -65,7 +67,11 @@ def export(model_path, fmt, out, score_thresh, proposals_n, check_paths, set_) -
     console.info(f"checked on {len(v.sizes)} images ({', '.join(f'{w}x{h}' for h, w in v.sizes)}): the "
                  f"checkpoint's detections, largest differences {v.box_px:.2g} px and {v.score:.2g} in score "
                  f"({v.detections} detections)")
-    console.info(f"wrote {escape(str(out))}: {len(meta.classes)} classes, {meta.settings.proposals.post_nms_top_n} "
+    for line in v.inconclusive():
+        console.warn(escape(line))
+    classes = len(meta.classes)
+    console.info(f"wrote {escape(str(out))}{' (it replaces the file that was there)' if replacing else ''}: "
+                 f"{classes} class{'es' if classes != 1 else ''}, {meta.settings.proposals.post_nms_top_n} "
                  f"proposals, score > {meta.settings.detections.score_thresh:g}")
     click.echo(str(out))
 
