@@ -254,3 +254,16 @@ def test_export_says_it_replaces_an_existing_file_and_counts_one_class(tmp_path)
     assert result.exit_code == 0, result.output
     assert "(it replaces the file that was there): 1 class," in " ".join(result.output.split())
     assert load_exported(out, CPU).classes == ["kangaroo"]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_exported_file_where_a_checkpoint_is_needed_is_named_as_such(exported, synth_set, tmp_path, fmt,
+                                                                        assert_clean_error):
+    kind = "ONNX" if fmt == "onnx" else "TorchScript"
+    result = _run("export", "--model", exported[fmt], "--format", "onnx", "--out", tmp_path / "again.onnx")
+    assert_clean_error(result, f"checkpoint {exported[fmt]} is an exported {kind} model (frcnn export), not a "
+                               "checkpoint", "give the checkpoint it was exported from", out_dir=tmp_path)
+    result = _run("train-rpn", "--data", synth_set[0], "--out", tmp_path / "rpn.pt", "--init", exported[fmt],
+                  "--config", "tiny")
+    message = assert_clean_error(result, f"weights file {exported[fmt]} is an exported {kind} model")
+    assert "UserWarning" not in result.output and message == result.output[result.output.index("Error:"):]
