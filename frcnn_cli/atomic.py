@@ -306,7 +306,11 @@ def atomic_write_json(path: str | os.PathLike, obj: object, *, indent: int | Non
 
 def append_text(path: str | os.PathLike, text: str) -> None:
     """Append ``text`` (UTF-8) to ``path`` in one write (a log such as ``metrics.jsonl``; not atomic: a crash
-    can cut its last line); a failure is a ``FrcnnError`` that names the file."""
+    can cut its last line); a failure is a ``FrcnnError`` that names the file. A FIFO or a device is refused (an
+    append to a FIFO would wait for a reader)."""
+    kind = special_kind(path)
+    if kind is not None:
+        raise not_regular(Path(path), kind, "output")
     try:
         with open(path, "a", encoding="utf-8") as f:
             f.write(text)

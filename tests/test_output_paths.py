@@ -107,6 +107,22 @@ def test_a_name_over_the_limit_is_refused_first_with_advice_that_fits(tmp_path, 
     assert "choose an output folder you can write to" not in message
 
 
+@pytest.mark.parametrize("command", ["train-rpn", "dump-proposals"])
+def test_an_output_whose_derived_name_would_be_too_long_is_refused_first(command, tmp_path, synth_set,
+                                                                         tiny_checkpoint, assert_clean_error):
+    """train-rpn keeps OUT.resume.pt, dump-proposals OUT.partial: before, a traceback (the name too long for
+    even asking whether it exists)."""
+    if command == "train-rpn":
+        out, derived = tmp_path / "run" / _long(".pt", NAME_MAX - 5), ".pt.resume.pt"
+        args = ["train-rpn", "--data", synth_set[0], "--out", out, "--init", "none", "--iters", "1", "--config",
+                "tiny", *NO_WORKERS]
+    else:
+        out, derived = tmp_path / "run" / _long(".h5", NAME_MAX - 5), ".h5.partial"
+        args = ["dump-proposals", "--model", tiny_checkpoint(), "--data", synth_set[1], "--out", out, *NO_WORKERS]
+    assert_clean_error(_run(*args), f"{derived}: its name is", "give --out a shorter name")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_killed_writers_temporary_of_a_long_name_is_removed_by_the_next_write(tmp_path):
     out = tmp_path / _long(".json")
     code = ("import os, signal, sys; from frcnn_cli.atomic import atomic_path\n"
@@ -129,16 +145,21 @@ def _fifo(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("command", ["prepare", "eval --report", "export", "train-rpn"])
+@pytest.mark.parametrize("command", ["prepare", "eval --report", "export", "train-rpn", "train-rpn metrics"])
 def test_an_output_that_is_a_fifo_is_refused_before_any_work_and_stays_a_fifo(command, tmp_path, synth_set,
                                                                               tiny_checkpoint, assert_clean_error,
                                                                               monkeypatch):
     fifo = _fifo(tmp_path / "pipe")
-    monkeypatch.setattr("frcnn_cli.train.stage.run_stage", lambda *a, **k: pytest.fail("trained"))
+    if command == "train-rpn":
+        monkeypatch.setattr("frcnn_cli.train.stage.run_stage", lambda *a, **k: pytest.fail("trained"))
     args = {"prepare": None,
             "eval --report": ["eval", "--model", tiny_checkpoint(), "--data", synth_set[1], "--report", fifo],
             "export": ["export", "--model", tiny_checkpoint(), "--format", "onnx", "--out", fifo],
-            "train-rpn": ["train-rpn", "--data", synth_set[0], "--out", fifo, "--init", "none"]}[command]
+            "train-rpn": ["train-rpn", "--data", synth_set[0], "--out", fifo, "--init", "none"],
+            "train-rpn metrics": ["train-rpn", "--data", synth_set[0], "--out", tmp_path / "rpn.pt", "--init", "none",
+                                  "--iters", "1", "--config", "tiny", *NO_WORKERS]}[command]
+    if command == "train-rpn metrics":  # the log appended to beside the checkpoint: an append would wait forever
+        fifo = _fifo(tmp_path / "metrics.jsonl")
     result = _prepare(tmp_path, fifo) if args is None else _run(*args)
     assert_clean_error(result, f"cannot write {fifo}: it is a named pipe (FIFO), not a regular file",
                        "give --report" if command == "eval --report" else "give --out")
