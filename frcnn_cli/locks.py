@@ -267,9 +267,16 @@ def _locked_by_another(fd: int, lock: Path) -> bool:
     return False
 
 
+_NESTED_DEPTH = 4  # how deep below a folder output its lock looks for others' (run folders nest one or two levels)
+
+
 def _locks_inside(folder: Path, own: Path) -> Iterator[Path]:
-    """The lock files under ``folder`` other than ``own``: ``.frcnn.lock`` of folders, ``.NAME.lock`` of files."""
-    for root, _dirs, files in os.walk(folder):
+    """The lock files under ``folder`` (at most ``_NESTED_DEPTH`` levels down: an output folder may be a big tree of
+    photos) other than ``own``: ``.frcnn.lock`` of folders, ``.NAME.lock`` of files."""
+    top = len(folder.parts)
+    for root, dirs, files in os.walk(folder):
+        if len(Path(root).parts) - top >= _NESTED_DEPTH:
+            dirs.clear()
         for name in files:
             if name.startswith(".") and name.endswith(".lock") and Path(root, name) != own:
                 yield Path(root, name)

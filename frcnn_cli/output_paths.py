@@ -101,9 +101,9 @@ def special_kind(path: str | os.PathLike) -> str | None:
 
 def not_regular(path: Path, kind: str, option: str) -> FrcnnError:
     """The error of an output that exists as a device, a FIFO or a socket: it is never replaced."""
+    advice = f"choose another {option}" if "device" in kind else f"remove it or choose another {option}"
     return FrcnnError(f"cannot write {path}: it is {kind}, not a regular file, and frcnn writes an output by "
-                      f"renaming a finished file over it, which would replace it; give {option} the name of a "
-                      f"regular file")
+                      f"renaming a finished file over it, which would replace it; {advice}")
 
 
 def dangling_link(path: str | os.PathLike) -> tuple[Path, str] | None:

@@ -162,7 +162,7 @@ def test_an_output_that_is_a_fifo_is_refused_before_any_work_and_stays_a_fifo(co
         fifo = _fifo(tmp_path / "metrics.jsonl")
     result = _prepare(tmp_path, fifo) if args is None else _run(*args)
     assert_clean_error(result, f"cannot write {fifo}: it is a named pipe (FIFO), not a regular file",
-                       "give --report" if command == "eval --report" else "give --out")
+                       "remove it or choose another --report" if command == "eval --report" else "choose another --out")
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
@@ -170,7 +170,8 @@ def test_an_output_that_is_a_fifo_is_refused_before_any_work_and_stays_a_fifo(co
 def test_a_device_like_dev_null_is_never_replaced(tmp_path, assert_clean_error):
     null = tmp_path / "mynull"
     os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # what /dev/null is
-    assert_clean_error(_prepare(tmp_path, null), f"cannot write {null}: it is a character device")
+    assert_clean_error(_prepare(tmp_path, null), f"cannot write {null}: it is a character device",
+                       "; choose another --out")
     assert stat.S_ISCHR(os.lstat(null).st_mode)
 
 

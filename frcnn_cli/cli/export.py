@@ -37,7 +37,10 @@ def export(model_path, fmt, out, score_thresh, proposals_n, check_paths, set_) -
     y2 in the image's pixels), scores [N] and labels [N] (index into the class list); the class names, the
     config and the checkpoint's hash are in its metadata (docs/deploying.md). Before it is written the
     exported model is run on the check images and must give the checkpoint's detections (boxes within 1 px,
-    scores within 0.002); otherwise nothing is written. detect, eval and bench take the file as --model.
+    scores within 0.002; detections whose scores tie are matched by class and score); otherwise nothing is
+    written. An existing file at --out is replaced once the new export has passed (export says so); its
+    suffix must fit --format (.onnx; .ts, .torchscript, .jit or .pt). detect, eval and bench take the file as
+    --model.
     """
     from ..bench import load_images
     from ..config import runtime_defaults
