@@ -36,14 +36,14 @@ def _check_parts(parts: Sequence[tuple[Path, Manifest]]) -> None:
     for path, part in parts[1:]:
         if list(part.classes) != list(first.classes):
             raise DataError(f"{path} has the classes {', '.join(part.classes)} but {first_path} has "
-                            f"{', '.join(first.classes)}; merge manifests of the same classes in the same order")
+                            f"{', '.join(first.classes)}; give manifests of the same classes in the same order")
         if part.category_ids != first.category_ids:
-            raise DataError(f"{path} and {first_path} give the classes different COCO category ids; merge "
-                            "manifests prepared from the same COCO categories")
+            raise DataError(f"{path} and {first_path} give the classes different COCO category ids; give "
+                            "manifests prepared from the same COCO categories to merge")
         if part.annotated != first.annotated:
             without, having = (path, first_path) if not part.annotated else (first_path, path)
-            raise DataError(f"{without} holds images without annotations but {having} is annotated; merge "
-                            "annotated manifests for training (an images-only test set goes on its own)")
+            raise DataError(f"{without} holds images without annotations but {having} is annotated; give "
+                            "annotated manifests to merge for training (an images-only test set goes on its own)")
 
 
 def _common_root(parts: Sequence[tuple[Path, Manifest]]) -> str:
@@ -84,7 +84,7 @@ def merge_manifests(parts: Sequence[tuple[str | os.PathLike, Manifest]], name: s
                 other, other_file = owner[new_id]
                 if os.path.realpath(other_file) == os.path.realpath(file):
                     raise DataError(f"image {rec.id!r} ({file}) is in both {other} and {path}: the parts overlap; "
-                                    "merge disjoint sets (e.g. VOC2007 trainval and VOC2007 test)")
+                                    "give disjoint sets (e.g. VOC2007 trainval and VOC2007 test)")
                 new_id = f"{part.name}/{rec.id}"
                 if new_id in owner:
                     raise DataError(f"image {rec.id!r} of {path} clashes with an image of {other} and its new id "
@@ -104,4 +104,4 @@ def _check_coco_ids(images: list[ImageRecord], parts: Sequence[tuple[Path, Manif
     ids = [rec.coco_id for rec in images if rec.coco_id is not None]
     if len(ids) != len(set(ids)):
         raise DataError(f"the COCO image ids of {', '.join(str(p) for p, _ in parts)} overlap; COCO evaluation needs "
-                        "them unique: merge manifests of distinct COCO images")
+                        "them unique: give manifests of distinct COCO images")
