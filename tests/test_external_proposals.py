@@ -33,6 +33,7 @@ def test_rcnn_boxes_are_1_based_inclusive_y1_x1_y2_x2():
     np.testing.assert_array_equal(convert_boxes(np.array([[11.0, 21, 30, 40]]), "xyxy1"), [[10, 20, 30, 40]])
     np.testing.assert_array_equal(convert_boxes(np.array([[10.0, 20, 30, 40]]), "xyxy"), [[10, 20, 30, 40]])
     np.testing.assert_array_equal(convert_boxes(np.array([[10.0, 20, 20, 20]]), "xywh"), [[10, 20, 30, 40]])
+    np.testing.assert_array_equal(convert_boxes(np.array([[11.0, 21, 20, 20]]), "xywh1"), [[10, 20, 30, 40]])
 
 
 def test_rank_scores_keep_the_files_order():
@@ -197,3 +198,11 @@ def test_fast_rcnn_trains_on_external_proposals_and_is_tested_on_an_rpns(synth_s
     assert "RPN proposals (N=50) of" in result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert 0.0 <= summary["map"] <= 1.0
+
+
+def test_the_commands_box_formats_are_the_librarys():
+    from frcnn_cli.cli.prepare_proposals import proposals
+    from frcnn_cli.data.external_proposals import BOX_FORMATS
+
+    option = next(p for p in proposals.params if p.name == "box_format")
+    assert tuple(option.type.choices) == BOX_FORMATS

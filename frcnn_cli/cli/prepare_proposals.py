@@ -12,8 +12,9 @@ from . import console
 from .options import hold_output, positive_int
 
 FORMAT_HELP = ("Layout of the file's boxes: yxyx1 (R-CNN's .mat files: 1-based inclusive y1 x1 y2 x2), xyxy1 "
-               "(1-based inclusive x1 y1 x2 y2), xyxy (0-based continuous, frcnn's), xywh (0-based x y w h). "
-               "Default: yxyx1 for .mat, xyxy for JSON and CSV.")
+               "(1-based inclusive x1 y1 x2 y2), xyxy (0-based continuous, frcnn's), xywh (0-based x y w h: "
+               "OpenCV), xywh1 (1-based x y w h: the MATLAB EdgeBoxes toolbox). Default: yxyx1 for .mat, xyxy for "
+               "JSON and CSV.")
 
 
 def _report(report, out: Path) -> None:
@@ -43,7 +44,8 @@ def _report(report, out: Path) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="HDF5 proposal file to write (what train-detector --proposals and eval --test-proposals take).")
 @click.option("--top-n", type=positive_int, default=None, help="Keep at most N proposals per image (the paper: 2000).")
-@click.option("--box-format", type=click.Choice(["yxyx1", "xyxy1", "xyxy", "xywh"]), default=None, help=FORMAT_HELP)
+@click.option("--box-format", type=click.Choice(["yxyx1", "xyxy1", "xyxy", "xywh", "xywh1"]), default=None,
+              help=FORMAT_HELP)
 def proposals(from_path: Path, data: Path, out: Path, top_n: int | None, box_format: str | None) -> None:
     """External proposals (Selective Search, EdgeBoxes, …) as a proposal file for a manifest.
 

@@ -6,7 +6,8 @@ Each manifest image gets the file's boxes of its id (``proposal_files.read_propo
 1. converted to frcnn's boxes (0-based continuous ``x1 y1 x2 y2``, original pixels) by the file's layout,
    ``BOX_FORMATS``: R-CNN's ``yxyx1`` (1-based inclusive ``[y1 x1 y2 x2]``: ``x1-1, y1-1, x2, y2``, as a VOC
    box), ``xyxy1`` (1-based inclusive ``[x1 y1 x2 y2]``), ``xyxy`` (frcnn's own), ``xywh`` (0-based corner and
-   size, OpenCV's Selective Search);
+   size, OpenCV's Selective Search and EdgeBoxes), ``xywh1`` (1-based corner and size, the MATLAB EdgeBoxes
+   toolbox's ``bbs``: ``x-1, y-1, x-1+w, y-1+h``);
 2. clipped to the image; boxes left empty (no width or no height) dropped; exact duplicates dropped, the
    first kept (py-faster-rcnn's ``unique_boxes``);
 3. ordered: by the file's scores when it has them (highest first, ties in file order), else in file order,
@@ -33,7 +34,7 @@ from .manifest import Manifest, manifest_hash
 from .proposal_files import ProposalFile, read_proposal_file
 from .proposal_store import ProposalWriter
 
-BOX_FORMATS = ("yxyx1", "xyxy1", "xyxy", "xywh")
+BOX_FORMATS = ("yxyx1", "xyxy1", "xyxy", "xywh", "xywh1")
 DEFAULT_FORMAT = {"mat": "yxyx1", "json": "xyxy", "csv": "xyxy"}
 OUTSIDE_PX = 1.0  # a box reaching further out of its image than this is counted (and clipped)
 WRONG_LAYOUT = 0.1  # more than this fraction of such boxes: the file was read in the wrong layout
@@ -51,6 +52,8 @@ def convert_boxes(rows: np.ndarray, box_format: str) -> np.ndarray:
         return np.stack([a, b, c, d], axis=1)
     if box_format == "xywh":
         return np.stack([a, b, a + c, b + d], axis=1)
+    if box_format == "xywh1":
+        return np.stack([a - 1, b - 1, a - 1 + c, b - 1 + d], axis=1)
     raise DataError(f"unknown box format {box_format!r}; choose one of {', '.join(BOX_FORMATS)}")
 
 
