@@ -206,3 +206,16 @@ def test_the_commands_box_formats_are_the_librarys():
 
     option = next(p for p in proposals.params if p.name == "box_format")
     assert tuple(option.type.choices) == BOX_FORMATS
+
+
+def test_several_files_make_one_store_for_a_merged_set(tmp_path, manifest, assert_clean_error):
+    # 07+12: VOC2007's file and VOC2012's, each of part of the images; one v5 and one v7.3 MAT-file
+    first = write_v5(tmp_path / "voc_2007.mat", {"images": Cell(IDS[:1]), "boxes": Cell(RCNN_ROWS[:1])})
+    second = write_v73(tmp_path / "voc_2012.mat", {"images": Cell(IDS[1:]), "boxes": Cell(RCNN_ROWS[1:])})
+    out = tmp_path / "ss.h5"
+    result = _run("prepare", "proposals", "--from", first, "--from", second, "--data", manifest, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert _check_store(out)["source_file"] == f"{first}, {second}"
+    again = _run("prepare", "proposals", "--from", first, "--from", first, "--data", manifest, "--out",
+                 tmp_path / "out" / "x.h5")
+    assert_clean_error(again, "image '000001' is in", "disjoint image sets", out_dir=tmp_path / "out")

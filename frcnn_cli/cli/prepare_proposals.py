@@ -36,9 +36,10 @@ def _report(report, out: Path) -> None:
 
 
 @click.command("proposals")
-@click.option("--from", "from_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--from", "from_paths", required=True, multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The proposals: R-CNN's / Fast R-CNN's .mat file (MATLAB v5, v7 or v7.3: 'images' and "
-                   "'boxes' cell arrays), or a .json / .csv of boxes per image id (docs/formats.md).")
+                   "'boxes' cell arrays), or a .json / .csv of boxes per image id (docs/formats.md). Repeat it "
+                   "for a manifest of several sets (07+12: VOC2007's and VOC2012's files).")
 @click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The manifest whose images they are (matched by image id).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -46,7 +47,7 @@ def _report(report, out: Path) -> None:
 @click.option("--top-n", type=positive_int, default=None, help="Keep at most N proposals per image (the paper: 2000).")
 @click.option("--box-format", type=click.Choice(["yxyx1", "xyxy1", "xyxy", "xywh", "xywh1"]), default=None,
               help=FORMAT_HELP)
-def proposals(from_path: Path, data: Path, out: Path, top_n: int | None, box_format: str | None) -> None:
+def proposals(from_paths: tuple[Path, ...], data: Path, out: Path, top_n: int | None, box_format: str | None) -> None:
     """External proposals (Selective Search, EdgeBoxes, …) as a proposal file for a manifest.
 
     Boxes become 0-based continuous original pixels, clipped to the image; empty ones and duplicates are
@@ -58,7 +59,7 @@ def proposals(from_path: Path, data: Path, out: Path, top_n: int | None, box_for
     hold_output(out, "--out")
     manifest = read_manifest(data)
     with console.ProgressReporter("proposals", every=500) as bar:
-        report = import_proposals(from_path, manifest, data, out, top_n=top_n, box_format=box_format,
+        report = import_proposals(from_paths, manifest, data, out, top_n=top_n, box_format=box_format,
                                   progress=bar, on_note=lambda m: console.info(escape(m)))
     _report(report, out)
     click.echo(str(out))

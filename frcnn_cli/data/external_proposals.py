@@ -21,8 +21,9 @@ manifest lacks are left out (a file of the whole VOC test set serves a manifest 
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import numpy as np
 from ..callbacks import Progress
 from ..errors import DataError
 from .manifest import Manifest, manifest_hash
-from .proposal_files import ProposalFile, read_proposal_file
+from .proposal_files import ProposalFile, read_proposal_files
 from .proposal_store import ProposalWriter
 
 BOX_FORMATS = ("yxyx1", "xyxy1", "xyxy", "xywh", "xywh1")
@@ -118,7 +119,7 @@ class ImportReport:
     counts: CleanCounts
 
 
-def _match(source: ProposalFile, manifest: Manifest, from_path: Path, manifest_path: Path) -> list[str]:
+def _match(source: ProposalFile, manifest: Manifest, from_path: str, manifest_path: Path) -> list[str]:
     """The file's id of every manifest image; an image the file lacks is a ``DataError``."""
     missing = [rec.id for rec in manifest.images if rec.id not in source.boxes]
     if missing:
@@ -129,31 +130,39 @@ def _match(source: ProposalFile, manifest: Manifest, from_path: Path, manifest_p
     return [rec.id for rec in manifest.images]
 
 
-def _scored(source: ProposalFile, ids: list[str], from_path: Path) -> bool:
+def _scored(source: ProposalFile, ids: list[str], from_path: str) -> bool:
     scored = {source.scores[i] is not None for i in ids}
     if len(scored) > 1:
         raise DataError(f"{from_path}: some images have scores and others not; give every box a score or none")
     return scored == {True}
 
 
-def _attributes(from_path: Path, source: ProposalFile, box_format: str, scored: bool, top_n: int | None) -> dict:
+def _attributes(from_paths: list[Path], source: ProposalFile, box_format: str, scored: bool,
+                top_n: int | None) -> dict:
     from ..model.checkpoint import file_sha256
 
-    return {"checkpoint_hash": file_sha256(from_path), "checkpoint": "", "nms_thresh": -1.0, "pre_nms_top_n": 0,
+    hashes = [file_sha256(p) for p in from_paths]
+    digest = hashes[0] if len(hashes) == 1 else hashlib.sha256(" ".join(hashes).encode()).hexdigest()
+    return {"checkpoint_hash": digest, "checkpoint": "", "nms_thresh": -1.0, "pre_nms_top_n": 0,
             "post_nms_top_n": int(top_n or 0), "min_size": 0.0, "scale": 0, "max_size": 0, "config": {},
-            "source": "external", "source_file": str(from_path), "source_kind": source.kind,
+            "source": "external", "source_file": ", ".join(map(str, from_paths)), "source_kind": source.kind,
             "box_format": box_format, "scores": "file" if scored else "rank"}
 
 
-def import_proposals(from_path: str | os.PathLike, manifest: Manifest, manifest_path: str | os.PathLike,
-                     out: str | os.PathLike, *, top_n: int | None = None, box_format: str | None = None,
-                     progress: Progress | None = None, on_note: Callable[[str], None] | None = None) -> ImportReport:
-    """Write ``out`` (a proposal store for ``manifest``) from the proposal file ``from_path`` (module
-    docstring); ``box_format`` defaults by the file's kind (``DEFAULT_FORMAT``)."""
-    from_path, manifest_path = Path(from_path), Path(manifest_path)
+def import_proposals(from_paths: str | os.PathLike | Sequence[str | os.PathLike], manifest: Manifest,
+                     manifest_path: str | os.PathLike, out: str | os.PathLike, *, top_n: int | None = None,
+                     box_format: str | None = None, progress: Progress | None = None,
+                     on_note: Callable[[str], None] | None = None) -> ImportReport:
+    """Write ``out`` (a proposal store for ``manifest``) from the proposal file(s) ``from_paths`` (module
+    docstring; several files are one set of images, e.g. VOC2007's and VOC2012's for 07+12); ``box_format``
+    defaults by the files' kind (``DEFAULT_FORMAT``)."""
+    if isinstance(from_paths, (str, os.PathLike)):
+        from_paths = [from_paths]
+    paths, manifest_path = [Path(p) for p in from_paths], Path(manifest_path)
+    from_path = " and ".join(map(str, paths))
     if top_n is not None and top_n < 1:
         raise DataError(f"--top-n must be a positive number of proposals, got {top_n}")
-    source = read_proposal_file(from_path)
+    source = read_proposal_files(paths)
     box_format = box_format or DEFAULT_FORMAT[source.kind]
     if box_format not in BOX_FORMATS:
         raise DataError(f"unknown box format {box_format!r}; choose one of {', '.join(BOX_FORMATS)}")
@@ -166,7 +175,7 @@ def import_proposals(from_path: str | os.PathLike, manifest: Manifest, manifest_
         cleaned.append(found[:2])
         total.add(found[2])
     _check_layout(total, box_format, from_path)
-    attrs = _attributes(from_path, source, box_format, scored, top_n)
+    attrs = _attributes(paths, source, box_format, scored, top_n)
     with ProposalWriter(out, manifest_hash=manifest_hash(manifest), attrs=attrs, manifest=manifest,
                         on_note=on_note) as writer:
         for index, (boxes, scores) in enumerate(cleaned):
@@ -179,7 +188,7 @@ def import_proposals(from_path: str | os.PathLike, manifest: Manifest, manifest_
     return ImportReport(source.kind, box_format, scored, len(ids), len(source.boxes) - len(ids), empty_images, total)
 
 
-def _check_layout(total: CleanCounts, box_format: str, from_path: Path) -> None:
+def _check_layout(total: CleanCounts, box_format: str, from_path: str) -> None:
     """A ``DataError`` when so many boxes reach out of their image that the layout must be another one."""
     if total.far_outside <= WRONG_LAYOUT * max(total.read, 1):
         return

@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,25 @@ class ProposalFile:
         if not (np.isfinite(rows).all() and (scores is None or np.isfinite(scores).all())):
             raise DataError(f"{where}: a box or score is not a finite number; fix the file")
         self.boxes[image_id], self.scores[image_id] = rows, scores
+
+
+def read_proposal_files(paths: Sequence[str | os.PathLike]) -> ProposalFile:
+    """The boxes of several files (e.g. Selective Search of VOC2007 trainval and of VOC2012 trainval for 07+12)
+    as one; they must be of one kind, and an image id in two of them is an error."""
+    files = [(Path(p), read_proposal_file(p)) for p in paths]
+    if not files:
+        raise DataError("no proposal file given; give --from FILE (repeat it for several)")
+    first_path, merged = files[0]
+    for path, other in files[1:]:
+        if other.kind != merged.kind:
+            raise DataError(f"{path} is a {other.kind} file but {first_path} a {merged.kind} file; give files of one "
+                            "kind (their box layouts differ)")
+        for image_id in other.boxes:
+            if image_id in merged.boxes:
+                raise DataError(f"image {image_id!r} is in {path} and in an earlier file ({first_path}, ...); give "
+                                "the files of disjoint image sets")
+            merged.boxes[image_id], merged.scores[image_id] = other.boxes[image_id], other.scores[image_id]
+    return merged
 
 
 def read_proposal_file(path: str | os.PathLike) -> ProposalFile:
