@@ -98,6 +98,13 @@ def test_options_that_do_not_fit_the_test_proposals_are_clean_errors(synth_set, 
     assert_clean_error(result, needle.replace("P.h5", str(props)))
 
 
+def test_test_proposals_that_do_not_exist_are_a_clean_error(synth_set, tmp_path, tiny_checkpoint,
+                                                             assert_clean_error):
+    result = _run("eval", "--model", tiny_checkpoint("det.pt", parts=("backbone", "roi_head")), "--data",
+                  synth_set[1], "--test-proposals", tmp_path / "rpn1.pt", *RUNTIME)
+    assert_clean_error(result, "--test-proposals", "rpn1.pt does not exist")
+
+
 def test_test_proposals_without_a_detector_are_a_usage_error(synth_set, tmp_path, assert_clean_error):
     result = _run("eval", "--proposals", tmp_path / "p.h5", "--data", synth_set[1], "--test-proposals", "dense")
     assert_clean_error(result, "--test-proposals are the proposals a detector (--model) is evaluated on")

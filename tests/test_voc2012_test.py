@@ -49,6 +49,13 @@ def test_manifest(voc2012_test, tmp_path_factory) -> Path:
     return out
 
 
+def test_voc2012_test_goes_alone(voc2012_test, tmp_path, assert_clean_error):
+    out = tmp_path / "out"
+    result = _run("prepare", "voc", "--root", voc2012_test, "--year", "2007,2012", "--split", "test", "--out",
+                  out / "m.json")
+    assert_clean_error(result, "VOC2012 test has no public annotations", out_dir=out)
+
+
 def test_voc2012_test_is_an_images_only_manifest(test_manifest):
     manifest = read_manifest(test_manifest)
     assert manifest.name == "voc2012-test" and not manifest.annotated

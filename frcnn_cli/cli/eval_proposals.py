@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from ..data.manifest import Manifest
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from . import console
 from .options import load_predictor
 
@@ -33,6 +33,9 @@ def test_proposer(spec: Path, predictor, *, manifest: Manifest, data: Path, set_
     from ..dense_proposals import DenseProposer, DenseWindows, is_dense
     from ..export.runtime import exported_format
 
+    if not is_dense(spec) and not spec.is_file():
+        raise DataError(f"--test-proposals {spec} does not exist; give a checkpoint with an RPN (e.g. rpn1.pt), a "
+                        "proposal file (dump-proposals, prepare proposals), dense or dense-square")
     if is_dense(spec) or _is_proposal_file(spec):
         if ablation is not None and (not ablation.nms or not ablation.use_scores or not ablation.use_regression):
             raise ConfigError(f"--no-rpn-nms, --no-rpn-scores and --no-rpn-reg change an RPN's proposals; "
