@@ -91,8 +91,7 @@ def clean_boxes(boxes: np.ndarray, scores: np.ndarray | None, width: int, height
     counts.empty = int((~keep).sum())
     clipped = clipped[keep]
     scores = None if scores is None else scores[keep]
-    _, first = np.unique(clipped, axis=0, return_index=True)
-    unique = np.sort(first)
+    unique = _first_of_each(clipped)
     counts.duplicates = len(clipped) - len(unique)
     clipped = clipped[unique]
     if scores is not None:
@@ -104,6 +103,16 @@ def clean_boxes(boxes: np.ndarray, scores: np.ndarray | None, width: int, height
     counts.kept = len(clipped)
     scores = rank_scores(len(clipped)) if scores is None else scores.astype(np.float32)
     return clipped.astype(np.float32), scores, counts
+
+
+def _first_of_each(boxes: np.ndarray) -> np.ndarray:
+    """Indices of the first occurrence of every distinct row of ``boxes [R, 4]``, ascending (a stable lexsort
+    puts equal rows together in file order; ``np.unique(axis=0)`` is ten times slower on float rows)."""
+    order = np.lexsort(boxes.T[::-1])
+    ordered = boxes[order]
+    repeat = np.zeros(len(order), dtype=bool)
+    repeat[1:] = (ordered[1:] == ordered[:-1]).all(axis=1)
+    return np.sort(order[~repeat])
 
 
 @dataclass
@@ -137,11 +146,18 @@ def _scored(source: ProposalFile, ids: list[str], from_path: str) -> bool:
     return scored == {True}
 
 
+def _sha256(path: Path) -> str:
+    """The file's SHA-256 (as ``model.checkpoint.file_sha256``, without importing the model for it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _attributes(from_paths: list[Path], source: ProposalFile, box_format: str, scored: bool,
                 top_n: int | None) -> dict:
-    from ..model.checkpoint import file_sha256
-
-    hashes = [file_sha256(p) for p in from_paths]
+    hashes = [_sha256(p) for p in from_paths]
     digest = hashes[0] if len(hashes) == 1 else hashlib.sha256(" ".join(hashes).encode()).hexdigest()
     return {"checkpoint_hash": digest, "checkpoint": "", "nms_thresh": -1.0, "pre_nms_top_n": 0,
             "post_nms_top_n": int(top_n or 0), "min_size": 0.0, "scale": 0, "max_size": 0, "config": {},

@@ -24,6 +24,7 @@ against the bytes there, and a compressed element may not inflate past ``MAX_INF
 from __future__ import annotations
 
 import os
+import struct
 import zlib
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ class _Reader:
     def _u32(self, at: int) -> int:
         if at + 4 > len(self.data):
             raise _Fail(f"is cut short (a tag at byte {at} runs past the end)")
-        return int(np.frombuffer(self.data[at:at + 4], dtype=self.order + "u4")[0])
+        return int.from_bytes(self.data[at:at + 4], "little" if self.order == "<" else "big")
 
     def element(self, at: int, padded: bool = True) -> tuple[int, memoryview, int]:
         """``(type, data, next offset)`` of the element at ``at``; ``padded``: the next one starts at a
@@ -163,17 +164,19 @@ def _read_v5(data: bytes, names: tuple[str, ...]) -> dict[str, Any]:
 def _header(r: _Reader) -> tuple[int, int, tuple[int, ...], str, int]:
     """``(class, flags, dims, name, offset of the data)`` of a matrix element's body."""
     kind, flags, at = r.element(0)
-    words = r.array(kind, flags)
-    if kind != 6 or len(words) != 2:
+    if kind != 6 or len(flags) != 8:
         raise _Fail("has a matrix without valid array flags")
+    word = struct.unpack_from(r.order + "I", flags)[0]
     kind, dims_data, at = r.element(at)
-    dims = tuple(int(d) for d in r.array(kind, dims_data))
-    if kind != 5 or len(dims) < 2 or min(dims) < 0:
+    if kind != 5 or len(dims_data) % 4:
+        raise _Fail("has a matrix without valid dimensions")
+    dims = struct.unpack(f"{r.order}{len(dims_data) // 4}i", dims_data)
+    if len(dims) < 2 or min(dims) < 0:
         raise _Fail(f"has a matrix with invalid dimensions {dims}")
     kind, name, at = r.element(at)
     if kind not in (1, 2):
         raise _Fail("has a matrix whose name is not text")
-    return int(words[0]) & 0xFF, (int(words[0]) >> 8) & 0xFF, dims, bytes(name).decode("latin-1"), at
+    return word & 0xFF, (word >> 8) & 0xFF, dims, bytes(name).decode("latin-1"), at
 
 
 def _matrix_value(r: _Reader, name: str, depth: int) -> Any:
