@@ -85,8 +85,8 @@ def random_blobs(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str,
 def caffe_layers(blobs: dict[str, tuple[np.ndarray, np.ndarray]], *, python_layers: bool = True) -> list[Layer]:
     """The blobs as layers in the prototxt's order, with some layers without weights between them."""
     layers = []
-    for name, (w, b) in blobs.items():
-        layers.append(Layer(name, "Convolution" if w.ndim == 4 else "InnerProduct", [w, b]))
+    for name, arrays in blobs.items():
+        layers.append(Layer(name, "Convolution" if arrays[0].ndim == 4 else "InnerProduct", list(arrays)))
         if name.startswith(("conv", "fc", "rpn_conv")):
             layers.append(Layer(name.replace("conv", "relu").replace("fc", "relu"), "ReLU"))
         if name in ("conv1", "conv2", "conv1_2", "conv2_2"):

@@ -36,6 +36,7 @@ from .caffe_proto import CaffeLayer, CaffeNet, read_caffemodel
 
 BACKBONES = ("zf", "vgg16")
 CAFFE_PIXEL_MEANS = (102.9801, 115.9465, 122.7717)  # py-faster-rcnn's PIXEL_MEANS, BGR, 0-255
+_GROUP_NAMES = {"shared": "shared convolutional", "head_top": "fc6/fc7", "rpn": "RPN", "predictors": "class and box"}
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def _choose_backbone(layers: dict[str, CaffeLayer], backbone: str | None, path: 
     if guess == "zf" and conv5 is not None and conv5.blobs and conv5.blobs[0].dim() == 4 and (
             conv5.blobs[0].shape[0] == 512):
         raise CheckpointError(f"{path} looks like VGG_CNN_M_1024 (its conv5 has 512 outputs, ZF's 256), which frcnn "
-                              f"has no backbone for; convert a ZF or VGG16 model")
+                              f"has no backbone for; give a ZF or VGG16 model")
     return guess
 
 
@@ -104,14 +105,6 @@ def _select(layers: dict[str, CaffeLayer], slots: tuple[LayerSlot, ...], backbon
             path: Path) -> tuple[dict[LayerSlot, CaffeLayer], list[str]]:
     """The slots to fill with their layers, and the Caffe layers with weights left out; an error for a layer
     with weights that has no slot, and for a missing layer."""
-    known = {n for s in slots for n in s.names} | set(IMAGENET_CLASSIFIER)
-    unknown = [n for n, layer in layers.items() if layer.blobs and n not in known]
-    if unknown:
-        kinds = sorted({layers[n].type or "?" for n in unknown})
-        raise CheckpointError(f"layer '{unknown[0]}' ({layers[unknown[0]].type or 'type not given'}) of {path} holds "
-                              f"weights that frcnn's {backbone} model has no place for"
-                              f"{f' ({len(unknown)} such layers: {kinds})' if len(unknown) > 1 else ''}; give a "
-                              f"py-faster-rcnn or ImageNet {backbone} model (or the right --backbone)")
     found = {s: next(layers[n] for n in s.names if n in layers) for s in slots if any(n in layers for n in s.names)}
     groups = {s.group for s in found}
     needed = {"shared"} | ({"head_top"} if "predictors" in groups or not groups & {"rpn", "predictors"} else set())
@@ -121,7 +114,15 @@ def _select(layers: dict[str, CaffeLayer], slots: tuple[LayerSlot, ...], backbon
         guess = guess_backbone(set(layers))
         hint = f" (it looks like a {guess} net: --backbone {guess})" if guess not in (None, backbone) else ""
         raise CheckpointError(f"{path} has no layer '{missing[0].name}', which frcnn's {backbone} model needs for its "
-                              f"{missing[0].group.replace('_', ' ')} layers{hint}; give a complete {backbone} model")
+                              f"{_GROUP_NAMES[missing[0].group]} layers{hint}; give a complete {backbone} model")
+    known = {n for s in slots for n in s.names} | set(IMAGENET_CLASSIFIER)
+    unknown = [n for n, layer in layers.items() if layer.blobs and n not in known]
+    if unknown:
+        kinds = sorted({layers[n].type or "?" for n in unknown})
+        raise CheckpointError(f"layer '{unknown[0]}' ({layers[unknown[0]].type or 'type not given'}) of {path} holds "
+                              f"weights that frcnn's {backbone} model has no place for"
+                              f"{f' ({len(unknown)} such layers: {kinds})' if len(unknown) > 1 else ''}; give a "
+                              f"py-faster-rcnn or ImageNet {backbone} model (or the right --backbone)")
     dropped = [layer.name for s, layer in found.items() if s.group not in needed and layer.blobs]
     dropped += [n for n in IMAGENET_CLASSIFIER if n in layers and layers[n].blobs]
     return {s: layer for s, layer in found.items() if s.group in needed}, dropped

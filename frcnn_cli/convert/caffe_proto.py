@@ -41,8 +41,9 @@ from ..errors import CheckpointError
 _V1_TYPES = {4: "Convolution", 14: "InnerProduct", 39: "Deconvolution", 18: "ReLU", 17: "Pooling", 15: "LRN",
              6: "Dropout", 20: "Softmax", 21: "SoftmaxWithLoss", 5: "Data", 32: "DummyData", 36: "Silence",
              8: "Flatten", 3: "Concat", 22: "Split", 1: "Accuracy", 25: "Eltwise", 33: "Slice"}
-# V0LayerParameter.type strings (Caffe's UpgradeV0LayerType) of the layers that hold weights
-_V0_TYPES = {"conv": "Convolution", "innerproduct": "InnerProduct"}
+# V0LayerParameter.type strings (Caffe's UpgradeV0LayerType) of the layers that hold weights, and of common others
+_V0_TYPES = {"conv": "Convolution", "innerproduct": "InnerProduct", "relu": "ReLU", "pool": "Pooling", "lrn": "LRN",
+             "dropout": "Dropout", "softmax": "Softmax", "softmax_loss": "SoftmaxWithLoss", "data": "Data"}
 _TEXT = set(string.printable.encode())
 
 
@@ -221,12 +222,12 @@ def parse_net(buf: bytes) -> CaffeNet:
                 name = _text(buf, value)
             elif field in spans and wire == 2:
                 spans[field].append(value)
-        if spans[2] and spans[100]:
-            raise _Malformed("both the V1 'layers' and the 'layer' fields (Caffe refuses such a net too)", 0)
         v1 = bool(spans[2])
         layers = tuple(_layer(buf, s, v1, i) for i, s in enumerate(spans[2] or spans[100]))
     except _Malformed as exc:
-        raise ValueError(f"{exc.what} (at byte {exc.offset})") from None
+        raise ValueError(f"{exc.what} at byte {exc.offset}") from None
+    if spans[2] and spans[100]:
+        raise ValueError("both the V1 'layers' and the 'layer' fields, which Caffe refuses too")
     if not layers:
         raise ValueError("no layers")
     return CaffeNet(name=name, layout="layers" if v1 else "layer", layers=layers)
@@ -252,4 +253,4 @@ def read_caffemodel(path: str | os.PathLike) -> CaffeNet:
         return parse_net(buf)
     except ValueError as exc:
         raise CheckpointError(f"{path} is not a readable Caffe model ({exc}); the file is damaged or not a "
-                              f".caffemodel: download it again") from None
+                              f".caffemodel: download it again and check its checksum") from None
