@@ -179,7 +179,7 @@ def test_converted_checkpoint_holds_caffe_input_raw_deltas_and_its_provenance(na
     assert torch.equal(rpn["bbox_pred.weight"], torch.from_numpy(blobs["rpn_bbox_pred"][0]))
 
 
-def test_other_classes_end_to_end_models_and_fast_rcnn_models(narrow, tmp_path):
+def test_other_classes_end_to_end_fast_rcnn_and_rpn_models(narrow, tmp_path):
     blobs = random_blobs(weight_shapes("vgg16", "detector", classes=3))
     layers = [*caffe_layers(blobs), Layer("roi-data", "Python")]  # py-faster-rcnn's end2end train net
     path = write_caffemodel(tmp_path / "e2e.caffemodel", layers)
@@ -191,6 +191,12 @@ def test_other_classes_end_to_end_models_and_fast_rcnn_models(narrow, tmp_path):
     assert (report.parts, report.stage) == (("backbone", "roi_head"), "detector")
     model, _ = load_model(tmp_path / "fast.pt", require=("roi_head",))
     assert torch.equal(model.roi_head.cls_score.bias, torch.from_numpy(blobs["cls_score"][1]))
+    rpn = {k: v for k, v in blobs.items() if k not in ("cls_score", "bbox_pred")}  # an RPN snapshot
+    path = write_caffemodel(tmp_path / "rpn.caffemodel", caffe_layers(rpn), layout="layers")
+    report = convert_caffe(path, tmp_path / "rpn.pt")
+    assert (report.parts, report.stage, report.dropped) == (("backbone", "rpn"), "rpn", ("fc6", "fc7"))
+    model, _ = load_model(tmp_path / "rpn.pt", require=("rpn",))
+    assert torch.equal(model.rpn.conv.weight, torch.from_numpy(blobs["rpn_conv/3x3"][0]))
 
 
 def test_eval_runs_a_converted_py_faster_rcnn_model(narrow, tmp_path, synth_set, frcnn):

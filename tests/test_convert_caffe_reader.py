@@ -1,5 +1,6 @@
-"""Reading .caffemodel files (the wire format by hand, both layouts, packed and unpacked numbers, legacy shapes)
-and the one-line errors of frcnn convert caffe, each naming the Caffe layer or the file."""
+"""Reading .caffemodel files (the wire format by hand, both layouts, packed and unpacked numbers, legacy shapes;
+against the protobuf package's own encoder when it is installed) and the one-line errors of frcnn convert
+caffe, each naming the Caffe layer or the file."""
 
 from __future__ import annotations
 
@@ -44,6 +45,70 @@ def test_both_layouts_packed_unpacked_double_and_legacy_blobs_are_read():
         assert [(x.name, x.type) for x in old.layers] == [("conv", "Convolution"), ("relu", "ReLU"),
                                                           ("fc", "InnerProduct")]
         assert old.layers[2].blobs[0].shape == (4, 6) and old.layers[0].blobs[0].shape == (3, 2, 1, 1)
+
+
+def _protobuf_classes():
+    """Message classes of the part of caffe.proto frcnn reads, built by the ``protobuf`` package (an encoder and
+    decoder independent of both frcnn's reader and the tests' writer); the V1 type enum as the int32 it is on the
+    wire."""
+    pytest.importorskip("google.protobuf")  # installed with onnx (the dev extra)
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    f = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="caffe_part.proto", package="caffe_part", syntax="proto2")
+    messages = {
+        "BlobShape": [("dim", 1, f.TYPE_INT64, True, None)],
+        "BlobProto": [("shape", 7, f.TYPE_MESSAGE, False, "BlobShape"), ("data", 5, f.TYPE_FLOAT, True, None),
+                      ("double_data", 8, f.TYPE_DOUBLE, True, None), ("num", 1, f.TYPE_INT32, False, None),
+                      ("channels", 2, f.TYPE_INT32, False, None), ("height", 3, f.TYPE_INT32, False, None),
+                      ("width", 4, f.TYPE_INT32, False, None)],
+        "LayerParameter": [("name", 1, f.TYPE_STRING, False, None), ("type", 2, f.TYPE_STRING, False, None),
+                           ("blobs", 7, f.TYPE_MESSAGE, True, "BlobProto")],
+        "V1LayerParameter": [("name", 4, f.TYPE_STRING, False, None), ("type", 5, f.TYPE_INT32, False, None),
+                             ("blobs", 6, f.TYPE_MESSAGE, True, "BlobProto")],
+        "NetParameter": [("name", 1, f.TYPE_STRING, False, None),
+                         ("layers", 2, f.TYPE_MESSAGE, True, "V1LayerParameter"),
+                         ("layer", 100, f.TYPE_MESSAGE, True, "LayerParameter")],
+    }
+    for name, fields in messages.items():
+        message = proto.message_type.add(name=name)
+        for field_name, number, kind, repeated, type_name in fields:
+            field = message.field.add(name=field_name, number=number, type=kind,
+                                      label=f.LABEL_REPEATED if repeated else f.LABEL_OPTIONAL)
+            if type_name:
+                field.type_name = f".caffe_part.{type_name}"
+            elif repeated:
+                field.options.packed = True
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"caffe_part.{name}"))
+            for name in messages}
+
+
+def test_protobuf_and_frcnn_agree_on_both_layouts():
+    classes = _protobuf_classes()
+    w = np.arange(24, dtype=np.float32).reshape(4, 6) / 7
+    b = np.array([0.5, -1.5, 2.5, 1e-3], np.float32)
+    net = classes["NetParameter"](name="N")
+    layer = net.layer.add(name="fc", type="InnerProduct")
+    layer.blobs.add(data=w.reshape(-1).tolist()).shape.dim.extend(w.shape)
+    layer.blobs.add(double_data=b.tolist()).shape.dim.extend(b.shape)
+    net.layer.add(name="relu", type="ReLU")
+    old = classes["NetParameter"](name="N")
+    old.layers.add(name="fc", type=14).blobs.add(num=1, channels=1, height=4, width=6, data=w.reshape(-1).tolist())
+    for message, layout in ((net, "layer"), (old, "layers")):
+        read = parse_net(message.SerializeToString())  # protobuf's encoding, frcnn's reader
+        assert (read.name, read.layout, read.layers[0].name, read.layers[0].type) == ("N", layout, "fc", "InnerProduct")
+        assert torch.equal(read.layers[0].blobs[0].reshape(4, 6), torch.from_numpy(w))
+    assert torch.equal(parse_net(net.SerializeToString()).layers[0].blobs[1], torch.from_numpy(b))
+    # and the tests' writer writes what protobuf reads
+    for layout in ("layer", "layers"):
+        parsed = classes["NetParameter"].FromString(net_bytes([Layer("fc", "InnerProduct", [w, b])], layout=layout))
+        (got,) = getattr(parsed, layout)
+        assert got.name == "fc" and list(got.blobs[0].data) == w.reshape(-1).tolist()
+        blob = got.blobs[0]
+        shape = list(blob.shape.dim) if layout == "layer" else [blob.num, blob.channels, blob.height, blob.width]
+        assert shape == ([4, 6] if layout == "layer" else [1, 1, 4, 6])
 
 
 # --------------------------------------------------------------------------------------------------
