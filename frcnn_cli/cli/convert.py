@@ -45,6 +45,8 @@ def caffe(model: Path, out: Path, classes_file: Path | None, backbone: str | Non
                         f"{len(report.layers)} layers converted"
                         + (f", left out: {', '.join(report.dropped)}" if report.dropped else "")))
     if report.kind == "imagenet":
+        if classes is not None:
+            console.warn("--classes was ignored: an ImageNet model has no detection classes")
         console.info(escape(f"wrote {out}: the {report.backbone} backbone's ImageNet weights, a weights file for "
                             f"--init; {CAFFE_INPUT_HINT}"))
     else:
