@@ -110,6 +110,10 @@ def test_imagenet_model_becomes_the_weights_file_init_reads_with_fc8_left_out(na
         assert torch.equal(state[f"{key}.bias"], torch.from_numpy(bias)), caffe_name
     parts = build_backbone(backbone)
     init_backbone(parts, backbone, str(tmp_path / "imagenet.pth"))  # strict: every key, every shape
+    if layout == "layer":  # a classifier of another name on fc7 is left out as fc8 is
+        blobs["fc1000"] = blobs.pop("fc8")
+        path = write_caffemodel(tmp_path / "renamed.caffemodel", caffe_layers(blobs))
+        assert convert_caffe(path, tmp_path / "renamed.pth").dropped == ("fc1000",)
     conv1 = "conv1" if backbone == "zf" else "features.0"
     assert torch.equal(parts.shared.state_dict()[f"{conv1}.weight"], state[f"{conv1}.weight"])
 

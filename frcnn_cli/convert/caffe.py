@@ -116,7 +116,8 @@ def _select(layers: dict[str, CaffeLayer], slots: tuple[LayerSlot, ...], backbon
         raise CheckpointError(f"{path} has no layer '{missing[0].name}', which frcnn's {backbone} model needs for its "
                               f"{_GROUP_NAMES[missing[0].group]} layers{hint}; give a complete {backbone} model")
     known = {n for s in slots for n in s.names} | set(IMAGENET_CLASSIFIER)
-    unknown = [n for n, layer in layers.items() if layer.blobs and n not in known]
+    classifiers = _imagenet_classifiers(layers, found, known) if not groups & {"rpn", "predictors"} else []
+    unknown = [n for n, layer in layers.items() if layer.blobs and n not in known and n not in classifiers]
     if unknown:
         kinds = sorted({layers[n].type or "?" for n in unknown})
         raise CheckpointError(f"layer '{unknown[0]}' ({layers[unknown[0]].type or 'type not given'}) of {path} holds "
@@ -124,8 +125,20 @@ def _select(layers: dict[str, CaffeLayer], slots: tuple[LayerSlot, ...], backbon
                               f"{f' ({len(unknown)} such layers: {kinds})' if len(unknown) > 1 else ''}; give a "
                               f"py-faster-rcnn or ImageNet {backbone} model (or the right --backbone)")
     dropped = [layer.name for s, layer in found.items() if s.group not in needed and layer.blobs]
-    dropped += [n for n in IMAGENET_CLASSIFIER if n in layers and layers[n].blobs]
+    dropped += [n for n in IMAGENET_CLASSIFIER if n in layers and layers[n].blobs] + classifiers
     return {s: layer for s, layer in found.items() if s.group in needed}, dropped
+
+
+def _imagenet_classifiers(layers: dict[str, CaffeLayer], found: dict[LayerSlot, CaffeLayer],
+                          known: set[str]) -> list[str]:
+    """Fully connected layers of an ImageNet model that read fc7's output under a name other than ``fc8``:
+    its classifier, whatever the model calls it."""
+    fc7 = next((layer for s, layer in found.items() if s.name == "fc7"), None)
+    if fc7 is None or not fc7.blobs or fc7.blobs[0].dim() < 2:
+        return []
+    width = fc7.blobs[0].shape[-2]
+    return [n for n, layer in layers.items() if n not in known and layer.blobs and layer.type in ("InnerProduct", "")
+            and layer.blobs[0].dim() >= 2 and layer.blobs[0].shape[-1] == width]
 
 
 # --------------------------------------------------------------------------------------------------

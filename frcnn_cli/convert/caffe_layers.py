@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GROUPS = ("shared", "head_top", "rpn", "predictors")
-IMAGENET_CLASSIFIER = ("fc8",)
+IMAGENET_CLASSIFIER = ("fc8",)  # by name; any other fully connected layer on fc7 of an ImageNet model too
 _VGG16_CONVS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1", "conv4_2",
                 "conv4_3", "conv5_1", "conv5_2", "conv5_3")
 _VGG16_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # torchvision's features.N of each conv
