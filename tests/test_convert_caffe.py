@@ -178,9 +178,13 @@ def test_converted_checkpoint_holds_caffe_input_raw_deltas_and_its_provenance(na
     prov = ckpt["provenance"]
     assert prov["converted_from"] == str(path) and prov["caffe_layout"] == "layer" and prov["caffe_net"] == "ZF"
     assert len(prov["caffemodel_sha256"]) == 64
-    rpn = ckpt["parts"]["rpn"]  # the RPN's channels as they are: background scores of the 9 anchors first
-    assert torch.equal(rpn["cls_logits.weight"], torch.from_numpy(blobs["rpn_cls_score"][0]))
-    assert torch.equal(rpn["bbox_pred.weight"], torch.from_numpy(blobs["rpn_bbox_pred"][0]))
+    # every tensor as it is in the file; the RPN's channels too (background scores of the 9 anchors first)
+    stored = [(part, key) for part, state in ckpt["parts"].items() for key in state]
+    assert len(stored) == 2 * len(blobs)
+    for slot in layer_slots("zf"):
+        weight, bias = blobs[next(n for n in slot.names if n in blobs)]
+        assert torch.equal(ckpt["parts"][slot.part][f"{slot.module}.weight"], torch.from_numpy(weight)), slot.name
+        assert torch.equal(ckpt["parts"][slot.part][f"{slot.module}.bias"], torch.from_numpy(bias)), slot.name
 
 
 def test_other_classes_end_to_end_fast_rcnn_and_rpn_models(narrow, tmp_path):
