@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError, ConfigError
+from ..protobuf_wire import WireError
 from .integrity import (
     TORCHSCRIPT_MARKS,
-    Truncated,
     onnx_class_count,
     onnx_graph_digest,
     torchscript_class_count,
@@ -139,7 +139,7 @@ def _onnxruntime():
 def _read_graph(read, path: Path):
     try:
         return read(path)
-    except (Truncated, OSError) as exc:
+    except (WireError, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable ONNX model ({exc}); the file is damaged: rerun frcnn export "
                               "to write it again") from None
 
