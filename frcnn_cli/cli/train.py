@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 
 from ..config import TRAIN_MODES
-from ..data.manifest import read_manifest
+from ..data.manifest import read_manifest, require_annotations
 from ..devices import process_settings, resolve_device
 from ..train.budget import format_duration
 from . import console
@@ -32,6 +32,7 @@ from .schedule_options import (
     show_plan,
 )
 
+_NO_TRAINING = "there is nothing to train on: give an annotated manifest (frcnn prepare of a trainval split)"
 _ITERS_HELP = "Iterations of this step (default: the preset's; lr drops keep their fraction of the run)."
 
 
@@ -76,6 +77,7 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
     hold_output(out, "--out")
     seconds = budget_seconds(schedule["time_budget"], iters=iters, epochs=schedule["epochs"])
     manifest = read_manifest(data)
+    require_annotations(manifest, data, _NO_TRAINING)
     val = read_val(schedule["val"], manifest, data, iters=iters, epochs=schedule["epochs"],
                    val_every=schedule["val_every"], patience=schedule["patience"])
     cfg, runtime, init_read = stage_config(config, set_, seed, init)
@@ -143,7 +145,9 @@ def train_rpn(data, out, config, set_, init, freeze_shared, iters, seed, checkpo
 @click.command("train-detector")
 @_training_options
 @click.option("--proposals", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="HDF5 proposals of this manifest (frcnn dump-proposals).")
+              help="HDF5 proposals of this manifest (frcnn dump-proposals, or external ones: frcnn prepare "
+                   "proposals), or dense / dense-square: the dense sliding windows of the paper's one-stage "
+                   "ablation (Table 5; 3 scales x 3 ratios / x 1:1).")
 def train_detector(data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every, resume, device,
                    epochs, time_budget, val, val_every, patience, proposals):
     """Train Fast R-CNN on stored proposals: step 2 (--init imagenet) or step 4 (--init rpn2.pt --freeze-shared)."""
@@ -234,6 +238,7 @@ def train(data, workdir, config, set_, mode, iters, epochs, time_budget, val, va
     hold_output(workdir, "--workdir", folder=True)
     seconds = budget_seconds(time_budget, iters=iters, epochs=epochs)
     manifest = read_manifest(data)
+    require_annotations(manifest, data, _NO_TRAINING)
     cfg, runtime = load_cli_config(config, set_, seed)
     val_manifest = read_val(val, manifest, data, iters=iters, epochs=epochs, val_every=val_every, patience=patience,
                             carving=carves(cfg, iters=iters, epochs=epochs))
