@@ -300,7 +300,7 @@ def _presets() -> dict[str, Config]:
         solver={"lr": 0.01, "rpn_epochs": 4.0, "det_epochs": 5.0, "joint_epochs": 6.0, "min_iters": 0,
                 "rpn_images_per_batch": 4, "det_images_per_batch": 4, "warmup_epochs": 0.5,
                 "bias_lr_factor": 1.0, "rpn_drop_empty": False, "mode": "joint", "val_fraction": 0.15,
-                "max_epochs": 60.0, "patience": 3},
+                "max_epochs": 60.0, "patience": 5},
     )
     return {c.name: c for c in (vgg16, zf, resnet50, resnet101, tiny)}
 
