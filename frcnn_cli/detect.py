@@ -22,7 +22,6 @@ import json
 import os
 import zlib
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -75,16 +74,18 @@ def detect_images(predictor: Predictor, paths: Sequence[str | os.PathLike], *, b
     """Detections of every image in ``paths`` (files), ``batch_size`` images per forward.
 
     Images are decoded, rescaled and normalised by the predictor's loader workers (the results are the
-    same without). Keeps detections with ``score >= score_thresh`` (as py-faster-rcnn's demo; a threshold
-    below the predictor's own detection threshold lowers that one too) of the classes ``classes_filter``
-    (names; None: all). Returns one dict per image in the module docstring's layout, in the order of
-    ``paths``; an image that cannot be read (missing, truncated, corrupt, too large) gets an entry with its
-    ``error`` and no detections, and the rest are detected (``unreadable`` lists those entries).
+    same without). Keeps detections with ``score >= score_thresh`` (as py-faster-rcnn's demo) of the classes
+    ``classes_filter`` (names; None: all); a threshold below the predictor's own detection threshold lowers
+    that one for this call (``InferenceSettings.with_score_floor``; ``load_predictor(…, score_thresh=…)``
+    makes the predictor so at once, as ``frcnn detect --score-thresh``). Returns one dict per image in the
+    module docstring's layout, in the order of ``paths``; an image that cannot be read (missing, truncated,
+    corrupt, too large) gets an entry with its ``error`` and no detections, and the rest are detected
+    (``unreadable`` lists those entries).
     """
     keep = label_filter(predictor.classes, classes_filter)
-    settings = predictor.settings
-    predictor = predictor.with_settings(replace(settings, detections=settings.detections.with_score_floor(
-        score_thresh)))
+    lowered = predictor.settings.with_score_floor(score_thresh)
+    if lowered is not predictor.settings:
+        predictor = predictor.with_settings(lowered)
     paths = [Path(p) for p in paths]
     results: list[dict | None] = [None] * len(paths)
     done = reported = 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from torch import Tensor
 from .ablations import ProposalAblation
 from .callbacks import Progress
 from .config import Config, RuntimeConfig, runtime_defaults
-from .config_io import apply_overrides, config_to_dict
+from .config_io import Overrides, config_to_dict
 from .data.images import DetectionDataset, ImageBatch, ImageFilesDataset
 from .data.loading import inference_loader
 from .data.manifest import Manifest, manifest_hash
@@ -61,17 +62,18 @@ class InferenceSettings:
     mode: str = "test"
 
     @classmethod
-    def from_config(cls, cfg: Config, *, mode: str = "test", overrides: Sequence[str] = (),
+    def from_config(cls, cfg: Config, *, mode: str = "test", overrides: Overrides | Sequence[str] = (),
                     score_thresh: float | None = None, nms_thresh: float | None = None,
                     pre_nms_top_n: int | None = None, post_nms_top_n: int | None = None,
                     ablation: ProposalAblation | None = None) -> InferenceSettings:
         """The settings of a model whose config is ``cfg``: ``overrides`` (``--set`` items of
-        ``config.TEST_TIME_KEYS``, checked by the caller), for a dump (``mode="dump"``) ``nms_thresh`` and the
-        top-N flags, ``score_thresh`` a floor under the config's own threshold (``detect --score-thresh``),
-        ``ablation`` (``eval``/``detect``'s ``--proposals-n`` and ``--no-rpn-*``)."""
+        ``config.TEST_TIME_KEYS``, checked by the caller; runtime items are the ``Predictor``'s), for a dump
+        (``mode="dump"``) ``nms_thresh`` and the top-N flags, ``score_thresh`` a floor under the config's own
+        threshold (``detect --score-thresh``), ``ablation`` (``eval``/``detect``'s ``--proposals-n`` and
+        ``--no-rpn-*``)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        cfg = apply_overrides(cfg, list(overrides))
+        cfg = Overrides.parse(overrides).apply(cfg)
         if mode == "dump":
             rpn = cfg.rpn
             cfg = replace(cfg, rpn=replace(
@@ -80,11 +82,14 @@ class InferenceSettings:
                 dump_post_nms_top_n=rpn.dump_post_nms_top_n if post_nms_top_n is None else int(post_nms_top_n)))
         elif (nms_thresh, pre_nms_top_n, post_nms_top_n) != (None, None, None):
             raise ValueError("nms_thresh and the top-N numbers are a dump's settings (mode='dump')")
-        detections = DetectionSettings.from_config(cfg.roi_head)
-        if score_thresh is not None:
-            detections = detections.with_score_floor(score_thresh)
-        return cls(cfg, ProposalSettings.from_config(cfg.rpn, mode), detections,
-                   ablation if ablation is not None and not ablation.is_default else None, mode)
+        settings = cls(cfg, ProposalSettings.from_config(cfg.rpn, mode), DetectionSettings.from_config(cfg.roi_head),
+                       ablation if ablation is not None and not ablation.is_default else None, mode)
+        return settings if score_thresh is None else settings.with_score_floor(score_thresh)
+
+    def with_score_floor(self, score_thresh: float) -> InferenceSettings:
+        """These settings with the detection threshold lowered to ``score_thresh`` (never raised)."""
+        detections = self.detections.with_score_floor(score_thresh)
+        return self if detections == self.detections else replace(self, detections=detections)
 
     @property
     def proposer(self) -> Proposer:
@@ -130,6 +135,22 @@ class Predictor:
         self.svd_layers = compress_fc_svd(model, rank) if rank > 0 else []
         self.winograd_layers = place_model(model, self.device, self.runtime)
         self.model = model
+
+    @classmethod
+    def for_model(cls, model: FasterRCNN, device: torch.device | str, *, runtime: RuntimeConfig | None = None,
+                  owned: bool = False, mode: str = "test", overrides: Overrides | Sequence[str] = (),
+                  **settings) -> Predictor:
+        """A Predictor of ``model`` with the test-time settings of its own config, changed by ``overrides``
+        (``--set`` items: test-time keys into the settings, runtime keys over ``runtime``, default the runtime
+        defaults of the model's preset) and ``settings`` (``InferenceSettings.from_config``'s ``score_thresh``,
+        ``nms_thresh``, ``pre_nms_top_n``, ``post_nms_top_n``, ``ablation``). ``owned``: as ``__init__``.
+
+        >>> predictor = Predictor.for_model(model, "cpu", score_thresh=0.3)  # doctest: +SKIP
+        """
+        overrides = Overrides.parse(overrides)
+        runtime = overrides.apply_runtime(runtime if runtime is not None else runtime_defaults(model.cfg.name))
+        inference = InferenceSettings.from_config(model.cfg, mode=mode, overrides=overrides, **settings)
+        return cls(model, device, inference, runtime, owned=owned)
 
     def with_settings(self, settings: InferenceSettings) -> Predictor:
         """A Predictor of ``settings`` sharing this one's prepared model (same SVD unless it needs none)."""
@@ -201,6 +222,56 @@ class Predictor:
         if proposals:
             result.proposals = proposals_to_host(out, batch.scales.tolist())
         return result
+
+
+def load_predictor(model: str | os.PathLike, device: torch.device | str | None = None, *,
+                   overrides: Overrides | Sequence[str] = (), require: Sequence[str] = ("rpn", "roi_head"),
+                   mode: str = "test", score_thresh: float | None = None, nms_thresh: float | None = None,
+                   pre_nms_top_n: int | None = None, post_nms_top_n: int | None = None,
+                   ablation: ProposalAblation | None = None,
+                   on_runtime: Callable[[torch.device, RuntimeConfig], None] | None = None):
+    """The checkpoint (or ``frcnn export``'s ONNX / TorchScript file) at ``model`` as a predictor on ``device``
+    (default: CUDA when available), ready for ``detect_images``, ``evaluate`` and the loops of this module.
+
+    ``overrides``: ``--set`` items (``Overrides`` or ``key=value`` strings), checked against
+    ``config.TEST_TIME_KEYS`` before the file is read; the runtime keys (``runtime.*``) go over the runtime
+    defaults of the checkpoint's preset. ``score_thresh``: a floor under the checkpoint's detection threshold
+    (``roi_head.score_thresh``, 0.05: never raised); ``mode="dump"`` gives proposals for a proposal file, with
+    ``nms_thresh`` and the top-N numbers; ``ablation``: one of the paper's Table 1 proposal ablations;
+    ``require``: the parts the checkpoint must hold (``("rpn",)`` for proposals). ``on_runtime(device,
+    runtime)`` is called before the model is prepared (the command line sets its process settings there; a
+    library caller keeps its own). An exported file gives an ``export.predictor.ExportedPredictor`` with the
+    same interface, which refuses what its graph fixes. Errors are ``FrcnnError``: a missing file, a
+    checkpoint lacking a part, a key ``--set`` may not change.
+
+    >>> from frcnn_cli import load_predictor
+    >>> predictor = load_predictor("final.pt", "cpu", score_thresh=0.3)  # doctest: +SKIP
+    >>> predictor.classes  # doctest: +SKIP
+    ['circle', 'bottle', 'car', 'triangle', 'donut']
+    """
+    from .devices import resolve_device
+    from .export.runtime import exported_format
+    from .model.checkpoint import load_model
+
+    path = Path(model)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    overrides = Overrides.parse(overrides)
+    overrides.check_test_time(path)
+    settings = {"mode": mode, "score_thresh": score_thresh, "nms_thresh": nms_thresh, "ablation": ablation,
+                "pre_nms_top_n": pre_nms_top_n, "post_nms_top_n": post_nms_top_n}
+    if exported_format(path) is not None:  # frcnn export's file: the same interface (export/predictor.py)
+        from .export.predictor import load_exported
+
+        predictor = load_exported(path, device, overrides=overrides, **settings)
+        if on_runtime is not None:
+            on_runtime(predictor.device, predictor.runtime)
+        return predictor
+    loaded, _ = load_model(path, device=device, require=tuple(require))
+    runtime = overrides.apply_runtime(runtime_defaults(loaded.cfg.name))
+    if on_runtime is not None:
+        on_runtime(device, runtime)
+    return Predictor.for_model(loaded, device, runtime=runtime, owned=True,
+                               overrides=Overrides(config=overrides.config), **settings)
 
 
 def detections_to_host(dets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:

@@ -57,14 +57,14 @@ def _command(name: str, ro: Path, synth_set, tiny_checkpoint, tmp_path) -> tuple
                 "frcnn_cli.train.pipeline.run_pipeline")
     if name == "dump-proposals":
         return (["dump-proposals", "--model", tiny_checkpoint(), "--data", test, "--out", ro / "p.h5"], "p.h5",
-                "--out", "frcnn_cli.cli.train.load_predictor")
+                "--out", "frcnn_cli.inference.load_predictor")
     if name == "detect":
         return (["detect", Path(test).parent / "JPEGImages", "--model", tiny_checkpoint(), "--out", ro / "drawn"],
-                "drawn", "--out", "frcnn_cli.cli.detect.load_predictor")
+                "drawn", "--out", "frcnn_cli.inference.load_predictor")
     if name in ("eval --out", "eval --report"):
         out = ["--out", ro / "results"] if name == "eval --out" else ["--report", ro / "r.html"]
         return (["eval", "--model", tiny_checkpoint(), "--data", test, *out], out[1].name, out[0],
-                "frcnn_cli.cli.evaluate.load_predictor")
+                "frcnn_cli.inference.load_predictor")
     if name == "prepare folder":
         images, xml = _write_folder_set(tmp_path / "folder")
         return (["prepare", "folder", "--images", images, "--annotations", xml, "--out", ro / "m.json"], "m.json",

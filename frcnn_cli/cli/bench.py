@@ -11,15 +11,14 @@ from ..data.voc import VOC_CLASSES
 from ..devices import resolve_device
 from ..errors import ConfigError
 from . import console
-from .options import PRESET_HELP, check_checkpoint_overrides, load_cli_config, load_predictor, positive_int
+from .options import PRESET_HELP, checkpoint_overrides, inference_process, load_cli_config, positive_int
 
 # Faster R-CNN, Table 4 (K40 GPU, ms per image): shared convs, proposals, region-wise, total, fps
 PAPER_TABLE4 = {"vgg16": (141, 10, 47, 198, 5), "zf": (31, 3, 25, 59, 17)}
 def _build_predictor(model_path: Path | None, config: str | None, set_: tuple[str, ...], device, threads):
     """The prepared model to time and whether its weights are random."""
 
-    from ..devices import process_settings
-    from ..inference import InferenceSettings, Predictor
+    from ..inference import Predictor, load_predictor
     from ..model.detector import FasterRCNN
 
     if (model_path is None) == (config is None):
@@ -27,12 +26,13 @@ def _build_predictor(model_path: Path | None, config: str | None, set_: tuple[st
                           "weights, speed only), e.g. frcnn bench --config vgg16")
     extra = () if threads is None else (f"runtime.threads={threads}",)
     if model_path is not None:
-        check_checkpoint_overrides(set_, model_path, advice="drop it, or benchmark a --config preset instead")
-        return load_predictor(model_path, (*set_, *extra), device, require=("rpn", "roi_head")), False
+        overrides = checkpoint_overrides((*set_, *extra), model_path,
+                                         advice="drop it, or benchmark a --config preset instead")
+        return load_predictor(model_path, device, overrides=overrides, on_runtime=inference_process), False
     cfg, runtime = load_cli_config(config, (*set_, *extra), None)
-    process_settings(device, runtime, autotune=True)
+    inference_process(device, runtime)
     model = FasterRCNN(cfg, list(VOC_CLASSES))
-    return Predictor(model, device, InferenceSettings.from_config(cfg), runtime, owned=True), True
+    return Predictor.for_model(model, device, runtime=runtime, owned=True), True
 
 
 def _fmt(ms: float) -> str:

@@ -12,10 +12,10 @@ from ..errors import DataError
 from . import console
 from .options import (
     FiniteFloatRange,
-    check_checkpoint_overrides,
+    checkpoint_overrides,
     checkpoint_set_option,
     hold_output,
-    load_predictor,
+    inference_process,
     positive_int,
 )
 
@@ -87,13 +87,14 @@ def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, 
     """
     from .. import detect as lib
     from ..data.images import find_images
+    from ..inference import load_predictor
 
     hold_output(out, "--out", folder=True)
-    check_checkpoint_overrides(set_, model_path)
+    overrides = checkpoint_overrides(set_, model_path)
     images = find_images(inputs, exclude=out)
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
-    predictor = load_predictor(model_path, set_, resolve_device(device), require=("rpn", "roi_head"),
-                               ablation=ablation)
+    predictor = load_predictor(model_path, resolve_device(device), overrides=overrides, ablation=ablation,
+                               score_thresh=score_thresh, on_runtime=inference_process)
     wanted = parse_class_list(classes)
     lib.label_filter(predictor.classes, wanted)  # an unknown class name fails before any image is read
     if ablation is not None:

@@ -32,7 +32,7 @@ from .eval_outputs import (
     write_coco_outputs,
     write_report_page,
 )
-from .options import check_checkpoint_overrides, checkpoint_set_option, hold_output, load_predictor, positive_int
+from .options import checkpoint_overrides, checkpoint_set_option, hold_output, inference_process, positive_int
 
 __all__ = ["eval_command", "check_classes", "split_of"]
 
@@ -54,13 +54,15 @@ def check_classes(manifest: Manifest, manifest_path: Path, classes: list[str], m
 
 
 def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str, coco: bool, out: Path | None,
-                report: Path | None, batch_size: int, device: str | None, ablation, set_: tuple[str, ...]) -> dict:
+                report: Path | None, batch_size: int, device: str | None, ablation, set_: tuple[str, ...],
+                overrides) -> dict:
     from ..evaluate.run import check_coco_evaluator, evaluate_model
+    from ..inference import load_predictor
 
     if coco:
         check_coco_evaluator()  # before the model is read and the images are run
     dev = resolve_device(device)
-    predictor = load_predictor(model_path, set_, dev, require=("rpn", "roi_head"), ablation=ablation)
+    predictor = load_predictor(model_path, dev, overrides=overrides, ablation=ablation, on_runtime=inference_process)
     check_classes(manifest, data, predictor.classes, model_path)
     if ablation is not None:
         console.info(f"proposals: {ablation.describe()}")
@@ -153,11 +155,11 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, coco, out, r
     metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report, coco)
     hold_output(out, "--out", folder=True)
     hold_output(report, "--report")
-    check_checkpoint_overrides(set_, model_path)
+    overrides = checkpoint_overrides(set_, model_path)
     manifest = read_manifest(data)
     if model_path is not None:
         summary = _eval_model(model_path, data, manifest, metric=metric, coco=coco, out=out, report=report,
-                              batch_size=batch_size, device=device, ablation=ablation, set_=set_)
+                              batch_size=batch_size, device=device, ablation=ablation, set_=set_, overrides=overrides)
     else:
         summary = _eval_proposals(proposals_path, data, manifest, out)
     if as_json:

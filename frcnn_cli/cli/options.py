@@ -1,5 +1,6 @@
 """Options shared by several commands (``--config``, ``--set``), and how a command turns them into settings:
-a ``Config`` and a ``RuntimeConfig`` for training, a prepared ``Predictor`` for a checkpoint."""
+a ``Config`` and a ``RuntimeConfig`` for training, the ``Overrides`` of a checkpoint (checked before it is read)
+and the process settings of a command that runs one (``inference_process``)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,8 @@ from pathlib import Path
 
 import click
 
-from ..config import PRESETS, TEST_TIME_KEYS, Config, RuntimeConfig, runtime_defaults
-from ..config_io import (
-    apply_overrides,
-    apply_runtime_overrides,
-    check_test_time_overrides,
-    resolve_settings,
-    split_overrides,
-)
+from ..config import PRESETS, TEST_TIME_KEYS, Config, RuntimeConfig
+from ..config_io import Overrides, resolve_settings
 
 positive_int = click.IntRange(min=1)
 
@@ -55,10 +50,21 @@ def checkpoint_set_option(f):
                              f"{', '.join(TEST_TIME_KEYS)}).")(f)
 
 
-def check_checkpoint_overrides(set_: tuple[str, ...], checkpoint, advice: str = "drop it") -> None:
-    """A ``ConfigError`` for a ``--set`` key that a checkpoint fixes (before reading it): only
-    ``config.TEST_TIME_KEYS`` and the runtime keys may change on a trained model."""
-    check_test_time_overrides(set_, checkpoint, advice)
+def checkpoint_overrides(set_: tuple[str, ...], checkpoint, advice: str = "drop it") -> Overrides:
+    """``--set`` of a command that runs a checkpoint, parsed once; a ``ConfigError`` for a key the checkpoint
+    fixes (before anything is read): only ``config.TEST_TIME_KEYS`` and the runtime keys may change on a
+    trained model."""
+    overrides = Overrides.parse(set_)
+    overrides.check_test_time(checkpoint, advice)
+    return overrides
+
+
+def inference_process(device, runtime: RuntimeConfig) -> None:
+    """The process settings of an inference command (``load_predictor``'s ``on_runtime``): threads, and
+    cuDNN's autotuner on CUDA."""
+    from ..devices import process_settings
+
+    process_settings(device, runtime, autotune=True)
 
 
 def config_options(f):
@@ -73,32 +79,6 @@ def config_options(f):
 def load_cli_config(config: str | None, set_: tuple[str, ...], seed: int | None) -> tuple[Config, RuntimeConfig]:
     """The preset or file, then ``--set`` overrides (recipe and runtime keys apart), then ``--seed``."""
     cfg, runtime = resolve_settings(config)
-    config_items, runtime_items = split_overrides(set_)
-    cfg = apply_overrides(cfg, config_items)
-    return (cfg if seed is None else replace(cfg, seed=seed)), apply_runtime_overrides(runtime, runtime_items)
-
-
-def load_predictor(model_path: Path, set_: tuple[str, ...], device, *, require: tuple[str, ...], mode: str = "test",
-                   **settings):
-    """The checkpoint at ``model_path`` as a ``Predictor`` on ``device``: ``--set`` split into test-time keys
-    (into ``InferenceSettings``) and runtime keys (over the preset's runtime defaults), ``settings`` the
-    command's flags (``InferenceSettings.from_config``). The process settings are set here, once. An exported
-    model file (``frcnn export``: ONNX, TorchScript) gives an ``ExportedPredictor`` with the same interface."""
-    from ..devices import process_settings
-    from ..export.runtime import exported_format
-    from ..inference import InferenceSettings, Predictor
-    from ..model.checkpoint import load_model
-
-    if exported_format(model_path) is not None:  # frcnn export's file: the same interface (export/predictor.py)
-        from ..export.predictor import load_exported
-
-        predictor = load_exported(model_path, device, set_=set_, mode=mode, **settings)
-        process_settings(predictor.device, predictor.runtime, autotune=True)
-        return predictor
-    model, _ = load_model(model_path, device=device, require=require)
-    config_items, runtime_items = split_overrides(set_)
-    runtime = apply_runtime_overrides(runtime_defaults(model.cfg.name), runtime_items)
-    inference = InferenceSettings.from_config(model.cfg, mode=mode, overrides=config_items, **settings)
-    process_settings(device, runtime, autotune=True)
-    return Predictor(model, device, inference, runtime, owned=True)
-
+    overrides = Overrides.parse(set_)
+    cfg = overrides.apply(cfg)
+    return (cfg if seed is None else replace(cfg, seed=seed)), overrides.apply_runtime(runtime)

@@ -13,12 +13,12 @@ from ..devices import process_settings, resolve_device
 from . import console
 from .options import (
     FiniteFloatRange,
-    check_checkpoint_overrides,
+    checkpoint_overrides,
     checkpoint_set_option,
     config_options,
     hold_output,
+    inference_process,
     load_cli_config,
-    load_predictor,
     positive_int,
 )
 from .schedule_options import Estimates, ValidationView, best_summary, read_val, schedule_options, show_plan
@@ -160,14 +160,16 @@ def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thr
     One process writes the file: under torchrun, rank 0 dumps every image and the other ranks exit at once.
     """
     from ..inference import dump_proposals as dump
+    from ..inference import load_predictor
 
     if not _dumps_in_this_process(out):
         return
     hold_output(out, "--out")
-    check_checkpoint_overrides(set_, model_path)
+    overrides = checkpoint_overrides(set_, model_path)
     manifest = read_manifest(data)
-    predictor = load_predictor(model_path, set_, resolve_device(device), require=("rpn",), mode="dump",
-                               nms_thresh=nms_thresh, pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n)
+    predictor = load_predictor(model_path, resolve_device(device), overrides=overrides, require=("rpn",),
+                               mode="dump", nms_thresh=nms_thresh, pre_nms_top_n=pre_nms_top_n,
+                               post_nms_top_n=post_nms_top_n, on_runtime=inference_process)
     with console.ProgressReporter("proposals", every=50) as bar:
         dump(predictor, manifest, out, checkpoint_path=model_path, batch_size=batch_size, progress=bar)
     click.echo(str(out))

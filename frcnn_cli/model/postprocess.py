@@ -11,7 +11,7 @@ per-class NMS (suppress IoU > ``nms_thresh``, as py-faster-rcnn's default GPU NM
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -38,8 +38,7 @@ class DetectionSettings:
 
     def with_score_floor(self, score_thresh: float) -> DetectionSettings:
         """These settings with the threshold lowered to ``score_thresh`` (never raised)."""
-        return self if score_thresh >= self.score_thresh else DetectionSettings(
-            score_thresh, self.nms_thresh, self.detections_per_image)
+        return self if score_thresh >= self.score_thresh else replace(self, score_thresh=score_thresh)
 
 
 def _class_boxes(box_deltas: Tensor | None, proposals: Tensor, box_coder: BoxCoder, num_classes: int,

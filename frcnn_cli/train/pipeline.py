@@ -24,7 +24,7 @@ from ..config import TRAIN_MODES, Config, RuntimeConfig
 from ..config_io import config_from_dict, config_to_dict
 from ..data.manifest import Manifest, manifest_hash
 from ..errors import ConfigError, DataError
-from ..inference import InferenceSettings, Predictor, dump_proposals
+from ..inference import Predictor, dump_proposals
 from ..model.anchor_fit import decide_anchors
 from ..model.checkpoint import load_model, read_init
 from . import distributed
@@ -171,9 +171,8 @@ def _run_step(req: PipelineRequest, step: Step, cfg: Config) -> None:
         if distributed.is_main():  # one rank dumps; the others wait for the file
             model_path = step_path(req.workdir, steps[step.model_from])
             model, _ = load_model(model_path, device=req.device, require=("rpn",))
-            settings = InferenceSettings.from_config(model.cfg, mode="dump")
-            dump_proposals(Predictor(model, req.device, settings, req.runtime, owned=True), req.manifest, out,
-                           checkpoint_path=model_path, progress=req.progress)
+            predictor = Predictor.for_model(model, req.device, runtime=req.runtime, owned=True, mode="dump")
+            dump_proposals(predictor, req.manifest, out, checkpoint_path=model_path, progress=req.progress)
         distributed.barrier()
         return
     init = str(step_path(req.workdir, steps[step.init_from])) if step.init_from else cfg.init

@@ -20,7 +20,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from ..data.proposal_store import ProposalStore
 from ..errors import ConfigError, DataError
 from ..evaluate.recall import proposal_recall_of_boxes
 from ..evaluate.voc import detections_by_class, evaluate_detections
-from ..inference import InferenceSettings, Predictor, predict_manifest
+from ..inference import Predictor, predict_manifest
 from ..model.checkpoint import file_sha256, load_model
 from ..model.detector import FasterRCNN
 from .steps import StageSpec
@@ -62,7 +62,7 @@ def default_val_every(val_images: int, entries: int, spec: StageSpec) -> int:
 class GivenProposals:
     """A proposal strategy (``model.rpn.Proposer``) that hands the forward fixed proposals: ``boxes[key]``
     ``[R, 4]`` in original pixels for the image of manifest index ``key``, scaled like the image. It takes
-    the place of an ablation in ``InferenceSettings`` (``proposer(settings)``)."""
+    the place of an ablation (``Predictor.for_model(…, ablation=…)``: ``proposer(settings)``)."""
 
     boxes: Sequence[Tensor]
     is_default: bool = False
@@ -108,7 +108,7 @@ def stored_rpn_proposals(store: ProposalStore, val: Manifest, device: torch.devi
         raise DataError(f"{path} changed since it made {store.path}; dump the proposals again "
                         "(frcnn dump-proposals) or train without --val")
     model, _ = load_model(path, device=device, require=("rpn",))
-    predictor = Predictor(model, device, InferenceSettings.from_config(model.cfg), runtime, owned=True)
+    predictor = Predictor.for_model(model, device, runtime=runtime, owned=True)
     with torch.random.fork_rng(devices=_rng_devices(device)):
         return proposals_of(predictor, val)
 
@@ -132,11 +132,9 @@ class Validator:
     def measure(self, model: FasterRCNN) -> tuple[float, dict]:
         tick = time.perf_counter()
         with torch.random.fork_rng(devices=_rng_devices(self.device)):
-            settings = InferenceSettings.from_config(model.cfg)
-            if self.proposals is not None:
-                settings = replace(settings, ablation=GivenProposals(self.proposals))
-            with self.prepare():
-                predictor = Predictor(model, self.device, settings, self.runtime)  # a deep copy
+            given = GivenProposals(self.proposals) if self.proposals is not None else None
+            with self.prepare():  # a deep copy
+                predictor = Predictor.for_model(model, self.device, runtime=self.runtime, ablation=given)
             figure, row = self._figure(predictor)
         row["val_seconds"] = round(time.perf_counter() - tick, 3)
         return figure, row
