@@ -49,10 +49,11 @@ MODES = ("test", "dump")
 class InferenceSettings:
     """Every test-time setting of a command, built once at its start and passed down as a value.
 
-    ``config``: the checkpoint's config with ``--set`` and the command's flags applied (what the input
-    pipeline reads, and the record a proposal file stores); ``proposals``: the proposal layer's numbers
-    (``mode`` "test": ``rpn.test_*``; "dump": ``rpn.dump_*``); ``detections``: the detection rules;
-    ``ablation``: one of the paper's Table 1 proposal ablations, or None.
+    ``config``: the checkpoint's config with ``--set`` applied (what the input pipeline reads; a proposal file
+    records it with the proposal numbers that ran, ``dump_record``); ``proposals``: the proposal layer's
+    numbers (``mode`` "test": ``rpn.test_*``; "dump": ``rpn.dump_*``, then a dump's ``--nms`` and top-N
+    flags); ``detections``: the detection rules; ``ablation``: one of the paper's Table 1 proposal
+    ablations, or None.
     """
 
     config: Config
@@ -74,15 +75,14 @@ class InferenceSettings:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         cfg = Overrides.parse(overrides).apply(cfg)
-        if mode == "dump":
-            rpn = cfg.rpn
-            cfg = replace(cfg, rpn=replace(
-                rpn, nms_thresh=rpn.nms_thresh if nms_thresh is None else float(nms_thresh),
-                dump_pre_nms_top_n=rpn.dump_pre_nms_top_n if pre_nms_top_n is None else int(pre_nms_top_n),
-                dump_post_nms_top_n=rpn.dump_post_nms_top_n if post_nms_top_n is None else int(post_nms_top_n)))
-        elif (nms_thresh, pre_nms_top_n, post_nms_top_n) != (None, None, None):
+        proposals = ProposalSettings.from_config(cfg.rpn, mode)
+        flags = {"nms_thresh": None if nms_thresh is None else float(nms_thresh),
+                 "pre_nms_top_n": None if pre_nms_top_n is None else int(pre_nms_top_n),
+                 "post_nms_top_n": None if post_nms_top_n is None else int(post_nms_top_n)}
+        if mode != "dump" and any(v is not None for v in flags.values()):
             raise ValueError("nms_thresh and the top-N numbers are a dump's settings (mode='dump')")
-        settings = cls(cfg, ProposalSettings.from_config(cfg.rpn, mode), DetectionSettings.from_config(cfg.roi_head),
+        proposals = replace(proposals, **{k: v for k, v in flags.items() if v is not None})
+        settings = cls(cfg, proposals, DetectionSettings.from_config(cfg.roi_head),
                        ablation if ablation is not None and not ablation.is_default else None, mode)
         return settings if score_thresh is None else settings.with_score_floor(score_thresh)
 
@@ -327,8 +327,18 @@ def detect_manifest(predictor: Predictor, manifest: Manifest, *, batch_size: int
     return predict_manifest(predictor, manifest, batch_size=batch_size, progress=progress)[0]
 
 
+def dump_record(settings: InferenceSettings) -> Config:
+    """The config a proposal file records: the settings' config with, for a dump, the proposal numbers that
+    ran in its ``rpn`` section (``rpn.nms_thresh``, ``dump_pre_nms_top_n``, ``dump_post_nms_top_n``)."""
+    cfg, p = settings.config, settings.proposals
+    if settings.mode != "dump":
+        return cfg
+    return replace(cfg, rpn=replace(cfg.rpn, nms_thresh=p.nms_thresh, dump_pre_nms_top_n=p.pre_nms_top_n,
+                                    dump_post_nms_top_n=p.post_nms_top_n))
+
+
 def _dump_attributes(predictor: Predictor, checkpoint_path: Path) -> dict:
-    settings, cfg = predictor.settings, predictor.settings.config
+    settings, cfg = predictor.settings, dump_record(predictor.settings)
     p = settings.proposals
     return {"checkpoint_hash": file_sha256(checkpoint_path), "checkpoint": str(checkpoint_path),
             "nms_thresh": p.nms_thresh, "pre_nms_top_n": p.pre_nms_top_n, "post_nms_top_n": p.post_nms_top_n,

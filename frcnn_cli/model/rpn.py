@@ -25,7 +25,7 @@ from ..boxes import BoxCoder, clip_boxes, small_box_mask
 from ..config import OBJECTNESS, RPNConfig
 
 OBJECTNESS_CHANNELS = {"softmax": 2, "sigmoid": 1}
-PROPOSAL_MODES = ("train", "test", "dump")
+PROPOSAL_MODES = ("train", "test", "dump")  # joint training, detections, proposal files
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,13 @@ class ProposalSettings:
     @classmethod
     def from_config(cls, rpn: RPNConfig, mode: str) -> ProposalSettings:
         """The settings of ``rpn`` for ``mode``: "train" (joint training), "test" or "dump" (proposal files)."""
-        if mode not in PROPOSAL_MODES:
+        top_n = {"train": (rpn.train_pre_nms_top_n, rpn.train_post_nms_top_n),
+                 "test": (rpn.test_pre_nms_top_n, rpn.test_post_nms_top_n),
+                 "dump": (rpn.dump_pre_nms_top_n, rpn.dump_post_nms_top_n)}
+        if mode not in top_n:
             raise ValueError(f"mode must be one of {PROPOSAL_MODES}, got {mode!r}")
-        return cls(pre_nms_top_n=getattr(rpn, f"{mode}_pre_nms_top_n"),
-                   post_nms_top_n=getattr(rpn, f"{mode}_post_nms_top_n"), nms_thresh=rpn.nms_thresh,
-                   min_size=rpn.min_size)
+        pre, post = top_n[mode]
+        return cls(pre_nms_top_n=pre, post_nms_top_n=post, nms_thresh=rpn.nms_thresh, min_size=rpn.min_size)
 
 
 class Proposer(Protocol):
