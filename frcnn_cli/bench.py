@@ -44,7 +44,7 @@ from torch import Tensor
 from .config import InputConfig
 from .data.images import ImageBatch, batch_from_images, compute_scale, find_images, load_image, resized_size
 from .errors import DataError
-from .inference import Predictor
+from .inference import PredictorLike
 from .model.detector import FasterRCNN
 
 STAGES = ("backbone", "proposals", "region_wise")
@@ -150,7 +150,7 @@ class _TotalClock(_StageClock):
         return {"total": self.marks["end"] - self.marks["begin"]}
 
 
-def _run_once(predictor: Predictor, batch: ImageBatch, clock: _StageClock) -> dict[str, float]:
+def _run_once(predictor: PredictorLike, batch: ImageBatch, clock: _StageClock) -> dict[str, float]:
     clock.marks.clear()
     clock.mark("begin")
     predictor.run(batch)
@@ -202,7 +202,7 @@ def _medians(per_run: list[dict[str, float]]) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def time_model(predictor: Predictor, batches: Sequence[ImageBatch], *, runs: int = 10,
+def time_model(predictor: PredictorLike, batches: Sequence[ImageBatch], *, runs: int = 10,
                warmup: int = 2) -> tuple[list[dict[str, float]], float]:
     """Per-image milliseconds of each timed run (``total`` and ``STAGES``) and the peak memory in MiB.
 
@@ -212,7 +212,7 @@ def time_model(predictor: Predictor, batches: Sequence[ImageBatch], *, runs: int
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     device = predictor.device
-    clock = _StageClock(predictor.model, device) if isinstance(predictor, Predictor) else _TotalClock(device)
+    clock = _StageClock(predictor.model, device) if predictor.model is not None else _TotalClock(device)
     try:
         for i in range(warmup):
             _run_once(predictor, batches[i % len(batches)], clock)
@@ -228,7 +228,7 @@ def time_model(predictor: Predictor, batches: Sequence[ImageBatch], *, runs: int
     return per_run, _peak_memory_mb(device)
 
 
-def run_benchmark(predictor: Predictor, images: Sequence[Tensor] | None = None, *, batch_size: int = 1,
+def run_benchmark(predictor: PredictorLike, images: Sequence[Tensor] | None = None, *, batch_size: int = 1,
                   runs: int = 10, warmup: int = 2) -> BenchResult:
     """Time ``predictor`` on ``images`` (uint8 ``[3, H, W]``; None: one synthetic 500×375 image) in batches
     of ``batch_size``; the paper's Table 4 as a ``BenchResult``."""
@@ -237,7 +237,7 @@ def run_benchmark(predictor: Predictor, images: Sequence[Tensor] | None = None, 
     device, channels_last = predictor.device, predictor.runtime.channels_last
     images = list(images) if images else [synthetic_image()]
     input_cfg = predictor.settings.config.input
-    exported = None if isinstance(predictor, Predictor) else predictor.format
+    exported = predictor.format
     if exported is None:
         batches = make_batches(images, input_cfg, batch_size, device, channels_last=channels_last)
         image_size = list(max((b.tensor.shape[-2:] for b in batches), key=lambda hw: hw[0] * hw[1]))

@@ -31,7 +31,7 @@ from .atomic import atomic_write_bytes, atomic_write_text
 from .callbacks import Progress
 from .data.images import load_image
 from .errors import ConfigError
-from .inference import Predictor
+from .inference import PredictorLike
 
 DETECTIONS_FILE = "detections.json"
 # 20 distinct colours (Sasha Trubetskoy's list), one per class, cycling after 20
@@ -68,7 +68,7 @@ def _image_result(path: Path, size: Sequence[int], det: dict, classes: list[str]
 
 
 @torch.inference_mode()
-def detect_images(predictor: Predictor, paths: Sequence[str | os.PathLike], *, batch_size: int = 1,
+def detect_images(predictor: PredictorLike, paths: Sequence[str | os.PathLike], *, batch_size: int = 1,
                   score_thresh: float = 0.5, classes_filter: Sequence[str] | None = None,
                   progress: Progress | None = None) -> list[dict]:
     """Detections of every image in ``paths`` (files), ``batch_size`` images per forward.

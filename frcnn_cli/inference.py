@@ -1,12 +1,12 @@
-"""Inference: the settings as one value, one ``Predictor`` that runs the model's one forward, and the batched
-loops over a manifest (``detect_manifest``, ``dump_proposals``) that ``eval``, ``dump-proposals``, the demo and
-``detect`` (``frcnn_cli.detect``) share.
+"""Inference: the settings as one value, one ``Predictor`` that runs the model's one forward, ``load_predictor``
+(the one entry from a checkpoint or an exported file), and the batched loops over a manifest
+(``detect_manifest``, ``dump_proposals``) that ``eval``, ``dump-proposals``, the demo and ``detect`` share.
 
 How a setting travels (docs/architecture.md)::
 
-    checkpoint config + --set (TEST_TIME_KEYS) + the command's flags
+    load_predictor: checkpoint config + --set (config_io.Overrides: TEST_TIME_KEYS) + the command's flags
         -> InferenceSettings (frozen: proposal settings, detection settings, ablation, SVD rank)
-        -> Predictor(model, device, settings, runtime)   prepared once: eval, SVD, place_model
+        -> Predictor.for_model(model, device, …)   prepared once: eval, SVD, place_model
         -> FasterRCNN.forward(proposer=settings.proposer) and FasterRCNN.detect(settings=settings.detections)
 
 Images are decoded, rescaled and normalised by the data loader's workers (``runtime.num_workers``), a batch
@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -114,6 +115,28 @@ class BatchResult:
     proposals: list[tuple[Tensor, Tensor]] | None = None
 
 
+class PredictorLike(Protocol):
+    """What this module's loops, ``detect_images``, ``evaluate`` and ``bench`` need of a predictor: ``Predictor``
+    and ``export.predictor.ExportedPredictor`` are both. ``model``: the model run (None: an exported graph, which
+    hooks cannot time by stage); ``format``: None, or the exported file's (``"onnx"``, ``"torchscript"``)."""
+
+    device: torch.device
+    settings: InferenceSettings
+    runtime: RuntimeConfig
+    model: FasterRCNN | None
+    format: str | None
+    svd_layers: list[str]
+    winograd_layers: list[str]
+
+    @property
+    def classes(self) -> list[str]: ...
+    def with_settings(self, settings: InferenceSettings) -> PredictorLike: ...
+    def manifest_batches(self, manifest: Manifest, *, indices: Sequence[int] | None = None,
+                         batch_size: int = 1) -> Iterator: ...
+    def file_batches(self, paths: Sequence[Path], *, batch_size: int = 1, on_unreadable=None) -> Iterator: ...
+    def run(self, batch, *, detections: bool = True, proposals: bool = False) -> BatchResult: ...
+
+
 class Predictor:
     """A model prepared once for inference on ``device`` with ``settings``, and the one inference forward.
 
@@ -123,6 +146,8 @@ class Predictor:
     loaded from a checkpoint). ``with_settings`` gives a Predictor of other settings on the same prepared
     model. ``runtime`` defaults to the runtime defaults of the model's preset (``config.runtime_defaults``).
     """
+
+    format = None  # a checkpoint's model, not an exported graph (``PredictorLike``)
 
     def __init__(self, model: FasterRCNN, device: torch.device | str, settings: InferenceSettings,
                  runtime: RuntimeConfig | None = None, *, owned: bool = False) -> None:
@@ -143,10 +168,7 @@ class Predictor:
         """A Predictor of ``model`` with the test-time settings of its own config, changed by ``overrides``
         (``--set`` items: test-time keys into the settings, runtime keys over ``runtime``, default the runtime
         defaults of the model's preset) and ``settings`` (``InferenceSettings.from_config``'s ``score_thresh``,
-        ``nms_thresh``, ``pre_nms_top_n``, ``post_nms_top_n``, ``ablation``). ``owned``: as ``__init__``.
-
-        >>> predictor = Predictor.for_model(model, "cpu", score_thresh=0.3)  # doctest: +SKIP
-        """
+        ``nms_thresh``, ``pre_nms_top_n``, ``post_nms_top_n``, ``ablation``). ``owned``: as ``__init__``."""
         overrides = Overrides.parse(overrides)
         runtime = overrides.apply_runtime(runtime if runtime is not None else runtime_defaults(model.cfg.name))
         inference = InferenceSettings.from_config(model.cfg, mode=mode, overrides=overrides, **settings)
@@ -229,7 +251,7 @@ def load_predictor(model: str | os.PathLike, device: torch.device | str | None =
                    mode: str = "test", score_thresh: float | None = None, nms_thresh: float | None = None,
                    pre_nms_top_n: int | None = None, post_nms_top_n: int | None = None,
                    ablation: ProposalAblation | None = None,
-                   on_runtime: Callable[[torch.device, RuntimeConfig], None] | None = None):
+                   on_runtime: Callable[[torch.device, RuntimeConfig], None] | None = None) -> PredictorLike:
     """The checkpoint (or ``frcnn export``'s ONNX / TorchScript file) at ``model`` as a predictor on ``device``
     (default: CUDA when available), ready for ``detect_images``, ``evaluate`` and the loops of this module.
 
@@ -244,10 +266,7 @@ def load_predictor(model: str | os.PathLike, device: torch.device | str | None =
     same interface, which refuses what its graph fixes. Errors are ``FrcnnError``: a missing file, a
     checkpoint lacking a part, a key ``--set`` may not change.
 
-    >>> from frcnn_cli import load_predictor
-    >>> predictor = load_predictor("final.pt", "cpu", score_thresh=0.3)  # doctest: +SKIP
-    >>> predictor.classes  # doctest: +SKIP
-    ['circle', 'bottle', 'car', 'triangle', 'donut']
+    >>> predictor = frcnn_cli.load_predictor("run/final.pt", "cpu", score_thresh=0.3)  # doctest: +SKIP
     """
     from .devices import resolve_device
     from .export.runtime import exported_format
@@ -301,7 +320,7 @@ def proposals_to_host(out: ForwardOutput, scales: Sequence[float]) -> list[tuple
 # loops over a manifest
 
 
-def predict_manifest(predictor: Predictor, manifest: Manifest, *, batch_size: int = 1,
+def predict_manifest(predictor: PredictorLike, manifest: Manifest, *, batch_size: int = 1,
                      progress: Progress | None = None,
                      proposals: bool = False) -> tuple[list[dict[str, Tensor]], list[Tensor] | None]:
     """Detections of every manifest image (``boxes`` original pixels, ``scores``, ``labels`` 1..K) on the host,
@@ -321,7 +340,7 @@ def predict_manifest(predictor: Predictor, manifest: Manifest, *, batch_size: in
     return dets, props
 
 
-def detect_manifest(predictor: Predictor, manifest: Manifest, *, batch_size: int = 1,
+def detect_manifest(predictor: PredictorLike, manifest: Manifest, *, batch_size: int = 1,
                     progress: Progress | None = None) -> list[dict[str, Tensor]]:
     """Detections of every manifest image (``predict_manifest`` without the proposals)."""
     return predict_manifest(predictor, manifest, batch_size=batch_size, progress=progress)[0]
@@ -337,7 +356,7 @@ def dump_record(settings: InferenceSettings) -> Config:
                                     dump_post_nms_top_n=p.post_nms_top_n))
 
 
-def _dump_attributes(predictor: Predictor, checkpoint_path: Path) -> dict:
+def _dump_attributes(predictor: PredictorLike, checkpoint_path: Path) -> dict:
     settings, cfg = predictor.settings, dump_record(predictor.settings)
     p = settings.proposals
     return {"checkpoint_hash": file_sha256(checkpoint_path), "checkpoint": str(checkpoint_path),
@@ -346,7 +365,7 @@ def _dump_attributes(predictor: Predictor, checkpoint_path: Path) -> dict:
             "config": json.dumps(config_to_dict(cfg))}
 
 
-def dump_proposals(predictor: Predictor, manifest: Manifest, out: Path, *, checkpoint_path: Path,
+def dump_proposals(predictor: PredictorLike, manifest: Manifest, out: Path, *, checkpoint_path: Path,
                    batch_size: int = 1, progress: Progress | None = None) -> Path:
     """Every image's proposals in original pixels, sorted by score, into the HDF5 store ``out``, with the
     settings of ``predictor`` (built with ``mode="dump"``: no pre-NMS cap, NMS 0.7, top 2000 for the paper).
@@ -361,7 +380,7 @@ def dump_proposals(predictor: Predictor, manifest: Manifest, out: Path, *, check
     return out
 
 
-def _dump_into(predictor: Predictor, manifest: Manifest, out: Path, attrs: dict, batch_size: int,
+def _dump_into(predictor: PredictorLike, manifest: Manifest, out: Path, attrs: dict, batch_size: int,
                progress: Progress | None) -> None:
     open_writer = lambda: ProposalWriter(out, manifest=manifest, manifest_hash=manifest_hash(manifest),
                                          attrs=attrs)

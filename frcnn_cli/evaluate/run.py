@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..callbacks import Progress
 from ..data.manifest import Manifest
-from ..inference import Predictor, predict_manifest
+from ..inference import PredictorLike, predict_manifest
 from .voc import IOU_THRESH, Detections, detections_by_class, evaluate_detections
 
 
@@ -39,7 +39,7 @@ def check_coco_evaluator() -> None:
     _evaluator(None)
 
 
-def evaluate_model(predictor: Predictor, manifest: Manifest, *, metric: str = "11point", coco: bool = False,
+def evaluate_model(predictor: PredictorLike, manifest: Manifest, *, metric: str = "11point", coco: bool = False,
                    proposals: bool = False, batch_size: int = 1, progress: Progress | None = None) -> Evaluation:
     """Detections of every image of ``manifest`` by ``predictor`` (one inference pass), scored by the VOC
     devkit's rules (``metric``: "11point" or "area", IoU > 0.5) and, with ``coco``, by COCOeval (up to 100

@@ -40,6 +40,7 @@ class ExportedPredictor:
 
     svd_layers: list[str] = []  # what bench reports of a Predictor: nothing of it applies to a graph
     winograd_layers: list[str] = []
+    model = None  # no PyTorch model to hook: bench times the graph as a whole (``inference.PredictorLike``)
 
     def __init__(self, runner, metadata: ExportMetadata, path: Path, runtime: RuntimeConfig) -> None:
         self.runner = runner
