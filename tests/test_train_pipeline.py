@@ -125,3 +125,41 @@ def test_joint_training_learns_all_four_losses_into_one_model(train_set, frcnn, 
     ckpt = read_checkpoint(tmp_path / "final.pt")
     assert sorted(ckpt["parts"]) == ["backbone", "roi_head", "rpn"] and ckpt["stage"] == "joint"
     assert done_steps(tmp_path) == ["final"]
+
+
+def test_the_run_decides_its_anchors_once_hands_them_to_every_step_and_reads_its_init_once(
+        train_set, train_config, tiny_checkpoint, tmp_path, monkeypatch):
+    """Issue 29, item 4: ``decide_run_anchors`` once at the start; each stage is handed that decision (none
+    decides again) and the steps started from ``cfg.init`` (rpn1, det1) share one read of the file."""
+    from frcnn_cli.data.manifest import read_manifest
+    from frcnn_cli.model import checkpoint
+
+    init = tiny_checkpoint("init.pt", parts=("backbone",))  # no RPN: the anchors may be fitted
+    stages, reads = [], []
+    monkeypatch.setattr(pipeline, "run_stage", lambda req: stages.append(req))
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: (None, None))
+    monkeypatch.setattr(pipeline.Predictor, "for_model", classmethod(lambda cls, *a, **k: None))
+    monkeypatch.setattr(pipeline, "dump_proposals", lambda *a, **k: None)
+    real_read = checkpoint.read_init  # the steps' own checkpoints are not written here: stand-ins
+    monkeypatch.setattr(pipeline, "read_init", lambda spec: reads.append(spec) or (
+        real_read(spec) if spec == str(init) else checkpoint.Init(spec, "checkpoint", {"parts": {}})))
+    notes = []
+    req = pipeline.PipelineRequest(cfg=train_config("anchors.auto=true", f"init={init}"),
+                                   manifest=read_manifest(train_set[0]), manifest_path=train_set[0],
+                                   workdir=tmp_path / "run", device=torch.device("cpu"), on_note=notes.append,
+                                   on_warning=notes.append)
+    pipeline.run_pipeline(req)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert [s.out.stem for s in stages] == ["rpn1", "det1", "rpn2", "final"]
+    assert all(s.anchors.to_dict() == state["anchors"] and s.cfg == s.anchors.config for s in stages)
+    assert state["trained_config"]["anchors"]["scales"] == state["anchors"]["scales"]
+    assert len(notes) == 1 and "anchors" in notes[0]  # said once, at the start, not by each stage
+    assert reads.count(str(init)) == 1 and stages[0].init is stages[1].init  # rpn1 and det1: one read
+    assert [s.init.spec for s in stages[2:]] == [str(tmp_path / "run" / "det1.pt"), str(tmp_path / "run" / "rpn2.pt")]
+    # a rerun resumes with the recorded decision, measuring nothing
+    monkeypatch.setattr(pipeline, "decide_run_anchors", lambda *a, **k: pytest.fail("decided again"))
+    (tmp_path / "run" / "state.json").write_text(json.dumps({**state, "done": ["rpn1", "props1"]}))
+    stages.clear()
+    pipeline.run_pipeline(req)
+    assert [s.out.stem for s in stages] == ["det1", "rpn2", "final"]
+    assert all(s.anchors.to_dict() == state["anchors"] for s in stages)

@@ -25,13 +25,13 @@ from ..config_io import config_from_dict, config_to_dict
 from ..data.manifest import Manifest, manifest_hash
 from ..errors import ConfigError, DataError
 from ..inference import Predictor, dump_proposals
-from ..model.anchor_fit import decide_anchors
-from ..model.checkpoint import load_model, read_init
+from ..model.anchor_fit import AnchorDecision, decide_anchors
+from ..model.checkpoint import Init, load_model, read_init
 from . import distributed
 from .loop import LoopState
 from .schedule import StepPlan, plan_step
 from .stage import StageRequest, run_stage
-from .stage_setup import training_images, trains_fresh_rpn
+from .stage_setup import decide_run_anchors, training_images
 from .steps import stage_spec
 
 STATE_FORMAT = "frcnn-run"
@@ -135,20 +135,25 @@ def _val_record(req: PipelineRequest) -> dict:
     return {"val_hash": val_hash, "val_every": req.val_every, "patience": req.patience}
 
 
-def _new_state(req: PipelineRequest) -> dict:
-    """A new run's state; the anchors are decided (measured, fitted when ``anchors.auto``) here, once."""
-    trained = req.cfg
+def _new_state(req: PipelineRequest, init: Init) -> tuple[dict, AnchorDecision]:
+    """A new run's state; the anchors are decided (measured, fitted when ``anchors.auto``) here, once, as a
+    single step decides them (``decide_run_anchors``, for the run's first stage)."""
     first = ALTERNATING[0] if req.mode == "alternating" else JOINT[0]
-    anchors = None
-    if req.cfg.init in ("imagenet", "none") or trains_fresh_rpn(stage_spec(first.kind), read_init(req.cfg.init)):
-        decision = decide_anchors(req.cfg, req.manifest)
-        trained, anchors = decision.config, decision
+    decision = decide_run_anchors(req.cfg, req.manifest, init, spec=stage_spec(first.kind))
     state = {"format": STATE_FORMAT, "version": STATE_VERSION, "mode": req.mode, "iters": req.iters,
              "epochs": req.epochs, **_val_record(req), "val": str(req.val_path) if req.val_path else None,
              "manifest": str(req.manifest_path), "manifest_hash": manifest_hash(req.manifest),
-             "config": config_to_dict(req.cfg), "trained_config": config_to_dict(trained), "done": [],
-             "anchors": anchors.to_dict() if anchors is not None else None}
-    return state, anchors
+             "config": config_to_dict(req.cfg), "trained_config": config_to_dict(decision.config), "done": [],
+             "anchors": decision.to_dict()}
+    return state, decision
+
+
+def _recorded_anchors(state: dict, cfg: Config, manifest: Manifest) -> AnchorDecision:
+    """The anchors decision of a resumed run, as its state records it (a run folder of an older frcnn that
+    recorded none, its init holding an RPN: measured again, never fitted)."""
+    if state.get("anchors") is not None:
+        return AnchorDecision.from_dict(state["anchors"], cfg)
+    return decide_anchors(cfg, manifest, may_fit=False)
 
 
 def plans(req: PipelineRequest, cfg: Config) -> list[tuple[str, StepPlan]]:
@@ -164,7 +169,7 @@ def plans(req: PipelineRequest, cfg: Config) -> list[tuple[str, StepPlan]]:
     return out
 
 
-def _run_step(req: PipelineRequest, step: Step, cfg: Config) -> None:
+def _run_step(req: PipelineRequest, step: Step, run: _Run) -> None:
     out = step_path(req.workdir, step)
     steps = {s.name: s for s in (ALTERNATING if req.mode == "alternating" else JOINT)}
     if step.kind == "dump":
@@ -175,40 +180,58 @@ def _run_step(req: PipelineRequest, step: Step, cfg: Config) -> None:
             dump_proposals(predictor, req.manifest, out, checkpoint_path=model_path, progress=req.progress)
         distributed.barrier()
         return
-    init = str(step_path(req.workdir, steps[step.init_from])) if step.init_from else cfg.init
+    init = read_init(str(step_path(req.workdir, steps[step.init_from]))) if step.init_from else run.init()
     proposals = step_path(req.workdir, steps[step.proposals_from]) if step.proposals_from else None
     spec = stage_spec(step.kind, freeze_shared=step.freeze_shared)
     validating = req.val_manifest is not None
     on_validation = None
     if req.on_validation is not None:
         on_validation = lambda row: req.on_validation(step.name, row)  # noqa: E731
-    run_stage(StageRequest(cfg=cfg, spec=spec, manifest=req.manifest, manifest_path=req.manifest_path,
+    run_stage(StageRequest(cfg=run.cfg, spec=spec, manifest=req.manifest, manifest_path=req.manifest_path,
                            out=last_path(req.workdir, step) if validating else out, best_out=out,
-                           init=read_init(init), device=req.device, runtime=req.runtime, iters=req.iters,
+                           init=init, device=req.device, runtime=req.runtime, iters=req.iters,
                            epochs=req.epochs, proposals_path=proposals, checkpoint_every=req.checkpoint_every,
                            resume=True, metrics_path=req.workdir / "metrics.jsonl", on_log=req.on_log,
-                           on_warning=req.on_warning, decide_anchors=False, val_manifest=req.val_manifest,
+                           on_warning=req.on_warning, anchors=run.anchors, val_manifest=req.val_manifest,
                            val_path=req.val_path, val_every=req.val_every, patience=req.patience,
                            on_validation=on_validation))
 
 
-def _start(req: PipelineRequest, state_path: Path) -> tuple[dict, Config]:
-    """The run's state (new, or the one in the folder, checked against the request) and the config its steps
-    train with (the anchors decided at the start)."""
+@dataclass
+class _Run:
+    """What every step of a run shares: its state, the config its steps train with, the anchors decided at
+    its start (handed to each stage) and the init of ``cfg.init``, read once (``init()``)."""
+
+    state: dict
+    cfg: Config
+    anchors: AnchorDecision
+    first_init: Init | None = None
+
+    def init(self) -> Init:
+        if self.first_init is None:  # a resumed run reads it when a step first needs it
+            self.first_init = read_init(self.cfg.init)
+        return self.first_init
+
+
+def _start(req: PipelineRequest, state_path: Path) -> _Run:
+    """The run's state (new, or the one in the folder, checked against the request), the config its steps
+    train with and the anchors decided at the start."""
     state = _read_state(state_path)
     if state is None:
         if req.resume and req.on_warning is not None and distributed.is_main():
             req.on_warning(f"--resume: {req.workdir} holds no run to resume (no {state_path.name}); starting one")
-        state, decision = _new_state(req)
+        init = read_init(req.cfg.init)
+        state, decision = _new_state(req, init)
         if distributed.is_main():
             atomic_write_json(state_path, state)
-            if decision is not None and decision.warn and req.on_warning is not None:
+            if decision.warn and req.on_warning is not None:
                 req.on_warning(decision.message)
-            elif decision is not None and req.on_note is not None:
+            elif req.on_note is not None:
                 req.on_note(decision.message)
-    else:
-        _check_same_run(state, req, state_path)
-    return state, config_from_dict(state.get("trained_config") or state["config"])
+        return _Run(state, decision.config, decision, init)
+    _check_same_run(state, req, state_path)
+    cfg = config_from_dict(state.get("trained_config") or state["config"])
+    return _Run(state, cfg, _recorded_anchors(state, cfg, req.manifest))
 
 
 def run_pipeline(req: PipelineRequest) -> Path:
@@ -222,9 +245,10 @@ def run_pipeline(req: PipelineRequest) -> Path:
     ensure_dir(req.workdir)
     req.device = distributed.setup(req.device)  # before any barrier: a resumed run may start with a dump
     state_path = req.workdir / "state.json"
-    state, cfg = _start(req, state_path)
+    run = _start(req, state_path)
+    state = run.state
     if req.on_plan is not None and distributed.is_main():
-        req.on_plan(plans(req, cfg))
+        req.on_plan(plans(req, run.cfg))
     for step in ALTERNATING if req.mode == "alternating" else JOINT:
         if step.name in state["done"]:
             if req.on_step:
@@ -232,7 +256,7 @@ def run_pipeline(req: PipelineRequest) -> Path:
             continue
         if req.on_step:
             req.on_step(step.name, "start")
-        _run_step(req, step, cfg)
+        _run_step(req, step, run)
         state["done"].append(step.name)
         if distributed.is_main():
             atomic_write_json(state_path, state)

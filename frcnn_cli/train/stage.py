@@ -28,13 +28,14 @@ from ..data.manifest import Manifest, manifest_hash
 from ..data.proposal_store import ProposalStore
 from ..devices import place_model
 from ..errors import ConfigError, TrainingError
+from ..model.anchor_fit import AnchorDecision
 from ..model.checkpoint import Init, file_sha256, read_checkpoint, save_checkpoint
 from ..model.detector import FasterRCNN
 from . import distributed
 from .batching import device_batches, proposal_source
 from .loop import LoopHooks, LoopState, build_optimizer, run_loop
 from .schedule import StepPlan, plan_step
-from .stage_setup import best_path, make_validator, stage_anchors, stage_target_stats, training_images
+from .stage_setup import best_path, decide_run_anchors, make_validator, stage_target_stats, training_images
 from .step_control import StepControl
 from .steps import StageSpec, build_stage_model, freeze_for_stage, shared_convs_warning
 from .target_stats import TargetNormaliser, folded
@@ -68,7 +69,9 @@ class StageRequest:
     val_every: int | None = None  # epochs between validations (None: default_val_every)
     patience: int | None = None  # validations without a better figure before the lr drop / the stop
     best_out: Path | None = None  # where the best checkpoint goes (default best_path(out))
-    decide_anchors: bool = True  # False: the caller (the pipeline) measured and fitted them already
+    # the anchors its caller decided for the whole run (the pipeline: once, at the start; it said so then); the
+    # stage trains with anchors.config. None: the stage decides them itself (decide_run_anchors) and says so
+    anchors: AnchorDecision | None = None
     on_plan: Callable[[StepPlan], None] | None = None  # the step's plan, before on_start (rank 0 only)
     on_note: Callable[[str], None] | None = None  # what the stage decided from the data (rank 0 only)
     on_validation: Callable[[dict], None] | None = None  # each validation's (and event's) metrics row
@@ -248,7 +251,9 @@ def _announce(req: StageRequest, warnings: list[str | None], notes: list[str], p
 def _decide(req: StageRequest) -> tuple[Config, list[str], list[str], dict]:
     """The config after the anchors were measured (and fitted): notes and warnings for the user, and a
     provenance record."""
-    decision = stage_anchors(req.cfg, req.manifest, req.spec, req.init) if req.decide_anchors else None
+    if req.anchors is not None:
+        return req.anchors.config, [], [], {"anchors": req.anchors.to_dict()}
+    decision = decide_run_anchors(req.cfg, req.manifest, req.init, spec=req.spec)
     if decision is None:
         return req.cfg, [], [], {}
     said = ([], [decision.message]) if decision.warn else ([decision.message], [])

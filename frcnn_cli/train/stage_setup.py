@@ -37,10 +37,11 @@ def trains_fresh_rpn(spec: StageSpec, init: Init) -> bool:
     return spec.run_rpn and "rpn" in spec.trainable and not loaded
 
 
-def stage_anchors(cfg: Config, manifest: Manifest, spec: StageSpec, init: Init) -> AnchorDecision | None:
-    """The anchors of a stage that trains an RPN: measured on the training boxes, fitted when
-    ``anchors.auto`` and the RPN starts afresh (a loaded RPN keeps the anchors it learnt). None for a
-    detector stage (its anchors are those of the RPN that made its proposals)."""
+def decide_run_anchors(cfg: Config, manifest: Manifest, init: Init, *, spec: StageSpec) -> AnchorDecision | None:
+    """The anchors of a run whose first stage is ``spec``, decided in one place for a single step
+    (``train-rpn``) and a whole run (the pipeline, once, at its start) alike: measured on the training boxes,
+    fitted when ``anchors.auto`` and the RPN starts afresh (``init`` holds no RPN: a loaded RPN keeps the
+    anchors it learnt). None for a detector stage (its anchors are those of the RPN that made its proposals)."""
     if not (spec.run_rpn and "rpn" in spec.trainable):
         return None
     return decide_anchors(cfg, manifest, may_fit=trains_fresh_rpn(spec, init))
