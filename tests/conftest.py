@@ -278,6 +278,19 @@ def rpn_losses_of(cls_logits, deltas, anchors, gt_boxes, image_sizes, *, cfg, an
     return rpn_losses(cls_logits, deltas, labels, targets, cfg=cfg, anchors_per_cell=anchors_per_cell)
 
 
+def label_anchors(anchors, gt_boxes, image_size, **rules):
+    """The anchors of one image labelled (``rpn_targets.label_anchors_batch`` for a batch of one):
+    ``(labels [M], matched_gt [M])`` of ``anchors [M, 4]`` against ``gt_boxes [G, 4]`` in an image of
+    ``image_size`` (h, w); ``rules``: ``positive_iou``, ``negative_iou``, ``allowed_border``,
+    ``ignore_cross_boundary``."""
+    from frcnn_cli.model.rpn_targets import label_anchors_batch, pad_gt_boxes
+
+    gt, valid = pad_gt_boxes([gt_boxes], anchors.device)
+    sizes = torch.as_tensor(image_size, device=anchors.device).reshape(1, 2)
+    labels, matched = label_anchors_batch(anchors, gt, valid, sizes, **rules)
+    return labels[0], matched[0]
+
+
 def inside_mask(anchors, height, width, border: float = 0.0):
     """py-faster-rcnn's inside-anchor rule, the tests' reference: ``x1 >= -border``, ``y1 >= -border``,
     ``x2 <= width + border``, ``y2 <= height + border`` (its ``x2_inclusive < width + border``)."""

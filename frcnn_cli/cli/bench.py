@@ -7,17 +7,24 @@ from pathlib import Path
 
 import click
 
-from ..data.voc import VOC_CLASSES
 from ..devices import resolve_device
 from ..errors import ConfigError
 from . import console
-from .options import PRESET_HELP, checkpoint_overrides, inference_process, load_cli_config, positive_int
+from .options import (
+    PRESET_HELP,
+    checkpoint_overrides,
+    inference_process,
+    load_cli_config,
+    model_run_options,
+    positive_int,
+)
 
 # Faster R-CNN, Table 4 (K40 GPU, ms per image): shared convs, proposals, region-wise, total, fps
 PAPER_TABLE4 = {"vgg16": (141, 10, 47, 198, 5), "zf": (31, 3, 25, 59, 17)}
 def _build_predictor(model_path: Path | None, config: str | None, set_: tuple[str, ...], device, threads):
     """The prepared model to time and whether its weights are random."""
 
+    from ..data.voc import VOC_CLASSES
     from ..inference import Predictor, load_predictor
     from ..model.detector import FasterRCNN
 
@@ -77,11 +84,8 @@ def _show(result, backbone: str, random_weights: bool) -> None:
               help="A trained checkpoint, or a model file of frcnn export (ONNX, TorchScript).")
 @click.option("--config", default=None, metavar="PRESET|FILE",
               help=f"Random weights, speed only: {PRESET_HELP}")
-@click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
-              help="Override a setting, e.g. --set roi_head.fc_svd_rank=1024 or runtime.cpu_winograd=false "
-                   "(repeatable; on --model only test-time and runtime keys).")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
-@click.option("--batch-size", type=positive_int, default=1, show_default=True, help="Images per forward.")
+@model_run_options(set_help="Override a setting, e.g. --set roi_head.fc_svd_rank=1024 or runtime.cpu_winograd=false "
+                            "(repeatable; on --model only test-time and runtime keys).")
 @click.option("--runs", type=positive_int, default=10, show_default=True, help="Timed runs (median).")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed runs first.")
 @click.option("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's).")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..data.synthetic import DEFAULT_SEED, DEFAULT_TEST, DEFAULT_TRAIN
+from ..data.synthetic_sizes import DEFAULT_SEED, DEFAULT_TEST, DEFAULT_TRAIN
 from ..devices import resolve_device
 
 if TYPE_CHECKING:

@@ -13,9 +13,9 @@ from . import console
 from .options import (
     FiniteFloatRange,
     checkpoint_overrides,
-    checkpoint_set_option,
     hold_output,
     inference_process,
+    model_run_options,
     positive_int,
 )
 
@@ -75,9 +75,7 @@ def _show(result: dict, score_thresh: float) -> None:
               help="Keep detections with at least this score.")
 @click.option("--json", "as_json", is_flag=True, help="Print the detections as JSON on stdout.")
 @click.option("--classes", default=None, metavar="A,B", help="Only these classes (comma-separated names).")
-@click.option("--batch-size", type=positive_int, default=1, show_default=True, help="Images per forward pass.")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
-@checkpoint_set_option
+@model_run_options()
 @ablation_options
 def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, device, set_, proposals_n,
            no_rpn_nms, no_rpn_scores, no_rpn_reg) -> None:

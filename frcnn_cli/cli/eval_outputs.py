@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from rich.markup import escape
 
 from ..data.manifest import Manifest
-from ..evaluate.voc import IOU_THRESH
+from ..evaluate import IOU_THRESH
 from . import console
 
 if TYPE_CHECKING:

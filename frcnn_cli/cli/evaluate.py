@@ -15,7 +15,7 @@ from rich.markup import escape
 from ..data.manifest import Manifest, read_manifest
 from ..devices import resolve_device
 from ..errors import ConfigError, DataError
-from ..evaluate.voc import IOU_THRESH, METRICS
+from ..evaluate import IOU_THRESH, METRICS
 from . import console
 from .detect import ablation_from_options, ablation_options
 from .eval_outputs import (
@@ -32,7 +32,7 @@ from .eval_outputs import (
     write_coco_outputs,
     write_report_page,
 )
-from .options import checkpoint_overrides, checkpoint_set_option, hold_output, inference_process, positive_int
+from .options import checkpoint_overrides, hold_output, inference_process, model_run_options
 
 __all__ = ["eval_command", "check_classes", "split_of"]
 
@@ -139,9 +139,7 @@ def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, 
               help="Also write the evaluation as one self-contained HTML page: per-class table, curves, "
                    "error analysis, confusion table, pictures of errors (docs/report.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-@click.option("--batch-size", type=positive_int, default=1, show_default=True, help="Images per forward pass.")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
-@checkpoint_set_option
+@model_run_options()
 @ablation_options
 def eval_command(model_path, proposals_path, data, voc2007, metric, coco, out, report, as_json, batch_size, device,
                  set_, proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg) -> None:

@@ -41,13 +41,27 @@ def hold_output(path: Path | None, option: str, *, folder: bool = False) -> None
 PRESET_HELP = f"{', '.join(PRESETS)} (vgg16 is the default), or a .toml file."
 
 
-def checkpoint_set_option(f):
+CHECKPOINT_SET_HELP = ("Change a test-time setting of the checkpoint's config or a runtime setting, e.g. --set "
+                       "input.test_scale=800, roi_head.fc_svd_rank=1024, runtime.cpu_winograd=false, "
+                       f"runtime.num_workers=0 (repeatable; the test-time keys: {', '.join(TEST_TIME_KEYS)}).")
+
+
+def checkpoint_set_option(f, help: str = CHECKPOINT_SET_HELP):
     """Repeatable ``--set key=value`` for a command that runs a trained checkpoint."""
-    return click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
-                        help="Change a test-time setting of the checkpoint's config or a runtime setting, e.g. "
-                             "--set input.test_scale=800, roi_head.fc_svd_rank=1024, runtime.cpu_winograd=false, "
-                             "runtime.num_workers=0 (repeatable; the test-time keys: "
-                             f"{', '.join(TEST_TIME_KEYS)}).")(f)
+    return click.option("--set", "set_", multiple=True, metavar="KEY=VALUE", help=help)(f)
+
+
+def model_run_options(set_help: str = CHECKPOINT_SET_HELP):
+    """The options of every command that runs a model on images (``detect``, ``eval``, ``bench``):
+    ``--batch-size``, ``--device`` and repeatable ``--set`` (``set_help``: what ``--set`` may change there)."""
+
+    def decorate(f):
+        f = checkpoint_set_option(f, set_help)
+        f = click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")(f)
+        return click.option("--batch-size", type=positive_int, default=1, show_default=True,
+                            help="Images per forward pass.")(f)
+
+    return decorate
 
 
 def checkpoint_overrides(set_: tuple[str, ...], checkpoint, advice: str = "drop it") -> Overrides:

@@ -8,6 +8,7 @@ import click
 from rich.markup import escape
 
 from ..data.manifest import Manifest, PrepareReport, read_manifest, write_manifest
+from ..data.synthetic_sizes import DEFAULT_SEED, DEFAULT_TEST, DEFAULT_TRAIN
 from ..errors import ConfigError
 from . import console
 from .options import FiniteFloatRange, hold_output
@@ -185,11 +186,11 @@ def coco(annotations: Path, images_dir: Path, drop_empty: bool, name: str | None
 @prepare.command("synth")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the set (VOC layout, classes.txt, trainval.json, test.json).")
-@click.option("--train", "n_train", default=200, show_default=True, type=click.IntRange(min=1),
+@click.option("--train", "n_train", default=DEFAULT_TRAIN, show_default=True, type=click.IntRange(min=1),
               help="Training images.")
-@click.option("--test", "n_test", default=60, show_default=True, type=click.IntRange(min=1),
+@click.option("--test", "n_test", default=DEFAULT_TEST, show_default=True, type=click.IntRange(min=1),
               help="Test images.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the drawing.")
+@click.option("--seed", default=DEFAULT_SEED, show_default=True, type=int, help="Seed of the drawing.")
 def synth(out_dir: Path, n_train: int, n_test: int, seed: int) -> None:
     """A synthetic set of drawn shapes (the demo's and the tests' data) with its two manifests."""
     from ..data.synthetic import make_synthetic_set

@@ -37,12 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from ..callbacks import Progress, WarningCallback
+from ..callbacks import OnNote, Progress
 from ..errors import DataError
 from .manifest import MAX_SIDE, ImageRecord, Manifest
 from .voc import CLIP_TOLERANCE, problems_error
 
-Warn = WarningCallback
 _log = logging.getLogger(__name__)
 PROGRESS_EVERY = 1024  # images checked between two progress calls
 
@@ -344,7 +343,7 @@ def _records(images: list[dict], cols: dict, keep: np.ndarray, img_idx: np.ndarr
 
 
 def prepare_coco(annotations: str | os.PathLike, images_dir: str | os.PathLike, *, drop_empty: bool = False,
-                 name: str | None = None, on_warning: Warn | None = None,
+                 name: str | None = None, on_warning: OnNote | None = None,
                  progress: Progress | None = None) -> Manifest:
     """A COCO annotation file and its image folder as a manifest (see the module docstring for the rules).
 

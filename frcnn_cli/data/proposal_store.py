@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ..atomic import fsync_dir, fsync_path
+from ..callbacks import OnNote
 from ..errors import ProposalStoreError
 
 FORMAT = "frcnn-proposals"
@@ -98,7 +99,7 @@ class ProposalWriter:
 
     def __init__(self, path: str | os.PathLike, *, manifest_hash: str, attrs: dict[str, Any],
                  manifest=None, image_ids: Sequence[str] | None = None,
-                 on_note: Callable[[str], None] | None = None):
+                 on_note: OnNote | None = None):
         missing = [k for k in SETTINGS if k not in attrs]
         if missing or (manifest is None) == (image_ids is None):
             raise TypeError(f"ProposalWriter needs the attributes {SETTINGS} and one of manifest, image_ids")

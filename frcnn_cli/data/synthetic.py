@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 
 from ..atomic import atomic_dir
 from .manifest import ImageRecord, Manifest, write_manifest
+from .synthetic_sizes import DEFAULT_SEED, DEFAULT_TEST, DEFAULT_TRAIN
 
 CLASSES = ("circle", "bottle", "car", "triangle", "donut")
 # class -> (shortest long side, longest long side, (min w/h, max w/h)), base colour RGB
@@ -282,9 +283,6 @@ def _image_size(rng: np.random.Generator, image_size: tuple[int, int]) -> tuple[
     return (h, w) if rng.random() < 0.2 else (w, h)
 
 
-DEFAULT_TRAIN = 200  # images in the trainval split (the demo's and `frcnn prepare synth`'s default)
-DEFAULT_TEST = 60
-DEFAULT_SEED = 0
 
 
 def make_synthetic_set(out_dir: Path, *, n_train: int = DEFAULT_TRAIN, n_test: int = DEFAULT_TEST,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.parsers import expat
 
-from ..callbacks import Progress, WarningCallback
+from ..callbacks import OnNote, Progress
 from ..errors import DataError
 from .decode import open_image
 from .manifest import ImageRecord, Manifest, split_manifest
@@ -38,7 +38,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 CLIP_TOLERANCE = 5.0  # pixels a box may reach outside the image and still be clipped (with a warning)
 MAX_SHOWN = 10  # problems listed in one error message
 
-Warn = WarningCallback
 _log = logging.getLogger(__name__)
 
 
@@ -200,7 +199,7 @@ def _inspect_all(items: list[_Item], errors: list[str], progress: Progress | Non
     return out
 
 
-def _convert_box(raw: tuple, size: tuple[int, int], where: str, errors: list[str], warn: Warn) -> list | None:
+def _convert_box(raw: tuple, size: tuple[int, int], where: str, errors: list[str], warn: OnNote) -> list | None:
     """1-based inclusive ``raw`` -> 0-based continuous box clipped to the image, or None (error logged)."""
     xmin, ymin, xmax, ymax = raw
     for axis, lo, hi in (("x", xmin, xmax), ("y", ymin, ymax)):
@@ -223,7 +222,7 @@ def _convert_box(raw: tuple, size: tuple[int, int], where: str, errors: list[str
 
 
 def _make_record(item: _Item, ann: VocAnnotation, size: tuple[int, int], class_index: dict[str, int],
-                 errors: list[str], warn: Warn) -> ImageRecord:
+                 errors: list[str], warn: OnNote) -> ImageRecord:
     claimed = (ann.width, ann.height)
     if 0 in claimed:
         warn(f"{item.xml}: <size> is {ann.width}x{ann.height}; using the image's {size[0]}x{size[1]}")
@@ -254,7 +253,7 @@ def problems_error(errors: list[str]) -> DataError:
 
 
 def _build(name: str, root: str, items: list[_Item], classes: list[str] | None,
-           warn: Warn, progress: Progress | None) -> Manifest:
+           warn: OnNote, progress: Progress | None) -> Manifest:
     """Parse, decode and validate every item; ``classes=None`` discovers them (sorted) from the XML."""
     errors: list[str] = []
     inspected = _inspect_all(items, errors, progress)
@@ -296,7 +295,7 @@ def _split_ids(year_dir: Path, split: str) -> list[str]:
 
 
 def prepare_voc(root: str | os.PathLike, years: Sequence[int], split: str, *,
-                on_warning: Warn | None = None, progress: Progress | None = None) -> Manifest:
+                on_warning: OnNote | None = None, progress: Progress | None = None) -> Manifest:
     """A VOCdevkit split as a manifest with the 20 VOC classes; several years give their union (07+12).
 
     ``root`` holds ``VOC2007/`` etc. or is the ``VOC<year>`` folder itself. The manifest root is the
@@ -357,7 +356,7 @@ def _scan(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]
     return found
 
 
-def _folder_items(images_dir: Path, annotations_dir: Path, split_file: Path | None, warn: Warn) -> list:
+def _folder_items(images_dir: Path, annotations_dir: Path, split_file: Path | None, warn: OnNote) -> list:
     images = _scan(images_dir, IMAGE_SUFFIXES, "images")
     xmls = _scan(annotations_dir, (".xml",), "VOC XML annotations")
     if split_file is not None:
@@ -384,7 +383,7 @@ def _folder_items(images_dir: Path, annotations_dir: Path, split_file: Path | No
 def prepare_folder(images_dir: str | os.PathLike, annotations_dir: str | os.PathLike, *,
                    classes: Sequence[str] | None = None, split_file: str | os.PathLike | None = None,
                    val_fraction: float | None = None, seed: int = 0, name: str | None = None,
-                   on_warning: Warn | None = None, progress: Progress | None = None,
+                   on_warning: OnNote | None = None, progress: Progress | None = None,
                    ) -> Manifest | tuple[Manifest, Manifest]:
     """A folder of images and VOC-XML files (matched by file stem, flat or nested) as a manifest.
 

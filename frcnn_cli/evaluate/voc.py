@@ -35,9 +35,8 @@ import numpy as np
 
 from ..atomic import atomic_write_text
 from ..errors import DataError
-
-METRICS = ("11point", "area")
-IOU_THRESH = 0.5  # PASCAL VOC's overlap criterion (a match needs IoU > this)
+from . import IOU_THRESH as IOU_THRESH
+from . import METRICS as METRICS
 
 # class index -> (image indices into manifest.images int[D], scores float[D], boxes float[D, 4])
 Detections = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..errors import CheckpointError
 from .backbones import BackboneParts
-from .checkpoint import Init, read_init, torch_load_safely
+from .checkpoint import Init, read_init
 
 # parameter-name prefixes of an ImageNet classifier that the detector does not use
 _DROPPED_PREFIXES = {"vgg16": ("classifier.6.",), "resnet50": ("fc.",), "resnet101": ("fc.",)}
@@ -73,13 +73,6 @@ def imagenet_state_dict(name: str) -> dict[str, Tensor]:
         ) from None
 
 
-def _load_file(path: Path) -> object:
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist; give an existing .pth file, "
-                              f"--init imagenet or --init none")
-    return torch_load_safely(path, "weights file")
-
-
 def _from_frcnn_checkpoint(obj: dict, name: str, path: Path) -> dict:
     backbone = obj.get("config", {}).get("backbone") if isinstance(obj.get("config"), dict) else None
     if backbone != name:
@@ -92,15 +85,10 @@ def _from_frcnn_checkpoint(obj: dict, name: str, path: Path) -> dict:
     return state
 
 
-def local_state_dict(path: str | os.PathLike, name: str) -> dict[str, Tensor]:
-    """The state dict in ``path``: a plain state dict (possibly under ``state_dict``/``model``, possibly
-    with DataParallel's ``module.`` prefix) or a frcnn checkpoint; tensors only."""
-    path = Path(path)
-    return state_dict_of(_load_file(path), name, path)
-
-
 def state_dict_of(obj: object, name: str, path: str | os.PathLike) -> dict[str, Tensor]:
-    """The state dict held by ``obj``, what a weights file ``path`` holds (``local_state_dict``)."""
+    """The state dict held by ``obj``, what a weights file ``path`` holds (``checkpoint.read_init``): a plain
+    state dict (possibly under ``state_dict``/``model``, possibly with DataParallel's ``module.`` prefix) or a
+    frcnn checkpoint's backbone and ``head_top``; tensors only."""
     path = Path(path)
     if isinstance(obj, dict) and obj.get("format") == "frcnn-checkpoint":
         obj = _from_frcnn_checkpoint(obj, name, path)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write_json, ensure_dir
-from ..callbacks import Progress, StepCallback, WarningCallback
+from ..callbacks import OnNote, Progress, StepCallback
 from ..config import TRAIN_MODES, Config, RuntimeConfig
 from ..config_io import config_from_dict, config_to_dict
 from ..data.manifest import Manifest, manifest_hash
@@ -83,7 +83,7 @@ class PipelineRequest:
     resume: bool = False  # asked to resume (``frcnn train --resume``): warn when there is nothing to resume
     on_log: Callable[[LoopState], None] | None = None
     on_step: StepCallback | None = None  # (step name, "start" | "done" | "skip")
-    on_warning: WarningCallback | None = None
+    on_warning: OnNote | None = None
     progress: Progress | None = None  # dump progress (done, total)
     epochs: float | None = None  # --epochs of each training step (not with iters)
     val_manifest: Manifest | None = None
@@ -91,7 +91,7 @@ class PipelineRequest:
     val_every: int | None = None
     patience: int | None = None
     on_plan: Callable[[list[tuple[str, StepPlan]]], None] | None = None  # every training step's plan, at start
-    on_note: Callable[[str], None] | None = None
+    on_note: OnNote | None = None
     on_validation: Callable[[str, dict], None] | None = None  # (step name, metrics row)
 
 

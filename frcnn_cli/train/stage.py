@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import append_text, check_writable
-from ..callbacks import WarningCallback
+from ..callbacks import OnNote
 from ..config import Config, RuntimeConfig
 from ..data.images import DetectionDataset
 from ..data.loading import make_loader
@@ -60,7 +60,7 @@ class StageRequest:
     resume: bool = False
     metrics_path: Path | None = None
     on_log: Callable[[LoopState], None] | None = None
-    on_warning: WarningCallback | None = None  # something odd but allowed (rank 0 only)
+    on_warning: OnNote | None = None  # something odd but allowed (rank 0 only)
     # once every input is checked, just before the first iteration: (first iteration, total) (rank 0 only)
     on_start: Callable[[int, int], None] | None = None
     epochs: float | None = None  # --epochs (per step; not with iters)
@@ -73,7 +73,7 @@ class StageRequest:
     # stage trains with anchors.config. None: the stage decides them itself (decide_run_anchors) and says so
     anchors: AnchorDecision | None = None
     on_plan: Callable[[StepPlan], None] | None = None  # the step's plan, before on_start (rank 0 only)
-    on_note: Callable[[str], None] | None = None  # what the stage decided from the data (rank 0 only)
+    on_note: OnNote | None = None  # what the stage decided from the data (rank 0 only)
     on_validation: Callable[[dict], None] | None = None  # each validation's (and event's) metrics row
 
 
