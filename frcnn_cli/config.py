@@ -176,7 +176,15 @@ class RuntimeConfig(_Checked):
 
 @dataclass(frozen=True)
 class Config(_Checked):
-    """The whole configuration of a model and its training."""
+    """The whole configuration of a model and its training: frozen sections, checked whenever one is made.
+
+    >>> from dataclasses import replace
+    >>> cfg = frcnn_cli.get_preset("tiny")
+    >>> cfg.backbone, cfg.input.test_scale, cfg.roi_head.score_thresh
+    ('tiny', 192, 0.05)
+    >>> replace(cfg, rpn=replace(cfg.rpn, nms_thresh=0.6)).rpn.nms_thresh
+    0.6
+    """
 
     name: str = "vgg16"
     backbone: str = "vgg16"
@@ -308,7 +316,12 @@ LEGACY_RUNTIME_KEYS = ("amp", "channels_last", "cpu_winograd", "log_every", "num
 
 
 def get_preset(name: str) -> Config:
-    """The named preset; ``ConfigError`` lists the known names."""
+    """The named preset (``vgg16``, ``zf``, ``resnet50``, ``resnet101``, ``tiny``); ``ConfigError`` lists the
+    known names.
+
+    >>> frcnn_cli.get_preset("zf").rpn.conv_channels
+    256
+    """
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)} or a .toml file")
     return PRESETS[name]

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 
 class FrcnnError(Exception):
-    """A user-facing error: the message is shown as ``Error: <message>`` with a non-zero exit."""
+    """A user-facing error: the message is shown as ``Error: <message>`` with a non-zero exit; from Python it
+    says the same (what is wrong, where, what to do).
+
+    >>> try:
+    ...     frcnn_cli.get_preset("vgg19")
+    ... except frcnn_cli.FrcnnError as error:
+    ...     print(error)
+    unknown preset 'vgg19'; choose one of vgg16, zf, resnet50, resnet101, tiny or a .toml file
+    """
 
     exit_code = 1
 

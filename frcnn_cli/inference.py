@@ -138,13 +138,16 @@ class PredictorLike(Protocol):
 
 
 class Predictor:
-    """A model prepared once for inference on ``device`` with ``settings``, and the one inference forward.
+    """A model prepared once for inference on ``device`` with ``settings``, and the one inference forward
+    (``load_predictor`` makes one from a checkpoint, ``for_model`` from a model in memory).
 
     Preparing means eval mode, the truncated SVD of fc6/fc7 (``settings.fc_svd_rank``), and
     ``devices.place_model`` (Winograd convs on the CPU, channels-last); it changes modules, so the Predictor
     prepares its own deep copy of ``model`` unless ``owned`` (the caller hands the model over, e.g. one just
     loaded from a checkpoint). ``with_settings`` gives a Predictor of other settings on the same prepared
     model. ``runtime`` defaults to the runtime defaults of the model's preset (``config.runtime_defaults``).
+
+    >>> predictor = Predictor.for_model(model, "cpu", score_thresh=0.3)  # a FasterRCNN  # doctest: +SKIP
     """
 
     format = None  # a checkpoint's model, not an exported graph (``PredictorLike``)
@@ -228,10 +231,8 @@ class Predictor:
 
     @torch.inference_mode()
     def run(self, batch: ImageBatch, *, detections: bool = True, proposals: bool = False) -> BatchResult:
-        """Detections and/or proposals of a host ``batch`` (the loader's), brought back to the host.
-
-        The image keys are read from the host batch, so the host queues the forward while the batch is
-        still being copied (non-blocking from the loader's pinned memory) instead of waiting for the copy."""
+        """Detections and/or proposals of a host ``batch`` (the loader's), brought back to the host. The image
+        keys are read from the host batch: the forward is queued while the batch is still being copied."""
         keys = batch.indices.tolist()
         on_device = batch.to(self.device, non_blocking=True)
         on_device.tensor = on_device.tensor.contiguous(memory_format=torch.channels_last)
@@ -261,10 +262,9 @@ def load_predictor(model: str | os.PathLike, device: torch.device | str | None =
     (``roi_head.score_thresh``, 0.05: never raised); ``mode="dump"`` gives proposals for a proposal file, with
     ``nms_thresh`` and the top-N numbers; ``ablation``: one of the paper's Table 1 proposal ablations;
     ``require``: the parts the checkpoint must hold (``("rpn",)`` for proposals). ``on_runtime(device,
-    runtime)`` is called before the model is prepared (the command line sets its process settings there; a
-    library caller keeps its own). An exported file gives an ``export.predictor.ExportedPredictor`` with the
-    same interface, which refuses what its graph fixes. Errors are ``FrcnnError``: a missing file, a
-    checkpoint lacking a part, a key ``--set`` may not change.
+    runtime)`` is called before the model is prepared (the command line sets its process settings there). An
+    exported file gives an ``export.predictor.ExportedPredictor``, which refuses what its graph fixes. Errors
+    are ``FrcnnError``: a missing file, a checkpoint lacking a part, a key ``--set`` may not change.
 
     >>> predictor = frcnn_cli.load_predictor("run/final.pt", "cpu", score_thresh=0.3)  # doctest: +SKIP
     """
@@ -295,7 +295,7 @@ def load_predictor(model: str | os.PathLike, device: torch.device | str | None =
 
 def detections_to_host(dets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
     """``model.detect``'s per-image ``boxes``, ``scores`` (float32) and ``labels`` (int64) on the host, in one
-    copy for the batch (a device waits once); a fixed number of device ops whatever the batch size."""
+    copy for the batch: a fixed number of device ops whatever the batch size."""
     counts = [len(d["scores"]) for d in dets]
     boxes = torch.cat([d["boxes"] for d in dets]).float()
     scores = torch.cat([d["scores"] for d in dets]).float()

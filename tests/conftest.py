@@ -263,9 +263,9 @@ def write_proposal_store(path: Path, manifest_path: Path, boxes, scores) -> Path
 def cpu_predictor(model, *, runtime: Sequence[str] = (), **settings):
     """A ``Predictor`` of ``model`` on the CPU with the test's runtime (no loader workers): ``settings`` go to
     ``InferenceSettings.from_config`` (``ablation=``, ``score_thresh=``, ``overrides=`` …)."""
-    from frcnn_cli.inference import InferenceSettings, Predictor
+    from frcnn_cli.inference import Predictor
 
-    return Predictor(model, "cpu", InferenceSettings.from_config(model.cfg, **settings), tiny_runtime(*runtime))
+    return Predictor.for_model(model, "cpu", runtime=tiny_runtime(*runtime), **settings)
 
 
 def rpn_losses_of(cls_logits, deltas, anchors, gt_boxes, image_sizes, *, cfg, anchors_per_cell: int = 9):

@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from ..data.manifest import Manifest, read_manifest
 from ..devices import resolve_device
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..evaluate import IOU_THRESH, METRICS
 from . import console
 from .detect import ablation_from_options, ablation_options
@@ -34,29 +34,13 @@ from .eval_outputs import (
 )
 from .options import checkpoint_overrides, hold_output, inference_process, model_run_options
 
-__all__ = ["eval_command", "check_classes", "split_of"]
-
-
-def check_classes(manifest: Manifest, manifest_path: Path, classes: list[str], model_path: Path) -> None:
-    """Refuse a manifest whose class list (names and order) is not the model's, naming both files."""
-    if list(manifest.classes) == list(classes):
-        return
-    only_data = [c for c in manifest.classes if c not in classes]
-    only_model = [c for c in classes if c not in manifest.classes]
-    if only_data or only_model:
-        what = (f"only in the manifest: {', '.join(only_data) or '-'}; "
-                f"only in the model: {', '.join(only_model) or '-'}")
-    else:
-        what = "the same names in another order"
-    raise DataError(f"manifest {manifest_path} has classes {manifest.classes} but model {model_path} was "
-                    f"trained for {classes} ({what}); evaluate on a manifest of the model's dataset "
-                    "(frcnn prepare with the same class list)")
+__all__ = ["eval_command", "split_of"]
 
 
 def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str, coco: bool, out: Path | None,
                 report: Path | None, batch_size: int, device: str | None, ablation, set_: tuple[str, ...],
                 overrides) -> dict:
-    from ..evaluate.run import check_coco_evaluator, evaluate_model
+    from ..evaluate.run import check_classes, check_coco_evaluator, evaluate_model
     from ..inference import load_predictor
 
     if coco:

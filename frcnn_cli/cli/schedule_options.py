@@ -11,8 +11,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from ..data.manifest import Manifest, read_manifest
-from ..errors import ConfigError
+from ..data.manifest import Manifest
 from . import console
 from .options import FiniteFloatRange
 
@@ -37,21 +36,11 @@ def schedule_options(f):
 
 def read_val(val: Path | None, train: Manifest, data: Path, *, iters: int | None, epochs: float | None,
              val_every: int | None, patience: int | None) -> Manifest | None:
-    """The validation manifest, checked against the training one; the option combinations checked first."""
-    from ..train.validation import check_val_manifest
+    """The validation manifest, checked against the training one; the option combinations checked first
+    (``train.validation.read_val_manifest``)."""
+    from ..train.validation import read_val_manifest
 
-    if iters is not None and epochs is not None:
-        raise ConfigError("give --epochs or --iters, not both: --epochs sets each step's length in passes over "
-                          "the data, --iters in iterations")
-    if val is None:
-        for name, value in (("--val-every", val_every), ("--patience", patience)):
-            if value is not None:
-                raise ConfigError(f"{name} needs --val M.json: it is about validation during training; add "
-                                  "--val or drop it")
-        return None
-    manifest = read_manifest(val)
-    check_val_manifest(manifest, val, train, data)
-    return manifest
+    return read_val_manifest(val, train, data, iters=iters, epochs=epochs, val_every=val_every, patience=patience)
 
 
 def show_plan(rows: list[tuple[str, object]]) -> None:

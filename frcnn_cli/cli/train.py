@@ -18,7 +18,6 @@ from .options import (
     config_options,
     hold_output,
     inference_process,
-    load_cli_config,
     positive_int,
 )
 from .schedule_options import Estimates, ValidationView, best_summary, read_val, schedule_options, show_plan
@@ -198,14 +197,9 @@ def train(data, workdir, config, set_, mode, iters, epochs, val, val_every, pati
     the start. With --val each step is validated and the best checkpoint kept: final.pt is then the best
     unified detector (final.last.pt the last).
     """
-    from ..train.pipeline import PipelineRequest, plans, run_pipeline
+    from ..train.pipeline import train as run_training
 
     hold_output(workdir, "--workdir", folder=True)
-    manifest = read_manifest(data)
-    val_manifest = read_val(val, manifest, data, iters=iters, epochs=epochs, val_every=val_every, patience=patience)
-    cfg, runtime = load_cli_config(config, set_, seed)
-    dev = resolve_device(device)
-    process_settings(dev, runtime)
     talk = _is_main_process()
     estimates, view = Estimates(), ValidationView()
 
@@ -222,17 +216,13 @@ def train(data, workdir, config, set_, mode, iters, epochs, val, val_every, pati
         estimates.set_plans(rows)
 
     with console.TrainingProgress("training") as progress:
-        req = PipelineRequest(cfg=cfg, manifest=manifest, manifest_path=data, workdir=workdir, device=dev,
-                              runtime=runtime, mode=mode, iters=iters, resume=resume, on_step=on_step,
-                              on_warning=lambda m: console.warn(escape(m)), epochs=epochs, val_manifest=val_manifest,
-                              val_path=val, val_every=val_every, patience=patience, on_plan=on_plan,
-                              on_note=lambda m: console.info(escape(m)), on_validation=lambda _, row: view(row))
-        req.on_log = lambda state: _log(progress, view, estimates, state)
-        first_detector = next((p for name, p in plans(req, cfg) if p.kind != "rpn"), None)
-        req.checkpoint_every = checkpoint_every if checkpoint_every is not None else max(
-            1, (first_detector.iterations if first_detector else 100) // 10)
-        final = run_pipeline(req)
+        final = run_training(data, workdir, config=config, overrides=set_, mode=mode, iters=iters, epochs=epochs,
+                             val=val, val_every=val_every, patience=patience, seed=seed, device=device,
+                             checkpoint_every=checkpoint_every, resume=resume,
+                             progress=lambda state: _log(progress, view, estimates, state), on_step=on_step,
+                             on_warning=lambda m: console.warn(escape(m)), on_note=lambda m: console.info(escape(m)),
+                             on_plan=on_plan, on_validation=lambda _, row: view(row), on_runtime=process_settings)
     if talk:
-        if val_manifest is not None:
+        if val is not None:
             console.info(escape(best_summary(final, last=final.with_name("final.last.pt")) or ""))
         click.echo(str(final))

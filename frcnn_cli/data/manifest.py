@@ -148,7 +148,12 @@ def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Read and validate a manifest; every problem is a ``DataError`` naming the file (and the image)."""
+    """Read and validate a manifest; every problem is a ``DataError`` naming the file (and the image).
+
+    >>> manifest = read_manifest("synth/test.json")  # doctest: +SKIP
+    >>> manifest.classes, len(manifest.images)  # doctest: +SKIP
+    (['circle', 'bottle', 'car', 'triangle', 'donut'], 60)
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # a manifest edited in Notepad keeps its BOM

@@ -12,19 +12,23 @@ interrupted one (training stages from their ``.resume.pt``, dumps from their ``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from ..atomic import atomic_write_json, ensure_dir
 from ..callbacks import OnNote, Progress, StepCallback
-from ..config import TRAIN_MODES, Config, RuntimeConfig
-from ..config_io import config_from_dict, config_to_dict
-from ..data.manifest import Manifest, manifest_hash
+from ..config import TRAIN_MODES, Config, RuntimeConfig, runtime_defaults
+from ..config_io import Overrides, config_from_dict, config_to_dict, resolve_settings
+from ..data.manifest import Manifest, manifest_hash, read_manifest
+from ..devices import resolve_device
 from ..errors import ConfigError, DataError
 from ..inference import Predictor, dump_proposals
+from ..locks import output_lock
 from ..model.anchor_fit import AnchorDecision, decide_anchors
 from ..model.checkpoint import Init, load_model, read_init
 from . import distributed
@@ -33,6 +37,7 @@ from .schedule import StepPlan, plan_step
 from .stage import StageRequest, run_stage
 from .stage_setup import decide_run_anchors, training_images
 from .steps import stage_spec
+from .validation import read_val_manifest
 
 STATE_FORMAT = "frcnn-run"
 STATE_VERSION = 1
@@ -263,3 +268,62 @@ def run_pipeline(req: PipelineRequest) -> Path:
         if req.on_step:
             req.on_step(step.name, "done")
     return req.workdir / "final.pt"
+
+
+def train(data: str | os.PathLike, workdir: str | os.PathLike, *, config: str | Config | None = None,
+          overrides: Overrides | Sequence[str] = (), mode: str = "alternating", iters: int | None = None,
+          epochs: float | None = None, val: str | os.PathLike | None = None, val_every: int | None = None,
+          patience: int | None = None, seed: int | None = None, device: torch.device | str | None = None,
+          checkpoint_every: int | None = None, resume: bool = False,
+          progress: Callable[[LoopState], None] | None = None, on_step: StepCallback | None = None,
+          on_note: OnNote | None = None, on_warning: OnNote | None = None,
+          on_plan: Callable[[list[tuple[str, StepPlan]]], None] | None = None,
+          on_validation: Callable[[str, dict], None] | None = None,
+          on_runtime: Callable[[torch.device, RuntimeConfig], None] | None = None) -> Path:
+    """``frcnn train`` from Python: the paper's four steps (or ``mode="joint"``) on the manifest ``data`` in the
+    run folder ``workdir``, resumable (rerun to continue); returns the path of the final detector.
+
+    ``config``: a preset name, a TOML file or a ``Config`` (default vgg16), then ``overrides`` (``--set``
+    items) and ``seed``; ``iters``/``epochs``: each step's length (default the preset's epochs); ``val``: a
+    validation manifest (the best checkpoint of each step is kept, with ``val_every`` and ``patience``);
+    ``checkpoint_every``: iterations between resumable states (default a tenth of the first detector step).
+    ``progress(state)`` gets a ``train.loop.LoopState`` every ``runtime.log_every`` iterations (step,
+    iteration of total, losses, lr, images/s); ``on_step(name, "start"|"done"|"skip")``, ``on_note`` and
+    ``on_warning`` (sentences), ``on_plan`` (each step's plan) and ``on_validation(step, row)`` tell the rest;
+    ``on_runtime(device, runtime)`` comes before the work (the command line sets its threads there). The
+    folder is locked while it runs (``locks.output_lock``).
+
+    >>> final = frcnn_cli.train("synth/trainval.json", "run", config="tiny", epochs=1, device="cpu",
+    ...                         progress=lambda s: print(s.iteration, s.total, s.losses))  # doctest: +SKIP
+    """
+    workdir = Path(workdir)
+    lock = output_lock(workdir, option="--workdir", folder=True) if distributed.is_main() else nullcontext()
+    with lock:
+        manifest = read_manifest(data)
+        val_manifest = read_val_manifest(val, manifest, data, iters=iters, epochs=epochs, val_every=val_every,
+                                         patience=patience)
+        cfg, runtime = _train_settings(config, Overrides.parse(overrides), seed)
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        if on_runtime is not None:
+            on_runtime(dev, runtime)
+        req = PipelineRequest(cfg=cfg, manifest=manifest, manifest_path=Path(data), workdir=workdir, device=dev,
+                              runtime=runtime, mode=mode, iters=iters, resume=resume, on_log=progress,
+                              on_step=on_step, on_warning=on_warning, epochs=epochs, val_manifest=val_manifest,
+                              val_path=Path(val) if val is not None else None, val_every=val_every,
+                              patience=patience, on_plan=on_plan, on_note=on_note, on_validation=on_validation)
+        req.checkpoint_every = checkpoint_every if checkpoint_every is not None else _default_checkpoint_every(req)
+        return run_pipeline(req)
+
+
+def _train_settings(config: str | Config | None, overrides: Overrides,
+                    seed: int | None) -> tuple[Config, RuntimeConfig]:
+    """The preset, file or ``Config``, then the ``--set`` overrides (recipe and runtime keys apart), then the seed."""
+    cfg, runtime = (config, runtime_defaults(config.name)) if isinstance(config, Config) else resolve_settings(config)
+    cfg = overrides.apply(cfg)
+    return (cfg if seed is None else replace(cfg, seed=seed)), overrides.apply_runtime(runtime)
+
+
+def _default_checkpoint_every(req: PipelineRequest) -> int:
+    """A tenth of the first detector step's iterations (100 without one): a resumable state that often."""
+    first_detector = next((p for _, p in plans(req, req.cfg) if p.kind != "rpn"), None)
+    return max(1, (first_detector.iterations if first_detector else 100) // 10)

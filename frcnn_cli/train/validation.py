@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..config import RuntimeConfig
-from ..data.manifest import Manifest
+from ..data.manifest import Manifest, read_manifest
 from ..data.proposal_store import ProposalStore
 from ..errors import ConfigError, DataError
 from ..evaluate.recall import proposal_recall_of_boxes
@@ -49,6 +49,27 @@ def check_val_manifest(val: Manifest, val_path: Path, train: Manifest, train_pat
     if not any(not d for rec in val.images for d in rec.difficult):
         raise DataError(f"--val {val_path} holds no object to score (every box is difficult, or there are "
                         "none); give a validation manifest with annotated objects")
+
+
+def read_val_manifest(val: str | Path | Manifest | None, train: Manifest, train_path: str | Path, *,
+                      iters: int | None, epochs: float | None, val_every: int | None,
+                      patience: int | None) -> Manifest | None:
+    """The validation manifest of a training run (a ``Manifest`` or its file; None without), checked against
+    the training one (``check_val_manifest``), the schedule options' combinations checked first: ``--epochs``
+    and ``--iters`` exclude each other; ``--val-every`` and ``--patience`` need ``--val``."""
+    if iters is not None and epochs is not None:
+        raise ConfigError("give --epochs or --iters, not both: --epochs sets each step's length in passes over "
+                          "the data, --iters in iterations")
+    if val is None:
+        for name, value in (("--val-every", val_every), ("--patience", patience)):
+            if value is not None:
+                raise ConfigError(f"{name} needs --val M.json: it is about validation during training; add "
+                                  "--val or drop it")
+        return None
+    manifest = val if isinstance(val, Manifest) else read_manifest(val)
+    check_val_manifest(manifest, Path(val) if not isinstance(val, Manifest) else Path(val.name), train,
+                       Path(train_path))
+    return manifest
 
 
 def default_val_every(val_images: int, entries: int, spec: StageSpec) -> int:
