@@ -133,7 +133,7 @@ class PredictorLike(Protocol):
     def with_settings(self, settings: InferenceSettings) -> PredictorLike: ...
     def manifest_batches(self, manifest: Manifest, *, indices: Sequence[int] | None = None,
                          batch_size: int = 1) -> Iterator: ...
-    def file_batches(self, paths: Sequence[Path], *, batch_size: int = 1, on_unreadable=None) -> Iterator: ...
+    def file_batches(self, paths: Sequence, *, batch_size: int = 1, on_unreadable=None) -> Iterator: ...
     def run(self, batch, *, detections: bool = True, proposals: bool = False) -> BatchResult: ...
 
 
@@ -200,11 +200,11 @@ class Predictor:
         order = list(range(len(manifest.images))) if indices is None else list(indices)
         return self._batches(dataset, order, batch_size)
 
-    def file_batches(self, paths: Sequence[Path], *, batch_size: int = 1,
+    def file_batches(self, paths: Sequence[Path | Tensor], *, batch_size: int = 1,
                      on_unreadable: Callable[[int, FrcnnError], None] | None = None) -> Iterator[ImageBatch]:
-        """Image files at the test scale in batches, in the order of ``paths`` (``indices``: positions). An
-        unreadable file is ``load_image``'s ``DataError``, or with ``on_unreadable`` left out of its batch
-        and reported as ``on_unreadable(position, error)``."""
+        """Image files (or decoded uint8 ``[3, H, W]`` images) at the test scale in batches, in the order of
+        ``paths`` (``indices``: positions). An unreadable file is ``load_image``'s ``DataError``, or with
+        ``on_unreadable`` left out of its batch and reported as ``on_unreadable(position, error)``."""
         dataset = ImageFilesDataset(list(paths), self.settings.config.input)
         return self._batches(dataset, list(range(len(paths))), batch_size, on_failure=on_unreadable)
 
@@ -221,9 +221,8 @@ class Predictor:
 
     def forward(self, batch: ImageBatch, *, detections: bool = True,
                 image_keys: Sequence[int] | None = None) -> ForwardOutput:
-        """``FasterRCNN.forward`` of a batch already on the device (bf16 autocast on CUDA when
-        ``runtime.amp``), the RoI head only when ``detections``. ``image_keys``: the batch's manifest indices
-        as host numbers (default: read back from ``batch.indices``, which on a GPU waits for the device)."""
+        """``FasterRCNN.forward`` of a batch on the device (bf16 autocast on CUDA with ``runtime.amp``), the RoI
+        head only when ``detections``; ``image_keys``: manifest indices (default ``batch.indices``: a wait)."""
         keys = batch.indices.tolist() if image_keys is None else list(image_keys)
         with autocast(self.device, self.runtime.amp):
             return self.model(batch.tensor, batch.image_sizes, batch.scales, run_roi_head=detections,

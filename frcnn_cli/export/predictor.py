@@ -74,7 +74,7 @@ class ExportedPredictor:
         return decoded_batches(ManifestImages(manifest), order, batch_size=batch_size,
                                num_workers=self.runtime.num_workers)
 
-    def file_batches(self, paths: Sequence[Path], *, batch_size: int = 1,
+    def file_batches(self, paths: Sequence[Path | Tensor], *, batch_size: int = 1,
                      on_unreadable=None) -> Iterator[DecodedBatch]:
         """As ``Predictor.file_batches``: an unreadable file raises, or with ``on_unreadable`` is left out and
         reported as ``on_unreadable(position, error)``."""
