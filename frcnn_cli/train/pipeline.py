@@ -24,7 +24,7 @@ from ..atomic import atomic_write_json, ensure_dir
 from ..callbacks import OnNote, Progress, StepCallback
 from ..config import TRAIN_MODES, Config, RuntimeConfig, runtime_defaults
 from ..config_io import Overrides, config_from_dict, config_to_dict, resolve_settings
-from ..data.manifest import Manifest, manifest_hash, read_manifest
+from ..data.manifest import Manifest, manifest_hash, read_manifest, require_annotations
 from ..devices import resolve_device
 from ..errors import ConfigError, DataError
 from ..inference import Predictor, dump_proposals
@@ -300,6 +300,8 @@ def train(data: str | os.PathLike, workdir: str | os.PathLike, *, config: str | 
     lock = output_lock(workdir, option="--workdir", folder=True) if distributed.is_main() else nullcontext()
     with lock:
         manifest = read_manifest(data)
+        require_annotations(manifest, data, "there is nothing to train on: give an annotated manifest (frcnn "
+                                            "prepare of a trainval split)")
         val_manifest = read_val_manifest(val, manifest, data, iters=iters, epochs=epochs, val_every=val_every,
                                          patience=patience)
         cfg, runtime = _train_settings(config, Overrides.parse(overrides), seed)
