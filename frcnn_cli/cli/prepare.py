@@ -168,8 +168,8 @@ def coco(annotations: Path, images_dir: Path, drop_empty: bool, name: str | None
     """COCO-format data (COCO, Objects365, LVIS, CVAT/Label Studio/Roboflow exports) as a manifest.
 
     Categories become classes in id order (names and original ids kept), crowd regions are kept as
-    difficult boxes (never trained on, ignored by evaluation), image files are checked to exist (sizes
-    come from the JSON).
+    difficult boxes (never trained on, ignored by evaluation), each image file's header is read (a
+    width/height that disagrees with the file is an error).
     """
     from ..data.coco import prepare_coco
 
