@@ -90,6 +90,12 @@ def prepare() -> None:
     """
 
 
+def _skip_unreadable_option(f):
+    return click.option("--skip-unreadable", is_flag=True,
+                        help="Leave out the images that cannot be decoded (truncated, corrupt), with their XML, "
+                             "listing them in a warning, instead of stopping.")(f)
+
+
 @prepare.command("voc")
 @click.option("--root", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="The VOCdevkit folder (holding VOC2007/, VOC2012/) or a VOC<year> folder itself.")
@@ -99,14 +105,16 @@ def prepare() -> None:
               type=click.Choice(["train", "val", "trainval", "test"]), help="ImageSets/Main/<split>.txt.")
 @click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Manifest to write.")
-def voc(root: Path, years: list[int], split: str, out: Path) -> None:
+@_skip_unreadable_option
+def voc(root: Path, years: list[int], split: str, out: Path, skip_unreadable: bool) -> None:
     """A PASCAL VOC split (20 classes; difficult and truncated kept) as a manifest."""
     from ..data.voc import prepare_voc
 
     hold_output(out, "--out")
     warnings: list[str] = []
     with _quiet_progress("checking images") as progress:
-        manifest = prepare_voc(root, years, split, on_warning=warnings.append, progress=progress)
+        manifest = prepare_voc(root, years, split, on_warning=warnings.append, progress=progress,
+                               skip_unreadable=skip_unreadable)
     _finish([(out, manifest)], warnings)
 
 
@@ -125,10 +133,12 @@ def voc(root: Path, years: list[int], split: str, out: Path) -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the --val-fraction draw.")
 @click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Manifest to write (NAME.json).")
+@_skip_unreadable_option
 def folder(images_dir: Path, annotations_dir: Path, classes_file: Path | None, split_file: Path | None,
-           val_fraction: float | None, seed: int, out: Path) -> None:
+           val_fraction: float | None, seed: int, out: Path, skip_unreadable: bool) -> None:
     """Your own images with VOC-style XML annotations as a manifest (no ImageSets needed)."""
-    from ..data.voc import prepare_folder, read_class_file
+    from ..data.folder import prepare_folder
+    from ..data.name_lists import read_class_file
 
     if split_file is not None and val_fraction is not None:
         raise ConfigError("give --split-file or --val-fraction, not both")
@@ -140,8 +150,8 @@ def folder(images_dir: Path, annotations_dir: Path, classes_file: Path | None, s
     warnings: list[str] = []
     with _quiet_progress("checking images") as progress:
         result = prepare_folder(images_dir, annotations_dir, classes=classes, split_file=split_file,
-                                val_fraction=val_fraction, seed=seed, name=name,
-                                on_warning=warnings.append, progress=progress)
+                                val_fraction=val_fraction, seed=seed, name=name, on_warning=warnings.append,
+                                progress=progress, skip_unreadable=skip_unreadable)
     if isinstance(result, tuple):
         outputs = [(out, result[0]), (out.with_name(f"{name}.val.json"), result[1])]
     else:

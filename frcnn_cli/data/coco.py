@@ -40,11 +40,11 @@ from typing import Any
 import numpy as np
 
 from ..callbacks import Progress, WarningCallback
-from ..errors import DataError
+from ..errors import DataError, problems_error
 from .coco_images import check_image_files, good_images, is_int
 from .manifest import ImageRecord, Manifest
 from .name_lists import BACKGROUND_ADVICE, is_background
-from .voc import CLIP_TOLERANCE, problems_error
+from .voc import CLIP_TOLERANCE
 
 Warn = WarningCallback
 _log = logging.getLogger(__name__)
@@ -170,8 +170,8 @@ def _categories(data: dict, path: Path) -> tuple[list[str], list[int]]:
         if cat["id"] in by_id:
             raise DataError(f"{where}: the id appears twice; give every category its own id")
         if is_background(name):
-            raise DataError(f"{where} is named {name!r}: {BACKGROUND_ADVICE}: delete the category and its "
-                            "annotations, or rename it")
+            raise DataError(f"{where} is named {name!r}; {BACKGROUND_ADVICE}: delete the category and its "
+                            "annotations (or rename it)")
         if name in by_name:
             raise DataError(f"{path}: categories {by_name[name]} and {cat['id']} are both named {name!r}; "
                             "rename one or merge them (their annotations would become one class)")

@@ -20,8 +20,7 @@ def is_background(name: str) -> bool:
     return name.strip().lower() in BACKGROUND_NAMES
 
 
-BACKGROUND_ADVICE = ("frcnn adds the background class itself (label 0); leave it out of the classes (an "
-                     "object labelled background is no object: delete it)")
+BACKGROUND_ADVICE = "frcnn adds the background class itself (label 0), so a class of that name would be a second one"
 
 
 def read_lines(path: Path, what: str) -> list[str]:
@@ -44,5 +43,6 @@ def read_class_file(path: str | os.PathLike) -> list[str]:
         raise DataError(f"class file {path} lists {', '.join(dupes)} more than once; keep one line per class")
     background = next((n for n in names if is_background(n)), None)
     if background is not None:
-        raise DataError(f"class file {path} lists a background class {background!r}; {BACKGROUND_ADVICE}")
+        raise DataError(f"class file {path} lists a background class {background!r}; {BACKGROUND_ADVICE}: leave "
+                        "it out")
     return names
