@@ -87,7 +87,7 @@ def test_photo_names_with_whitespace_prepare_with_a_warning_about_eval_out(tmp_p
     assert [rec.id for rec in manifest.images] == ["IMG 0001", "IMG_0002", "tab\there"]
     assert len(warnings) == 1
     assert "2 image id(s) hold whitespace (first: 'IMG 0001', IMG 0001.jpg)" in warnings[0]
-    assert "frcnn eval --out refuses them" in warnings[0]
+    assert "frcnn eval --out writes these ids %-escaped ('IMG 0001' as 'IMG%200001'" in warnings[0]
 
 
 def test_a_split_file_may_name_photos_whose_names_hold_spaces(tmp_path):

@@ -27,9 +27,9 @@ def json_number(value: float) -> float | None:
 
 
 def split_of(manifest_name: str) -> str:
-    """The devkit split of a manifest name: the part after the last '-' (``voc2007-test`` -> ``test``),
-    else ``test``."""
-    head, sep, tail = manifest_name.rpartition("-")
+    """The devkit split of a manifest name: the part after the last '-' or '.' (``voc2007-test`` -> ``test``,
+    ``mine.val`` of ``prepare folder --val-fraction`` -> ``val``), else ``test``."""
+    head, sep, tail = max(manifest_name.rpartition("-"), manifest_name.rpartition("."), key=lambda p: len(p[0]))
     return tail if sep and head and tail else "test"
 
 

@@ -119,7 +119,7 @@ class Manifest:
 
 def id_has_whitespace(image_id: str) -> bool:
     """Whether an image id holds whitespace (a space, a tab, a newline), which the devkit's space-separated
-    result files cannot hold (``evaluate/voc.py``); ``prepare`` warns about such ids."""
+    result files hold only escaped (``evaluate/voc.py:escape_id``); ``prepare`` warns about such ids."""
     return any(c.isspace() for c in image_id)
 
 

@@ -10,7 +10,7 @@ is an error (``xmax == xmin`` is a valid one-pixel-wide box). ``difficult``/``tr
 Every image is decoded (JPEGs at 1/8 scale, which still reads every byte) so that unreadable and
 truncated files are found now, not hours into training (``skip_unreadable``: such images are left out with
 their XML, and listed in one warning). All problems are collected and reported in one ``DataError``. An
-image id holding whitespace is a warning (the devkit's result files of ``eval --out`` cannot hold it); a
+image id holding whitespace is a warning (the devkit's result files of ``eval --out`` hold it %-escaped); a
 class named ``background`` is refused, as everywhere (``data/name_lists.py``).
 """
 
@@ -109,9 +109,10 @@ def _whitespace_warning(records: list[ImageRecord]) -> str | None:
     spaced = [rec for rec in records if id_has_whitespace(rec.id)]
     if not spaced:
         return None
-    return (f"{len(spaced)} image id(s) hold whitespace (first: {spaced[0].id!r}, {spaced[0].path}): they "
-            "train and evaluate, but frcnn eval --out refuses them (the devkit's result files are separated by "
-            "spaces); rename the files (e.g. spaces to '_') and prepare again if you need the result files")
+    return (f"{len(spaced)} image id(s) hold whitespace (first: {spaced[0].id!r}, {spaced[0].path}): the "
+            "devkit's result files are separated by spaces, so frcnn eval --out writes these ids %-escaped "
+            "('IMG 0001' as 'IMG%200001'; frcnn reads them back); rename the files (e.g. spaces to '_') and "
+            "prepare again if other VOC tools must read the result files")
 
 
 def _class_problems(inspected: list[tuple], classes: list[str]) -> list[str]:
