@@ -31,11 +31,11 @@ def kill_before_step(monkeypatch, name: str) -> None:
     """The next ``frcnn train`` dies as it is about to start step ``name``."""
     real = pipeline._run_step
 
-    def run_step(req, step, cfg):
+    def run_step(req, step, cfg, **kwargs):
         if step.name == name:
             monkeypatch.setattr(pipeline, "_run_step", real)
             raise KeyboardInterrupt  # Ctrl-C: the CLI says how to continue
-        real(req, step, cfg)
+        real(req, step, cfg, **kwargs)
 
     monkeypatch.setattr(pipeline, "_run_step", run_step)
 

@@ -62,6 +62,29 @@ def _finish(outputs: list[tuple[Path, Manifest]], warnings: list[str]) -> None:
         click.echo(str(path))
 
 
+def _suggest_training(train: Path, val: Path | None = None) -> None:
+    """The ``frcnn train`` command that fits this machine, and why: the default VGG16 needs a GPU (days on a
+    CPU) and ImageNet weights (a download); the ``tiny`` preset learns from random weights on a CPU."""
+    import torch
+
+    stem = train.name[: -len(".json")] if train.name.endswith(".json") else train.name
+    command = f"frcnn train --data {train} --workdir runs/{stem}" + (f" --val {val}" if val is not None else "")
+    if not torch.cuda.is_available():
+        why = ("no GPU here: the tiny preset, a small network learnt from random weights, trains in minutes on a "
+               "CPU, while the default VGG16 takes days and needs the ImageNet weights")
+        command += " --config tiny"
+    else:
+        from ..model.weights import hub_cache_file, imagenet_weights_url
+
+        url = imagenet_weights_url("vgg16")
+        cached = hub_cache_file(url).is_file()
+        why = ("a GPU is here: VGG16, the paper's network, from ImageNet weights "
+               + ("(in the torch hub cache)" if cached else f"(downloaded once from {url}; offline, copy it into "
+                                                         f"{hub_cache_file(url).parent})"))
+    validate = "" if val is not None else "; --val M.json keeps the best checkpoint (prepare folder --val-fraction)"
+    console.info(escape(f"next: {command} ({why}{validate}; docs/quickstart.md)"))
+
+
 def _parse_years(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
     try:
         years = [int(v) for v in value.split(",") if v.strip()]
@@ -116,6 +139,8 @@ def voc(root: Path, years: list[int], split: str, out: Path, skip_unreadable: bo
         manifest = prepare_voc(root, years, split, on_warning=warnings.append, progress=progress,
                                skip_unreadable=skip_unreadable)
     _finish([(out, manifest)], warnings)
+    if split != "test":
+        _suggest_training(out)
 
 
 @prepare.command("folder")
@@ -160,10 +185,7 @@ def folder(images_dir: Path, annotations_dir: Path, classes_file: Path | None, s
         found = ", ".join(outputs[0][1].classes)
         console.info(f"classes found in the XML (sorted; --classes FILE sets the order): {found}")
     _finish(outputs, warnings)
-    if len(outputs) == 2:
-        train, val = (escape(str(p)) for p, _ in outputs)
-        console.info(f"validate during training with --val {val}: frcnn train --data {train} --workdir run "
-                     f"--val {val} (the best checkpoint is kept; docs/quickstart.md, 'Your own images')")
+    _suggest_training(out, outputs[1][0] if len(outputs) == 2 else None)
 
 
 @prepare.command("coco")
@@ -190,6 +212,7 @@ def coco(annotations: Path, images_dir: Path, drop_empty: bool, name: str | None
         manifest = prepare_coco(annotations, images_dir, drop_empty=drop_empty, name=name or stem,
                                 on_warning=warnings.append, progress=progress)
     _finish([(out, manifest)], warnings)
+    _suggest_training(out)
 
 
 @prepare.command("synth")
