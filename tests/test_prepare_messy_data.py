@@ -135,3 +135,23 @@ def test_prepare_voc_of_another_year_names_the_years_found(tmp_path, assert_clea
     (tmp_path / "VOC2012" / "Annotations").mkdir(parents=True)
     result = _prepare("voc", "--root", tmp_path, "--year", "2007", "--out", tmp_path / "m.json")
     assert_clean_error(result, "no folder", "found VOC2012: --year 2012")
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_the_train_command_suggested_after_prepare_fits_the_machine(tmp_path, monkeypatch, gpu):
+    """It suggested `frcnn train` without --config: VGG16, impractical on a CPU and impossible offline."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached ImageNet weights
+    images, xml = _photos(tmp_path, ["a", "b", "c", "d"])
+    out = tmp_path / "mine.json"
+    result = _prepare("folder", "--images", images, "--annotations", xml, "--out", out, "--val-fraction", "0.25")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    command = f"next: frcnn train --data {out} --workdir runs/mine --val {tmp_path / 'mine.val.json'}"
+    if gpu:
+        assert f"{command} (a GPU is here: VGG16, the paper's network, from ImageNet weights (downloaded once" in said
+        assert str(tmp_path / "torch-home" / "hub" / "checkpoints") in "".join(said.split())  # wrapped anywhere
+    else:
+        assert f"{command} --config tiny (no GPU here: the tiny preset" in said
