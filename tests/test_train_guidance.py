@@ -167,6 +167,8 @@ def test_a_changed_val_file_is_said_to_have_changed_not_other_options(finished_r
     (["--val-every", "2"], "--val-every not given when the run started, 2 now"),
     (["--set", "solver.lr=0.02"], "--set solver.lr 0.01 when the run started, 0.02 now"),
     (["--seed", "7"], "--seed 3 when the run started, 7 now"),
+    (["--set", "input.flip=false"], "--set input.flip true when the run started, false now"),
+    (["--config", "zf"], "--config tiny when the run started, zf now; and "),
 ])
 def test_every_refusal_of_a_run_folder_names_the_option_that_differs_and_its_two_values(
         finished_run, frcnn, assert_clean_error, change, said):

@@ -22,7 +22,14 @@ OPTIONS = (("mode", "--mode"), ("iters", "--iters"), ("epochs", "--epochs"), ("v
 
 
 def _shown(value: object) -> str:
-    return "not given" if value is None else str(value)
+    """A value as the command line spells it (``false``, ``8.0,16.0,32.0``)."""
+    if value is None:
+        return "not given"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(_shown(v) for v in value)
+    return str(value)
 
 
 def _same_file(a: str | None, b: str | None) -> bool:
@@ -42,14 +49,16 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _config_differences(was: dict, now: dict) -> list[str]:
-    """``--config``, ``--seed`` and each ``--set`` key whose value differs."""
+    """``--config``, ``--seed`` and each ``--set`` key whose value differs (another preset: the preset alone,
+    with the count of keys that differ with it)."""
     a, b = _flat(was), _flat(now)
     names = {"name": "--config", "seed": "--seed"}
     keys = [k for k in sorted(set(a) | set(b), key=lambda k: (k not in names, k)) if a.get(k) != b.get(k)]
+    limit = 1 if "name" in keys else MAX_KEYS_SHOWN
     shown = [f"{names.get(k, '--set ' + k)} {_shown(a.get(k))} when the run started, {_shown(b.get(k))} now"
-             for k in keys[:MAX_KEYS_SHOWN]]
-    if len(keys) > MAX_KEYS_SHOWN:
-        shown.append(f"and {len(keys) - MAX_KEYS_SHOWN} more config keys")
+             for k in keys[:limit]]
+    if len(keys) > limit:
+        shown.append(f"and {len(keys) - limit} more config keys")
     return shown
 
 
