@@ -151,7 +151,7 @@ BAD_DATA = {
     "annotation without an id": (lambda d: (d["annotations"][2].pop("id"), d["annotations"][2].update(bbox=[1, 2])),
                                  ["the annotation at position 2 of \"annotations\" (it has no \"id\")"]),
     "image without a width": (lambda d: d["images"][3].pop("width"),
-                              ["instances.json, image 1000: has no \"width\"; give the image's width"]),
+                              ["instances.json, image 1000: has no \"width\" (its width in pixels); fix the entry"]),
     "image without an id": (lambda d: d["images"][2].pop("id"),
                             ["the image at position 2 of \"images\" (it has no integer \"id\")"]),
     "a size that disagrees with the file": (

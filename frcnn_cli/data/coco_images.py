@@ -38,7 +38,7 @@ def image_label(img: Any, position: int) -> str:
 
 def _side_problem(img: dict, key: str) -> str | None:
     if key not in img:
-        return f"has no \"{key}\"; give the image's {key} in pixels"
+        return f"has no \"{key}\" (its {key} in pixels)"
     value = img[key]
     if not (is_int(value) and 0 < value <= MAX_SIDE):
         return f"\"{key}\" {value!r} is not a whole number of pixels from 1 to {MAX_SIDE}"
