@@ -107,7 +107,8 @@ def test_a_rerun_with_other_options_is_refused(whole_run, train_set, frcnn, trai
     result = frcnn("train", "--data", train_set[0], "--workdir", whole_run, "--iters", 5, *train_options(),
                    ok=False)
     assert result.exit_code == 2
-    assert f"Error: {whole_run} holds an alternating run with iterations 4" in result.output
+    assert (f"Error: {whole_run} holds a run started with other options (--iters 4 when the run started, 5 now; "
+            f"see {whole_run / 'state.json'})") in " ".join(result.output.split())
     result = frcnn("train", "--data", train_set[1], "--workdir", whole_run, "--iters", 4, *train_options(),
                    ok=False)
     assert result.exit_code == 1 and f"holds a run on another dataset than {train_set[1]}" in result.output
