@@ -180,9 +180,23 @@ def _run_step(req: PipelineRequest, step: Step, cfg: Config, anchors: dict | Non
                            epochs=req.epochs, proposals_path=proposals, checkpoint_every=req.checkpoint_every,
                            resume=True, metrics_path=req.workdir / "metrics.jsonl", on_log=req.on_log,
                            on_warning=req.on_warning, decide_anchors=False, anchors=anchors,
-                           val_manifest=req.val_manifest,
-                           val_path=req.val_path, val_every=req.val_every, patience=req.patience,
-                           on_validation=on_validation))
+                           val_manifest=req.val_manifest, val_path=req.val_path, val_every=req.val_every,
+                           patience=req.patience, on_validation=on_validation))
+
+
+def _replaced_first_attempt(state: dict, req: PipelineRequest) -> bool:
+    """Whether the run in the folder never trained an iteration and was started with other options: then it
+    holds nothing to lose and the request starts a new run instead (said in a note)."""
+    if not nothing_trained(state, req.workdir):
+        return False
+    try:
+        differences = _differences(state, req)
+    except DataError as exc:  # another dataset, a changed manifest
+        differences = [str(exc)]
+    if differences and req.on_note is not None and distributed.is_main():
+        req.on_note(f"{req.workdir} held a run that never trained an iteration, started with other options "
+                    f"({'; '.join(differences)}); starting a new run with these")
+    return bool(differences)
 
 
 def _start(req: PipelineRequest, state_path: Path) -> tuple[dict, Config]:
@@ -190,15 +204,8 @@ def _start(req: PipelineRequest, state_path: Path) -> tuple[dict, Config]:
     train with (the anchors decided at the start)."""
     state = _read_state(state_path)
     found = state is not None
-    if state is not None and nothing_trained(state, req.workdir):
-        try:
-            differences = _differences(state, req)
-        except DataError as exc:
-            differences = [str(exc)]
-        if differences and req.on_note is not None and distributed.is_main():
-            req.on_note(f"{req.workdir} held a run that never trained an iteration, started with other options "
-                        f"({'; '.join(differences)}); starting a new run with these")
-        state = None if differences else state
+    if state is not None and _replaced_first_attempt(state, req):
+        state = None
     if state is None:
         if req.resume and not found and req.on_warning is not None and distributed.is_main():
             req.on_warning(f"--resume: {req.workdir} holds no run to resume (no {state_path.name}); starting one")
