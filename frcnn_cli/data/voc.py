@@ -98,11 +98,12 @@ def _inspect_all(items: list[Item], errors: list[str], progress: Progress | None
     return out
 
 
-def _skipped_warning(skipped: list[Item]) -> str:
-    listed = ", ".join(str(item.image) for item in skipped[:MAX_SHOWN])
-    more = f" and {len(skipped) - MAX_SHOWN} more" if len(skipped) > MAX_SHOWN else ""
-    return (f"{len(skipped)} unreadable image(s) left out with their XML (--skip-unreadable): {listed}{more}; "
-            "replace them and prepare again to train on them")
+def unreadable_warning(paths: list[Path], what: str = "image(s) left out with their XML") -> str:
+    """The one warning of ``--skip-unreadable``: how many images were left out, the first ``MAX_SHOWN``."""
+    listed = ", ".join(str(path) for path in paths[:MAX_SHOWN])
+    more = f" and {len(paths) - MAX_SHOWN} more" if len(paths) > MAX_SHOWN else ""
+    return (f"{len(paths)} unreadable {what} (--skip-unreadable): {listed}{more}; replace them and prepare "
+            "again to use them")
 
 
 def _whitespace_warning(records: list[ImageRecord]) -> str | None:
@@ -190,7 +191,8 @@ def build_manifest(name: str, root: str, items: list[Item], classes: list[str] |
                for item, ann, size in inspected if ann is not None and size is not None]
     if errors:
         raise problems_error(errors)
-    for message in (_skipped_warning(skipped) if skipped else None, _whitespace_warning(records)):
+    for message in (unreadable_warning([item.image for item in skipped]) if skipped else None,
+                    _whitespace_warning(records)):
         if message is not None:
             warn(message)
     return Manifest(name=name, classes=list(classes), root=root, images=records)

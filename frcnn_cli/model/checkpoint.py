@@ -218,7 +218,8 @@ def _require(ckpt: dict, path: str | os.PathLike, require: Sequence[str]) -> Non
     if "rpn" in require and "rpn" not in parts:
         if "roi_head" in require:
             raise CheckpointError(f"{where} has a detection head but no trained RPN (a step-2 detector); detect "
-                                  "and evaluate with the unified model of step 4 (final.pt of frcnn train)")
+                                  "and evaluate with the unified model of step 4 (final.pt of frcnn train), or "
+                                  "evaluate it on another model's proposals: eval --test-proposals rpn1.pt")
         raise CheckpointError(f"{where} has no RPN; dump proposals with the output of train-rpn (steps 1 and 3)")
 
 

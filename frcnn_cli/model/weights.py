@@ -63,9 +63,11 @@ def imagenet_state_dict(name: str) -> dict[str, Tensor]:
     """torchvision's ImageNet state dict for ``name`` (from the hub cache, else downloaded)."""
     weights = _torchvision_weights(name)
     if weights is None:
+        caffe = (" (frcnn convert caffe ZF.v2.caffemodel --out zf_imagenet.pth writes it from py-faster-rcnn's "
+                 "ImageNet ZF)") if name == "zf" else ""
         raise CheckpointError(
             f"torchvision has no ImageNet weights for backbone '{name}'; give a local state dict with "
-            f"--init FILE.pth (layout: the parameter names of frcnn's {name} backbone) or --init none "
+            f"--init FILE.pth (layout: the parameter names of frcnn's {name} backbone){caffe} or --init none "
             f"({INIT_IN_TRAIN})"
         )
     cache = hub_cache_file(weights.url)
