@@ -16,6 +16,7 @@ from .options import (
     checkpoint_set_option,
     hold_output,
     load_predictor,
+    output_complete,
     positive_int,
 )
 
@@ -103,7 +104,7 @@ def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, 
     from .. import detect as lib
     from ..data.images import find_images
 
-    hold_output(out, "--out", folder=True)
+    hold_output(out, "--out", folder=True, discard_on_failure=True)
     check_checkpoint_overrides(set_, model_path)
     images = find_images(manifest_images(inputs), exclude=out)
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
@@ -120,6 +121,7 @@ def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, 
         _show(result, score_thresh)
     if out is not None:
         lib.save_detections(results, out, classes=predictor.classes)
+        output_complete(out, folder=True)  # whole: kept when unreadable photos make the command exit 1
         drawn = len(results) - len(lib.unreadable(results))
         console.info(f"wrote {drawn} image(s) and {escape(str(out / 'detections.json'))}")
     if as_json:

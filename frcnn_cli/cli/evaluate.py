@@ -33,7 +33,14 @@ from .eval_outputs import (
     write_report_page,
 )
 from .eval_proposals import TEST_PROPOSALS_HELP, with_test_proposals, write_results_only
-from .options import check_checkpoint_overrides, checkpoint_set_option, hold_output, load_predictor, positive_int
+from .options import (
+    check_checkpoint_overrides,
+    checkpoint_set_option,
+    hold_output,
+    load_predictor,
+    output_complete,
+    positive_int,
+)
 
 __all__ = ["eval_command", "check_classes", "split_of"]
 
@@ -73,7 +80,9 @@ def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str
     if ablation is not None:
         console.info(escape(f"proposals: {ablation.describe()}"))
     if results_only:
-        return write_results_only(predictor, manifest, out, batch_size=batch_size)
+        summary = write_results_only(predictor, manifest, out, batch_size=batch_size)
+        output_complete(out, folder=True)
+        return summary
     with console.ProgressReporter("detect", every=100) as bar:
         run = evaluate_model(predictor, manifest, metric=metric, coco=coco, proposals=report is not None,
                              batch_size=batch_size, progress=bar)
@@ -84,6 +93,7 @@ def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str
         write_ap_outputs(out, run.by_class, manifest, run.voc)
         if run.coco_results is not None:
             write_coco_outputs(out, run.coco_results)
+        output_complete(out, folder=True)
     if report is not None:
         write_report_page(report, model_path=model_path, data=data, manifest=manifest, run=run,
                           settings=report_settings(metric, dev, batch_size, set_, ablation))
@@ -104,6 +114,7 @@ def _eval_proposals(proposals_path: Path, data: Path, manifest: Manifest, out: P
 
         plot_recall_vs_iou(result, out / RECALL_PLOT, title=f"{manifest.name}: recall vs IoU")
         console.info(f"wrote {escape(str(out / RECALL_PLOT))}")
+    output_complete(out, folder=True)
     return {"iou_thresholds": result["iou_thresholds"], "top_ns": result["top_ns"],
             "recall": {str(n): [json_number(v) for v in result["recall"][n]] for n in result["top_ns"]},
             "average_recall": {str(n): json_number(result["average_recall"][n]) for n in result["top_ns"]},
@@ -176,7 +187,7 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, coco, out, r
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
     metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report, coco,
                           test_proposals, results_only, out)
-    hold_output(out, "--out", folder=True)
+    hold_output(out, "--out", folder=True, discard_on_failure=True)
     hold_output(report, "--report")
     check_checkpoint_overrides(set_, model_path)
     manifest = read_manifest(data)

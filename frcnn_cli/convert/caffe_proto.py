@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 import string
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,9 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
+from ..protobuf_wire import WireError as _Malformed
+from ..protobuf_wire import fields as _fields
+from ..protobuf_wire import varint as _varint
 
 # V1LayerParameter.LayerType values of the layers that hold weights, and of common others, by their new names
 _V1_TYPES = {4: "Convolution", 14: "InnerProduct", 39: "Deconvolution", 18: "ReLU", 17: "Pooling", 15: "LRN",
@@ -66,53 +68,6 @@ class CaffeNet:
     name: str
     layout: str
     layers: tuple[CaffeLayer, ...]
-
-
-class _Malformed(Exception):
-    def __init__(self, what: str, offset: int) -> None:
-        super().__init__(what)
-        self.what, self.offset = what, offset
-
-
-def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= end:
-            raise _Malformed("a number runs past the end of its message", pos)
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 70:
-            raise _Malformed("a number longer than 10 bytes", pos)
-
-
-def _fields(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int | tuple[int, int]]]:
-    """``(field number, wire type, value)`` of a message in ``buf[start:end]``: the number of a varint, the
-    ``(start, end)`` bytes of any other field."""
-    pos = start
-    while pos < end:
-        key_at = pos
-        key, pos = _varint(buf, pos, end)
-        field, wire = key >> 3, key & 7
-        if field == 0:
-            raise _Malformed("a field numbered 0", key_at)
-        if wire == 0:
-            value, pos = _varint(buf, pos, end)
-            yield field, wire, value
-            continue
-        if wire == 2:
-            length, pos = _varint(buf, pos, end)
-        elif wire in (1, 5):
-            length = 8 if wire == 1 else 4
-        else:
-            raise _Malformed(f"wire type {wire}, which caffe.proto never uses", key_at)
-        if pos + length > end:
-            raise _Malformed(f"field {field} runs past the end of its message", key_at)
-        yield field, wire, (pos, pos + length)
-        pos += length
 
 
 def _text(buf: bytes, span: tuple[int, int]) -> str:

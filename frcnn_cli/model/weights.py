@@ -19,6 +19,7 @@ Any other missing, unexpected or mis-shaped key is a ``CheckpointError`` listing
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -71,9 +72,12 @@ def imagenet_state_dict(name: str) -> dict[str, Tensor]:
             f"({INIT_IN_TRAIN})"
         )
     cache = hub_cache_file(weights.url)
+    said = io.StringIO()  # torch.hub prints "Downloading: …" on stdout before it tries: kept back until it worked
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # torch.hub prints "Downloading: …" on stdout
-            return weights.get_state_dict(progress=False, weights_only=True)
+        with contextlib.redirect_stdout(said):
+            state = weights.get_state_dict(progress=False, weights_only=True)
+        sys.stderr.write(said.getvalue())  # where the file went, never on stdout
+        return state
     except Exception as exc:  # offline, HTTP error, damaged cache file: all the same to the user
         damaged = " (it exists but cannot be read: delete it)" if cache.is_file() else ""
         raise CheckpointError(

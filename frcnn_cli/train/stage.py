@@ -237,7 +237,7 @@ def _check_request(req: StageRequest) -> None:
         raise ConfigError(f"{req.manifest_path} holds no images; there is nothing to train on")
     check_has_objects(req.manifest, req.manifest_path)
     best = (req.best_out or best_path(req.out)) if req.val_manifest is not None else None
-    for path in (req.out, req.metrics_path, best):
+    for path in (req.out, resume_path(req.out), req.metrics_path, best):
         if path is not None:  # before any training: a checkpoint that cannot be written is better known now
             check_writable(path, option="--out")
 
