@@ -33,9 +33,10 @@ from ..model.anchor_fit import AnchorDecision, decide_anchors
 from ..model.checkpoint import Init, load_model, read_init
 from . import distributed
 from .loop import LoopState
+from .run_differences import check_data, nothing_trained, option_differences, refusal
 from .schedule import StepPlan, plan_step
 from .stage import StageRequest, run_stage
-from .stage_setup import decide_run_anchors, training_images
+from .stage_setup import check_has_objects, decide_run_anchors, training_images
 from .steps import stage_spec
 from .validation import read_val_manifest
 
@@ -114,30 +115,22 @@ def _read_state(path: Path) -> dict | None:
     return state
 
 
-def _check_same_run(state: dict, req: PipelineRequest, path: Path) -> None:
-    if state["manifest_hash"] != manifest_hash(req.manifest):
-        raise DataError(f"{req.workdir} holds a run on another dataset than {req.manifest_path} "
-                        f"(see {path}); use another --workdir or the original manifest")
-    if state["mode"] != req.mode or state.get("iters") != req.iters or state.get("epochs") != req.epochs:
-        iters = state.get("iters") or "of the preset"
-        epochs = state.get("epochs") or "of the preset"
-        raise ConfigError(f"{req.workdir} holds an {state['mode']} run with iterations {iters} and epochs {epochs}; "
-                          "rerun it with the same options or use another --workdir")
-    if {k: state.get(k) for k in _VAL_KEYS} != _val_record(req):
-        raise ConfigError(f"{req.workdir} holds a run with other validation options (--val, --val-every, "
-                          f"--patience; see {path}); rerun it with the same options or use another --workdir")
-    saved = config_from_dict(state["config"])  # the recipe only: runtime settings may change between runs
-    if saved != req.cfg:
-        raise ConfigError(f"{req.workdir} was started with another config (see {path}); rerun with the same "
-                          "--config/--set or use another --workdir")
-
-
-_VAL_KEYS = ("val_hash", "val_every", "patience")
-
-
-def _val_record(req: PipelineRequest) -> dict:
+def run_record(req: PipelineRequest) -> dict:
+    """The options a run is started with, as ``state.json`` records them (and a rerun must repeat)."""
     val_hash = manifest_hash(req.val_manifest) if req.val_manifest is not None else None
-    return {"val_hash": val_hash, "val_every": req.val_every, "patience": req.patience}
+    return {"mode": req.mode, "iters": req.iters, "epochs": req.epochs, "val_hash": val_hash,
+            "val_every": req.val_every, "patience": req.patience, "val": str(req.val_path) if req.val_path else None,
+            "manifest": str(req.manifest_path), "manifest_hash": manifest_hash(req.manifest),
+            "config": config_to_dict(req.cfg)}
+
+
+def _differences(state: dict, req: PipelineRequest) -> list[str]:
+    """Each option the request asks differently from the run in the folder (the data checked first: a
+    ``DataError`` when it differs); the recipe only: runtime settings may change between runs."""
+    now = run_record(req)
+    check_data(state, now, req.workdir)
+    saved = {**state, "config": config_to_dict(config_from_dict(state["config"]))}
+    return option_differences(saved, now)
 
 
 def _new_state(req: PipelineRequest, init: Init) -> tuple[dict, AnchorDecision]:
@@ -145,11 +138,8 @@ def _new_state(req: PipelineRequest, init: Init) -> tuple[dict, AnchorDecision]:
     single step decides them (``decide_run_anchors``, for the run's first stage)."""
     first = ALTERNATING[0] if req.mode == "alternating" else JOINT[0]
     decision = decide_run_anchors(req.cfg, req.manifest, init, spec=stage_spec(first.kind))
-    state = {"format": STATE_FORMAT, "version": STATE_VERSION, "mode": req.mode, "iters": req.iters,
-             "epochs": req.epochs, **_val_record(req), "val": str(req.val_path) if req.val_path else None,
-             "manifest": str(req.manifest_path), "manifest_hash": manifest_hash(req.manifest),
-             "config": config_to_dict(req.cfg), "trained_config": config_to_dict(decision.config), "done": [],
-             "anchors": decision.to_dict()}
+    state = {"format": STATE_FORMAT, "version": STATE_VERSION, **run_record(req),
+             "trained_config": config_to_dict(decision.config), "done": [], "anchors": decision.to_dict()}
     return state, decision
 
 
@@ -202,6 +192,21 @@ def _run_step(req: PipelineRequest, step: Step, run: _Run) -> None:
                            on_validation=on_validation))
 
 
+def _replaced_first_attempt(state: dict, req: PipelineRequest) -> bool:
+    """Whether the run in the folder never trained an iteration and was started with other options: then it
+    holds nothing to lose and the request starts a new run instead (said in a note)."""
+    if not nothing_trained(state, req.workdir):
+        return False
+    try:
+        differences = _differences(state, req)
+    except DataError as exc:  # another dataset, a changed manifest
+        differences = [str(exc)]
+    if differences and req.on_note is not None and distributed.is_main():
+        req.on_note(f"{req.workdir} held a run that never trained an iteration, started with other options "
+                    f"({'; '.join(differences)}); starting a new run with these")
+    return bool(differences)
+
+
 @dataclass
 class _Run:
     """What every step of a run shares: its state, the config its steps train with, the anchors decided at
@@ -222,8 +227,11 @@ def _start(req: PipelineRequest, state_path: Path) -> _Run:
     """The run's state (new, or the one in the folder, checked against the request), the config its steps
     train with and the anchors decided at the start."""
     state = _read_state(state_path)
+    found = state is not None
+    if state is not None and _replaced_first_attempt(state, req):
+        state = None
     if state is None:
-        if req.resume and req.on_warning is not None and distributed.is_main():
+        if req.resume and not found and req.on_warning is not None and distributed.is_main():
             req.on_warning(f"--resume: {req.workdir} holds no run to resume (no {state_path.name}); starting one")
         init = read_init(req.cfg.init)
         state, decision = _new_state(req, init)
@@ -234,7 +242,9 @@ def _start(req: PipelineRequest, state_path: Path) -> _Run:
             elif req.on_note is not None:
                 req.on_note(decision.message)
         return _Run(state, decision.config, decision, init)
-    _check_same_run(state, req, state_path)
+    differences = _differences(state, req)
+    if differences:
+        raise refusal(differences, req.workdir, state_path)
     cfg = config_from_dict(state.get("trained_config") or state["config"])
     return _Run(state, cfg, _recorded_anchors(state, cfg, req.manifest))
 
@@ -247,6 +257,7 @@ def run_pipeline(req: PipelineRequest) -> Path:
     if init not in ("imagenet", "none") and not Path(init).is_file():
         raise ConfigError(f"init {init} does not exist; give imagenet, none, a weights file or a checkpoint "
                           "(--set init=...)")
+    check_has_objects(req.manifest, req.manifest_path)
     ensure_dir(req.workdir)
     req.device = distributed.setup(req.device)  # before any barrier: a resumed run may start with a dump
     state_path = req.workdir / "state.json"

@@ -36,7 +36,14 @@ from . import distributed
 from .batching import device_batches, proposal_source
 from .loop import LoopHooks, LoopState, build_optimizer, run_loop
 from .schedule import StepPlan, plan_step
-from .stage_setup import best_path, decide_run_anchors, make_validator, stage_target_stats, training_images
+from .stage_setup import (
+    best_path,
+    check_has_objects,
+    decide_run_anchors,
+    make_validator,
+    stage_target_stats,
+    training_images,
+)
 from .step_control import StepControl
 from .steps import StageSpec, build_stage_model, freeze_for_stage, shared_convs_warning
 from .target_stats import TargetNormaliser, folded
@@ -208,14 +215,17 @@ def _saver(req: StageRequest, optimizer, saving: _Saving, control: StepControl):
     return save
 
 
-def _best_saver(req: StageRequest, saving: _Saving):
+def _best_saver(req: StageRequest, saving: _Saving, summary: Callable[[], dict | None]):
+    """``on_best``: the best checkpoint, with the provenance of a finished one (``validation`` as of this
+    validation, from ``summary``) and its ``best`` record."""
     def on_best(done: int, row: dict) -> None:
         figure = {k: v for k, v in row.items() if k.startswith("val_") and k != "val_seconds"}
         record = {"iteration": done, "epoch": row["epoch"], **figure, "val": str(req.val_path),
                   "val_hash": manifest_hash(req.val_manifest)}
         saving.write(req.best_out or best_path(req.out), req.spec.label,
                      {"iteration": done, "total": saving.total, "best": True},
-                     {"iterations": done, "best": record})
+                     {"iterations": done, "planned_iterations": saving.total, "validation": summary(),
+                      "best": record})
 
     return on_best
 
@@ -227,6 +237,7 @@ def _check_request(req: StageRequest) -> None:
         raise ConfigError(f"--checkpoint-every must be 0 (off) or positive, got {req.checkpoint_every}")
     if not req.manifest.images:
         raise ConfigError(f"{req.manifest_path} holds no images; there is nothing to train on")
+    check_has_objects(req.manifest, req.manifest_path)
     best = (req.best_out or best_path(req.out)) if req.val_manifest is not None else None
     for path in (req.out, resume_path(req.out), req.metrics_path, best):
         if path is not None:  # before any training: a checkpoint that cannot be written is better known now
@@ -253,8 +264,9 @@ def _announce(req: StageRequest, warnings: list[str | None], notes: list[str], p
 def _decide(req: StageRequest) -> tuple[Config, list[str], list[str], dict]:
     """The config after the anchors were measured (and fitted): notes and warnings for the user, and a
     provenance record."""
-    if req.anchors is not None:
-        return req.anchors.config, [], [], {"anchors": req.anchors.to_dict()}
+    if req.anchors is not None:  # the run's decision, said at its start; recorded by the stages that train an RPN
+        trains_rpn = req.spec.run_rpn and "rpn" in req.spec.trainable
+        return req.anchors.config, [], [], {"anchors": req.anchors.to_dict()} if trains_rpn else {}
     decision = decide_run_anchors(req.cfg, req.manifest, req.init, spec=req.spec)
     if decision is None:
         return req.cfg, [], [], {}
@@ -274,9 +286,10 @@ def _control(req: StageRequest, plan: StepPlan, validator, model, saving: _Savin
         if req.on_validation is not None:
             req.on_validation(row)
 
-    return StepControl(plan, saving.model.cfg.solver, validator=validator, validating=req.val_manifest is not None,
-                       model=model, every=every, patience=req.patience, on_best=_best_saver(req, saving),
-                       on_row=on_row)
+    control = StepControl(plan, saving.model.cfg.solver, validator=validator,
+                          validating=req.val_manifest is not None, model=model, every=every, patience=req.patience,
+                          on_best=_best_saver(req, saving, lambda: control.summary()), on_row=on_row)
+    return control
 
 
 def run_stage(req: StageRequest) -> Path:
