@@ -7,6 +7,8 @@ detections); ``eval_outputs.py`` renders it and writes the files.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -53,20 +55,39 @@ def check_classes(manifest: Manifest, manifest_path: Path, classes: list[str], m
                     "(frcnn prepare with the same class list)")
 
 
-def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str, coco: bool, out: Path | None,
-                report: Path | None, batch_size: int, device: str | None, ablation, set_: tuple[str, ...]) -> dict:
-    from ..evaluate.run import check_coco_evaluator, evaluate_model
+def _eval_model(model_path: Path, data: Path, *, usage: Callable[[], str], coco: bool, out: Path | None,
+                report: Path | None, batch_size: int, device: str | None, ablation,
+                set_: tuple[str, ...]) -> dict | None:
+    """The evaluation's summary on rank 0 (or the one process); under torchrun the other ranks run their share of
+    the images and return None. Every check and read is agreed among the ranks: an error is one line, rank 0's."""
+    from ..evaluate.run import check_coco_evaluator, score_detections
+    from ..sharded_inference import predict_sharded
+    from ..sharding import RankGroup
 
-    if coco:
-        check_coco_evaluator()  # before the model is read and the images are run
-    dev = resolve_device(device)
-    predictor = load_predictor(model_path, set_, dev, require=("rpn", "roi_head"), ablation=ablation)
-    check_classes(manifest, data, predictor.classes, model_path)
-    if ablation is not None:
+    group, dev = RankGroup.join(resolve_device(device))
+
+    def set_up():
+        metric = usage()
+        if coco:
+            check_coco_evaluator()  # before the model is read and the images are run
+        hold_output(out, "--out", folder=True)
+        hold_output(report, "--report")
+        check_checkpoint_overrides(set_, model_path)
+        manifest = read_manifest(data)
+        predictor = load_predictor(model_path, set_, dev, require=("rpn", "roi_head"), ablation=ablation)
+        check_classes(manifest, data, predictor.classes, model_path)
+        return metric, manifest, predictor
+
+    metric, manifest, predictor = group.agree(set_up)
+    if ablation is not None and group.is_main:
         console.info(f"proposals: {ablation.describe()}")
-    with console.ProgressReporter("detect", every=100) as bar:
-        run = evaluate_model(predictor, manifest, metric=metric, coco=coco, proposals=report is not None,
-                             batch_size=batch_size, progress=bar)
+    started = time.perf_counter()
+    with console.ProgressReporter("detect", every=100, quiet=not group.is_main) as bar:
+        found = predict_sharded(predictor, manifest, group, batch_size=batch_size, proposals=report is not None,
+                                progress=bar)
+    if found is None:
+        return None
+    run = score_detections(*found, manifest, metric=metric, coco=coco, started=started)
     show_ap(run.voc, f"{escape(manifest.name)}: VOC AP ({metric}, IoU > {IOU_THRESH})")
     if run.coco is not None:
         show_coco(run.coco, f"{escape(manifest.name)}: COCO AP")
@@ -117,6 +138,12 @@ def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, 
     return metric or "11point"
 
 
+def _rank() -> int:
+    from ..train import distributed
+
+    return distributed.rank()
+
+
 @click.command("eval")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A detector checkpoint, or a model file of frcnn export: VOC AP per class and mAP.")
@@ -150,16 +177,18 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, coco, out, r
     false positives. The result files' split is the manifest name's last '-' part (voc2007-test: test).
     """
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
-    metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report, coco)
-    hold_output(out, "--out", folder=True)
-    hold_output(report, "--report")
-    check_checkpoint_overrides(set_, model_path)
-    manifest = read_manifest(data)
-    if model_path is not None:
-        summary = _eval_model(model_path, data, manifest, metric=metric, coco=coco, out=out, report=report,
+    if model_path is not None and proposals_path is None:  # a model: shared out among torchrun's processes
+        usage = lambda: _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report, coco)  # noqa: E731
+        summary = _eval_model(model_path, data, usage=usage, coco=coco, out=out, report=report,
                               batch_size=batch_size, device=device, ablation=ablation, set_=set_)
+    elif _rank() == 0:  # a proposal file (or a usage error): under torchrun rank 0 alone does it
+        _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report, coco)
+        hold_output(out, "--out", folder=True)
+        summary = _eval_proposals(proposals_path, data, read_manifest(data), out)
     else:
-        summary = _eval_proposals(proposals_path, data, manifest, out)
+        summary = None
+    if summary is None:
+        return
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False, allow_nan=False))
     elif out is not None:

@@ -61,6 +61,33 @@ def _digest(manifest_hash: str, image_ids: Sequence[str], attrs: dict[str, Any])
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def settings_digest(manifest_hash: str, image_ids: Sequence[str], attrs: dict[str, Any]) -> str:
+    """The digest a writer of these images and attributes stores (``settings_digest``): resuming or absorbing a
+    file needs the same."""
+    return _digest(str(manifest_hash), [str(i) for i in image_ids], {k: _plain(v) for k, v in attrs.items()})
+
+
+def write_image(images: h5py.Group, index: int, img_id: str, boxes: Tensor | np.ndarray,
+                scores: Tensor | np.ndarray) -> None:
+    """One image's group ``images/<index>`` (``[R, 4]`` boxes, ``[R]`` scores, sorted by score), replacing an
+    earlier one; ``done`` is written last, so a group without it was interrupted and is rewritten on resume."""
+    b, s = _as_numpy(boxes).reshape(-1, 4), _as_numpy(scores).reshape(-1)
+    if b.shape[0] != s.shape[0] or b.shape[0] > MAX_PROPOSALS:
+        raise ValueError(f"image {img_id}: {b.shape[0]} boxes, {s.shape[0]} scores (max {MAX_PROPOSALS})")
+    if not (np.isfinite(b).all() and np.isfinite(s).all()):
+        raise ProposalStoreError(f"proposals for image {img_id} are not finite; the model has diverged: "
+                                 "train it again or use an earlier checkpoint")
+    order = np.argsort(-s, kind="stable")
+    name = str(index)
+    if name in images:
+        del images[name]
+    group = images.create_group(name)
+    group.attrs["id"] = img_id
+    group.create_dataset("boxes", data=b[order])
+    group.create_dataset("scores", data=s[order])
+    group.attrs["done"] = 1
+
+
 def _as_numpy(x: Tensor | np.ndarray, dtype=np.float32) -> np.ndarray:
     if isinstance(x, Tensor):
         return x.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)
@@ -179,28 +206,38 @@ class ProposalWriter:
     def write(self, key: int | str, boxes: Tensor | np.ndarray, scores: Tensor | np.ndarray) -> None:
         """Store one image's proposals (``[R, 4]`` original pixels, ``[R]``), sorted by score, and flush."""
         index = _lookup(key, self.image_ids, self._index_of)
-        img_id = self.image_ids[index]
-        b, s = _as_numpy(boxes).reshape(-1, 4), _as_numpy(scores).reshape(-1)
-        if b.shape[0] != s.shape[0] or b.shape[0] > MAX_PROPOSALS:
-            raise ValueError(f"image {img_id}: {b.shape[0]} boxes, {s.shape[0]} scores (max {MAX_PROPOSALS})")
-        if not (np.isfinite(b).all() and np.isfinite(s).all()):
-            raise ProposalStoreError(f"proposals for image {img_id} are not finite; the model has diverged: "
-                                     "train it again or use an earlier checkpoint")
-        order = np.argsort(-s, kind="stable")
         try:
-            images = self._file["images"]
-            name = str(index)
-            if name in images:
-                del images[name]
-            group = images.create_group(name)
-            group.attrs["id"] = img_id
-            group.create_dataset("boxes", data=b[order])
-            group.create_dataset("scores", data=s[order])
-            group.attrs["done"] = 1  # last: a group without it was interrupted and is rewritten on resume
+            write_image(self._file["images"], index, self.image_ids[index], boxes, scores)
             self._file.flush()
         except OSError as exc:  # a full disk, a lost mount: what is written so far stays for a rerun
-            raise self._write_error(exc, f"at image {img_id}") from None
+            raise self._write_error(exc, f"at image {self.image_ids[index]}") from None
         self._done.add(index)
+
+    def absorb(self, other: str | os.PathLike) -> int:
+        """Copy every finished image of ``other`` into this file, flush, and delete ``other``: the ``.partial`` of
+        a writer of the same manifest, model and settings, or a segment of a sharded dump (``proposal_segments``).
+        A file of anything else, or a damaged one, is deleted with a note. Returns the number of images copied."""
+        other, images, copied = Path(other), self._file["images"], 0
+        try:
+            with h5py.File(other, "r") as src:
+                if not (_is(src.attrs.get("format"), FORMAT) and _is(src.attrs.get("settings_digest"), self._digest)):
+                    raise ValueError("it was written for another manifest, model or settings")
+                for name, group in src["images"].items():
+                    if self._complete_group(group, name):
+                        if name in images:
+                            del images[name]
+                        src.copy(group, images, name=name)  # datasets and attributes, "done" included
+                        self._done.add(int(name))
+                        copied += 1
+            self._file.flush()
+        except Exception as exc:  # ``other`` was at fault unless this file can no longer be written
+            try:
+                self._file.flush()
+            except OSError as write_exc:
+                raise self._write_error(write_exc, f"while copying {other} into it") from None
+            self._note(f"discarding {other}: {exc}; its images are run again")
+        other.unlink(missing_ok=True)
+        return copied
 
     def _write_error(self, exc: OSError, where: str) -> ProposalStoreError:
         return ProposalStoreError(
