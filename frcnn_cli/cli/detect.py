@@ -98,7 +98,7 @@ def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, 
                                                             score_thresh, batch_size, main=group.is_main))
     if ablation is not None and group.is_main:
         console.info(f"proposals: {ablation.describe()}")
-    printed = _Printer(score_thresh, as_json)
+    printed = _Printer(score_thresh, as_json, out)
     with console.ProgressReporter("detect", every=50, quiet=not group.is_main) as bar:
         summary = stream_detections(predictor, source, group, out_dir=out, digest=digest, batch_size=batch_size,
                                     score_thresh=score_thresh, classes_filter=wanted, on_result=printed,
@@ -135,13 +135,23 @@ def _set_up(inputs, model_path, out, set_, device, ablation, wanted, score_thres
 
 
 class _Printer:
-    """Each image's entry as it comes (rank 0): a table on stderr, and with --json the list on stdout, streamed."""
+    """Each image's entry as it comes (rank 0): a table on stderr, and with --json the list on stdout, streamed.
 
-    def __init__(self, score_thresh: float, as_json: bool) -> None:
-        self.score_thresh, self.as_json, self.count = score_thresh, as_json, 0
+    When the results also go to a file or stdout (--out, --json), only the first ``TABLES`` images get a table:
+    rendering one costs milliseconds, more than detecting a small image, and a folder of 100,000 photos would
+    otherwise be bound by rank 0's printing."""
+
+    TABLES = 20
+
+    def __init__(self, score_thresh: float, as_json: bool, out: Path | None) -> None:
+        self.score_thresh, self.as_json, self.out, self.count = score_thresh, as_json, out, 0
 
     def __call__(self, entry: dict) -> None:
-        _show(entry, self.score_thresh)
+        if self.count < self.TABLES or not (self.as_json or self.out is not None):
+            _show(entry, self.score_thresh)
+        elif self.count == self.TABLES:
+            where = escape(str(self.out / "detections.json")) if self.out is not None else "the JSON on stdout"
+            console.info(f"(the detections of the other images are not shown here: see {where})")
         if self.as_json:
             line = json.dumps(entry, ensure_ascii=False, allow_nan=False)
             click.echo(("[\n" if self.count == 0 else ",\n") + line, nl=False)
