@@ -16,8 +16,10 @@ are concatenated, never sorted, and no per-image message is ever sent.
 results, or the ``FrcnnError`` it met) to rank 0, which answers every rank with the first failure in rank order,
 or with a value of its own (``reply``: the next chunk of ``detect``'s stream). A failure on any rank therefore
 stops every rank at the same exchange with the same error; rank 0 reports it, and the others raise it with
-``quiet`` set (the CLI prints nothing there, so the user sees one ``Error:`` line). Objects travel over a gloo
-group on the host, also when the model runs on NCCL. With one process every exchange is a local call.
+``quiet`` set: the CLI prints nothing there and leaves with status 0, so that torchrun, which stops every
+process as soon as one fails, lets rank 0 print its one ``Error:`` line and leave with the error's status.
+Objects travel over a gloo group on the host, also when the model runs on NCCL. With one process every
+exchange is a local call.
 """
 
 from __future__ import annotations

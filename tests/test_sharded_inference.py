@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -17,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config, write_file
-from ranks import KILLED, kill_after, run_ranks
+from ranks import KILLED, free_port, kill_after, run_ranks
 
 from frcnn_cli import sharding
 from frcnn_cli.data.discovery import ImageSource
@@ -257,7 +260,7 @@ def test_a_corrupt_image_on_rank_1_stops_both_ranks_with_one_error_line(setup, t
     data = _corrupt_copy(setup, tmp_path)
     out = ["--out", tmp_path / "props.h5"] if command == "dump-proposals" else []
     ranks = two_ranks(tmp_path / "ranks", command, "--model", setup["model"], "--data", data, *out, ok=False)
-    assert [r["exit_code"] for r in ranks] == [1, 1] and not any(r["crash"] for r in ranks)
+    assert [r["exit_code"] for r in ranks] == [1, 0] and not any(r["crash"] for r in ranks)  # rank 0 reports
     errors = [line for r in ranks for line in (r["stdout"] + r["stderr"]).splitlines() if "Error" in line]
     assert len(errors) == 1 and errors[0].startswith("Error: ") and "000004.jpg" in errors[0]
     assert ranks[1]["stdout"] == ranks[1]["stderr"] == ""
@@ -277,6 +280,23 @@ def test_detect_reports_a_corrupt_image_once_and_detects_the_others_on_two_ranks
     assert ranks[0]["stdout"] == one.stdout and [e.get("error") is not None for e in json.loads(one.stdout)] == [
         False, True, False]
     assert sum("Error:" in line for line in ranks[0]["stderr"].splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                    reason="torchrun is not installed beside this python")
+def test_under_torchrun_a_corrupt_image_is_one_error_line_and_rank_0_is_not_cut_short(setup, tmp_path):
+    """torchrun stops every process once one fails: the other ranks leave with status 0, rank 0 reports."""
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", "2", "--master-port", str(free_port()),
+           "-m", "frcnn_cli", "dump-proposals", "--model", str(setup["model"]), "--data",
+           str(_corrupt_copy(setup, tmp_path)), "--out", str(tmp_path / "p.h5"), *RUNTIME]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    bad = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0
+    errors = [line for line in (bad.stdout + bad.stderr).splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "000004.jpg" in errors[0], bad.stderr[-3000:]
+    assert "SIGTERM" not in bad.stderr  # rank 0 left by itself, after its message
+    assert not (tmp_path / "p.h5").exists() and (tmp_path / "p.h5.partial").exists()  # resumable
 
 
 # --------------------------------------------------------------------------------------------------
