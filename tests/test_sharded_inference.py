@@ -424,3 +424,35 @@ def test_the_results_file_keeps_whole_lines_and_is_taken_up_only_with_the_same_d
     ResultsLog(tmp_path, "abc").close()
     other = ResultsLog(tmp_path, "xyz", on_note=notes.append)
     assert list(other.previous()) == [] and "another model, settings or inputs" in notes[0]
+
+
+def test_absorbing_a_segment_copies_its_finished_images_and_a_foreign_one_is_discarded(synth_set, tmp_path):
+    from frcnn_cli.data.manifest import manifest_hash, read_manifest
+    from frcnn_cli.data.proposal_segments import SegmentWriter, absorb, segment_path
+    from frcnn_cli.data.proposal_store import ProposalStore, ProposalWriter
+
+    manifest = read_manifest(synth_set[1])
+    ids, mhash, out = [r.id for r in manifest.images], manifest_hash(manifest), tmp_path / "p.h5"
+    attrs = {"checkpoint_hash": "0" * 64, "nms_thresh": 0.7, "pre_nms_top_n": 0, "post_nms_top_n": 300,
+             "min_size": 4.0, "scale": 64, "max_size": 96, "config": {}}
+    boxes = np.array([[1, 2, 30, 40], [0, 0, 10, 10]], np.float32)
+    with ProposalWriter(out, manifest=manifest, manifest_hash=mhash, attrs=attrs) as writer:
+        ours = SegmentWriter(segment_path(out, 0, 1), digest=writer.digest, manifest_hash=mhash, image_ids=ids)
+        for index in (1, 2):
+            ours.write(index, boxes * index, np.array([0.2, 0.9], np.float32))
+        ours.finish()
+        theirs = SegmentWriter(segment_path(out, 1, 0), digest="another", manifest_hash=mhash, image_ids=ids)
+        theirs.write(0, boxes, np.array([0.5, 0.4], np.float32))
+        theirs.finish()
+        notes = []
+        assert absorb(writer, segment_path(out, 0, 1)) == 2 and writer.pending() == [0, 3]
+        assert absorb(writer, segment_path(out, 1, 0), notes.append) == 0 and writer.pending() == [0, 3]
+        assert "another manifest, model or settings" in notes[0]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["p.h5.partial"]
+        for index in (0, 3):
+            writer.write(index, boxes, np.array([0.5, 0.4], np.float32))
+        writer.finish()
+    with ProposalStore(out) as store:
+        got_boxes, got_scores = store.get(2)
+        np.testing.assert_array_equal(got_boxes.numpy(), boxes[::-1] * 2)  # sorted by score when written
+        np.testing.assert_array_equal(got_scores.numpy(), np.array([0.9, 0.2], np.float32))

@@ -175,6 +175,7 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, coco, out, r
 
     AP follows the VOC devkit: IoU > 0.5 with +1 pixel widths, difficult objects ignored, duplicates
     false positives. The result files' split is the manifest name's last '-' part (voc2007-test: test).
+    Under torchrun a model's images are shared among the processes (the figures are one process's).
     """
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
     if model_path is not None and proposals_path is None:  # a model: shared out among torchrun's processes

@@ -15,16 +15,18 @@ with any number of ranks) absorbs every segment left, finished or not, before it
 
 Why a helper process: one HDF5 file has one writer, and writing a group costs about a millisecond of CPU in
 the HDF5 library, which holds Python's lock; in rank 0's own thread it would delay rank 0's forward and every
-rank would wait for it at the next exchange. The helper only copies (``ProposalWriter.absorb``: HDF5's object
+rank would wait for it at the next exchange. The helper only copies (``absorb``: HDF5's object
 copy, no decoding), so it keeps up with several ranks and the dump ends with at most the last chunk to copy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -34,6 +36,7 @@ from ..errors import FrcnnError, ProposalStoreError
 from .proposal_store import FORMAT, VERSION, ProposalWriter, write_image
 
 POLL_SECONDS = 0.05
+_log = logging.getLogger(__name__)
 
 
 def segment_path(out: Path, chunk: int, rank: int) -> Path:
@@ -54,7 +57,33 @@ def segments(out: Path, *, finished_only: bool) -> list[Path]:
 
 def absorb_segments(writer: ProposalWriter, out: Path, *, finished_only: bool = False) -> int:
     """Copy the images of the segments of ``out`` on disk into ``writer`` (deleting them); the number copied."""
-    return sum(writer.absorb(seg) for seg in segments(out, finished_only=finished_only))
+    return sum(absorb(writer, seg) for seg in segments(out, finished_only=finished_only))
+
+
+def absorb(writer: ProposalWriter, other: Path, on_note: Callable[[str], None] | None = None) -> int:
+    """Copy every finished image of ``other`` (a segment, or another writer's ``.partial``, of the same manifest,
+    model and settings: the same ``settings_digest``) into ``writer`` with HDF5's object copy, flush it, and delete
+    ``other``; a file of anything else, or a damaged one, is deleted with a note (its images are run again).
+    Returns the number of images copied."""
+    copied = 0
+    try:
+        with h5py.File(other, "r") as src:
+            if not (_text(src.attrs.get("format")) == FORMAT
+                    and _text(src.attrs.get("settings_digest")) == writer.digest):
+                raise ValueError("it was written for another manifest, model or settings")
+            copied = sum(writer.copy_image(group, name) for name, group in src["images"].items())
+        writer.flush(f"while copying {other} into it")
+    except ProposalStoreError:
+        raise
+    except Exception as exc:  # ``other`` was at fault, unless ``writer`` can no longer be written (then: raised)
+        writer.flush(f"while copying {other} into it")
+        (on_note or _log.warning)(f"discarding {other}: {exc}; its images are run again")
+    other.unlink(missing_ok=True)
+    return copied
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 class SegmentWriter:

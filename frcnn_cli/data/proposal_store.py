@@ -136,7 +136,7 @@ class ProposalWriter:
         self._index_of = {img_id: i for i, img_id in enumerate(self.image_ids)}
         self._attrs = {k: _plain(v) for k, v in attrs.items()}
         self._manifest_hash = str(manifest_hash)
-        self._digest = _digest(self._manifest_hash, self.image_ids, self._attrs)
+        self.digest = _digest(self._manifest_hash, self.image_ids, self._attrs)
         self._note = on_note or _log.warning
         self._done: set[int] = set()
         self._file = self._resume() or self._create()
@@ -152,7 +152,7 @@ class ProposalWriter:
         try:
             a = f.attrs
             if not (_is(a.get("format"), FORMAT) and _is(a.get("version"), VERSION)
-                    and _is(a.get("settings_digest"), self._digest)):
+                    and _is(a.get("settings_digest"), self.digest)):
                 f.close()
                 return self._discard("it was written for another manifest, model or settings")
             images = f["images"]
@@ -186,7 +186,7 @@ class ProposalWriter:
         except OSError as exc:
             raise ProposalStoreError(f"cannot write {self.partial}: {exc}; choose a writable output") from exc
         f.attrs.update({"format": FORMAT, "version": VERSION, "manifest_hash": self._manifest_hash,
-                        "complete": 0, "num_images": len(self.image_ids), "settings_digest": self._digest})
+                        "complete": 0, "num_images": len(self.image_ids), "settings_digest": self.digest})
         f.attrs.update(self._attrs)
         ids = f.create_dataset("image_ids", shape=(len(self.image_ids),), dtype=h5py.string_dtype("utf-8"))
         if self.image_ids:
@@ -213,31 +213,23 @@ class ProposalWriter:
             raise self._write_error(exc, f"at image {self.image_ids[index]}") from None
         self._done.add(index)
 
-    def absorb(self, other: str | os.PathLike) -> int:
-        """Copy every finished image of ``other`` into this file, flush, and delete ``other``: the ``.partial`` of
-        a writer of the same manifest, model and settings, or a segment of a sharded dump (``proposal_segments``).
-        A file of anything else, or a damaged one, is deleted with a note. Returns the number of images copied."""
-        other, images, copied = Path(other), self._file["images"], 0
+    def copy_image(self, group: h5py.Group, name: str) -> bool:
+        """Copy the image ``group`` of another file written with the same ``digest`` (checked by the caller:
+        ``proposal_segments.absorb``) into this one when it is finished; whether it was (not flushed)."""
+        if not self._complete_group(group, name):
+            return False
+        images = self._file["images"]
+        if name in images:
+            del images[name]
+        group.file.copy(group, images, name=name)  # datasets and attributes, "done" included
+        self._done.add(int(name))
+        return True
+
+    def flush(self, where: str = "") -> None:
         try:
-            with h5py.File(other, "r") as src:
-                if not (_is(src.attrs.get("format"), FORMAT) and _is(src.attrs.get("settings_digest"), self._digest)):
-                    raise ValueError("it was written for another manifest, model or settings")
-                for name, group in src["images"].items():
-                    if self._complete_group(group, name):
-                        if name in images:
-                            del images[name]
-                        src.copy(group, images, name=name)  # datasets and attributes, "done" included
-                        self._done.add(int(name))
-                        copied += 1
             self._file.flush()
-        except Exception as exc:  # ``other`` was at fault unless this file can no longer be written
-            try:
-                self._file.flush()
-            except OSError as write_exc:
-                raise self._write_error(write_exc, f"while copying {other} into it") from None
-            self._note(f"discarding {other}: {exc}; its images are run again")
-        other.unlink(missing_ok=True)
-        return copied
+        except OSError as exc:
+            raise self._write_error(exc, where) from None
 
     def _write_error(self, exc: OSError, where: str) -> ProposalStoreError:
         return ProposalStoreError(
