@@ -69,6 +69,7 @@ class ResultsLog:
         self.digest, self._note = digest, on_note or _log.warning
         self._take_up()
         self._file = self._open(self.partial)
+        self.appended = 0  # lines written by this run
 
     def _header(self) -> str:
         return json.dumps({"format": FORMAT, "version": VERSION, "digest": self.digest}) + "\n"
@@ -122,6 +123,7 @@ class ResultsLog:
             self._file.write("".join(f"{json.dumps(list(k), ensure_ascii=False)}\t{e}\n" for k, e in rows))
             self._file.flush()
             os.fsync(self._file.fileno())
+            self.appended += len(rows)
         except OSError as exc:
             raise FrcnnError(f"cannot write {self.partial}: {exc.strerror or exc}; free some space or choose "
                              "another --out, then rerun the same command: the images done so far are kept") from exc
@@ -141,6 +143,9 @@ class ResultsLog:
         return self.path
 
     def close(self) -> None:
-        """Stop writing (after a failure); the lines written stay for the next run."""
+        """Stop writing (after a failure): the lines written stay for the next run; a file this run wrote no
+        line to is removed (a ``.previous`` it took up stays)."""
         if not self._file.closed:
             self._file.close()
+            if not self.appended:
+                self.partial.unlink(missing_ok=True)

@@ -422,6 +422,10 @@ def test_the_results_file_keeps_whole_lines_and_is_taken_up_only_with_the_same_d
     assert third.finish().read_text() == '[\n{"image": "a.png"},\n{"image": "b.png"}\n]\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["detections.json"]
     ResultsLog(tmp_path, "abc").close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["detections.json"]  # a run that wrote nothing leaves nothing
+    fourth = ResultsLog(tmp_path, "abc")
+    fourth.append([((0, "a.png"), '{"image": "a.png"}')])
+    fourth.close()
     other = ResultsLog(tmp_path, "xyz", on_note=notes.append)
     assert list(other.previous()) == [] and "another model, settings or inputs" in notes[0]
 
