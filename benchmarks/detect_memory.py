@@ -102,8 +102,9 @@ def child(side: str, folder: Path, model: Path, out: Path, marks: list[int], sco
                               owned=True)
         results = detect_images(predictor, find_images([folder]), score_thresh=score, progress=record)
         save_detections(results, out, classes=predictor.classes)
+    end = rss_mb()  # before reading the results back here
     detections = json.loads((out / "detections.json").read_text())
-    return {"rss_mb": record.rss, "end_rss_mb": rss_mb(), "images": len(detections),
+    return {"rss_mb": record.rss, "end_rss_mb": end, "images": len(detections),
             "detections_per_image": sum(len(e["detections"]) for e in detections) / max(1, len(detections))}
 
 

@@ -45,7 +45,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, world: int, port: int, threads: int, command: str, work: Path, report: Path,
+def _rank(rank: int, world: int, port: int, threads: int, command: str, work: Path, out: Path, report: Path,
           opts: argparse.Namespace) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo")
@@ -67,7 +67,6 @@ def _rank(rank: int, world: int, port: int, threads: int, command: str, work: Pa
     mode = "dump" if command == "dump-proposals" else "test"
     runtime = RuntimeConfig(num_workers=opts.workers, threads=threads, amp=device.type == "cuda")
     predictor = Predictor(model, device, InferenceSettings.from_config(model.cfg, mode=mode), runtime, owned=True)
-    out = work / f"p-{world}-{threads}-{time.monotonic_ns()}.h5"
     group.gather(Outcome())  # everyone ready
     start, cpu = time.perf_counter(), time.process_time()
     if command == "dump-proposals":
@@ -85,7 +84,8 @@ def _rank(rank: int, world: int, port: int, threads: int, command: str, work: Pa
 def run_variant(world: int, threads: int, command: str, work: Path, opts: argparse.Namespace) -> dict:
     ctx, port, report = multiprocessing.get_context("fork"), free_port(), work / "report.json"
     report.unlink(missing_ok=True)
-    procs = [ctx.Process(target=_rank, args=(r, world, port, threads, command, work, report, opts))
+    out = work / f"p-{world}-{threads}-{time.monotonic_ns()}.h5"  # one name for every rank, a new one each run
+    procs = [ctx.Process(target=_rank, args=(r, world, port, threads, command, work, out, report, opts))
              for r in range(world)]
     for p in procs:
         p.start()
@@ -106,6 +106,39 @@ def make_inputs(work: Path, images: int, preset: str, size: tuple[int, int]) -> 
     torch.manual_seed(0)
     save_checkpoint(work / "model.pt", FasterRCNN(get_preset(preset), ["circle", "bottle", "car", "triangle",
                                                                        "donut"]), stage="final", provenance={})
+
+
+def merge_rate(work: Path, images: int = 300, proposals: int = 2000) -> dict:
+    """What the one file costs its one writer, per image of ``proposals`` boxes: written by a dump
+    (``ProposalWriter.write``, flushed per image: what one process and every rank's segment pay) and copied in
+    from a finished segment by rank 0's helper (``proposal_segments.absorb``: the serial part of a sharded dump).
+    CPU seconds of this process (h5py holds the GIL; the copies are HDF5's object copy)."""
+    import numpy as np
+
+    from frcnn_cli.data.proposal_segments import SegmentWriter, absorb, segment_path
+    from frcnn_cli.data.proposal_store import ProposalWriter
+
+    ids = [f"{i:06d}" for i in range(images)]
+    attrs = {"checkpoint_hash": "0" * 64, "nms_thresh": 0.7, "pre_nms_top_n": 0, "post_nms_top_n": proposals,
+             "min_size": 16.0, "scale": 600, "max_size": 1000, "config": {}}
+    rng = np.random.default_rng(0)
+    boxes, scores = rng.random((proposals, 4), np.float32) * 500, rng.random(proposals, np.float32)
+    single = work / "single.h5"
+    with ProposalWriter(single, manifest_hash="m", attrs=attrs, image_ids=ids) as writer:
+        start = time.process_time()
+        for i in range(images):
+            writer.write(i, boxes, scores)
+        write = (time.process_time() - start) / images
+    out = work / "merged.h5"
+    with ProposalWriter(out, manifest_hash="m", attrs=attrs, image_ids=ids) as writer:
+        segment = SegmentWriter(segment_path(out, 0, 1), digest=writer.digest, manifest_hash="m", image_ids=ids)
+        for i in range(images):
+            segment.write(i, boxes, scores)
+        segment.finish()
+        start = time.process_time()
+        absorb(writer, segment_path(out, 0, 1))
+        copy = (time.process_time() - start) / images
+    return {"write_ms": write * 1e3, "copy_ms": copy * 1e3, "images": images, "proposals": proposals}
 
 
 def variants(opts: argparse.Namespace) -> tuple:
@@ -146,6 +179,11 @@ def main(argv=None) -> None:
                 for name, world, threads in chosen if k % 2 == 0 else chosen[::-1]:
                     runs[name].append(run_variant(world, threads, command, work, args))
             report(command, args, runs)
+        rate = merge_rate(work)
+        print(f"\nthe one proposal file, per image of {rate['proposals']} proposals (CPU ms, {rate['images']} "
+              f"images): written by a dump {rate['write_ms']:.2f}, copied in from a segment by rank 0's helper "
+              f"{rate['copy_ms']:.2f} (ratio {rate['copy_ms'] / rate['write_ms']:.2f}); the helper keeps up with "
+              f"up to {1000 / rate['copy_ms']:.0f} images/s of all ranks together")
 
 
 def report(command: str, args: argparse.Namespace, runs: dict) -> None:
