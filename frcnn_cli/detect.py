@@ -144,14 +144,16 @@ class OutputNames:
 
     ``walk_order``: the paths come in ``discovery``'s order (a folder's images before any other folder's that
     follows it), so only the folders of the last name and their parents are remembered: the memory is that of
-    the folders being read, not of every image."""
+    the folders being read, not of every image. Names given with ``pin`` (files named on the command line,
+    which need not come in walk order) are always remembered."""
 
     def __init__(self, out_dir: str | os.PathLike, *, walk_order: bool = False) -> None:
         self.out_dir, self.walk_order = Path(out_dir), walk_order
         self._given: dict[str, set[str]] = {}
+        self._pinned: dict[str, set[str]] = {}
         self._folder: str | None = None
 
-    def __call__(self, rel: Path) -> Path:
+    def __call__(self, rel: Path, *, pin: bool = False) -> Path:
         if _save_format(rel.name) is None:
             rel = rel.with_name(rel.name + ".png")
         folder = str(rel.parent).casefold()
@@ -159,12 +161,12 @@ class OutputNames:
             keep = {folder, *(str(p).casefold() for p in rel.parent.parents)}
             self._given = {k: v for k, v in self._given.items() if k in keep}
             self._folder = folder
-        given = self._given.setdefault(folder, set())
+        given, pinned = self._given.setdefault(folder, set()), self._pinned.setdefault(folder, set())
         candidate, n = rel, 1
-        while candidate.name.casefold() in given:  # e.g. a.gif -> a.gif.png beside a real a.gif.png
+        while candidate.name.casefold() in given | pinned:  # e.g. a.gif -> a.gif.png beside a real a.gif.png
             n += 1
             candidate = rel.with_name(f"{rel.stem} ({n}){rel.suffix}")
-        given.add(candidate.name.casefold())
+        (pinned if pin else given).add(candidate.name.casefold())
         return self.out_dir / candidate
 
 

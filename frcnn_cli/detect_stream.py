@@ -53,11 +53,12 @@ class ChunkPlanner:
     """Rank 0: the chunks of ``source``, each ``size`` images (a multiple of the batch size), with the entries of
     ``previous`` (a killed run's, in key order) taken up and the rest shared among ``world`` ranks."""
 
-    def __init__(self, source: ImageSource, previous: Iterator[tuple[tuple, str]], names: OutputNames | None, *,
+    def __init__(self, source: ImageSource, previous: Iterator[tuple[tuple, str]], out_dir: Path | None, *,
                  world: int, batch_size: int, per_rank: int) -> None:
         self._images, self._previous = iter(source), previous
         self._next_old = next(self._previous, None)
-        self._names, self._roots = names, _output_roots(source.roots)
+        self._roots = _output_roots(source.roots)
+        self._names = OutputNames(out_dir, walk_order=True) if out_dir is not None else None
         self.world, self.batch_size = world, batch_size
         self.size = max(1, per_rank // batch_size) * batch_size * world
         self.planned: deque[_Chunk] = deque()
@@ -84,9 +85,11 @@ class ChunkPlanner:
         return None
 
     def _drawing(self, image: FoundImage) -> str | None:
+        """Where ``image`` is drawn (``OutputNames`` in walk order; a file named on the command line is pinned)."""
         if self._names is None:
             return None
-        return str(self._names(self._roots[image.key[0]].joinpath(*image.key[1:])))
+        rel = self._roots[image.key[0]].joinpath(*image.key[1:])
+        return str(self._names(rel, pin=len(image.key) == 1))
 
 
 def _output_roots(roots: Sequence[Path]) -> list[Path]:
@@ -131,8 +134,7 @@ def stream_detections(predictor: Predictor, source: ImageSource | None, group: R
     log = planner = None
     if group.is_main:
         log = ResultsLog(out_dir, digest, on_note=on_note) if out_dir is not None else None
-        names = OutputNames(out_dir, walk_order=True) if out_dir is not None else None
-        planner = ChunkPlanner(source, log.previous() if log else iter(()), names, world=group.world,
+        planner = ChunkPlanner(source, log.previous() if log else iter(()), out_dir, world=group.world,
                                batch_size=batch_size, per_rank=per_rank)
     writer = _Writer(planner, log, on_result, progress)
     try:

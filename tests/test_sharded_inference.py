@@ -460,3 +460,18 @@ def test_absorbing_a_segment_copies_its_finished_images_and_a_foreign_one_is_dis
         got_boxes, got_scores = store.get(2)
         np.testing.assert_array_equal(got_boxes.numpy(), boxes[::-1] * 2)  # sorted by score when written
         np.testing.assert_array_equal(got_scores.numpy(), np.array([0.9, 0.2], np.float32))
+
+
+def test_drawings_of_files_named_apart_never_collide_with_a_folder_walked_between(tmp_path):
+    """``a.gif`` is drawn as ``a.gif.png``: a real ``a.gif.png`` named later gets ``(2)``, although a folder's
+    walk came between them (walk-order names forget finished folders, named files are pinned)."""
+    from frcnn_cli.detect_stream import ChunkPlanner
+
+    for name in ("x/a.gif", "x/a.gif.png", "x/y/b.png", "x/y/c.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        write_file(tmp_path / name, b"")
+    source = ImageSource([tmp_path / "x" / "a.gif", tmp_path / "x" / "y", tmp_path / "x" / "a.gif.png"])
+    planner = ChunkPlanner(source, iter(()), tmp_path / "out", world=1, batch_size=1, per_rank=10)
+    drawn = [Path(task[2]).relative_to(tmp_path / "out").as_posix() for share in planner.next_shares()
+             for batch in share for task in batch]
+    assert drawn == ["a.gif.png", "y/b.png", "y/c.png", "a.gif (2).png"]
