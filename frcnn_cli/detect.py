@@ -33,6 +33,7 @@ from .callbacks import Progress
 from .data.images import load_image
 from .errors import ConfigError
 from .inference import Predictor
+from .output_paths import fit_name
 
 DETECTIONS_FILE = "detections.json"
 # 20 distinct colours (Sasha Trubetskoy's list), one per class, cycling after 20
@@ -155,7 +156,7 @@ class OutputNames:
 
     def __call__(self, rel: Path, *, pin: bool = False) -> Path:
         if _save_format(rel.name) is None:
-            rel = rel.with_name(rel.name + ".png")
+            rel = rel.with_name(fit_name(rel.name + ".png", self.out_dir))  # cut to the file system's limit
         folder = str(rel.parent).casefold()
         if self.walk_order and folder != self._folder:
             keep = {folder, *(str(p).casefold() for p in rel.parent.parents)}
@@ -165,7 +166,7 @@ class OutputNames:
         candidate, n = rel, 1
         while candidate.name.casefold() in given | pinned:  # e.g. a.gif -> a.gif.png beside a real a.gif.png
             n += 1
-            candidate = rel.with_name(f"{rel.stem} ({n}){rel.suffix}")
+            candidate = rel.with_name(fit_name(rel.name, self.out_dir, tag=f" ({n})"))
         (pinned if pin else given).add(candidate.name.casefold())
         return self.out_dir / candidate
 

@@ -17,6 +17,7 @@ from .options import (
     checkpoint_set_option,
     hold_output,
     load_predictor,
+    output_complete,
     positive_int,
 )
 
@@ -44,6 +45,21 @@ def ablation_from_options(proposals_n: int | None, no_rpn_nms: bool, no_rpn_scor
     return None if ablation.is_default else ablation
 
 
+def manifest_images(inputs) -> list[Path]:
+    """The inputs, each manifest among them (a ``.json`` file, e.g. an images-only test set) as its images."""
+    from ..data.manifest import read_manifest
+
+    paths: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.suffix.lower() == ".json" and path.is_file():
+            manifest = read_manifest(path)
+            paths.extend(manifest.image_path(rec) for rec in manifest.images)
+        else:
+            paths.append(path)
+    return paths
+
+
 def parse_class_list(text: str | None) -> list[str] | None:
     """``"cat, dog"`` -> ``["cat", "dog"]``; None or only commas -> None."""
     if text is None:
@@ -67,7 +83,7 @@ def _show(result: dict, score_thresh: float) -> None:
 
 
 @click.command("detect")
-@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE|DIR...", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE|DIR|M.json...", type=click.Path(path_type=Path))
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="A detector checkpoint (train-detector or frcnn train), or a model file of frcnn export.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -82,7 +98,7 @@ def _show(result: dict, score_thresh: float) -> None:
 @ablation_options
 def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, device, set_, proposals_n,
            no_rpn_nms, no_rpn_scores, no_rpn_reg) -> None:
-    """Detect objects in images and folders of images (searched recursively).
+    """Detect objects in images, folders of images (searched recursively) and the images of manifests (.json).
 
     Boxes are in original image pixels, 0-based continuous x1 y1 x2 y2. Folders of any size are read as the
     detection goes; with --out, rerunning a stopped command goes on where it stopped. Under torchrun the images
@@ -122,9 +138,9 @@ def _set_up(inputs, model_path, out, set_, device, ablation, wanted, score_thres
     from ..detect_results import detect_digest
     from ..model.checkpoint import file_sha256
 
-    hold_output(out, "--out", folder=True)
+    hold_output(out, "--out", folder=True, discard_on_failure=True)
     check_checkpoint_overrides(set_, model_path)
-    source = ImageSource(inputs, exclude=out) if main else None
+    source = ImageSource(manifest_images(inputs), exclude=out) if main else None
     predictor = load_predictor(model_path, set_, device, require=("rpn", "roi_head"), ablation=ablation)
     lib.label_filter(predictor.classes, wanted)  # an unknown class name fails before any image is read
     digest = ""
@@ -147,6 +163,8 @@ class _Printer:
         self.score_thresh, self.as_json, self.out, self.count = score_thresh, as_json, out, 0
 
     def __call__(self, entry: dict) -> None:
+        if self.count == 0:  # its entry is in --out's results file: from now on a failure keeps the folder to resume
+            output_complete(self.out, folder=True)
         if self.count < self.TABLES or not (self.as_json or self.out is not None):
             _show(entry, self.score_thresh)
         elif self.count == self.TABLES:

@@ -78,20 +78,19 @@ class ImageSource:
                 raise DataError(f"{path} does not exist; give image files or folders of images")
 
     def __iter__(self) -> Iterator[FoundImage]:
-        earlier: list[tuple[Path, bool]] = []  # (resolved argument, is a folder)
+        files: set[Path] = set()  # resolved file arguments so far (a manifest's images: many)
+        folders: list[Path] = []  # resolved folder arguments so far
         for j, images in enumerate(self._parts):
             for image in images:
-                if not earlier or not self._yielded_before(image.path.resolve(), earlier):
+                if not (files or folders) or not self._yielded_before(image.path.resolve(), files, folders):
                     yield image
             root = self.roots[j].resolve()
-            earlier.append((root, root.is_dir()))
+            (folders.append if root.is_dir() else files.add)(root)
 
-    def _yielded_before(self, resolved: Path, earlier: list[tuple[Path, bool]]) -> bool:
-        for root, folder in earlier:
-            if not folder:
-                if resolved == root:
-                    return True
-                continue
+    def _yielded_before(self, resolved: Path, files: set[Path], folders: list[Path]) -> bool:
+        if resolved in files:
+            return True
+        for root in folders:
             try:
                 parts = resolved.relative_to(root).parts
             except ValueError:
