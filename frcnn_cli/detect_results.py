@@ -97,21 +97,29 @@ class ResultsLog:
                 self._note(f"discarding the unfinished results {path}: they were made with another model, settings "
                            "or inputs; running every image again")
                 path.unlink()
-        if self.partial.exists() and self.previous_path.exists():
-            joined = self.previous_path.with_name(DETECTIONS_FILE + ".joined")
-            with open(joined, "w", encoding="utf-8") as f:
-                f.write(self._header())
-                last = None
-                for key, entry in _rows(self.partial):
+        try:
+            if self.partial.exists() and self.previous_path.exists():
+                self._join()
+            elif self.partial.exists():
+                os.replace(self.partial, self.previous_path)
+        except OSError as exc:
+            raise FrcnnError(f"cannot take up the results in {self.partial}: {exc.strerror or exc}; free some "
+                             "space or choose another --out") from exc
+
+    def _join(self) -> None:
+        """A taken-up run killed too: its ``.partial``, then the older ``.previous``'s lines after its last."""
+        joined = self.previous_path.with_name(DETECTIONS_FILE + ".joined")
+        with open(joined, "w", encoding="utf-8") as f:
+            f.write(self._header())
+            last = None
+            for key, entry in _rows(self.partial):
+                f.write(f"{json.dumps(list(key), ensure_ascii=False)}\t{entry}\n")
+                last = key
+            for key, entry in _rows(self.previous_path):
+                if last is None or key > last:
                     f.write(f"{json.dumps(list(key), ensure_ascii=False)}\t{entry}\n")
-                    last = key
-                for key, entry in _rows(self.previous_path):
-                    if last is None or key > last:
-                        f.write(f"{json.dumps(list(key), ensure_ascii=False)}\t{entry}\n")
-            os.replace(joined, self.previous_path)
-            self.partial.unlink()
-        elif self.partial.exists():
-            os.replace(self.partial, self.previous_path)
+        os.replace(joined, self.previous_path)
+        self.partial.unlink()
 
     def previous(self) -> Iterator[tuple[tuple, str]]:
         """What the killed run wrote, ``(key, entry)`` in key order (nothing when there was none)."""

@@ -33,21 +33,31 @@ import h5py
 
 from ..atomic import fsync_path
 from ..errors import FrcnnError, ProposalStoreError
+from ..output_paths import short_stem
 from .proposal_store import FORMAT, VERSION, ProposalWriter, write_image
 
 POLL_SECONDS = 0.05
 _log = logging.getLogger(__name__)
 
 
+_SEGMENT = ".seg-000000-0000.partial"  # the longest ending a segment adds to the output's name
+
+
+def _stem(out: Path) -> str:
+    """``out``'s name as segments begin with it (cut and hashed when a segment's name would not fit)."""
+    return short_stem(out.name, len(_SEGMENT), out.parent)
+
+
 def segment_path(out: Path, chunk: int, rank: int) -> Path:
     """Where rank ``rank`` puts chunk ``chunk`` of a sharded dump to ``out`` (``.partial`` while written)."""
-    return out.with_name(f"{out.name}.seg-{chunk:06d}-{rank:04d}")
+    return out.with_name(f"{_stem(out)}.seg-{chunk:06d}-{rank:04d}")
 
 
 def segments(out: Path, *, finished_only: bool) -> list[Path]:
     """The segments of a dump to ``out`` now on disk (finished ones, or with ``finished_only=False`` also those
     being written or left by a killed rank), in name order."""
-    pattern = re.compile(re.escape(out.name) + r"\.seg-\d{6}-\d{4}" + ("" if finished_only else r"(\.partial)?") + "$")
+    ending = r"\.seg-\d{6}-\d{4}" + ("" if finished_only else r"(\.partial)?") + "$"
+    pattern = re.compile(re.escape(_stem(out)) + ending)
     try:
         names = sorted(e.name for e in os.scandir(out.parent) if pattern.match(e.name))
     except FileNotFoundError:
