@@ -64,7 +64,7 @@ def _show(result, backbone: str, random_weights: bool) -> None:
         notes.append(f"truncated SVD of {', '.join(result.svd_layers)}")
     if result.winograd_layers:
         notes.append(f"Winograd F(4x4, 3x3) for {len(result.winograd_layers)} convs "
-                     f"(--set solver.cpu_winograd=false: direct)")
+                     f"(--set runtime.cpu_winograd=false: direct)")
     console.info("; ".join(notes))
     if random_weights:
         console.warn("random weights (--config without --model): the timings are for speed only; the "
