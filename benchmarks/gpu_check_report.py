@@ -84,6 +84,16 @@ def _distributed(step: dict) -> list[str]:
     return _table(["torchrun", "outcome", "expected", "seconds", "detail"], rows)
 
 
+def _sharded(step: dict) -> list[str]:
+    rows = [[r["command"], r["launcher"], r["processes"], r["status"], _num(r["seconds"]), _num(r["images_per_s"]),
+             r.get("detail", "")] for r in step.get("rows", [])]
+    lines = _table(["command", "launcher", "processes", "outcome", "seconds", "images/s", "detail"], rows)
+    lines.append(f"Whole commands over {step.get('images')} synthetic images, start-up included: with one process "
+                 "torchrun runs the single-process path, so the difference is torchrun's start-up "
+                 "(benchmarks/sharded_inference.py measures the work alone).")
+    return lines + [""]
+
+
 def _pipeline(step: dict) -> list[str]:
     rows = [[r["workers"], r["error"], ""] if "error" in r else
             [r["workers"], _num(r["first_pass_images_per_s"]), _num(r["images_per_s"])] for r in step.get("rows", [])]
@@ -147,4 +157,8 @@ def render(results: dict) -> str:
     on, off = steps.get("autotune_on", {}), steps.get("autotune_off", {})
     if on or off:
         lines += ["## 7. cuDNN autotuning over image sizes", "", *_autotune(on, off)]
+    if "sharded" in steps:
+        step = steps["sharded"]
+        body = _sharded(step) if step["status"] in ("ok", "failed") else [f"{step['status']}: {step.get('reason', '')}"]
+        lines += ["## 8. Inference under torchrun (dump-proposals, eval)", "", *body]
     return "\n".join(lines).rstrip() + "\n"

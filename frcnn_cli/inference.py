@@ -32,6 +32,7 @@ from .config_io import apply_overrides, config_to_dict
 from .data.images import DetectionDataset, ImageBatch, ImageFilesDataset
 from .data.loading import inference_loader
 from .data.manifest import Manifest, manifest_hash
+from .data.proposal_segments import absorb_segments
 from .data.proposal_store import ProposalWriter
 from .devices import autocast, place_model
 from .errors import FrcnnError
@@ -257,7 +258,8 @@ def detect_manifest(predictor: Predictor, manifest: Manifest, *, batch_size: int
     return predict_manifest(predictor, manifest, batch_size=batch_size, progress=progress)[0]
 
 
-def _dump_attributes(predictor: Predictor, checkpoint_path: Path) -> dict:
+def dump_attributes(predictor: Predictor, checkpoint_path: Path) -> dict:
+    """What a proposal file made by ``predictor`` from ``checkpoint_path`` records (proposal_store.SETTINGS)."""
     settings, cfg = predictor.settings, predictor.settings.config
     p = settings.proposals
     return {"checkpoint_hash": file_sha256(checkpoint_path), "checkpoint": str(checkpoint_path),
@@ -275,7 +277,7 @@ def dump_proposals(predictor: Predictor, manifest: Manifest, out: Path, *, check
     not yet written; the file is renamed to ``out`` only when complete. ``out`` is locked meanwhile
     (``locks.output_lock``): a second dump to it is a ``BusyError`` naming this process.
     """
-    attrs = _dump_attributes(predictor, checkpoint_path)
+    attrs = dump_attributes(predictor, checkpoint_path)
     with output_lock(out):  # a second dump to ``out`` is refused naming this process, not let into .partial
         check_writable(Path(f"{out}.partial"), option="--out")  # its name too must fit the file system
         _dump_into(predictor, manifest, out, attrs, batch_size, progress)
@@ -287,6 +289,7 @@ def _dump_into(predictor: Predictor, manifest: Manifest, out: Path, attrs: dict,
     open_writer = lambda: ProposalWriter(out, manifest=manifest, manifest_hash=manifest_hash(manifest),
                                          attrs=attrs)
     with open_writer() as writer:
+        absorb_segments(writer, out)  # what a sharded dump killed before assembling it left (proposal_segments)
         todo = [i for i in range(len(manifest.images)) if not writer.done(i)]
     # the loader's workers start (fork) while no HDF5 file is open: a worker that outlives a killed dump
     # must not hold the file's lock, or the rerun could not resume it
