@@ -5,8 +5,9 @@ Two models, each exported with ``frcnn_cli.export.writer.export_model`` (``frcnn
 included):
 
 - accuracy: a trained checkpoint (``--checkpoint``, e.g. the demo's ``run/final.pt``): every variant's detections
-  on ``frcnn export``'s check images against the checkpoint's float32 ``Predictor``, compared as ``frcnn export``
-  compares them (``export.verify``: boxes within 1 px, scores within 0.002, the same detections above 0.5);
+  on ``frcnn export``'s check images (or ``--images M.json``'s) against the checkpoint's float32 ``Predictor``,
+  compared as ``frcnn export`` compares them (``export.verify``: boxes within 1 px, scores within 0.002, the
+  same detections above 0.5);
 - speed: frcnn's ``vgg16`` preset (random weights, seeded) on one 600x800 uint8 image (``--quick``: 256x320),
   end to end, each variant and the default session taking turns (median of ``--runs`` after ``--warmup``).
 
@@ -23,6 +24,7 @@ at all), ``int8`` (``quantize_dynamic``: MatMul/Gemm weights int8, activations q
 from __future__ import annotations
 
 import argparse
+import gc
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -131,54 +133,74 @@ def export(model, folder: Path, name: str, threads: int) -> Path:
                         checkpoint=checkpoint, runtime=runtime).path
 
 
-def accuracy(checkpoint: Path, variants: list[str], folder: Path, threads: int) -> None:
+def test_images(manifest_path: Path | None, count: int) -> list[torch.Tensor]:
+    """The first ``count`` images of a manifest (uint8 ``[3, H, W]``), or ``frcnn export``'s check images."""
+    if manifest_path is None:
+        return check_images()
+    from frcnn_cli.data.images import load_image
+    from frcnn_cli.data.manifest import read_manifest
+
+    manifest = read_manifest(manifest_path)
+    return [load_image(manifest.image_path(rec)) for rec in manifest.images[:count]]
+
+
+def accuracy(checkpoint: Path, variants: list[str], folder: Path, threads: int, images: list[torch.Tensor]) -> None:
     model, _ = load_model(checkpoint)
     runtime = replace(RuntimeConfig(), num_workers=0, threads=threads, amp=False)
     reference = Predictor(model, "cpu", InferenceSettings.from_config(model.cfg), runtime)
     exported = export(model, folder, "checked", threads)
     meta = ExportMetadata.from_strings({p.key: p.value for p in onnx.load(str(exported)).metadata_props}, exported)
-    print(f"accuracy against the checkpoint {checkpoint} (float32 Predictor), export.verify's check images:")
+    print(f"accuracy against the checkpoint {checkpoint} (float32 Predictor) on {len(images)} images:")
     for variant in variants:
         runner, why = open_variant(variant, exported, folder, threads)
         if runner is None:
             print(f"  {variant:14s} does not run: {why}")
             continue
-        result = verify_export(reference, ExportedPredictor(runner, meta, exported, runtime), check_images())
+        result = verify_export(reference, ExportedPredictor(runner, meta, exported, runtime), images)
         print(f"  {variant:14s} {'within' if result.ok else 'OUTSIDE'} the export's tolerance: largest box "
               f"difference {result.box_px:.3g} px, score {result.score:.3g} ({result.detections} detections)"
               + ("" if result.ok else f"; {result.failure()}"))
 
 
+def _timed(runner, image):
+    def run() -> dict[str, float]:
+        watch = Stopwatch(torch.device("cpu"))
+        runner(image)
+        watch.lap("total")
+        return watch.laps
+
+    return run
+
+
 def speed(args, variants: list[str], folder: Path, device) -> None:
+    """Each variant against the default session, taking turns; one variant's session open at a time (a VGG16
+    session holds about 0.6 GB of weights and its arena)."""
     height, width = (256, 320) if args.quick else (600, 800)
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     exported = export(frcnn_model(args.quick), folder, "vgg16", args.threads)
-    runs = {}
-    for variant in variants:
+    default, _ = open_variant("default", exported, folder, args.threads)
+    print(f"speed: VGG16 (random weights) on one {width}x{height} image, end to end, {args.clock} clock, median of "
+          f"{args.runs} after {args.warmup} warm-up, each variant beside the default session:")
+    for variant in (v for v in variants if v != "default"):
         runner, why = open_variant(variant, exported, folder, args.threads)
         if runner is None:
             print(f"  {variant:14s} does not run: {why}")
             continue
-
-        def run(runner=runner) -> dict[str, float]:
-            watch = Stopwatch(torch.device("cpu"))
-            runner(image)
-            watch.lap("total")
-            return watch.laps
-
-        runs[variant] = run
-    results = interleaved(runs, repeats=args.runs, warmup=args.warmup, device=device)
-    ms = {name: 1000.0 * median_of(samples, "total") for name, samples in results.items()}
-    base = ms.get("default")
-    print(f"speed: VGG16 (random weights) on one {width}x{height} image, end to end, {args.clock} clock, median of "
-          f"{args.runs} after {args.warmup} warm-up:")
-    for name, value in ms.items():
-        print(f"  {name:14s} {value:9.1f} ms" + (f"  ({value / base:.3f}x default)" if base else ""))
+        runs = {"default": _timed(default, image), variant: _timed(runner, image)}
+        results = interleaved(runs, repeats=args.runs, warmup=args.warmup, device=device)
+        ms = {name: 1000.0 * median_of(samples, "total") for name, samples in results.items()}
+        print(f"  {variant:14s} {ms[variant]:9.1f} ms, default {ms['default']:9.1f} ms: "
+              f"{ms[variant] / ms['default']:.3f}x", flush=True)
+        del runner, runs
+        gc.collect()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, default=None, help="a trained checkpoint for the accuracy check")
+    p.add_argument("--images", type=Path, default=None,
+                   help="check on this manifest's images (default: frcnn export's synthetic check images)")
+    p.add_argument("--count", type=int, default=20, help="how many of the manifest's images")
     p.add_argument("--variants", default=DEFAULT_VARIANTS)
     p.add_argument("--quick", action="store_true", help="speed on a 256x320 image")
     p.add_argument("--no-speed", action="store_true", help="the accuracy check only")
@@ -192,7 +214,7 @@ def main() -> None:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     with tempfile.TemporaryDirectory(prefix="frcnn-ort-options-") as tmp:
         if args.checkpoint is not None:
-            accuracy(args.checkpoint, variants, Path(tmp), args.threads)
+            accuracy(args.checkpoint, variants, Path(tmp), args.threads, test_images(args.images, args.count))
         if not args.no_speed:
             speed(args, variants, Path(tmp), device)
 

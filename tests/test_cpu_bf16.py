@@ -73,6 +73,18 @@ def test_the_policy_and_the_switch_on_each_device(native):
     assert (amp_enabled(CPU), amp_enabled(CPU, True), amp_enabled(CPU, False)) == (True, True, False)
 
 
+def test_runtime_amp_is_true_false_or_auto_on_the_command_line_and_in_files(frcnn, tmp_path, assert_clean_error):
+    from frcnn_cli.config_io import apply_runtime_overrides, load_config_file
+
+    values = [apply_runtime_overrides(tiny_runtime(), [f"runtime.amp={v}"]).amp for v in ("true", "no", "auto")]
+    assert values == [True, False, None] and tiny_runtime().amp is None
+    (tmp_path / "a.toml").write_text('preset = "tiny"\n[runtime]\namp = "auto"\n')
+    (tmp_path / "b.toml").write_text('preset = "tiny"\n[runtime]\namp = false\n')
+    assert [load_config_file(tmp_path / f"{n}.toml")[1].amp for n in "ab"] == [None, False]
+    result = frcnn("bench", *TINY_CLI, "--set", "runtime.amp=maybe", ok=False)
+    assert_clean_error(result, "runtime.amp", "must be true, false or auto")
+
+
 @pytest.mark.parametrize(("is_native", "setting", "dtype"), [
     (False, None, torch.float32), (True, None, torch.bfloat16),  # the default follows the CPU
     (False, "true", torch.bfloat16), (True, "false", torch.float32), (True, "auto", torch.bfloat16)])

@@ -56,8 +56,8 @@ MIN_TRAIN_PIXELS = 1024
 # least ``in_channels * out_channels`` from which Winograd float32 is the faster (None: never). The measured rows
 # and the estimates are in benchmarks/conv_algorithms.py (``--bf16``) and docs/benchmarks.md.
 BF16_WINOGRAD_FROM: dict[str | None, int | None] = {
-    None: MIN_CHANNELS * MIN_CHANNELS,  # bf16 emulated (AVX2 Zen 3, measured): the bf16 conv is 5-10x float32's
-    "avx512_bf16": 256 * 512,  # estimate (Zen 4): bf16 ~0.5x the float32 direct conv, Winograd 0.36-0.41x from here
+    None: MIN_CHANNELS * MIN_CHANNELS,  # bf16 emulated (AVX2 Zen 3, measured): the bf16 conv is 7.5-12x float32's
+    "avx512_bf16": 256 * 512,  # estimate (Zen 4): bf16 ~0.49x the float32 direct conv, Winograd 0.33-0.41x from here
     "forced": 256 * 512,  # FRCNN_CPU_BF16=1: taken for AVX512-BF16
     "amx": None,  # estimate: AMX's bf16 tiles outrun any float32 path
 }
