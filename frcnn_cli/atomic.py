@@ -11,7 +11,12 @@ written at all; ``atomic_dir`` does for a folder of files what ``atomic_path`` d
 Only a ``kill -9`` or a power cut leaves the temporary file behind. Its name, ``.NAME.pidPID-HOST.RANDOM.tmp``,
 says which process on which machine (``HOST``: 8 hex digits of a hash of the host name) wrote it, so a
 later write of ``NAME`` removes the ones whose writer is gone. A file of a live process (this one or
-another), of another machine (a shared filesystem), or without that mark is never touched.
+another), of another machine (a shared filesystem), or without that mark is never touched. A ``NAME`` too long
+to leave room for the mark (over 218 bytes where names may have 255) appears shortened, its first bytes and a
+hash of the whole (``output_paths.short_stem``), so that every name the file system allows can be written.
+
+An output that is a symbolic link is written through (its target gets the new file, the link stays); one that
+is a device, a FIFO or a socket is never replaced (``/dev/null`` stays a device).
 """
 
 from __future__ import annotations
@@ -30,6 +35,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import FrcnnError
+from .output_paths import (
+    check_name_length,
+    is_name_too_long,
+    link_error,
+    not_regular,
+    real_output,
+    short_stem,
+    special_kind,
+)
 
 
 def fsync_path(path: Path) -> None:
@@ -64,6 +78,7 @@ def file_mode() -> int:
     return 0o666 & ~umask()
 
 
+TEMP_RESERVE = len(".") + len(".pid") + 10 + len("-") + 8 + len(".") + 8 + len(".tmp")  # the bytes of the mark
 _TEMP_NAME = re.compile(r"\.(?P<name>.+)\.pid(?P<pid>\d+)-(?P<host>[0-9a-f]{8})\.\w+\.tmp")
 # folder -> output name -> [(pid, temporary)] of other writers on this machine: a folder is listed once per
 # process (a detect --out folder of 10,000 images would otherwise be listed for every image)
@@ -109,7 +124,7 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     """
     path = Path(path)
     removed = []
-    for pid, tmp in _temps_of_other_writers(path.parent).pop(path.name, []):
+    for pid, tmp in _temps_of_other_writers(path.parent).pop(short_stem(path.name, TEMP_RESERVE, path.parent), []):
         if not _pid_alive(pid):
             with contextlib.suppress(OSError):
                 if tmp.is_dir() and not tmp.is_symlink():
@@ -120,9 +135,16 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _temp_prefix(path: Path) -> str:
+    """The start of a temporary's name for ``path`` (``TEMP_RESERVE`` bytes longer with its end)."""
+    return f".{short_stem(path.name, TEMP_RESERVE, path.parent)}.pid{os.getpid()}-{_host_id()}."
+
+
 def _cannot_write(path: Path, exc: OSError, option: str | None = None) -> FrcnnError:
     """The one message of an output that cannot be written at all (permissions, read-only, not a folder)."""
     where = f" ({option})" if option else ""
+    if is_name_too_long(exc):
+        return FrcnnError(f"cannot write {path}: {exc.strerror or exc}; give {option or 'the output'} a shorter name")
     if exc.errno == errno.ENOSPC:
         return FrcnnError(f"cannot write {path}: {exc.strerror or exc}; free some space or choose another "
                           f"output{where}")
@@ -134,7 +156,7 @@ def _make_temp(path: Path, *, folder: bool = False) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(path)
-        prefix = f".{path.name}.pid{os.getpid()}-{_host_id()}."
+        prefix = _temp_prefix(path)
         if folder:
             tmp = tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent)
             os.chmod(tmp, 0o777 & ~umask())
@@ -160,22 +182,28 @@ def check_writable(path: str | os.PathLike, *, option: str = "--out", folder: bo
     are all caught as the real write would meet them. Returns ``path``."""
     path = Path(path)
     where = path if folder else path.parent
+    check_name_length(path, option)
+    dangling = link_error(path, option, folder=folder)
+    if dangling is not None:
+        raise dangling
     if path.is_dir() and not folder:
         raise FrcnnError(f"cannot write {path}: it is a folder; give {option} a file name")
     if path.exists() and folder and not path.is_dir():
         raise FrcnnError(f"cannot write into {path}: it is a file, not a folder; give {option} a folder")
+    kind = None if folder else special_kind(path)
+    if kind is not None:
+        raise not_regular(path, kind, option)
     try:
         if where.exists() and not where.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, f"{os.strerror(errno.ENOTDIR)} ({where} is a file)")
         where.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}-{_host_id()}.", suffix=".tmp",
-                                     dir=where)
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=where)
         os.close(fd)
         os.unlink(probe)
         if path.is_file() and not os.access(path, os.W_OK):  # a file appended to in place (metrics.jsonl)
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     except OSError as exc:
-        if folder and exc.errno != errno.ENOSPC:  # as ``ensure_dir`` says it
+        if folder and exc.errno != errno.ENOSPC and not is_name_too_long(exc):  # as ``ensure_dir`` says it
             raise FrcnnError(f"cannot create {path}: {exc.strerror or exc}; choose a {option} you can write to"
                              ) from None
         raise _cannot_write(path, exc, option) from None
@@ -207,21 +235,40 @@ def ensure_dir(path: str | os.PathLike, option: str = "--workdir") -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise FrcnnError(f"cannot create {path}: {exc.strerror or exc}; choose a {option} you can write to") from None
+        raise link_error(path, option, folder=True) or FrcnnError(
+            f"cannot create {path}: {exc.strerror or exc}; choose a {option} you can write to") from None
     return path
+
+
+def _output_file(path: str | os.PathLike) -> Path:
+    """The file an atomic write of ``path`` replaces: ``path``, or its target when it is a symbolic link; a
+    ``FrcnnError`` when that is a dangling link or a device, FIFO or socket (never replaced)."""
+    path = Path(path)
+    dangling = link_error(path, "output", folder=False)
+    if dangling is not None:
+        raise dangling
+    real = real_output(path)
+    kind = special_kind(real)
+    if kind is not None:
+        raise not_regular(path, kind, "output")
+    return real
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it to ``path``.
 
-    For writers that need a file name (``torch.save``, ``h5py.File``, ``Image.save``).
+    For writers that need a file name (``torch.save``, ``h5py.File``, ``Image.save``). A symbolic link at ``path``
+    is written through; a device, FIFO or socket there is refused, never replaced.
     """
-    path = Path(path)
+    path = _output_file(path)
     tmp = _make_temp(path)
     try:
         yield tmp
         fsync_path(tmp)
+        kind = special_kind(path)  # made meanwhile (mkfifo): still never replaced
+        if kind is not None:
+            raise not_regular(path, kind, "output")
         os.replace(tmp, path)
     except BaseException as exc:
         full = isinstance(exc, Exception) and not isinstance(exc, (OSError, FrcnnError)) and _disk_is_full(path.parent)
@@ -259,7 +306,11 @@ def atomic_write_json(path: str | os.PathLike, obj: object, *, indent: int | Non
 
 def append_text(path: str | os.PathLike, text: str) -> None:
     """Append ``text`` (UTF-8) to ``path`` in one write (a log such as ``metrics.jsonl``; not atomic: a crash
-    can cut its last line); a failure is a ``FrcnnError`` that names the file."""
+    can cut its last line); a failure is a ``FrcnnError`` that names the file. A FIFO or a device is refused (an
+    append to a FIFO would wait for a reader)."""
+    kind = special_kind(path)
+    if kind is not None:
+        raise not_regular(Path(path), kind, "output")
     try:
         with open(path, "a", encoding="utf-8") as f:
             f.write(text)
@@ -287,7 +338,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
     For outputs made of many files (``prepare synth``): a full disk or an error half-way leaves nothing new
     under ``path``. Write a file that says the set is complete (a manifest) after this block."""
-    path = Path(path)
+    path = real_output(Path(path))
     staging = _make_temp(path, folder=True)
     try:
         yield staging

@@ -33,6 +33,7 @@ from .callbacks import Progress
 from .data.images import load_image
 from .errors import ConfigError
 from .inference import Predictor
+from .output_paths import fit_name
 
 DETECTIONS_FILE = "detections.json"
 # 20 distinct colours (Sasha Trubetskoy's list), one per class, cycling after 20
@@ -135,11 +136,11 @@ def output_paths(images: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     out, used = [], set()
     for rel in rels:
         if _save_format(rel.name) is None:
-            rel = rel.with_name(rel.name + ".png")
+            rel = rel.with_name(fit_name(rel.name + ".png", out_dir))  # cut to the file system's limit
         candidate, n = rel, 1
         while str(candidate).casefold() in used:  # e.g. a.gif -> a.gif.png beside a real a.gif.png
             n += 1
-            candidate = rel.with_name(f"{rel.stem} ({n}){rel.suffix}")
+            candidate = rel.with_name(fit_name(rel.name, out_dir, tag=f" ({n})"))
         used.add(str(candidate).casefold())
         out.append(Path(out_dir) / candidate)
     return out

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .ablations import ProposalAblation
+from .atomic import check_writable
 from .callbacks import Progress
 from .config import Config, RuntimeConfig, runtime_defaults
 from .config_io import apply_overrides, config_to_dict
@@ -279,6 +280,7 @@ def dump_proposals(predictor: Predictor, manifest: Manifest, out: Path, *, check
     """
     attrs = _dump_attributes(predictor, checkpoint_path)
     with output_lock(out):  # a second dump to ``out`` is refused naming this process, not let into .partial
+        check_writable(Path(f"{out}.partial"), option="--out")  # its name too must fit the file system
         _dump_into(predictor, manifest, out, attrs, batch_size, progress)
     return out
 

@@ -11,7 +11,7 @@ from frcnn_cli import __version__
 from frcnn_cli.cli.main import cli
 
 CONTRACT_COMMANDS = ["prepare", "train-rpn", "dump-proposals", "train-detector", "train", "detect", "eval",
-                     "bench", "export", "demo"]
+                     "bench", "export", "convert", "demo"]
 
 
 def test_help_lists_every_command_of_the_contract_in_workflow_order():

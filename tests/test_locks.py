@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from conftest import TINY_CLI
 
 from frcnn_cli.cli.main import cli
-from frcnn_cli.errors import BusyError
+from frcnn_cli.errors import BusyError, FrcnnError
 from frcnn_cli.locks import lock_path, output_lock
 
 HOLDER = r"""
@@ -168,3 +168,119 @@ def test_the_holder_record_says_who_and_since_when(tmp_path):
     import datetime
 
     assert datetime.datetime.fromisoformat(record["started"]).timestamp() >= int(before) - 1
+
+
+# --------------------------------------------------------------------------------------------------
+# a run folder and the files in it see each other's locks
+
+
+def test_a_file_output_inside_a_run_folder_another_process_holds_is_refused(synth_set, tmp_path, monkeypatch,
+                                                                            assert_clean_error):
+    """The issue's case: train --workdir runX runs; train-rpn --out runX/rpn1.pt would write its rpn1.pt and
+    interleave metrics.jsonl."""
+    run = tmp_path / "runX"
+    holder = _Holder(tmp_path, run, folder=True)
+    monkeypatch.setattr("frcnn_cli.train.stage.run_stage", lambda *a, **k: pytest.fail("the second command trained"))
+    try:
+        result = _run("train-rpn", "--data", synth_set[0], "--out", run / "rpn1.pt", "--init", "none", *TINY_CLI)
+        assert_clean_error(result, f"{run / 'rpn1.pt'} is inside {run}, which another frcnn process (PID {holder.pid}",
+                           "choose another --out", str(lock_path(run, folder=True)))
+        nested = run / "eval" / "deeper"
+        result = _run("prepare", "synth", "--out", nested, "--train", "1", "--test", "1")
+        assert_clean_error(result, f"is inside {run}", f"PID {holder.pid}")
+        assert sorted(p.name for p in run.iterdir()) == [".frcnn.lock"]  # nothing written, no folder left
+    finally:
+        assert holder.release() == 0
+
+
+def test_a_run_folder_holding_a_file_another_process_writes_is_refused(synth_set, tmp_path, monkeypatch,
+                                                                      assert_clean_error):
+    """The reverse: train-rpn --out runX/rpn1.pt runs; train --workdir runX is refused naming it."""
+    run = tmp_path / "runX"
+    holder = _Holder(tmp_path, run / "rpn1.pt")
+    monkeypatch.setattr("frcnn_cli.train.pipeline.run_pipeline", lambda *a, **k: pytest.fail("the run started"))
+    try:
+        result = _run("train", "--data", synth_set[0], "--workdir", run, *TINY_CLI)
+        assert_clean_error(result, f"{run} holds {run / 'rpn1.pt'}, which another frcnn process (PID {holder.pid}",
+                           "choose another --workdir")
+        result = _run("train", "--data", synth_set[0], "--workdir", tmp_path, *TINY_CLI)  # a folder above it too
+        assert_clean_error(result, f"holds {run / 'rpn1.pt'}", f"PID {holder.pid}")
+        assert not lock_path(run, folder=True).exists() and not lock_path(tmp_path, folder=True).exists()
+    finally:
+        assert holder.release() == 0
+    with output_lock(run, folder=True):  # once it is done, the folder is free
+        pass
+
+
+def test_one_process_may_lock_files_inside_its_own_run_folder(tmp_path):
+    """frcnn train holds its --workdir and its dump steps lock props1.h5 in it."""
+    run = tmp_path / "run"
+    with output_lock(run, folder=True), output_lock(run / "props1.h5"), output_lock(run / "sub", folder=True):
+        assert lock_path(run / "props1.h5").exists()
+    assert not run.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# a failed detect --out / eval --out leaves no partial folder (docs/errors.md: it removes the folders it made)
+
+
+def _fail_on_second_call(monkeypatch, target: str) -> None:
+    import importlib
+
+    module, name = target.rsplit(".", 1)
+    real, calls = getattr(importlib.import_module(module), name), []
+
+    def fail(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise FrcnnError(f"cannot write {args[0]}: No space left on device; free some space")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, fail)
+
+
+def test_detect_failing_half_way_removes_the_output_folder_it_made(synth_set, tiny_checkpoint, tmp_path, monkeypatch,
+                                                                   assert_clean_error):
+    images = synth_set[1].parent / "JPEGImages"
+    _fail_on_second_call(monkeypatch, "frcnn_cli.detect.atomic_write_bytes")  # the second drawn image
+    out = tmp_path / "new" / "drawn"
+    result = _run("detect", images, "--model", tiny_checkpoint(), "--out", out, "--set", "runtime.num_workers=0",
+                  "--device", "cpu")
+    assert_clean_error(result, "No space left on device")
+    assert list(tmp_path.iterdir()) == [tmp_path / "ckpts"]  # neither drawn/ nor new/
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "mine.txt").write_text("kept")
+    _fail_on_second_call(monkeypatch, "frcnn_cli.detect.atomic_write_bytes")
+    result = _run("detect", images, "--model", tiny_checkpoint(), "--out", old, "--set", "runtime.num_workers=0",
+                  "--device", "cpu")
+    assert result.exit_code == 1
+    assert (old / "mine.txt").read_text() == "kept" and not (old / "detections.json").exists()  # not made: kept
+
+
+def test_eval_failing_half_way_removes_the_output_folder_it_made(synth_set, tiny_checkpoint, tmp_path, monkeypatch,
+                                                                 assert_clean_error):
+    def full_disk(*_args, **_kwargs):
+        assert sorted(out.glob("comp4_det_*.txt")), "the result files come first"
+        raise FrcnnError("cannot write a plot: No space left on device; free some space")
+
+    monkeypatch.setattr("frcnn_cli.evaluate.plots.plot_pr_curves", full_disk)  # after the result files
+    out = tmp_path / "results"
+    result = _run("eval", "--model", tiny_checkpoint(), "--data", synth_set[1], "--out", out, "--set",
+                  "runtime.num_workers=0", "--device", "cpu")
+    assert_clean_error(result, "No space left on device")
+    assert not out.exists()
+
+
+def test_detect_with_an_unreadable_photo_keeps_its_complete_output_folder(tiny_checkpoint, tmp_path):
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (48, 40)).save(photos / "good.jpg")
+    (photos / "cut.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    out = tmp_path / "drawn"
+    result = _run("detect", photos, "--model", tiny_checkpoint(), "--out", out, "--set", "runtime.num_workers=0",
+                  "--device", "cpu")
+    assert result.exit_code == 1 and "1 of 2 images could not be read" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["detections.json", "good.jpg"]

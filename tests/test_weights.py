@@ -78,6 +78,13 @@ def test_offline_imagenet_names_the_cache_file_and_the_alternatives(hub, name, f
     assert len(calls) == 1
 
 
+def test_offline_torch_hub_prints_nothing_before_the_error(hub, capsys):
+    """torch.hub writes "Downloading: …" before it tries: offline that line came before frcnn's Error."""
+    with pytest.raises(CheckpointError):
+        init_backbone(build_backbone("tiny"), "vgg16", "imagenet")
+    assert capsys.readouterr() == ("", "")
+
+
 def test_a_corrupt_cached_file_is_an_error_naming_it(hub):
     folder, calls = hub
     cached = folder / "checkpoints" / "vgg16-397923af.pth"

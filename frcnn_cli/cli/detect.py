@@ -16,6 +16,7 @@ from .options import (
     checkpoint_set_option,
     hold_output,
     load_predictor,
+    output_complete,
     positive_int,
 )
 
@@ -43,6 +44,21 @@ def ablation_from_options(proposals_n: int | None, no_rpn_nms: bool, no_rpn_scor
     return None if ablation.is_default else ablation
 
 
+def manifest_images(inputs) -> list[Path]:
+    """The inputs, each manifest among them (a ``.json`` file, e.g. an images-only test set) as its images."""
+    from ..data.manifest import read_manifest
+
+    paths: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.suffix.lower() == ".json" and path.is_file():
+            manifest = read_manifest(path)
+            paths.extend(manifest.image_path(rec) for rec in manifest.images)
+        else:
+            paths.append(path)
+    return paths
+
+
 def parse_class_list(text: str | None) -> list[str] | None:
     """``"cat, dog"`` -> ``["cat", "dog"]``; None or only commas -> None."""
     if text is None:
@@ -66,7 +82,7 @@ def _show(result: dict, score_thresh: float) -> None:
 
 
 @click.command("detect")
-@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE|DIR...", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE|DIR|M.json...", type=click.Path(path_type=Path))
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="A detector checkpoint (train-detector or frcnn train), or a model file of frcnn export.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -81,16 +97,16 @@ def _show(result: dict, score_thresh: float) -> None:
 @ablation_options
 def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, device, set_, proposals_n,
            no_rpn_nms, no_rpn_scores, no_rpn_reg) -> None:
-    """Detect objects in images and folders of images (searched recursively).
+    """Detect objects in images, folders of images (searched recursively) and the images of manifests (.json).
 
     Boxes are in original image pixels, 0-based continuous x1 y1 x2 y2.
     """
     from .. import detect as lib
     from ..data.images import find_images
 
-    hold_output(out, "--out", folder=True)
+    hold_output(out, "--out", folder=True, discard_on_failure=True)
     check_checkpoint_overrides(set_, model_path)
-    images = find_images(inputs, exclude=out)
+    images = find_images(manifest_images(inputs), exclude=out)
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
     predictor = load_predictor(model_path, set_, resolve_device(device), require=("rpn", "roi_head"),
                                ablation=ablation)
@@ -105,6 +121,7 @@ def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, 
         _show(result, score_thresh)
     if out is not None:
         lib.save_detections(results, out, classes=predictor.classes)
+        output_complete(out, folder=True)  # whole: kept when unreadable photos make the command exit 1
         drawn = len(results) - len(lib.unreadable(results))
         console.info(f"wrote {drawn} image(s) and {escape(str(out / 'detections.json'))}")
     if as_json:

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from ..data.manifest import Manifest, read_manifest
+from ..data.manifest import Manifest, read_manifest, require_annotations
 from ..devices import resolve_device
 from ..errors import ConfigError, DataError
 from ..evaluate.voc import IOU_THRESH, METRICS
@@ -32,7 +32,15 @@ from .eval_outputs import (
     write_coco_outputs,
     write_report_page,
 )
-from .options import check_checkpoint_overrides, checkpoint_set_option, hold_output, load_predictor, positive_int
+from .eval_proposals import TEST_PROPOSALS_HELP, with_test_proposals, write_results_only
+from .options import (
+    check_checkpoint_overrides,
+    checkpoint_set_option,
+    hold_output,
+    load_predictor,
+    output_complete,
+    positive_int,
+)
 
 __all__ = ["eval_command", "check_classes", "split_of"]
 
@@ -54,16 +62,27 @@ def check_classes(manifest: Manifest, manifest_path: Path, classes: list[str], m
 
 
 def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str, coco: bool, out: Path | None,
-                report: Path | None, batch_size: int, device: str | None, ablation, set_: tuple[str, ...]) -> dict:
+                report: Path | None, batch_size: int, device: str | None, ablation, set_: tuple[str, ...],
+                test_proposals: Path | None = None, results_only: bool = False) -> dict:
     from ..evaluate.run import check_coco_evaluator, evaluate_model
 
     if coco:
         check_coco_evaluator()  # before the model is read and the images are run
     dev = resolve_device(device)
-    predictor = load_predictor(model_path, set_, dev, require=("rpn", "roi_head"), ablation=ablation)
+    given = test_proposals is not None
+    predictor = load_predictor(model_path, set_, dev, require=("roi_head",) if given else ("rpn", "roi_head"),
+                               ablation=None if given else ablation)
     check_classes(manifest, data, predictor.classes, model_path)
+    if given:
+        predictor = with_test_proposals(predictor, test_proposals, manifest=manifest, data=data, set_=set_,
+                                        device=dev, ablation=ablation, batch_size=batch_size)
+    ablation = predictor.settings.ablation
     if ablation is not None:
-        console.info(f"proposals: {ablation.describe()}")
+        console.info(escape(f"proposals: {ablation.describe()}"))
+    if results_only:
+        summary = write_results_only(predictor, manifest, out, batch_size=batch_size)
+        output_complete(out, folder=True)
+        return summary
     with console.ProgressReporter("detect", every=100) as bar:
         run = evaluate_model(predictor, manifest, metric=metric, coco=coco, proposals=report is not None,
                              batch_size=batch_size, progress=bar)
@@ -74,6 +93,7 @@ def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str
         write_ap_outputs(out, run.by_class, manifest, run.voc)
         if run.coco_results is not None:
             write_coco_outputs(out, run.coco_results)
+        output_complete(out, folder=True)
     if report is not None:
         write_report_page(report, model_path=model_path, data=data, manifest=manifest, run=run,
                           settings=report_settings(metric, dev, batch_size, set_, ablation))
@@ -94,6 +114,7 @@ def _eval_proposals(proposals_path: Path, data: Path, manifest: Manifest, out: P
 
         plot_recall_vs_iou(result, out / RECALL_PLOT, title=f"{manifest.name}: recall vs IoU")
         console.info(f"wrote {escape(str(out / RECALL_PLOT))}")
+    output_complete(out, folder=True)
     return {"iou_thresholds": result["iou_thresholds"], "top_ns": result["top_ns"],
             "recall": {str(n): [json_number(v) for v in result["recall"][n]] for n in result["top_ns"]},
             "average_recall": {str(n): json_number(result["average_recall"][n]) for n in result["top_ns"]},
@@ -102,11 +123,19 @@ def _eval_proposals(proposals_path: Path, data: Path, manifest: Manifest, out: P
 
 
 def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, ablation, set_=(),
-                 report: Path | None = None, coco: bool = False) -> str:
+                 report: Path | None = None, coco: bool = False, test_proposals: Path | None = None,
+                 results_only: bool = False, out: Path | None = None) -> str:
     """The AP metric; a ``ConfigError`` (one ``Error:`` line, exit 2) for options that do not go together."""
     if (model_path is None) == (proposals_path is None):
         raise ConfigError("give exactly one of --model CKPT (detection AP) and --proposals P.h5 "
                           "(proposal recall)")
+    if test_proposals is not None and model_path is None:
+        raise ConfigError("--test-proposals are the proposals a detector (--model) is evaluated on; give --model, "
+                          "or --proposals P.h5 alone for their recall")
+    if results_only and (model_path is None or out is None or voc2007 or metric or coco or report is not None):
+        raise ConfigError("--results-only writes a detector's (--model) detections as the evaluation server's files "
+                          "under --out DIR, without AP: give --model and --out, and drop --voc2007, --metric, --coco "
+                          "and --report")
     if voc2007 and metric not in (None, "11point"):
         raise ConfigError(f"--voc2007 is the 11-point metric; it cannot go with --metric {metric}: drop one")
     if proposals_path is not None and (voc2007 or metric is not None or ablation is not None or set_ or coco):
@@ -139,10 +168,15 @@ def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, 
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--batch-size", type=positive_int, default=1, show_default=True, help="Images per forward pass.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
+@click.option("--test-proposals", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="CKPT|P.h5|dense", help=TEST_PROPOSALS_HELP)
+@click.option("--results-only", is_flag=True,
+              help="No AP: write the detections as the evaluation server's files under --out DIR "
+                   "(results/VOC2012/Main/comp4_det_test_<class>.txt and results.tar.gz), e.g. for VOC2012 test.")
 @checkpoint_set_option
 @ablation_options
 def eval_command(model_path, proposals_path, data, voc2007, metric, coco, out, report, as_json, batch_size, device,
-                 set_, proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg) -> None:
+                 test_proposals, results_only, set_, proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg) -> None:
     """VOC AP (and with --coco COCO's AP) of a detector (--model), or the recall of a proposal file
     (--proposals), on a manifest.
 
@@ -150,14 +184,19 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, coco, out, r
     false positives. The result files' split is the manifest name's last '-' part (voc2007-test: test).
     """
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
-    metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report, coco)
-    hold_output(out, "--out", folder=True)
+    metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report, coco,
+                          test_proposals, results_only, out)
+    hold_output(out, "--out", folder=True, discard_on_failure=True)
     hold_output(report, "--report")
     check_checkpoint_overrides(set_, model_path)
     manifest = read_manifest(data)
+    if not results_only:
+        require_annotations(manifest, data, "AP and recall need them: write the evaluation server's files with "
+                                            "frcnn eval --model CKPT --results-only --out DIR")
     if model_path is not None:
         summary = _eval_model(model_path, data, manifest, metric=metric, coco=coco, out=out, report=report,
-                              batch_size=batch_size, device=device, ablation=ablation, set_=set_)
+                              batch_size=batch_size, device=device, ablation=ablation, set_=set_,
+                              test_proposals=test_proposals, results_only=results_only)
     else:
         summary = _eval_proposals(proposals_path, data, manifest, out)
     if as_json:

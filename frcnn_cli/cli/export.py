@@ -37,18 +37,23 @@ def export(model_path, fmt, out, score_thresh, proposals_n, check_paths, set_) -
     y2 in the image's pixels), scores [N] and labels [N] (index into the class list); the class names, the
     config and the checkpoint's hash are in its metadata (docs/deploying.md). Before it is written the
     exported model is run on the check images and must give the checkpoint's detections (boxes within 1 px,
-    scores within 0.002); otherwise nothing is written. detect, eval and bench take the file as --model.
+    scores within 0.002; detections whose scores tie are matched by class and score); otherwise nothing is
+    written. An existing file at --out is replaced once the new export has passed (export says so); its
+    suffix must fit --format (.onnx; .ts, .torchscript, .jit or .pt). detect, eval and bench take the file as
+    --model.
     """
     from ..bench import load_images
     from ..config import runtime_defaults
     from ..config_io import apply_runtime_overrides, split_overrides
     from ..devices import process_settings
-    from ..export.writer import export_model
+    from ..export.writer import check_suffix, export_model
     from ..inference import InferenceSettings
     from ..model.checkpoint import load_model
     from .detect import ablation_from_options
 
     check_checkpoint_overrides(set_, model_path)
+    check_suffix(out, fmt)
+    replacing = out.is_file()
     hold_output(out, "--out")
     images = load_images(check_paths) if check_paths else None
     model, _ = load_model(model_path, device="cpu", require=("rpn", "roi_head"))
@@ -65,7 +70,11 @@ def export(model_path, fmt, out, score_thresh, proposals_n, check_paths, set_) -
     console.info(f"checked on {len(v.sizes)} images ({', '.join(f'{w}x{h}' for h, w in v.sizes)}): the "
                  f"checkpoint's detections, largest differences {v.box_px:.2g} px and {v.score:.2g} in score "
                  f"({v.detections} detections)")
-    console.info(f"wrote {escape(str(out))}: {len(meta.classes)} classes, {meta.settings.proposals.post_nms_top_n} "
+    for line in v.inconclusive():
+        console.warn(escape(line))
+    classes = len(meta.classes)
+    console.info(f"wrote {escape(str(out))}{' (it replaces the file that was there)' if replacing else ''}: "
+                 f"{classes} class{'es' if classes != 1 else ''}, {meta.settings.proposals.post_nms_top_n} "
                  f"proposals, score > {meta.settings.detections.score_thresh:g}")
     click.echo(str(out))
 

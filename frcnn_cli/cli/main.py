@@ -15,7 +15,7 @@ class _ErrorMessage(click.ClickException):
         self.exit_code = exit_code
 
 
-_NO_MODEL = ("prepare",)  # commands that run no model keep the allocator's defaults (a lower peak)
+_NO_MODEL = ("prepare", "convert")  # commands that run no model keep the allocator's defaults (a lower peak)
 
 
 class FrcnnGroup(click.Group):
@@ -59,7 +59,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import bench, demo, detect, evaluate, export, prepare, train
+    from . import bench, convert, demo, detect, evaluate, export, prepare, train
 
     cli.add_command(prepare.prepare)
     cli.add_command(train.train_rpn)
@@ -70,6 +70,7 @@ def _register() -> None:
     cli.add_command(evaluate.eval_command)
     cli.add_command(bench.bench)
     cli.add_command(export.export)
+    cli.add_command(convert.convert)
     cli.add_command(demo.demo)
 
 

@@ -84,6 +84,9 @@ def prepare() -> None:
     \b
       frcnn prepare voc    --root VOCdevkit --year 2007 --split trainval --out voc07-trainval.json
       frcnn prepare voc    --root VOCdevkit --year 2007,2012 --split trainval --out voc0712-trainval.json
+      frcnn prepare voc    --root VOCdevkit --year 2012 --split test --out voc12-test.json   (images only)
+      frcnn prepare merge  voc0712-trainval.json voc07-test.json --out voc07++12.json
+      frcnn prepare proposals --from voc_2007_test.mat --data voc07-test.json --out ss-test.h5
       frcnn prepare folder --images imgs/ --annotations xml/ --val-fraction 0.1 --out mine.json
       frcnn prepare coco   --annotations instances_train2017.json --images train2017/ --out coco-train.json
       frcnn prepare synth  --out synth/
@@ -97,17 +100,37 @@ def prepare() -> None:
               help="2007, 2012, or 2007,2012 for the union (the paper's 07+12).")
 @click.option("--split", default="trainval", show_default=True,
               type=click.Choice(["train", "val", "trainval", "test"]), help="ImageSets/Main/<split>.txt.")
+@click.option("--images-only", is_flag=True,
+              help="No annotations: an images-only manifest (for detect, dump-proposals, eval --results-only). "
+                   "Implied by --year 2012 --split test, whose annotations are not public.")
 @click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Manifest to write.")
-def voc(root: Path, years: list[int], split: str, out: Path) -> None:
+def voc(root: Path, years: list[int], split: str, images_only: bool, out: Path) -> None:
     """A PASCAL VOC split (20 classes; difficult and truncated kept) as a manifest."""
     from ..data.voc import prepare_voc
 
     hold_output(out, "--out")
+    if images_only or (split == "test" and 2012 in years):
+        _voc_images(root, years, split, out)
+        return
     warnings: list[str] = []
     with _quiet_progress("checking images") as progress:
         manifest = prepare_voc(root, years, split, on_warning=warnings.append, progress=progress)
     _finish([(out, manifest)], warnings)
+
+
+def _voc_images(root: Path, years: list[int], split: str, out: Path) -> None:
+    from ..data.voc_images import prepare_voc_images
+
+    if split == "test" and 2012 in years and len(years) > 1:
+        raise ConfigError("VOC2012 test has no public annotations, the other years' test sets have: prepare "
+                          "--year 2012 --split test on its own (an images-only manifest)")
+    with _quiet_progress("checking images") as progress:
+        manifest = prepare_voc_images(root, years, split, progress=progress)
+    write_manifest(out, manifest)
+    console.info(f"{len(manifest.images)} images, no annotations (an images-only manifest: detect, dump-proposals, "
+                 "prepare proposals and eval --results-only take it)")
+    click.echo(str(out))
 
 
 @prepare.command("folder")
@@ -201,3 +224,14 @@ def synth(out_dir: Path, n_train: int, n_test: int, seed: int) -> None:
         _show_report(PrepareReport.from_manifest(manifest), path, manifest)
     for path in paths:
         click.echo(str(path))
+
+
+def _register() -> None:
+    from .prepare_merge import merge
+    from .prepare_proposals import proposals
+
+    prepare.add_command(proposals)
+    prepare.add_command(merge)
+
+
+_register()

@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 
 from ..config import TRAIN_MODES
-from ..data.manifest import read_manifest
+from ..data.manifest import read_manifest, require_annotations
 from ..devices import process_settings, resolve_device
 from . import console
 from .options import (
@@ -23,6 +23,7 @@ from .options import (
 )
 from .schedule_options import Estimates, ValidationView, best_summary, read_val, schedule_options, show_plan
 
+_NO_TRAINING = "there is nothing to train on: give an annotated manifest (frcnn prepare of a trainval split)"
 _ITERS_HELP = "Iterations of this step (default: the preset's; lr drops keep their fraction of the run)."
 
 
@@ -62,6 +63,7 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
 
     hold_output(out, "--out")
     manifest = read_manifest(data)
+    require_annotations(manifest, data, _NO_TRAINING)
     val = read_val(schedule["val"], manifest, data, iters=iters, **{k: v for k, v in schedule.items() if k != "val"})
     cfg, runtime, init_read = stage_config(config, set_, seed, init)
     spec = stage_spec(kind, freeze_shared=freeze_shared)
@@ -117,7 +119,9 @@ def train_rpn(data, out, config, set_, init, freeze_shared, iters, seed, checkpo
 @click.command("train-detector")
 @_training_options
 @click.option("--proposals", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="HDF5 proposals of this manifest (frcnn dump-proposals).")
+              help="HDF5 proposals of this manifest (frcnn dump-proposals, or external ones: frcnn prepare "
+                   "proposals), or dense / dense-square: the dense sliding windows of the paper's one-stage "
+                   "ablation (Table 5; 3 scales x 3 ratios / x 1:1).")
 def train_detector(data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every, resume, device,
                    epochs, val, val_every, patience, proposals):
     """Train Fast R-CNN on stored proposals: step 2 (--init imagenet) or step 4 (--init rpn2.pt --freeze-shared)."""
@@ -200,6 +204,7 @@ def train(data, workdir, config, set_, mode, iters, epochs, val, val_every, pati
 
     hold_output(workdir, "--workdir", folder=True)
     manifest = read_manifest(data)
+    require_annotations(manifest, data, _NO_TRAINING)
     val_manifest = read_val(val, manifest, data, iters=iters, epochs=epochs, val_every=val_every, patience=patience)
     cfg, runtime = load_cli_config(config, set_, seed)
     dev = resolve_device(device)

@@ -20,6 +20,13 @@ distinct integers), and per image ``coco_id`` (the original image id, unique), `
 box: a crowd region, which is always also ``difficult``: never a training target, an ignore region in
 evaluation) and ``area`` (one number >= 0 per box: COCO's object area, which COCO evaluation uses for
 its small / medium / large ranges).
+
+Optional keys of other manifests, likewise absent unless used: ``"annotated": false`` marks an images-only
+manifest (a test set whose annotations are not public, e.g. VOC2012 test: every image without boxes);
+commands that need ground truth refuse it (``require_annotations``), and the hash covers the flag.
+``"parts"`` (``frcnn prepare merge``) records where a merged manifest's images came from: per part its
+manifest ``name``, ``file``, ``hash``, ``first`` image index, ``images`` and ``renamed`` ids; provenance, not
+identity (not hashed).
 """
 
 from __future__ import annotations
@@ -89,6 +96,8 @@ class Manifest:
     root: str
     images: list[ImageRecord]
     category_ids: list[int] | None = None
+    annotated: bool = True  # False: an images-only manifest (no ground truth at all)
+    parts: list[dict[str, Any]] | None = None  # a merged manifest's parts (prepare merge)
 
     def image_path(self, rec: ImageRecord) -> Path:
         """The file of ``rec``; a relative path that climbs out of ``root`` with ``..`` is refused."""
@@ -113,6 +122,10 @@ class Manifest:
                                 "classes": list(self.classes)}
         if self.category_ids is not None:
             head["category_ids"] = [int(v) for v in self.category_ids]
+        if not self.annotated:
+            head["annotated"] = False
+        if self.parts is not None:
+            head["parts"] = list(self.parts)
         head["root"] = self.root
         return head
 
@@ -124,6 +137,8 @@ def manifest_hash(manifest: Manifest) -> str:
                                "images": [rec.to_dict() for rec in manifest.images]}
     if manifest.category_ids is not None:
         content["category_ids"] = [int(v) for v in manifest.category_ids]
+    if not manifest.annotated:
+        content["annotated"] = False
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -170,7 +185,16 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     images = [_record(rec) for rec in data["images"]]
     category_ids = data.get("category_ids")
     return Manifest(name=data["name"], classes=list(data["classes"]), root=root, images=images,
-                    category_ids=None if category_ids is None else list(category_ids))
+                    category_ids=None if category_ids is None else list(category_ids),
+                    annotated=data.get("annotated", True), parts=data.get("parts"))
+
+
+def require_annotations(manifest: Manifest, path: str | os.PathLike, use: str) -> None:
+    """A ``DataError`` for an images-only manifest given to a command that needs ground truth; ``use`` says
+    what the user can do instead."""
+    if not manifest.annotated:
+        raise DataError(f"manifest {path} ({manifest.name}) holds images without annotations (an images-only "
+                        f"manifest, e.g. VOC2012 test); {use}")
 
 
 def _flags(values: list | None) -> list[bool] | None:
@@ -191,8 +215,10 @@ def _record(rec: dict[str, Any]) -> ImageRecord:
 def _validate(data: Any, where: str) -> None:
     """Check the format, version and top-level fields, then every image."""
     _validate_head(data, where)
-    for _ in _validated_images(data["images"], len(data["classes"]), where):
-        pass
+    for rec in _validated_images(data["images"], len(data["classes"]), where):
+        if data.get("annotated") is False and rec["boxes"]:
+            raise DataError(f"manifest {where}, image {rec['id']}: has boxes in an images-only manifest "
+                            "(\"annotated\": false); remove the flag or the boxes, or run `frcnn prepare` again")
 
 
 def _validate_head(data: Any, where: str) -> None:
@@ -221,6 +247,12 @@ def _validate_head(data: Any, where: str) -> None:
             and all(_is_int(v) for v in category_ids) and len(set(category_ids)) == len(category_ids)):
         raise DataError(f"manifest {where}: \"category_ids\" must be {len(classes)} distinct integers, one per "
                         "class; fix it or run `frcnn prepare coco` again")
+    if not isinstance(data.get("annotated", True), bool):
+        raise DataError(f"manifest {where}: \"annotated\" must be true or false; fix it or run `frcnn prepare` again")
+    parts = data.get("parts")
+    if parts is not None and not (isinstance(parts, list) and all(isinstance(p, dict) for p in parts)):
+        raise DataError(f"manifest {where}: \"parts\" must be a list of objects; fix it or run `frcnn prepare "
+                        "merge` again")
 
 
 def _validated_images(images: Iterable[Any], num_classes: int, where: str) -> Iterator[dict[str, Any]]:

@@ -3,12 +3,16 @@ and the settings baked into its graph (docs/formats.md, "Exported models").
 
 An ONNX file holds these as ``metadata_props`` (string keys and values: ``classes`` and ``config`` are JSON);
 a TorchScript file holds the same mapping as JSON in its extra file ``frcnn.json``. ``ExportMetadata`` reads
-and writes both and gives back the ``InferenceSettings`` the graph runs with.
+and writes both and gives back the ``InferenceSettings`` the graph runs with. Reading checks every field (types,
+ranges, the settings against the config) and ``check_graph`` what the graph itself says (the classes it scores,
+its hash: ``integrity.py``), so damaged metadata is one ``CheckpointError``, never a traceback later.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import asdict, dataclass
 
 from .. import __version__
@@ -17,6 +21,7 @@ from ..errors import CheckpointError, ConfigError
 from ..inference import InferenceSettings
 from ..model.postprocess import DetectionSettings
 from ..model.rpn import ProposalSettings
+from .integrity import GRAPH_HASH_KEY
 
 FORMAT = "frcnn-detector"
 VERSION = 1
@@ -38,6 +43,7 @@ class ExportMetadata:
     checkpoint: str
     checkpoint_sha256: str
     format: str
+    graph_sha256: str | None = None  # what a file records of its graph (integrity.py); None: written before it
 
     def to_strings(self) -> dict[str, str]:
         """The ``key -> string`` mapping stored in the file."""
@@ -65,8 +71,49 @@ class ExportMetadata:
             proposals = ProposalSettings(**json.loads(values["proposals"]))
             detections = DetectionSettings(**json.loads(values["detections"]))
             settings = InferenceSettings(config, proposals, detections)
-            return cls(list(classes), settings, values["checkpoint"], values["checkpoint_sha256"],
-                       values["file_format"])
+            meta = cls(classes, settings, values["checkpoint"], values["checkpoint_sha256"], values["file_format"],
+                       values.get(GRAPH_HASH_KEY))
+            meta.check_fields()
+            return meta
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
-            raise CheckpointError(f"{path} has damaged frcnn metadata ({type(exc).__name__}: {exc}); rerun "
-                                  "frcnn export to write it again") from None
+            raise damaged(path, f"{type(exc).__name__}: {exc}") from None
+
+    def check_fields(self) -> None:
+        """A ``ValueError`` naming the first field that cannot be what ``frcnn export`` wrote."""
+        names = self.classes
+        if not (isinstance(names, list) and names and all(isinstance(c, str) and c for c in names)
+                and len(set(names)) == len(names)):
+            shown = json.dumps(names, ensure_ascii=False)[:200]
+            raise ValueError(f"classes {shown} is not a list of distinct class names")
+        if self.format not in FORMATS:
+            raise ValueError(f"file_format {self.format!r} is not one of {', '.join(FORMATS)}")
+        for key, value in (("checkpoint_sha256", self.checkpoint_sha256), (GRAPH_HASH_KEY, self.graph_sha256)):
+            if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+                raise ValueError(f"{key} {value[:80]!r} is not a SHA-256")
+        _check_settings(self.settings)
+
+
+def damaged(path, what: str) -> CheckpointError:
+    """The error of an exported file whose metadata cannot be what ``frcnn export`` wrote."""
+    return CheckpointError(f"{path} has damaged frcnn metadata ({what}); rerun frcnn export to write it again")
+
+
+def _check_settings(settings: InferenceSettings) -> None:
+    """``ValueError`` unless the proposal and detection settings are in range and agree with the config (``export``
+    derives them from it; only the score threshold and the number of proposals may differ)."""
+    p, d, rpn, head = settings.proposals, settings.detections, settings.config.rpn, settings.config.roi_head
+    numbers = {"proposals.pre_nms_top_n": (p.pre_nms_top_n, int), "proposals.post_nms_top_n": (p.post_nms_top_n, int),
+               "proposals.nms_thresh": (p.nms_thresh, float), "proposals.min_size": (p.min_size, float),
+               "detections.score_thresh": (d.score_thresh, float), "detections.nms_thresh": (d.nms_thresh, float),
+               "detections.detections_per_image": (d.detections_per_image, int)}
+    for key, (value, kind) in numbers.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        if not ok or (kind is int and not isinstance(value, int)) or (key.endswith("thresh") and value > 1):
+            raise ValueError(f"{key} is {value!r}")
+    wanted = {"proposals.pre_nms_top_n": (p.pre_nms_top_n, rpn.test_pre_nms_top_n),
+              "proposals.nms_thresh": (p.nms_thresh, rpn.nms_thresh), "proposals.min_size": (p.min_size, rpn.min_size),
+              "detections.nms_thresh": (d.nms_thresh, head.nms_thresh),
+              "detections.detections_per_image": (d.detections_per_image, head.detections_per_image)}
+    for key, (value, config_value) in wanted.items():
+        if value != config_value:
+            raise ValueError(f"{key} is {value!r} but the config says {config_value!r}")

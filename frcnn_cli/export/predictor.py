@@ -25,7 +25,7 @@ from ..data.manifest import Manifest
 from ..errors import CheckpointError, ConfigError
 from ..inference import BatchResult, InferenceSettings
 from .batches import DecodedBatch, FileImages, ManifestImages, decoded_batch, decoded_batches
-from .metadata import ExportMetadata
+from .metadata import ExportMetadata, damaged
 from .runtime import exported_format, open_runner
 
 
@@ -126,6 +126,22 @@ def check_settings(baked: InferenceSettings, wanted: InferenceSettings, path: Pa
                           f"{export_again(f'--score-thresh {want.score_thresh:g}')}")
 
 
+def check_graph(runner, metadata: ExportMetadata, path: Path) -> None:
+    """A ``CheckpointError`` when the file's graph is not the one its metadata describes: another format, another
+    number of classes, or (when the file records one) another hash than ``frcnn export`` recorded."""
+    if metadata.format != runner.format:
+        raise damaged(path, f"file_format says {metadata.format}, the file is {runner.format}")
+    graph_classes = runner.class_count()
+    if graph_classes is not None and graph_classes != len(metadata.classes):
+        raise damaged(path, f"{len(metadata.classes)} classes, the graph scores {graph_classes}")
+    if metadata.graph_sha256 is not None:
+        found = runner.graph_digest()
+        if found != metadata.graph_sha256:
+            raise CheckpointError(f"{path} is damaged: its graph is not the one frcnn export wrote (SHA-256 "
+                                  f"{found[:12]}…, recorded {metadata.graph_sha256[:12]}…), so it would give other "
+                                  "detections; rerun frcnn export to write it again")
+
+
 def load_exported(path: str | Path, device: torch.device, *, set_: Sequence[str] = (), mode: str = "test",
                   ablation=None, score_thresh: float | None = None, **dump_settings) -> ExportedPredictor:
     """The exported model at ``path`` as an ``ExportedPredictor`` (``load_predictor``'s arguments): ``set_`` may
@@ -141,6 +157,7 @@ def load_exported(path: str | Path, device: torch.device, *, set_: Sequence[str]
     threads = apply_runtime_overrides(RuntimeConfig(), runtime_items).threads
     runner = open_runner(path, exported_format(path), device, threads)
     metadata = ExportMetadata.from_strings(runner.metadata, path)
+    check_graph(runner, metadata, path)
     baked = metadata.settings
     detections = baked.detections if score_thresh is None else baked.detections.with_score_floor(score_thresh)
     ablation = None if ablation is None or ablation.is_default else ablation

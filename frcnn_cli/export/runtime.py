@@ -17,25 +17,37 @@ device constants).
 from __future__ import annotations
 
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..errors import CheckpointError, ConfigError
+from ..protobuf_wire import WireError
+from .integrity import (
+    TORCHSCRIPT_MARKS,
+    onnx_class_count,
+    onnx_graph_digest,
+    torchscript_class_count,
+    torchscript_digest,
+    zip_entry_names,
+)
 from .metadata import TORCHSCRIPT_EXTRA
 
 OUTPUT_NAMES = ("boxes", "scores", "labels")
 INPUT_NAME = "image"
 _PROTOBUF_FIRST_BYTE = 0x08  # an ONNX ModelProto starts with field 1 (ir_version), a varint
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".ts", ".torchscript", ".jit")}
 
 
 def exported_format(path: str | Path) -> str | None:
-    """``"onnx"``, ``"torchscript"`` or None (a checkpoint, or not a file): ``.onnx`` files and files that open
-    like a protocol buffer are ONNX; zip archives holding TorchScript code are TorchScript."""
+    """``"onnx"``, ``"torchscript"`` or None (a checkpoint, or not a file), by content where it tells, else by
+    suffix: ``.onnx`` files and files that open like a protocol buffer are ONNX; zip archives holding TorchScript
+    code, even cut short (their first entries say so), and ``.ts``/``.torchscript``/``.jit`` files that are not a
+    checkpoint's zip archive are TorchScript, so that a damaged one is reported as a damaged TorchScript model."""
     path = Path(path)
-    if path.suffix.lower() == ".onnx":
+    suffix = path.suffix.lower()
+    if suffix in SUFFIXES["onnx"]:
         return "onnx"
     try:
         with open(path, "rb") as f:
@@ -43,13 +55,14 @@ def exported_format(path: str | Path) -> str | None:
     except OSError:
         return None
     if head.startswith(b"PK"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except (zipfile.BadZipFile, OSError):
-            return None
-        return "torchscript" if any(n.endswith("/constants.pkl") or "/code/" in n for n in names) else None
-    return "onnx" if head[:1] == bytes([_PROTOBUF_FIRST_BYTE]) else None
+        names = zip_entry_names(path)
+        if any(mark in f"/{name}" for name in names for mark in TORCHSCRIPT_MARKS):
+            return "torchscript"
+        if any(name.endswith("/data.pkl") for name in names):
+            return None  # a torch.save file: a checkpoint (also when named .ts)
+    elif head[:1] == bytes([_PROTOBUF_FIRST_BYTE]):
+        return "onnx"
+    return "torchscript" if suffix in SUFFIXES["torchscript"] else None
 
 
 class OnnxRunner:
@@ -73,6 +86,16 @@ class OnnxRunner:
                                   "or not an ONNX file: rerun frcnn export to write it again") from None
         self.device = torch.device("cuda" if cuda else "cpu")
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.path = Path(path)
+        self.format = "onnx"
+
+    def graph_digest(self) -> str:
+        """The SHA-256 of the graph as stored (``integrity.onnx_graph_digest``)."""
+        return _read_graph(onnx_graph_digest, self.path)
+
+    def class_count(self) -> int | None:
+        """K, the classes the graph scores; None when it does not say."""
+        return _read_graph(onnx_class_count, self.path)
 
     def __call__(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         outputs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: image.contiguous().numpy()})
@@ -93,6 +116,14 @@ class TorchScriptRunner:
                                   "damaged: rerun frcnn export to write it again") from None
         self.device = torch.device("cpu")
         self.metadata = _json_mapping(extra[TORCHSCRIPT_EXTRA], path)
+        self.format = "torchscript"
+
+    def graph_digest(self) -> str:
+        """The SHA-256 of the module's parameters and buffers (``integrity.torchscript_digest``)."""
+        return torchscript_digest(self.module)
+
+    def class_count(self) -> int | None:
+        return torchscript_class_count(self.module)
 
     @torch.inference_mode()
     def __call__(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -106,6 +137,14 @@ def _onnxruntime():
         raise ConfigError("running an ONNX model needs ONNX Runtime: pip install 'frcnn[export]' "
                           "(or pip install onnxruntime)") from None
     return onnxruntime
+
+
+def _read_graph(read, path: Path):
+    try:
+        return read(path)
+    except (WireError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable ONNX model ({exc}); the file is damaged: rerun frcnn export "
+                              "to write it again") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -28,9 +28,10 @@ from ..model.checkpoint import file_sha256
 from ..model.detector import FasterRCNN
 from ..model.svd import compress_fc_svd
 from .graph import DeployedDetector
+from .integrity import GRAPH_HASH_KEY, append_onnx_metadata, onnx_graph_digest, torchscript_digest
 from .metadata import FORMATS, TORCHSCRIPT_EXTRA, ExportMetadata
-from .predictor import ExportedPredictor
-from .runtime import INPUT_NAME, OUTPUT_NAMES, open_runner
+from .predictor import ExportedPredictor, check_graph
+from .runtime import INPUT_NAME, OUTPUT_NAMES, SUFFIXES, open_runner
 from .verify import Verification, check_images, verify_export
 
 OPSET = 17  # RoiAlign's half-pixel mode needs 16; ONNX Runtime 1.16 and later run 17
@@ -75,11 +76,13 @@ def deployed_detector(model: FasterRCNN, settings: InferenceSettings) -> Deploye
 
 def _write_graph(module: DeployedDetector, example: Tensor, path: Path, fmt: str,
                  metadata: dict[str, str]) -> None:
-    """Trace ``module`` on ``example`` into ``path`` as ``fmt`` with ``metadata``."""
+    """Trace ``module`` on ``example`` into ``path`` as ``fmt`` with ``metadata`` and the graph's hash
+    (``integrity.py``)."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's notes on sizes read from shapes: the check decides
         if fmt == "torchscript":
             traced = torch.jit.trace(module, (example,), check_trace=False)
+            metadata = {**metadata, GRAPH_HASH_KEY: torchscript_digest(traced)}
             torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
             return
         torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET,
@@ -87,6 +90,7 @@ def _write_graph(module: DeployedDetector, example: Tensor, path: Path, fmt: str
                           dynamic_axes={INPUT_NAME: {1: "height", 2: "width"},
                                         **{name: {0: "detections"} for name in OUTPUT_NAMES}})
     _add_onnx_metadata(path, metadata)
+    append_onnx_metadata(path, GRAPH_HASH_KEY, onnx_graph_digest(path))
 
 
 def _add_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
@@ -103,6 +107,20 @@ def _add_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
+def check_suffix(out: Path, fmt: str) -> None:
+    """A ``ConfigError`` for an ``out`` whose suffix names another format than ``fmt`` (``--format onnx --out
+    m.ts``), or a checkpoint's (``.pt``/``.pth``) for ONNX: the file would be taken for what it is not."""
+    suffix, other = out.suffix.lower(), "torchscript" if fmt == "onnx" else "onnx"
+    if suffix in SUFFIXES[other]:
+        kind, advice = ("an ONNX model" if other == "onnx" else "a TorchScript model"), f", or give --format {other}"
+    elif fmt == "onnx" and suffix in (".pt", ".pth"):
+        kind, advice = "a PyTorch checkpoint", ""
+    else:
+        return
+    raise ConfigError(f"--out {out} has the suffix of {kind} but --format is {fmt}; name it "
+                      f"{out.with_suffix(SUFFIXES[fmt][0]).name}{advice}")
+
+
 def export_model(model: FasterRCNN, settings: InferenceSettings, out: str | Path, *, fmt: str,
                  checkpoint: str | Path, images: list[Tensor] | None = None,
                  runtime: RuntimeConfig | None = None) -> ExportReport:
@@ -112,6 +130,7 @@ def export_model(model: FasterRCNN, settings: InferenceSettings, out: str | Path
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out, checkpoint = Path(out), Path(checkpoint)
+    check_suffix(out, fmt)
     settings = graph_settings(settings)
     runtime = runtime if runtime is not None else runtime_defaults(model.cfg.name)
     metadata = ExportMetadata(list(model.classes), settings, checkpoint.name, file_sha256(checkpoint), fmt)
@@ -127,11 +146,13 @@ def export_model(model: FasterRCNN, settings: InferenceSettings, out: str | Path
             raise ExportError(f"the model could not be exported to {fmt} ({str(exc).strip().splitlines()[0]}); "
                               f"try --format {'torchscript' if fmt == 'onnx' else 'onnx'}") from None
         runner = open_runner(tmp, fmt, torch.device("cpu"), runtime.threads)
-        exported = ExportedPredictor(runner, metadata, tmp, runtime)
+        stored = ExportMetadata.from_strings(runner.metadata, tmp)  # as detect will read it back
+        check_graph(runner, stored, tmp)
+        exported = ExportedPredictor(runner, stored, tmp, runtime)
         verification = verify_export(reference, exported, images)
         if not verification.ok:
             raise ExportError(f"the {fmt} graph does not give the checkpoint's detections on "
-                              f"{verification.failure()}; nothing was written to {out}. Try the other format "
-                              f"(--format {'torchscript' if fmt == 'onnx' else 'onnx'}) and report this as a bug")
+                              f"{verification.failure()}; nothing was written to {out}. This is a bug of frcnn "
+                              "export: please report it with the checkpoint and the check images")
         del runner, exported
-    return ExportReport(out, fmt, verification, metadata)
+    return ExportReport(out, fmt, verification, stored)

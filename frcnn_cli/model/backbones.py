@@ -133,15 +133,19 @@ class CaffeDropout(nn.Module):
         return (1.0 - self.p) * F.dropout(x, self.p, self.training)
 
 
-def _zf_shared() -> nn.Sequential:
+ZF_WIDTHS = (96, 256, 384, 384, 256)  # conv1 … conv5 outputs
+
+
+def _zf_shared(widths: tuple[int, ...] = ZF_WIDTHS) -> nn.Sequential:
+    c1, c2, c3, c4, c5 = widths
     return nn.Sequential(OrderedDict([
-        ("conv1", nn.Conv2d(3, 96, 7, stride=2, padding=3)), ("relu1", nn.ReLU(inplace=True)),
+        ("conv1", nn.Conv2d(3, c1, 7, stride=2, padding=3)), ("relu1", nn.ReLU(inplace=True)),
         ("norm1", WithinChannelLRN()), ("pool1", nn.MaxPool2d(3, 2, 1, ceil_mode=True)),
-        ("conv2", nn.Conv2d(96, 256, 5, stride=2, padding=2)), ("relu2", nn.ReLU(inplace=True)),
+        ("conv2", nn.Conv2d(c1, c2, 5, stride=2, padding=2)), ("relu2", nn.ReLU(inplace=True)),
         ("norm2", WithinChannelLRN()), ("pool2", nn.MaxPool2d(3, 2, 1, ceil_mode=True)),
-        ("conv3", nn.Conv2d(256, 384, 3, padding=1)), ("relu3", nn.ReLU(inplace=True)),
-        ("conv4", nn.Conv2d(384, 384, 3, padding=1)), ("relu4", nn.ReLU(inplace=True)),
-        ("conv5", nn.Conv2d(384, 256, 3, padding=1)), ("relu5", nn.ReLU(inplace=True)),
+        ("conv3", nn.Conv2d(c2, c3, 3, padding=1)), ("relu3", nn.ReLU(inplace=True)),
+        ("conv4", nn.Conv2d(c3, c4, 3, padding=1)), ("relu4", nn.ReLU(inplace=True)),
+        ("conv5", nn.Conv2d(c4, c5, 3, padding=1)), ("relu5", nn.ReLU(inplace=True)),
     ]))
 
 
@@ -169,11 +173,12 @@ def _init_random(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _zf() -> BackboneParts:
-    shared, head = _zf_shared(), _fc_head(256 * 6 * 6, 4096, lambda: CaffeDropout(0.5))
+def _zf(widths: tuple[int, ...] = ZF_WIDTHS, head_dim: int = 4096) -> BackboneParts:
+    """ZF; narrower ``widths`` and ``head_dim`` give the same layers at a fraction of the size (tests)."""
+    shared, head = _zf_shared(widths), _fc_head(widths[-1] * 6 * 6, head_dim, lambda: CaffeDropout(0.5))
     _init_random(shared)
     _init_random(head)
-    return BackboneParts(shared=shared, head_top=head, out_channels=256, head_dim=4096, pool_size=6,
+    return BackboneParts(shared=shared, head_top=head, out_channels=widths[-1], head_dim=head_dim, pool_size=6,
                          stride=16, frozen_prefixes=(), rpn_channels=256)
 
 

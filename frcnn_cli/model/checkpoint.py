@@ -101,7 +101,15 @@ _UNSAFE = re.compile(r"Unsupported global: GLOBAL (\S+)|unrecognized function|Ca
 
 def torch_load_safely(path: Path, what: str, map_location: Any = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``; every failure is a ``CheckpointError`` naming ``what`` and
-    ``path``: a file holding Python objects is refused before any of them is created (nothing runs)."""
+    ``path``: a file holding Python objects is refused before any of them is created (nothing runs), and a model
+    file of ``frcnn export`` is named as such (torch would warn and dispatch a TorchScript archive to its loader)."""
+    from ..export.runtime import exported_format  # export/ builds on model/: imported when needed
+
+    fmt = exported_format(path)
+    if fmt is not None:
+        raise CheckpointError(f"{what} {path} is an exported {'ONNX' if fmt == 'onnx' else 'TorchScript'} model "
+                              "(frcnn export), not a checkpoint: detect, eval and bench take it as --model; give "
+                              "the checkpoint it was exported from (its metadata names it) or another .pt file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # any failure to read an untrusted file is the same user error
@@ -215,7 +223,8 @@ def _require(ckpt: dict, path: str | os.PathLike, require: Sequence[str]) -> Non
     if "rpn" in require and "rpn" not in parts:
         if "roi_head" in require:
             raise CheckpointError(f"{where} has a detection head but no trained RPN (a step-2 detector); detect "
-                                  "and evaluate with the unified model of step 4 (final.pt of frcnn train)")
+                                  "and evaluate with the unified model of step 4 (final.pt of frcnn train), or "
+                                  "evaluate it on another model's proposals: eval --test-proposals rpn1.pt")
         raise CheckpointError(f"{where} has no RPN; dump proposals with the output of train-rpn (steps 1 and 3)")
 
 

@@ -19,6 +19,7 @@ Any other missing, unexpected or mis-shaped key is a ``CheckpointError`` listing
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -56,14 +57,19 @@ def imagenet_state_dict(name: str) -> dict[str, Tensor]:
     """torchvision's ImageNet state dict for ``name`` (from the hub cache, else downloaded)."""
     weights = _torchvision_weights(name)
     if weights is None:
+        caffe = (" (frcnn convert caffe ZF.v2.caffemodel --out zf_imagenet.pth writes it from py-faster-rcnn's "
+                 "ImageNet ZF)") if name == "zf" else ""
         raise CheckpointError(
             f"torchvision has no ImageNet weights for backbone '{name}'; give a local state dict with "
-            f"--init FILE.pth (layout: the parameter names of frcnn's {name} backbone) or --init none"
+            f"--init FILE.pth (layout: the parameter names of frcnn's {name} backbone){caffe} or --init none"
         )
     cache = hub_cache_file(weights.url)
+    said = io.StringIO()  # torch.hub prints "Downloading: …" on stdout before it tries: kept back until it worked
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # torch.hub prints "Downloading: …" on stdout
-            return weights.get_state_dict(progress=False, weights_only=True)
+        with contextlib.redirect_stdout(said):
+            state = weights.get_state_dict(progress=False, weights_only=True)
+        sys.stderr.write(said.getvalue())  # where the file went, never on stdout
+        return state
     except Exception as exc:  # offline, HTTP error, damaged cache file: all the same to the user
         damaged = " (it exists but cannot be read: delete it)" if cache.is_file() else ""
         raise CheckpointError(

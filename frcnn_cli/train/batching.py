@@ -8,6 +8,7 @@ import torch
 
 from ..data.images import scale_and_flip_proposals
 from ..data.proposal_store import ProposalStore
+from ..dense_proposals import DenseProposalSource
 
 
 def device_batches(loader: Iterable, device: torch.device, *, channels_last: bool = False,
@@ -30,12 +31,15 @@ def device_batches(loader: Iterable, device: torch.device, *, channels_last: boo
         yield batch, targets.to(device, non_blocking=True), proposals
 
 
-def proposal_source(store: ProposalStore, device: torch.device) -> Callable:
+def proposal_source(store: ProposalStore | DenseProposalSource, device: torch.device) -> Callable:
     """``proposals_for(batch)``: each image's stored proposals, scaled and flipped like the image, on
-    ``device``; ``batch`` is the loader's (host) batch.
+    ``device``; ``batch`` is the loader's (host) batch. The dense windows (Table 5) are made for each image's
+    own scaled size instead.
 
     Flipped training images get their proposals by flipping the stored ones, as py-faster-rcnn.
     """
+    if isinstance(store, DenseProposalSource):
+        return store.source(device)
     def proposals_for(batch) -> list[torch.Tensor]:
         out = []
         indices = batch.indices.tolist()

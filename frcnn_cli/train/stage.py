@@ -26,6 +26,7 @@ from ..data.images import DetectionDataset
 from ..data.loading import make_loader
 from ..data.manifest import Manifest, manifest_hash
 from ..data.proposal_store import ProposalStore
+from ..dense_proposals import DenseProposalSource, is_dense
 from ..devices import place_model, precision_name
 from ..errors import ConfigError, TrainingError
 from ..model.checkpoint import Init, file_sha256, read_checkpoint, save_checkpoint
@@ -133,7 +134,8 @@ def _provenance(req: StageRequest, init_info: dict, total: int, seed: int) -> di
                         "precision": precision_name(req.device, req.runtime.amp)}}
     if req.proposals_path is not None:
         prov["proposals"] = str(req.proposals_path)
-        prov["proposals_hash"] = file_sha256(req.proposals_path)
+        if not is_dense(req.proposals_path):  # the dense windows are made, not read
+            prov["proposals_hash"] = file_sha256(req.proposals_path)
     return prov
 
 
@@ -224,7 +226,7 @@ def _check_request(req: StageRequest) -> None:
     if not req.manifest.images:
         raise ConfigError(f"{req.manifest_path} holds no images; there is nothing to train on")
     best = (req.best_out or best_path(req.out)) if req.val_manifest is not None else None
-    for path in (req.out, req.metrics_path, best):
+    for path in (req.out, resume_path(req.out), req.metrics_path, best):
         if path is not None:  # before any training: a checkpoint that cannot be written is better known now
             check_writable(path, option="--out")
 
@@ -281,7 +283,9 @@ def run_stage(req: StageRequest) -> Path:
     req.device = distributed.setup(req.device)
     store = None
     if spec.needs_proposal_file:
-        store = ProposalStore(req.proposals_path)
+        dense = is_dense(req.proposals_path)
+        store = (DenseProposalSource(str(req.proposals_path), req.manifest, req.cfg) if dense
+                 else ProposalStore(req.proposals_path))
         store.check_manifest(req.manifest, req.manifest_path)
     cfg, notes, warnings, decided = _decide(req)
     images = training_images(req.manifest, spec, cfg, req.manifest_path)

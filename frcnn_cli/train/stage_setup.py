@@ -16,6 +16,7 @@ import torch
 from ..config import Config
 from ..data.manifest import Manifest
 from ..data.proposal_store import ProposalStore
+from ..dense_proposals import DenseProposalSource, DenseProposer
 from ..errors import DataError
 from ..model.anchor_fit import AnchorDecision, decide_anchors
 from ..model.checkpoint import Init
@@ -68,16 +69,19 @@ def stage_target_stats(cfg: Config, spec: StageSpec, store: ProposalStore | None
     return compute_target_stats(store, manifest, cfg)
 
 
-def make_validator(*, val: Manifest | None, spec: StageSpec, model: FasterRCNN, store: ProposalStore | None,
+def make_validator(*, val: Manifest | None, spec: StageSpec, model: FasterRCNN,
+                   store: ProposalStore | DenseProposalSource | None,
                    stats: TargetStats | None, device: torch.device, runtime) -> Validator | None:
     """The stage's validator on ``val`` (None without one). A detector step runs on the proposals of the RPN
     that made its training proposals; the others on their own RPN."""
     if val is None:
         return None
     kind = "recall" if spec.kind == "rpn" else "map"
-    proposals = stored_rpn_proposals(store, val, device, runtime) if spec.kind == "detector" else None
 
     def prepare() -> contextlib.AbstractContextManager:
         return folded(model.roi_head.bbox_pred, stats, model.box_coder)
 
+    if isinstance(store, DenseProposalSource):  # Table 5: validated on the val images' dense windows
+        return Validator(val, kind, device, runtime, ablation=DenseProposer(store.dense), prepare=prepare)
+    proposals = stored_rpn_proposals(store, val, device, runtime) if spec.kind == "detector" else None
     return Validator(val, kind, device, runtime, proposals=proposals, prepare=prepare)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from ..data.proposal_store import ProposalStore
 from ..errors import ConfigError, DataError
 from ..evaluate.recall import proposal_recall_of_boxes
 from ..evaluate.voc import detections_by_class, evaluate_detections
+from ..given_proposals import GivenProposals, proposals_of
 from ..inference import InferenceSettings, Predictor, predict_manifest
 from ..model.checkpoint import file_sha256, load_model
 from ..model.detector import FasterRCNN
@@ -58,48 +59,18 @@ def default_val_every(val_images: int, entries: int, spec: StageSpec) -> int:
     return max(1, math.ceil(cost * val_images / (0.1 * max(1, entries))))
 
 
-@dataclass(frozen=True)
-class GivenProposals:
-    """A proposal strategy (``model.rpn.Proposer``) that hands the forward fixed proposals: ``boxes[key]``
-    ``[R, 4]`` in original pixels for the image of manifest index ``key``, scaled like the image. It takes
-    the place of an ablation in ``InferenceSettings`` (``proposer(settings)``)."""
-
-    boxes: Sequence[Tensor]
-    is_default: bool = False
-
-    def proposer(self, settings) -> GivenProposals:
-        return self
-
-    def describe(self) -> str:
-        return "given proposals"
-
-    def __call__(self, anchors: Tensor, cls_logits: Tensor, deltas: Tensor, image_sizes: Tensor, scales: Tensor,
-                 *, keys: Sequence[int] | None = None) -> list[tuple[Tensor, Tensor]]:
-        out = []
-        for i, key in enumerate(keys if keys is not None else range(len(scales))):
-            boxes = self.boxes[key].to(deltas.device, torch.float32) * scales[i].to(torch.float32)
-            out.append((boxes, torch.zeros(boxes.shape[0], device=deltas.device)))
-        return out
-
-
 def _rng_devices(device: torch.device) -> list:
     return [device] if device.type == "cuda" else []
-
-
-def proposals_of(predictor: Predictor, manifest: Manifest) -> list[Tensor]:
-    """Every image's test proposals (original pixels, by score) from the predictor's RPN."""
-    found: list = [None] * len(manifest.images)
-    for batch in predictor.manifest_batches(manifest):
-        result = predictor.run(batch, detections=False, proposals=True)
-        for index, (boxes, _) in zip(batch.indices.tolist(), result.proposals):
-            found[index] = boxes
-    return found
 
 
 def stored_rpn_proposals(store: ProposalStore, val: Manifest, device: torch.device,
                          runtime: RuntimeConfig) -> list[Tensor]:
     """The validation images' test proposals from the RPN checkpoint that made ``store``'s proposals."""
     path = store.attrs.get("checkpoint")
+    if store.attrs.get("source") == "external":
+        raise DataError(f"--val on a detector step trained on external proposals ({store.path}, from "
+                        f"{store.attrs.get('source_file')}) needs proposals for the validation images too, which "
+                        "frcnn cannot make; train without --val, then evaluate with frcnn eval --test-proposals")
     if not path or not Path(path).is_file():
         raise DataError(f"--val on a detector step needs the RPN that made {store.path}: it names "
                         f"{path or 'no checkpoint'}, which is not there; keep that checkpoint where it was, or "
@@ -123,6 +94,7 @@ class Validator:
     device: torch.device
     runtime: RuntimeConfig
     proposals: list[Tensor] | None = None  # detector steps: the fixed proposals of the val images
+    ablation: object | None = None  # or a proposal strategy in the RPN's place (Table 5's dense windows)
     prepare: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # e.g. folded bbox_pred
 
     @property
@@ -135,6 +107,8 @@ class Validator:
             settings = InferenceSettings.from_config(model.cfg)
             if self.proposals is not None:
                 settings = replace(settings, ablation=GivenProposals(self.proposals))
+            elif self.ablation is not None:
+                settings = replace(settings, ablation=self.ablation)
             with self.prepare():
                 predictor = Predictor(model, self.device, settings, self.runtime)  # a deep copy
             figure, row = self._figure(predictor)
