@@ -41,3 +41,16 @@ class TrainingError(FrcnnError):
 
 class BusyError(FrcnnError):
     """An output (a file or a run folder) that another live frcnn process is writing (``locks.py``)."""
+
+
+MAX_PROBLEMS_SHOWN = 10  # problems listed in one message
+
+
+def problems_error(problems: list[str]) -> DataError:
+    """One ``DataError`` for every problem ``prepare`` found in a dataset (the first ten listed, then a count)."""
+    if len(problems) == 1:
+        return DataError(problems[0])
+    shown = MAX_PROBLEMS_SHOWN
+    more = f"\n  ... and {len(problems) - shown} more" if len(problems) > shown else ""
+    listed = "\n  ".join(problems[:shown])
+    return DataError(f"{len(problems)} problems in the data; fix them and run prepare again:\n  {listed}{more}")

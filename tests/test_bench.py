@@ -51,6 +51,16 @@ def test_bench_json_is_the_design_document_for_the_synthetic_image():
     assert "shared convs" in result.stderr and "random weights" in result.stderr
 
 
+def test_the_footer_names_the_runtime_key_that_switches_winograd_off():
+    """It named ``solver.cpu_winograd``, the key's spelling before the runtime settings had their section."""
+    args = ["--config", "tiny", "--runs", "1", "--warmup", "0", "--device", "cpu"]
+    said = " ".join(_bench(*args).stderr.split())
+    assert "Winograd F(4x4, 3x3) for 2 convs (--set runtime.cpu_winograd=false: direct)" in said
+    direct = _bench(*args, "--set", "runtime.cpu_winograd=false")
+    assert direct.exit_code == 0, direct.output
+    assert "Winograd" not in direct.stderr
+
+
 def test_bench_times_image_folders_in_batches(tmp_path):
     folder = tmp_path / "imgs"
     (folder / "sub").mkdir(parents=True)

@@ -31,11 +31,11 @@ def kill_before_step(monkeypatch, name: str) -> None:
     """The next ``frcnn train`` dies as it is about to start step ``name``."""
     real = pipeline._run_step
 
-    def run_step(req, step, cfg):
+    def run_step(req, step, cfg, **kwargs):
         if step.name == name:
             monkeypatch.setattr(pipeline, "_run_step", real)
             raise KeyboardInterrupt  # Ctrl-C: the CLI says how to continue
-        real(req, step, cfg)
+        real(req, step, cfg, **kwargs)
 
     monkeypatch.setattr(pipeline, "_run_step", run_step)
 
@@ -107,7 +107,8 @@ def test_a_rerun_with_other_options_is_refused(whole_run, train_set, frcnn, trai
     result = frcnn("train", "--data", train_set[0], "--workdir", whole_run, "--iters", 5, *train_options(),
                    ok=False)
     assert result.exit_code == 2
-    assert f"Error: {whole_run} holds an alternating run with iterations 4" in result.output
+    assert (f"Error: {whole_run} holds a run started with other options (--iters 4 when the run started, 5 now; "
+            f"see {whole_run / 'state.json'})") in " ".join(result.output.split())
     result = frcnn("train", "--data", train_set[1], "--workdir", whole_run, "--iters", 4, *train_options(),
                    ok=False)
     assert result.exit_code == 1 and f"holds a run on another dataset than {train_set[1]}" in result.output

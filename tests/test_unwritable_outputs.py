@@ -68,7 +68,7 @@ def _command(name: str, ro: Path, synth_set, tiny_checkpoint, tmp_path) -> tuple
     if name == "prepare folder":
         images, xml = _write_folder_set(tmp_path / "folder")
         return (["prepare", "folder", "--images", images, "--annotations", xml, "--out", ro / "m.json"], "m.json",
-                "--out", "frcnn_cli.data.voc.prepare_folder")
+                "--out", "frcnn_cli.data.folder.prepare_folder")
     if name == "prepare synth":
         return (["prepare", "synth", "--out", ro / "set", "--train", "2", "--test", "1"], "set", "--out",
                 "frcnn_cli.data.synthetic.make_synthetic_set")

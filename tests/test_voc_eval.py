@@ -227,7 +227,7 @@ def test_result_files_round_trip(tmp_path, hand_case):
     lines = paths[0].read_text().splitlines()
     # ours [0, 0, 10, 10] is VOC xmin=1, ymin=1, xmax=10, ymax=10
     assert lines[0] == "img0 0.900000 1.000 1.000 10.000 10.000"
-    assert lines[3] == "name with spaces 0.600000 1.000 1.000 10.000 10.000"
+    assert lines[3] == "name%20with%20spaces 0.600000 1.000 1.000 10.000 10.000"
     assert paths[1].read_text() == ""
     back = read_result_files(tmp_path, manifest, "test")
     for a, b in zip(back[0], dets[0]):
@@ -235,6 +235,28 @@ def test_result_files_round_trip(tmp_path, hand_case):
     assert len(back[1][0]) == 0
     expected = evaluate_detections(dets, manifest)["ap"]
     assert evaluate_detections(back, manifest)["ap"] == pytest.approx(expected, nan_ok=True)
+
+
+@pytest.mark.parametrize("image_id, written", [
+    ("IMG 0001", "IMG%200001"), ("tab\there", "tab%09here"), ("two\nlines", "two%0Alines"),
+    ("50% off", "50%25%20off"), ("ideographic\u3000space", "ideographic%E3%80%80space"), ("2008_000002", None)])
+def test_ids_with_whitespace_are_written_escaped_as_six_fields_and_read_back(tmp_path, hand_case, image_id, written):
+    """The devkit reads ``%s %f %f %f %f %f``: a raw space made 7 fields, a newline split the line."""
+    manifest, dets = hand_case
+    manifest.images[0].id = image_id
+    path = write_result_files(tmp_path, dets, manifest, "test")[0]
+    lines = path.read_text().splitlines()
+    assert len(lines) == 5 and all(len(line.split()) == 6 for line in lines)
+    assert lines[0].split()[0] == (written or image_id)
+    back = read_result_files(tmp_path, manifest, "test")
+    np.testing.assert_array_equal(back[0][0], dets[0][0])
+
+
+def test_ap_is_never_above_one_and_exact_where_the_devkit_sum_is_not():
+    """The devkit's running sum of p / 11 gives 1.0000000000000002 and 0.20000000000000004."""
+    rec, prec = np.array([0.5, 1.0]), np.array([1.0, 1.0])
+    assert voc_ap(rec, prec, "11point") == 1.0 and voc_ap(rec, prec, "area") == 1.0
+    assert voc_ap(np.array([1.0]), np.array([0.2]), "11point") == 0.2
 
 
 def test_bad_result_files_name_file_and_line(tmp_path, hand_case):

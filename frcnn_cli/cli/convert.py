@@ -36,7 +36,7 @@ def caffe(model: Path, out: Path, classes_file: Path | None, backbone: str | Non
     deltas in its config. Both Caffe layouts (the V1 'layers' and the 'layer' messages) are read.
     """
     from ..convert.caffe import convert_caffe
-    from ..data.voc import read_class_file
+    from ..data.name_lists import read_class_file
 
     hold_output(out, "--out")
     classes = read_class_file(classes_file) if classes_file is not None else None

@@ -181,7 +181,8 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, coco, out, r
     (--proposals), on a manifest.
 
     AP follows the VOC devkit: IoU > 0.5 with +1 pixel widths, difficult objects ignored, duplicates
-    false positives. The result files' split is the manifest name's last '-' part (voc2007-test: test).
+    false positives. The result files' split is the manifest name's last '-' or '.' part (voc2007-test: test,
+    mine.val: val); ids holding whitespace are written %-escaped (IMG%200001).
     """
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
     metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report, coco,

@@ -54,13 +54,20 @@ def read_val(val: Path | None, train: Manifest, data: Path, *, iters: int | None
     return manifest
 
 
-def show_plan(rows: list[tuple[str, object]]) -> None:
-    """The plan of each training step: images, epochs, iterations, lr drops, warm-up."""
+def show_plan(rows: list[tuple[str, object]], epochs: float | None = None) -> None:
+    """The plan of each training step: images, epochs, iterations, lr drops, warm-up; and what ``--epochs``
+    (``epochs``) became where rounding to whole iterations changed it."""
+    from ..train.schedule import rounding_note
+
     table = [[name, f"{p.images}" + (" ×2 flipped" if p.entries > p.images else ""), f"{p.batch}",
               f"{p.epochs:.2f}", f"{p.iterations:,}", ", ".join(f"{d:,}" for d in p.drops) or "-",
               f"{p.warmup:,}", p.source] for name, p in rows]
     console.table("training plan", ["step", "images", "per iteration", "epochs", "iterations", "lr drops at",
                                     "warm-up", "length from"], table)
+    for name, plan in rows:
+        note = rounding_note(plan, epochs, name)
+        if note is not None:
+            console.info(escape(note))
 
 
 @dataclass
@@ -133,14 +140,21 @@ def _duration(seconds: float) -> str:
 
 
 def best_summary(path: Path, last: Path | None = None) -> str | None:
-    """Which validation a best checkpoint holds, as one line (None when it holds none)."""
+    """Which validation a best checkpoint holds, as one line (None when it holds none); it says so when no
+    validation beat the first one (ties keep the later checkpoint, so a flat figure keeps the last)."""
     from ..model.checkpoint import read_checkpoint
 
-    best = (read_checkpoint(path).get("provenance") or {}).get("best")
+    provenance = read_checkpoint(path).get("provenance") or {}
+    best = provenance.get("best")
     if not best:
         return None
     figure = next((f"{k}={v if not isinstance(v, dict) else v.get('0.7')}" for k, v in best.items()
                    if k in ("val_map", "val_recall")), "")
     where = f" (the last one is {last})" if last is not None else ""
-    return (f"{path} is the best checkpoint: {figure} at epoch {best['epoch']:g}, iteration "
+    line = (f"{path} is the best checkpoint: {figure} at epoch {best['epoch']:g}, iteration "
             f"{best['iteration']}{where}")
+    validation = provenance.get("validation") or {}
+    if validation.get("improved") is False:
+        line += (f"; validation never improved on its first figure ({validation['first']:.4g}): check the data, the "
+                 "lr and the length of the step (metrics.jsonl lists every validation)")
+    return line

@@ -85,7 +85,7 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
             console.info(f"resuming from {escape(str(resume_path(out)))} at iteration {start} of {total}")
 
     def on_plan(plan) -> None:
-        show_plan([(spec.label, plan)])
+        show_plan([(spec.label, plan)], epochs=schedule["epochs"])
         estimates.set_plans([(spec.label, plan)])
 
     req.on_start, req.on_plan, req.on_validation = on_start, on_plan, view
@@ -96,7 +96,7 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
         run_stage(req)
     if _is_main_process():
         if val is not None and best_path(out).exists():
-            console.info(escape(best_summary(best_path(out)) or ""))
+            console.info(escape(best_summary(best_path(out), last=out) or ""))
         click.echo(str(out))
 
 
@@ -221,7 +221,7 @@ def train(data, workdir, config, set_, mode, iters, epochs, val, val_every, pati
             view.step, view.text = name, ""
 
     def on_plan(rows) -> None:
-        show_plan(rows)
+        show_plan(rows, epochs=epochs)
         estimates.set_plans(rows)
 
     with console.TrainingProgress("training") as progress:

@@ -130,6 +130,12 @@ class Manifest:
         return head
 
 
+def id_has_whitespace(image_id: str) -> bool:
+    """Whether an image id holds whitespace (a space, a tab, a newline), which the devkit's space-separated
+    result files hold only escaped (``evaluate/voc.py:escape_id``); ``prepare`` warns about such ids."""
+    return any(c.isspace() for c in image_id)
+
+
 def manifest_hash(manifest: Manifest) -> str:
     """sha256 (64 hex digits) of the canonical JSON of the classes (with ``category_ids`` when present)
     and the images."""

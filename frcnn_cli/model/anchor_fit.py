@@ -55,6 +55,8 @@ class AnchorCoverage:
         return self.boxes > 0 and self.at_05 < POOR_AT_05
 
     def describe(self) -> str:
+        if self.boxes == 0:
+            return "no training box to measure the anchors on"
         return (f"{self.at_07:.0%} of the {self.boxes} training boxes have an anchor at IoU >= 0.7, "
                 f"{self.at_05:.0%} at >= 0.5 (best possible recall)")
 

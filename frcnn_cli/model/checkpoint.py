@@ -150,6 +150,9 @@ class Init:
     data: Any = None
 
 
+INIT_IN_TRAIN = "frcnn train takes --init as --set init=..., e.g. --set init=none"  # train has no --init option
+
+
 def read_init(spec: str) -> Init:
     """Read the ``--init`` file once (``weights_only``); ``imagenet`` and ``none`` read nothing. A missing or
     unreadable file is a ``CheckpointError`` naming it."""
@@ -158,7 +161,7 @@ def read_init(spec: str) -> Init:
     path = Path(spec)
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist; give an existing .pth file or frcnn "
-                              f"checkpoint, --init imagenet or --init none")
+                              f"checkpoint, --init imagenet or --init none ({INIT_IN_TRAIN})")
     obj = torch_load_safely(path, "weights file")
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return Init(spec, "checkpoint", _validate(obj, path))

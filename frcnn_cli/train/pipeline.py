@@ -29,9 +29,10 @@ from ..model.anchor_fit import decide_anchors
 from ..model.checkpoint import load_model, read_init
 from . import distributed
 from .loop import LoopState
+from .run_differences import check_data, nothing_trained, option_differences, refusal
 from .schedule import StepPlan, plan_step
 from .stage import StageRequest, run_stage
-from .stage_setup import training_images, trains_fresh_rpn
+from .stage_setup import check_has_objects, training_images, trains_fresh_rpn
 from .steps import stage_spec
 
 STATE_FORMAT = "frcnn-run"
@@ -109,30 +110,22 @@ def _read_state(path: Path) -> dict | None:
     return state
 
 
-def _check_same_run(state: dict, req: PipelineRequest, path: Path) -> None:
-    if state["manifest_hash"] != manifest_hash(req.manifest):
-        raise DataError(f"{req.workdir} holds a run on another dataset than {req.manifest_path} "
-                        f"(see {path}); use another --workdir or the original manifest")
-    if state["mode"] != req.mode or state.get("iters") != req.iters or state.get("epochs") != req.epochs:
-        iters = state.get("iters") or "of the preset"
-        epochs = state.get("epochs") or "of the preset"
-        raise ConfigError(f"{req.workdir} holds an {state['mode']} run with iterations {iters} and epochs {epochs}; "
-                          "rerun it with the same options or use another --workdir")
-    if {k: state.get(k) for k in _VAL_KEYS} != _val_record(req):
-        raise ConfigError(f"{req.workdir} holds a run with other validation options (--val, --val-every, "
-                          f"--patience; see {path}); rerun it with the same options or use another --workdir")
-    saved = config_from_dict(state["config"])  # the recipe only: runtime settings may change between runs
-    if saved != req.cfg:
-        raise ConfigError(f"{req.workdir} was started with another config (see {path}); rerun with the same "
-                          "--config/--set or use another --workdir")
-
-
-_VAL_KEYS = ("val_hash", "val_every", "patience")
-
-
-def _val_record(req: PipelineRequest) -> dict:
+def run_record(req: PipelineRequest) -> dict:
+    """The options a run is started with, as ``state.json`` records them (and a rerun must repeat)."""
     val_hash = manifest_hash(req.val_manifest) if req.val_manifest is not None else None
-    return {"val_hash": val_hash, "val_every": req.val_every, "patience": req.patience}
+    return {"mode": req.mode, "iters": req.iters, "epochs": req.epochs, "val_hash": val_hash,
+            "val_every": req.val_every, "patience": req.patience, "val": str(req.val_path) if req.val_path else None,
+            "manifest": str(req.manifest_path), "manifest_hash": manifest_hash(req.manifest),
+            "config": config_to_dict(req.cfg)}
+
+
+def _differences(state: dict, req: PipelineRequest) -> list[str]:
+    """Each option the request asks differently from the run in the folder (the data checked first: a
+    ``DataError`` when it differs); the recipe only: runtime settings may change between runs."""
+    now = run_record(req)
+    check_data(state, now, req.workdir)
+    saved = {**state, "config": config_to_dict(config_from_dict(state["config"]))}
+    return option_differences(saved, now)
 
 
 def _new_state(req: PipelineRequest) -> dict:
@@ -143,10 +136,8 @@ def _new_state(req: PipelineRequest) -> dict:
     if req.cfg.init in ("imagenet", "none") or trains_fresh_rpn(stage_spec(first.kind), read_init(req.cfg.init)):
         decision = decide_anchors(req.cfg, req.manifest)
         trained, anchors = decision.config, decision
-    state = {"format": STATE_FORMAT, "version": STATE_VERSION, "mode": req.mode, "iters": req.iters,
-             "epochs": req.epochs, **_val_record(req), "val": str(req.val_path) if req.val_path else None,
-             "manifest": str(req.manifest_path), "manifest_hash": manifest_hash(req.manifest),
-             "config": config_to_dict(req.cfg), "trained_config": config_to_dict(trained), "done": [],
+    state = {"format": STATE_FORMAT, "version": STATE_VERSION, **run_record(req),
+             "trained_config": config_to_dict(trained), "done": [],
              "anchors": anchors.to_dict() if anchors is not None else None}
     return state, anchors
 
@@ -164,7 +155,7 @@ def plans(req: PipelineRequest, cfg: Config) -> list[tuple[str, StepPlan]]:
     return out
 
 
-def _run_step(req: PipelineRequest, step: Step, cfg: Config) -> None:
+def _run_step(req: PipelineRequest, step: Step, cfg: Config, anchors: dict | None = None) -> None:
     out = step_path(req.workdir, step)
     steps = {s.name: s for s in (ALTERNATING if req.mode == "alternating" else JOINT)}
     if step.kind == "dump":
@@ -188,17 +179,35 @@ def _run_step(req: PipelineRequest, step: Step, cfg: Config) -> None:
                            init=read_init(init), device=req.device, runtime=req.runtime, iters=req.iters,
                            epochs=req.epochs, proposals_path=proposals, checkpoint_every=req.checkpoint_every,
                            resume=True, metrics_path=req.workdir / "metrics.jsonl", on_log=req.on_log,
-                           on_warning=req.on_warning, decide_anchors=False, val_manifest=req.val_manifest,
-                           val_path=req.val_path, val_every=req.val_every, patience=req.patience,
-                           on_validation=on_validation))
+                           on_warning=req.on_warning, decide_anchors=False, anchors=anchors,
+                           val_manifest=req.val_manifest, val_path=req.val_path, val_every=req.val_every,
+                           patience=req.patience, on_validation=on_validation))
+
+
+def _replaced_first_attempt(state: dict, req: PipelineRequest) -> bool:
+    """Whether the run in the folder never trained an iteration and was started with other options: then it
+    holds nothing to lose and the request starts a new run instead (said in a note)."""
+    if not nothing_trained(state, req.workdir):
+        return False
+    try:
+        differences = _differences(state, req)
+    except DataError as exc:  # another dataset, a changed manifest
+        differences = [str(exc)]
+    if differences and req.on_note is not None and distributed.is_main():
+        req.on_note(f"{req.workdir} held a run that never trained an iteration, started with other options "
+                    f"({'; '.join(differences)}); starting a new run with these")
+    return bool(differences)
 
 
 def _start(req: PipelineRequest, state_path: Path) -> tuple[dict, Config]:
     """The run's state (new, or the one in the folder, checked against the request) and the config its steps
     train with (the anchors decided at the start)."""
     state = _read_state(state_path)
+    found = state is not None
+    if state is not None and _replaced_first_attempt(state, req):
+        state = None
     if state is None:
-        if req.resume and req.on_warning is not None and distributed.is_main():
+        if req.resume and not found and req.on_warning is not None and distributed.is_main():
             req.on_warning(f"--resume: {req.workdir} holds no run to resume (no {state_path.name}); starting one")
         state, decision = _new_state(req)
         if distributed.is_main():
@@ -208,7 +217,9 @@ def _start(req: PipelineRequest, state_path: Path) -> tuple[dict, Config]:
             elif decision is not None and req.on_note is not None:
                 req.on_note(decision.message)
     else:
-        _check_same_run(state, req, state_path)
+        differences = _differences(state, req)
+        if differences:
+            raise refusal(differences, req.workdir, state_path)
     return state, config_from_dict(state.get("trained_config") or state["config"])
 
 
@@ -220,6 +231,7 @@ def run_pipeline(req: PipelineRequest) -> Path:
     if init not in ("imagenet", "none") and not Path(init).is_file():
         raise ConfigError(f"init {init} does not exist; give imagenet, none, a weights file or a checkpoint "
                           "(--set init=...)")
+    check_has_objects(req.manifest, req.manifest_path)
     ensure_dir(req.workdir)
     req.device = distributed.setup(req.device)  # before any barrier: a resumed run may start with a dump
     state_path = req.workdir / "state.json"
@@ -233,7 +245,7 @@ def run_pipeline(req: PipelineRequest) -> Path:
             continue
         if req.on_step:
             req.on_step(step.name, "start")
-        _run_step(req, step, cfg)
+        _run_step(req, step, cfg, anchors=state.get("anchors"))
         state["done"].append(step.name)
         if distributed.is_main():
             atomic_write_json(state_path, state)

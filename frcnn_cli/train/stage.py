@@ -35,7 +35,14 @@ from . import distributed
 from .batching import device_batches, proposal_source
 from .loop import LoopHooks, LoopState, build_optimizer, run_loop
 from .schedule import StepPlan, plan_step
-from .stage_setup import best_path, make_validator, stage_anchors, stage_target_stats, training_images
+from .stage_setup import (
+    best_path,
+    check_has_objects,
+    make_validator,
+    stage_anchors,
+    stage_target_stats,
+    training_images,
+)
 from .step_control import StepControl
 from .steps import StageSpec, build_stage_model, freeze_for_stage, shared_convs_warning
 from .target_stats import TargetNormaliser, folded
@@ -70,6 +77,7 @@ class StageRequest:
     patience: int | None = None  # validations without a better figure before the lr drop / the stop
     best_out: Path | None = None  # where the best checkpoint goes (default best_path(out))
     decide_anchors: bool = True  # False: the caller (the pipeline) measured and fitted them already
+    anchors: dict | None = None  # then the record of that decision, for the provenance of a stage training an RPN
     on_plan: Callable[[StepPlan], None] | None = None  # the step's plan, before on_start (rank 0 only)
     on_note: Callable[[str], None] | None = None  # what the stage decided from the data (rank 0 only)
     on_validation: Callable[[dict], None] | None = None  # each validation's (and event's) metrics row
@@ -206,14 +214,17 @@ def _saver(req: StageRequest, optimizer, saving: _Saving, control: StepControl):
     return save
 
 
-def _best_saver(req: StageRequest, saving: _Saving):
+def _best_saver(req: StageRequest, saving: _Saving, summary: Callable[[], dict | None]):
+    """``on_best``: the best checkpoint, with the provenance of a finished one (``validation`` as of this
+    validation, from ``summary``) and its ``best`` record."""
     def on_best(done: int, row: dict) -> None:
         figure = {k: v for k, v in row.items() if k.startswith("val_") and k != "val_seconds"}
         record = {"iteration": done, "epoch": row["epoch"], **figure, "val": str(req.val_path),
                   "val_hash": manifest_hash(req.val_manifest)}
         saving.write(req.best_out or best_path(req.out), req.spec.label,
                      {"iteration": done, "total": saving.total, "best": True},
-                     {"iterations": done, "best": record})
+                     {"iterations": done, "planned_iterations": saving.total, "validation": summary(),
+                      "best": record})
 
     return on_best
 
@@ -225,6 +236,7 @@ def _check_request(req: StageRequest) -> None:
         raise ConfigError(f"--checkpoint-every must be 0 (off) or positive, got {req.checkpoint_every}")
     if not req.manifest.images:
         raise ConfigError(f"{req.manifest_path} holds no images; there is nothing to train on")
+    check_has_objects(req.manifest, req.manifest_path)
     best = (req.best_out or best_path(req.out)) if req.val_manifest is not None else None
     for path in (req.out, resume_path(req.out), req.metrics_path, best):
         if path is not None:  # before any training: a checkpoint that cannot be written is better known now
@@ -253,7 +265,8 @@ def _decide(req: StageRequest) -> tuple[Config, list[str], list[str], dict]:
     provenance record."""
     decision = stage_anchors(req.cfg, req.manifest, req.spec, req.init) if req.decide_anchors else None
     if decision is None:
-        return req.cfg, [], [], {}
+        trains_rpn = req.spec.run_rpn and "rpn" in req.spec.trainable
+        return req.cfg, [], [], {"anchors": req.anchors} if trains_rpn and req.anchors is not None else {}
     said = ([], [decision.message]) if decision.warn else ([decision.message], [])
     return decision.config, *said, {"anchors": decision.to_dict()}
 
@@ -270,9 +283,10 @@ def _control(req: StageRequest, plan: StepPlan, validator, model, saving: _Savin
         if req.on_validation is not None:
             req.on_validation(row)
 
-    return StepControl(plan, saving.model.cfg.solver, validator=validator, validating=req.val_manifest is not None,
-                       model=model, every=every, patience=req.patience, on_best=_best_saver(req, saving),
-                       on_row=on_row)
+    control = StepControl(plan, saving.model.cfg.solver, validator=validator,
+                          validating=req.val_manifest is not None, model=model, every=every, patience=req.patience,
+                          on_best=_best_saver(req, saving, lambda: control.summary()), on_row=on_row)
+    return control
 
 
 def run_stage(req: StageRequest) -> Path:

@@ -47,6 +47,18 @@ def stage_anchors(cfg: Config, manifest: Manifest, spec: StageSpec, init: Init) 
     return decide_anchors(cfg, manifest, may_fit=trains_fresh_rpn(spec, init))
 
 
+def check_has_objects(manifest: Manifest, manifest_path: Path) -> None:
+    """A training set must hold an object to learn from: a box that is not difficult (difficult boxes and crowd
+    regions are never targets). Checked at the start of every training command, before any work."""
+    if any(not hard for rec in manifest.images for hard in rec.difficult):
+        return
+    boxes = sum(len(rec.boxes) for rec in manifest.images)
+    what = "no box at all" if boxes == 0 else (f"only {boxes} difficult box(es) (objects marked difficult or crowd "
+                                                "regions, which are never training targets)")
+    raise DataError(f"{manifest_path} holds {len(manifest.images)} image(s) but {what}: nothing to learn; give a "
+                    "manifest with annotated objects (check the annotations frcnn prepare read)")
+
+
 def training_images(manifest: Manifest, spec: StageSpec, cfg: Config, manifest_path: Path) -> Manifest:
     """The images a stage trains on: every image, except that with ``solver.rpn_drop_empty`` the RPN steps
     and joint mode leave out those without a non-difficult object (py-faster-rcnn's ``filter_roidb``: they

@@ -1,0 +1,48 @@
+"""Class names and the small text files of names a user writes (class lists, split files).
+
+One rule for every source of class names (``--classes FILE``, the names found in VOC XML, a COCO file's
+categories): a name is not empty and is not the background class, which frcnn adds itself as label 0
+(``background`` / ``__background__`` in any case, as py-faster-rcnn names it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DataError
+
+BACKGROUND_NAMES = ("background", "__background__")
+
+
+def is_background(name: str) -> bool:
+    """Whether ``name`` names the background class (which frcnn adds itself)."""
+    return name.strip().lower() in BACKGROUND_NAMES
+
+
+BACKGROUND_ADVICE = "frcnn adds the background class itself (label 0), so a class of that name would be a second one"
+
+
+def read_lines(path: Path, what: str) -> list[str]:
+    """The non-blank lines of a small text file, stripped; unreadable or empty is a DataError."""
+    try:
+        # "utf-8-sig": a byte-order mark (Notepad's default) is not part of the first name; CRLF ends lines
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the {what} file {path} ({exc}); give a text file") from None
+    if not lines:
+        raise DataError(f"the {what} file {path} is empty; give one {what} name per line")
+    return lines
+
+
+def read_class_file(path: str | os.PathLike) -> list[str]:
+    """Class names, one per line (blank lines skipped); duplicates and a background entry are errors."""
+    names = read_lines(Path(path), "class")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"class file {path} lists {', '.join(dupes)} more than once; keep one line per class")
+    background = next((n for n in names if is_background(n)), None)
+    if background is not None:
+        raise DataError(f"class file {path} lists a background class {background!r}; {BACKGROUND_ADVICE}: leave "
+                        "it out")
+    return names
