@@ -49,7 +49,8 @@ def _inference(step: dict) -> list[str]:
               "the process's peak resident set (the CPU has no per-model figure)")
     lines.append(f"Network only (forward + detections; the batch already on the device), {step.get('model')} at "
                  f"{size[1]}×{size[0]}, cudnn.benchmark {step.get('cudnn_benchmark')}; peak memory: {memory}."
-                 + ("" if on_gpu else " On the CPU the bf16 rows run in float32: frcnn autocasts on CUDA only."))
+                 + ("" if on_gpu else " On the CPU the bf16 rows follow frcnn's policy: bf16 where the CPU "
+                    "computes it natively (AVX512-BF16, AMX), float32 elsewhere."))
     for batch, syncs in (step.get("host_syncs") or {}).items():
         if syncs:
             where = ", ".join(f"{k} ×{v}" for k, v in syncs.get("where", {}).items())
