@@ -34,8 +34,9 @@ from .config_io import Overrides, config_to_dict
 from .data.images import DetectionDataset, ImageBatch, ImageFilesDataset
 from .data.loading import inference_loader
 from .data.manifest import Manifest, manifest_hash
+from .data.proposal_segments import absorb_segments
 from .data.proposal_store import ProposalWriter
-from .devices import autocast, place_model
+from .devices import amp_enabled, autocast, place_model
 from .errors import FrcnnError
 from .locks import output_lock
 from .model.checkpoint import file_sha256
@@ -146,7 +147,9 @@ class Predictor:
     ``devices.place_model`` (Winograd convs on the CPU, channels-last); it changes modules, so the Predictor
     prepares its own deep copy of ``model`` unless ``owned`` (the caller hands the model over, e.g. one just
     loaded from a checkpoint). ``with_settings`` gives a Predictor of other settings on the same prepared
-    model. ``runtime`` defaults to the runtime defaults of the model's preset (``config.runtime_defaults``).
+    model. ``runtime`` defaults to the runtime defaults of the model's preset (``config.runtime_defaults``);
+    ``amp``: whether its forward runs under bf16 autocast (``devices.amp_enabled``: ``runtime.amp``, by default
+    on CUDA and on CPUs that compute bf16 natively).
 
     >>> predictor = Predictor.for_model(model, "cpu", score_thresh=0.3)  # a FasterRCNN  # doctest: +SKIP
     """
@@ -158,6 +161,7 @@ class Predictor:
         self.device = torch.device(device)
         self.settings = settings
         self.runtime = runtime if runtime is not None else runtime_defaults(model.cfg.name)
+        self.amp = amp_enabled(self.device, self.runtime.amp)
         model = model if owned else copy.deepcopy(model)
         model.eval().to(self.device)
         rank = settings.fc_svd_rank  # on the device: the factorisation is fast on a GPU
@@ -222,10 +226,10 @@ class Predictor:
 
     def forward(self, batch: ImageBatch, *, detections: bool = True,
                 image_keys: Sequence[int] | None = None) -> ForwardOutput:
-        """``FasterRCNN.forward`` of a batch on the device (bf16 autocast on CUDA with ``runtime.amp``), the RoI
-        head only when ``detections``; ``image_keys``: manifest indices (default ``batch.indices``: a wait)."""
+        """``FasterRCNN.forward`` of a batch on the device (bf16 autocast when ``self.amp``), the RoI head only
+        when ``detections``; ``image_keys``: manifest indices (default ``batch.indices``: a wait on a GPU)."""
         keys = batch.indices.tolist() if image_keys is None else list(image_keys)
-        with autocast(self.device, self.runtime.amp):
+        with autocast(self.device, self.amp):
             return self.model(batch.tensor, batch.image_sizes, batch.scales, run_roi_head=detections,
                               proposer=self.settings.proposer, image_keys=keys)
 
@@ -356,7 +360,8 @@ def dump_record(settings: InferenceSettings) -> Config:
                                     dump_post_nms_top_n=p.post_nms_top_n))
 
 
-def _dump_attributes(predictor: PredictorLike, checkpoint_path: Path) -> dict:
+def dump_attributes(predictor: PredictorLike, checkpoint_path: Path) -> dict:
+    """What a proposal file made by ``predictor`` from ``checkpoint_path`` records (proposal_store.SETTINGS)."""
     settings, cfg = predictor.settings, dump_record(predictor.settings)
     p = settings.proposals
     return {"checkpoint_hash": file_sha256(checkpoint_path), "checkpoint": str(checkpoint_path),
@@ -374,7 +379,7 @@ def dump_proposals(predictor: PredictorLike, manifest: Manifest, out: Path, *, c
     not yet written; the file is renamed to ``out`` only when complete. ``out`` is locked meanwhile
     (``locks.output_lock``): a second dump to it is a ``BusyError`` naming this process.
     """
-    attrs = _dump_attributes(predictor, checkpoint_path)
+    attrs = dump_attributes(predictor, checkpoint_path)
     with output_lock(out):  # a second dump to ``out`` is refused naming this process, not let into .partial
         check_writable(Path(f"{out}.partial"), option="--out")  # its name too must fit the file system
         _dump_into(predictor, manifest, out, attrs, batch_size, progress)
@@ -386,6 +391,7 @@ def _dump_into(predictor: PredictorLike, manifest: Manifest, out: Path, attrs: d
     open_writer = lambda: ProposalWriter(out, manifest=manifest, manifest_hash=manifest_hash(manifest),
                                          attrs=attrs)
     with open_writer() as writer:
+        absorb_segments(writer, out)  # what a sharded dump killed before assembling it left (proposal_segments)
         todo = [i for i in range(len(manifest.images)) if not writer.done(i)]
     # the loader's workers start (fork) while no HDF5 file is open: a worker that outlives a killed dump
     # must not hold the file's lock, or the rerun could not resume it

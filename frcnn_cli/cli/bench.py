@@ -62,7 +62,7 @@ def _show(result, backbone: str, random_weights: bool) -> None:
     console.table(title, columns, rows)
     notes = [f"peak memory {result.peak_memory_mb:.0f} MiB"
              + (" (process peak RSS)" if result.device == "cpu" else " (max allocated)")]
-    notes.append("bf16 autocast" if result.amp else "float32")
+    notes.append(_precision_note(result))
     if result.exported:
         runner = "ONNX Runtime" if result.exported == "onnx" else "TorchScript"
         notes.append(f"an exported {result.exported} graph on {runner}, timed as a whole: total only, including "
@@ -78,14 +78,31 @@ def _show(result, backbone: str, random_weights: bool) -> None:
                      "post-processing of a trained model has more boxes above the score threshold")
 
 
+def _precision_note(result) -> str:
+    """Which precision ran, and on the CPU why: natively computed bf16, or bf16 forced where it is emulated."""
+    from ..devices import cpu_bf16_kind
+
+    if result.device != "cpu" or result.exported:
+        return "bf16 autocast" if result.amp else "float32"
+    kind = cpu_bf16_kind()
+    if not result.amp:
+        return "float32" + (f" (--set runtime.amp=false; this CPU computes bf16 natively: {kind})" if kind else "")
+    note = (f"bf16 autocast (this CPU computes bf16 natively: {kind})" if kind else
+            "bf16 autocast (forced: this CPU emulates bf16, which is slower than float32)")
+    if result.float32_winograd_layers:
+        note += f", {len(result.float32_winograd_layers)} Winograd convs in float32"
+    return note
+
+
 @click.command("bench")
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A trained checkpoint, or a model file of frcnn export (ONNX, TorchScript).")
 @click.option("--config", default=None, metavar="PRESET|FILE",
               help=f"Random weights, speed only: {PRESET_HELP}")
-@model_run_options(set_help="Override a setting, e.g. --set roi_head.fc_svd_rank=1024 or runtime.cpu_winograd=false "
-                            "(repeatable; on --model only test-time and runtime keys).")
+@model_run_options(set_help="Override a setting, e.g. --set roi_head.fc_svd_rank=1024, runtime.cpu_winograd=false "
+                            "or runtime.amp=false (float32) (repeatable; on --model only test-time and runtime "
+                            "keys).")
 @click.option("--runs", type=positive_int, default=10, show_default=True, help="Timed runs (median).")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed runs first.")
 @click.option("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's).")

@@ -25,6 +25,8 @@ class FrcnnGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FrcnnError as exc:
+            if getattr(exc, "quiet", False):  # another rank of a sharded command reports it (sharding.py)
+                ctx.exit(0)  # status 0: torchrun then lets rank 0 print and leave with the error's status
             raise _ErrorMessage(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
             raise _ErrorMessage("interrupted; to continue, rerun the same command (train-rpn and train-detector "
