@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +161,18 @@ def test_detect_on_a_full_disk_keeps_no_cut_jpeg(tiny_checkpoint, tmp_path, full
     result = _run("detect", photo, "--model", tiny_checkpoint(), "--out", out, "--set", "runtime.num_workers=0",
                   "--device", "cpu")
     assert_clean_error(result, f"cannot write {out / 'photo.jpg'}: {os.strerror(errno.ENOSPC)}", "free some space")
+    assert _files(full_disk) == []
+
+
+def test_a_torchscript_export_onto_a_full_disk_is_no_space_left_not_an_abort(tiny_checkpoint, full_disk,
+                                                                             assert_clean_error):
+    """torch.jit.save given a path writes the archive's end in a C++ destructor: a full disk there aborted the
+    process (exit 134, C++ frames, the temporary and the lock file left behind). A subprocess: it was an abort."""
+    out = full_disk / "m.ts"
+    result = subprocess.run([sys.executable, "-m", "frcnn_cli", "export", "--model", str(tiny_checkpoint()),
+                             "--format", "torchscript", "--out", str(out)], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert_clean_error(result, f"cannot write {out}: {os.strerror(errno.ENOSPC)}", "free some space")
     assert _files(full_disk) == []
 
 
