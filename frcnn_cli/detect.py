@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .atomic import atomic_write_bytes, atomic_write_text
 from .callbacks import Progress
 from .data.images import load_image
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .inference import Predictor
 from .output_paths import fit_name
 
@@ -144,6 +144,16 @@ def output_paths(images: Sequence[str | os.PathLike], out_dir: str | os.PathLike
         used.add(str(candidate).casefold())
         out.append(Path(out_dir) / candidate)
     return out
+
+
+def check_outputs_apart(images: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> None:
+    """A ``DataError`` when the drawn copy of an image (``output_paths``) would replace one of the images
+    themselves: ``--out`` the images' own folder."""
+    originals = {Path(p).resolve() for p in images}
+    for image, target in zip(images, output_paths(images, out_dir)):
+        if target.resolve() in originals:
+            raise DataError(f"--out {out_dir} would replace the image {image} by its drawn copy {target}; give --out "
+                            "a folder of its own, not the images' folder")
 
 
 def class_colour(label: str, classes: Sequence[str] | None = None) -> tuple[int, int, int]:

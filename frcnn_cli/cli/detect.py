@@ -107,6 +107,8 @@ def detect(inputs, model_path, out, score_thresh, as_json, classes, batch_size, 
     hold_output(out, "--out", folder=True, discard_on_failure=True)
     check_checkpoint_overrides(set_, model_path)
     images = find_images(manifest_images(inputs), exclude=out)
+    if out is not None:
+        lib.check_outputs_apart(images, out)
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
     predictor = load_predictor(model_path, set_, resolve_device(device), require=("rpn", "roi_head"),
                                ablation=ablation)

@@ -188,7 +188,8 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, coco, out, r
     metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report, coco,
                           test_proposals, results_only, out)
     hold_output(out, "--out", folder=True, discard_on_failure=True)
-    hold_output(report, "--report")
+    hold_output(report, "--report", inputs={"--data": data, "--model": model_path, "--proposals": proposals_path,
+                                            "--test-proposals": test_proposals})
     check_checkpoint_overrides(set_, model_path)
     manifest = read_manifest(data)
     if not results_only:

@@ -61,7 +61,8 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
     from ..train.stage_setup import best_path
     from ..train.steps import stage_config, stage_spec
 
-    hold_output(out, "--out")
+    hold_output(out, "--out", inputs={"--data": data, "--init": init, "--proposals": proposals,
+                                      "--val": schedule["val"]})
     manifest = read_manifest(data)
     require_annotations(manifest, data, _NO_TRAINING)
     val = read_val(schedule["val"], manifest, data, iters=iters, **{k: v for k, v in schedule.items() if k != "val"})
@@ -167,7 +168,7 @@ def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thr
 
     if not _dumps_in_this_process(out):
         return
-    hold_output(out, "--out")
+    hold_output(out, "--out", inputs={"--data": data, "--model": model_path})
     check_checkpoint_overrides(set_, model_path)
     manifest = read_manifest(data)
     predictor = load_predictor(model_path, set_, resolve_device(device), require=("rpn",), mode="dump",

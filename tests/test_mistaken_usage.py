@@ -1,0 +1,109 @@
+"""Mistakes a user makes with the commands' files: an output that is one of the command's own inputs, and a
+file of the wrong kind given to an option. Each is refused before any work, by one ``Error:`` line that says
+what the file is and what to give instead, and the user's files are left as they were.
+
+(The second probe of issue 31: variants of its items on the other commands that share their code.)
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from coco_data import write_coco_set
+from conftest import TINY_CLI, write_proposal_store
+
+from frcnn_cli.cli.main import cli
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _no_work(monkeypatch, target: str) -> None:
+    def work(*_args, **_kwargs):
+        raise AssertionError(f"{target} ran: the output was not checked before the work")
+
+    monkeypatch.setattr(target, work)
+
+
+# --------------------------------------------------------------------------------------------------
+# an output that is one of the command's inputs: the atomic rename would replace the input
+
+
+def _own_input(name: str, tmp_path: Path, synth_set, tiny_checkpoint) -> tuple[list, Path, str, str]:
+    """``(arguments, the input also named as output, its option, the function doing the work)``."""
+    manifest = tmp_path / "m.json"
+    shutil.copy(synth_set[1], manifest)
+    if name == "prepare coco":
+        coco, images = write_coco_set(tmp_path / "coco")
+        return (["prepare", "coco", "--annotations", coco, "--images", images, "--out", coco], coco,
+                "--annotations", "frcnn_cli.data.coco.prepare_coco")
+    if name == "prepare merge":
+        return (["prepare", "merge", manifest, synth_set[0], "--out", manifest], manifest, "a manifest to merge",
+                "frcnn_cli.data.merge.merge_manifests")
+    if name == "dump-proposals":
+        return (["dump-proposals", "--model", tiny_checkpoint(), "--data", manifest, "--out", manifest], manifest,
+                "--data", "frcnn_cli.cli.train.load_predictor")
+    if name == "eval --report":
+        return (["eval", "--model", tiny_checkpoint(), "--data", manifest, "--report", manifest, *TINY_CLI[-2:]],
+                manifest, "--data", "frcnn_cli.cli.evaluate.load_predictor")
+    if name == "train-rpn --init":
+        init = tiny_checkpoint("rpn.pt", parts=("backbone", "rpn"), stage="rpn")
+        return (["train-rpn", "--data", synth_set[0], "--init", init, "--out", init, "--iters", "1", *TINY_CLI],
+                init, "--init", "frcnn_cli.train.stage.run_stage")
+    if name == "train-detector --proposals":
+        props = write_proposal_store(tmp_path / "p.h5", synth_set[0], np.zeros((1, 4), np.float32),
+                                     np.ones(1, np.float32))
+        return (["train-detector", "--data", synth_set[0], "--proposals", props, "--out", props, "--init", "none",
+                 "--iters", "1", *TINY_CLI], props, "--proposals", "frcnn_cli.train.stage.run_stage")
+    assert name == "export --format torchscript"
+    model = tiny_checkpoint()  # .pt is not refused by --format torchscript's suffix check (TorchScript uses it too)
+    return (["export", "--model", model, "--format", "torchscript", "--out", model], model, "--model",
+            "frcnn_cli.model.checkpoint.load_model")
+
+
+OWN_INPUTS = ["prepare coco", "prepare merge", "dump-proposals", "eval --report", "train-rpn --init",
+              "train-detector --proposals", "export --format torchscript"]
+
+
+@pytest.mark.parametrize("name", OWN_INPUTS)
+def test_an_output_that_is_one_of_the_commands_inputs_is_refused_before_any_work(name, tmp_path, synth_set,
+                                                                                   tiny_checkpoint, monkeypatch,
+                                                                                   assert_clean_error):
+    """`prepare coco --out` the COCO file replaced it by the manifest, `dump-proposals --out` the manifest by an
+    HDF5 file, `eval --report` the manifest by an HTML page; each exited 0."""
+    args, own, option, work = _own_input(name, tmp_path, synth_set, tiny_checkpoint)
+    before = own.read_bytes()
+    _no_work(monkeypatch, work)
+    assert_clean_error(_run(*args), f"cannot write {own}: it is also an input of this command ({option})",
+                       "choose another")
+    assert own.read_bytes() == before
+
+
+def test_an_output_reached_by_a_symbolic_link_to_the_input_is_refused_too(tmp_path, synth_set, tiny_checkpoint,
+                                                                          assert_clean_error):
+    manifest = tmp_path / "m.json"
+    shutil.copy(synth_set[1], manifest)
+    (tmp_path / "link.json").symlink_to(manifest)
+    result = _run("dump-proposals", "--model", tiny_checkpoint(), "--data", manifest, "--out", tmp_path / "link.json")
+    assert_clean_error(result, "it is also an input of this command (--data)")
+    assert manifest.read_bytes() == Path(synth_set[1]).read_bytes()
+
+
+def test_detect_out_the_images_own_folder_is_refused_and_no_photo_is_drawn_over(tmp_path, synth_set,
+                                                                                 tiny_checkpoint, monkeypatch,
+                                                                                 assert_clean_error):
+    """`frcnn detect photos --out photos` wrote each drawn copy over its photo (exit 0): the originals were gone."""
+    photos = tmp_path / "photos"
+    shutil.copytree(Path(synth_set[1]).parent / "JPEGImages", photos)
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    _no_work(monkeypatch, "frcnn_cli.cli.detect.load_predictor")
+    assert_clean_error(_run("detect", photos, "--model", tiny_checkpoint(), "--out", photos),
+                       f"--out {photos} would replace the image", "a folder of its own")
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
