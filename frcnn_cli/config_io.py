@@ -28,6 +28,7 @@ from .config import (
     runtime_defaults,
 )
 from .errors import ConfigError
+from .file_kinds import other_kind
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -153,6 +154,10 @@ def load_config_file(path: str | Path) -> tuple[Config, RuntimeConfig]:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; give a preset name or a .toml path") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        kind = other_kind(path)
+        if kind is not None:
+            raise ConfigError(f"config file {path} is {kind}, not a TOML config; give --config a preset name or a "
+                              ".toml file") from None
         raise ConfigError(f"config file {path} is not valid TOML ({exc}); fix the file") from None
     preset = data.pop("preset", None)
     base = get_preset(preset) if preset else get_preset(data.get("backbone", "vgg16"))

@@ -19,6 +19,7 @@ from conftest import TINY_CLI, write_proposal_store
 from frcnn_cli.cli.main import cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+CHECKPOINT_CLI = ["--set", "runtime.num_workers=0", "--device", "cpu"]
 
 
 def _run(*args):
@@ -107,3 +108,53 @@ def test_detect_out_the_images_own_folder_is_refused_and_no_photo_is_drawn_over(
     assert_clean_error(_run("detect", photos, "--model", tiny_checkpoint(), "--out", photos),
                        f"--out {photos} would replace the image", "a folder of its own")
     assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+
+
+# --------------------------------------------------------------------------------------------------
+# a file of the wrong kind: named for what it is, not called damaged with advice to make it again
+
+
+def _files_of_each_kind(tmp_path: Path, synth_set, tiny_checkpoint) -> dict[str, Path]:
+    coco, _ = write_coco_set(tmp_path / "coco")
+    props = write_proposal_store(tmp_path / "p.h5", synth_set[1], np.zeros((1, 4), np.float32), np.ones(1, np.float32))
+    return {"manifest": Path(synth_set[1]), "checkpoint": tiny_checkpoint(), "coco": coco, "hdf5": props}
+
+
+WRONG_KINDS = [  # (arguments with {kind} placeholders, the kind given, what the message calls it)
+    (["detect", "{image}", "--model", "{manifest}"], "manifest", "is a frcnn manifest"),
+    (["eval", "--model", "{hdf5}", "--data", "{manifest}"], "hdf5", "is an HDF5 file"),
+    (["eval", "--model", "{checkpoint}", "--data", "{hdf5}"], "hdf5", "not a frcnn manifest"),
+    (["train-rpn", "--data", "{checkpoint}", "--out", "{tmp}/r.pt"], "checkpoint", "is a PyTorch checkpoint"),
+    (["train-rpn", "--data", "{coco}", "--out", "{tmp}/r.pt"], "coco", "frcnn prepare coco --annotations"),
+    (["train-rpn", "--data", "{manifest}", "--init", "{manifest}", "--out", "{tmp}/r.pt"], "manifest",
+     "is a frcnn manifest"),
+    (["train-rpn", "--data", "{manifest}", "--config", "{checkpoint}", "--out", "{tmp}/r.pt"], "checkpoint",
+     "not a TOML config"),
+    (["train-detector", "--data", "{manifest}", "--proposals", "{manifest}", "--out", "{tmp}/d.pt"], "manifest",
+     "not a proposal file"),
+    (["eval", "--proposals", "{checkpoint}", "--data", "{manifest}"], "checkpoint", "not a proposal file"),
+    (["prepare", "proposals", "--from", "{hdf5}", "--data", "{manifest}", "--out", "{tmp}/p2.h5"], "hdf5",
+     "a proposal file of frcnn is used as it is"),
+    (["convert", "caffe", "{checkpoint}", "--out", "{tmp}/w.pt"], "checkpoint", "not a Caffe model"),
+    (["prepare", "folder", "--images", "{tmp}", "--annotations", "{tmp}", "--classes", "{checkpoint}", "--out",
+      "{tmp}/m.json"], "checkpoint", "not a text file"),
+    (["prepare", "folder", "--images", "{voc}/JPEGImages", "--annotations", "{voc}/Annotations", "--split-file",
+      "{manifest}", "--out", "{tmp}/m.json"], "manifest", "not a text file"),
+]
+
+
+@pytest.mark.parametrize(("args", "kind", "needle"), WRONG_KINDS, ids=lambda v: " ".join(v[:2]) if isinstance(v, list)
+                         else None)
+def test_a_file_of_the_wrong_kind_is_named_for_what_it_is(args, kind, needle, tmp_path, synth_set, tiny_checkpoint,
+                                                         assert_clean_error):
+    """A manifest as --model was "not a readable torch file … damaged", a proposal file as --data "run `frcnn
+    prepare` again", a COCO file as --data "use frcnn prepare" (without which), a checkpoint as --config "not
+    valid TOML … fix the file": advice that fits a damaged file, not the wrong one."""
+    files = _files_of_each_kind(tmp_path, synth_set, tiny_checkpoint)
+    image = Path(synth_set[1]).parent / "JPEGImages" / "000000.jpg"
+    args = [a.format(tmp=tmp_path, image=image, voc=image.parent.parent, **files) for a in args]
+    extra = {"train-rpn": TINY_CLI, "train-detector": TINY_CLI, "detect": CHECKPOINT_CLI,
+             "eval": CHECKPOINT_CLI if "--model" in args else []}
+    extra = [a for a in extra.get(args[0], []) if "--config" not in args or a not in ("--config", "tiny")]
+    message = assert_clean_error(_run(*args, *extra), str(files[kind]), needle)
+    assert "damaged" not in message and "again" not in message, message

@@ -43,6 +43,7 @@ from typing import Any
 
 from ..atomic import atomic_path
 from ..errors import DataError
+from ..file_kinds import other_kind
 
 FORMAT = "frcnn-manifest"
 VERSION = 1
@@ -176,14 +177,21 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     except FileNotFoundError:
         raise DataError(f"manifest {path} does not exist; create it with `frcnn prepare`") from None
     except (OSError, UnicodeDecodeError) as exc:
+        _refuse_other_kind(path)
         raise DataError(f"cannot read manifest {path}: {exc}; run `frcnn prepare` again") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
+        _refuse_other_kind(path)
         raise DataError(
             f"manifest {path} is not valid JSON (line {exc.lineno}: {exc.msg}); the file is corrupt or "
             "truncated: run `frcnn prepare` again"
         ) from None
+    except RecursionError:  # brackets nested thousands deep: no manifest, and json's own limit
+        raise DataError(f"manifest {path} nests its JSON too deeply to be a manifest; run `frcnn prepare` "
+                        "again") from None
+    if not (isinstance(data, dict) and data.get("format") == FORMAT):
+        _refuse_other_kind(path)
     _validate(data, str(path))
     root = data["root"]
     if not os.path.isabs(root):
@@ -193,6 +201,14 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     return Manifest(name=data["name"], classes=list(data["classes"]), root=root, images=images,
                     category_ids=None if category_ids is None else list(category_ids),
                     annotated=data.get("annotated", True), parts=data.get("parts"))
+
+
+def _refuse_other_kind(path: Path) -> None:
+    """A ``DataError`` naming what ``path`` is when it is a file of another kind (a proposal file, a checkpoint, a
+    COCO file) rather than a manifest, which a damaged manifest's message would send back to `frcnn prepare`."""
+    kind = other_kind(path, "manifest", "json")
+    if kind is not None:
+        raise DataError(f"{path} is {kind}, not a frcnn manifest; give the .json file written by `frcnn prepare`")
 
 
 def require_annotations(manifest: Manifest, path: str | os.PathLike, use: str) -> None:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ..errors import DataError
+from ..file_kinds import other_kind
 
 BACKGROUND_NAMES = ("background", "__background__")
 
@@ -24,7 +25,11 @@ BACKGROUND_ADVICE = "frcnn adds the background class itself (label 0), so a clas
 
 
 def read_lines(path: Path, what: str) -> list[str]:
-    """The non-blank lines of a small text file, stripped; unreadable or empty is a DataError."""
+    """The non-blank lines of a small text file, stripped; unreadable, empty or a file of another kind (a manifest,
+    a checkpoint) is a DataError."""
+    kind = other_kind(path, "json")  # a list of names may start with "[" or "{"; a manifest or a COCO file does not
+    if kind is not None:
+        raise DataError(f"the {what} file {path} is {kind}, not a text file; give one {what} name per line")
     try:
         # "utf-8-sig": a byte-order mark (Notepad's default) is not part of the first name; CRLF ends lines
         lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..file_kinds import sniff
 from .mat_file import read_mat
 
 MAX_BOXES = 100_000  # per image, as the proposal store
@@ -98,6 +99,10 @@ def read_proposal_file(path: str | os.PathLike) -> ProposalFile:
         return _read_json(path)
     if suffix in (".csv", ".txt"):
         return _read_csv(path)
+    if sniff(path) == "hdf5":
+        raise DataError(f"proposal file {path} is an HDF5 file: a proposal file of frcnn is used as it is (train-"
+                        "detector --proposals, eval --proposals or --test-proposals); give --from the .mat, .json "
+                        "or .csv file of proposals made elsewhere")
     raise DataError(f"proposal file {path}: unknown kind {suffix or '(no suffix)'!r}; give a .mat, .json or .csv "
                     "file (docs/formats.md, 'External proposals')")
 

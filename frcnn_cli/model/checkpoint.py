@@ -28,6 +28,7 @@ from torch import Tensor
 from ..atomic import atomic_path
 from ..config_io import config_from_dict, config_to_dict
 from ..errors import CheckpointError, ConfigError, FrcnnError
+from ..file_kinds import other_kind
 from .detector import FasterRCNN
 
 FORMAT = "frcnn-checkpoint"
@@ -119,6 +120,10 @@ def torch_load_safely(path: Path, what: str, map_location: Any = "cpu") -> Any:
             raise CheckpointError(f"{what} {path} holds Python objects besides tensors{found} and was "
                                   f"refused unread for safety; use a file of plain tensors written by "
                                   f"torch.save (frcnn writes only such files)") from None
+        kind = other_kind(path, "checkpoint")
+        if kind is not None:
+            raise CheckpointError(f"{what} {path} is {kind}, not a torch file; give a checkpoint written by frcnn "
+                                  "(or a weights file of torch.save)") from None
         raise CheckpointError(f"{what} {path} is not a readable torch file ({type(exc).__name__}); the file "
                               f"is damaged or not a .pt/.pth file: give a file written by frcnn (or "
                               f"torch.save)") from None
