@@ -154,7 +154,7 @@ def load_config_file(path: str | Path) -> tuple[Config, RuntimeConfig]:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; give a preset name or a .toml path") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        kind = other_kind(path)
+        kind = other_kind(path, "json")  # a TOML table opens with "[" too
         if kind is not None:
             raise ConfigError(f"config file {path} is {kind}, not a TOML config; give --config a preset name or a "
                               ".toml file") from None

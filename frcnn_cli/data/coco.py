@@ -145,6 +145,9 @@ def _read_coco_json(path: Path, columns: _Columns) -> dict:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
                         "give a COCO annotation file, or fix or download it again") from None
+    except RecursionError:  # arrays nested thousands deep: Python's json gives up (no COCO file nests past 5)
+        raise DataError(f"{path} nests its JSON too deeply to be a COCO annotation file; give the instances JSON "
+                        "with \"images\", \"annotations\" and \"categories\"") from None
     if isinstance(data, list):
         raise DataError(f"{path} is a JSON list, not a COCO annotation file (a detection results file?); "
                         "give the instances JSON with \"images\", \"annotations\" and \"categories\"")

@@ -142,6 +142,9 @@ def _read_json(path: Path) -> ProposalFile:
         raise DataError(f"cannot read {path} ({exc}); check the file") from None
     except ValueError as exc:
         raise DataError(f"{path} is not valid JSON ({exc}); fix the file") from None
+    except RecursionError:  # arrays nested thousands deep: Python's json gives up
+        raise DataError(f"{path} nests its JSON too deeply to hold proposals (boxes are lists of 4 or 5 numbers); "
+                        "fix the file") from None
     entries = data.items() if isinstance(data, dict) else None
     if isinstance(data, list):
         if not all(isinstance(e, dict) and isinstance(e.get("id"), str) for e in data):

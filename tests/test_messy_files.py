@@ -1,0 +1,54 @@
+"""Input files a new user's tools write, read by every reader that shares their format: JSON nested past
+Python's limit, Windows separators, a state file edited by hand. Each is read, or refused by one ``Error:``
+line naming the file; never a traceback.
+
+(The second probe of issue 31: variants of its items on the other readers that share their code.)
+"""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from frcnn_cli.cli.main import cli
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # json.loads: RecursionError, not a JSONDecodeError
+
+
+@pytest.mark.parametrize("reader", ["manifest", "coco", "proposals"])
+def test_json_nested_past_pythons_limit_is_a_clean_error(reader, tmp_path, synth_set, assert_clean_error):
+    """A RecursionError traceback from `prepare coco` (and the other JSON readers) on a file of nested arrays."""
+    deep = tmp_path / "deep.json"
+    deep.write_text(DEEP, encoding="utf-8")
+    args = {"manifest": ["prepare", "merge", deep, synth_set[1], "--out", tmp_path / "m.json"],
+            "coco": ["prepare", "coco", "--annotations", deep, "--images", tmp_path, "--out", tmp_path / "m.json"],
+            "proposals": ["prepare", "proposals", "--from", deep, "--data", synth_set[1], "--out",
+                          tmp_path / "p.h5"]}[reader]
+    assert_clean_error(_run(*args), str(deep), "nests its JSON too deeply")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.json"]
+
+
+@pytest.mark.parametrize(("state", "needle"), [
+    ('{"format": "frcnn-run", "version": "1"}', '"version" is missing or not a version number'),
+    ('{"format": "frcnn-run", "version": 1, "done": ["rpn1"]}', '"manifest_hash" is missing'),
+    ('{"format": "frcnn-run", "version": 1, "manifest_hash": "x", "config": {}, "done": "rpn1"}',
+     '"done" is missing or not a list'),
+    ('{"format": "frcnn-run", "version": 1, "manifest_hash": "x", "config": {}, "done": ["rpn3"]}',
+     '"done" names a step other than'),
+])
+def test_a_run_state_edited_by_hand_is_a_clean_error(state, needle, tmp_path, synth_set, train_options,
+                                                      monkeypatch, assert_clean_error):
+    """A string version was `TypeError: '>' not supported`, a state without its hash `KeyError: 'manifest_hash'`:
+    tracebacks, for a file users edit to redo a step."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "state.json").write_text(state, encoding="utf-8")
+    monkeypatch.setattr("frcnn_cli.train.pipeline._run_step", lambda *a, **k: pytest.fail("a step ran"))
+    result = _run("train", "--data", synth_set[0], "--workdir", run, *train_options(), "--iters", "1")
+    assert_clean_error(result, f"{run / 'state.json'}: {needle}", "delete it to start the run afresh")
+    assert (run / "state.json").read_text(encoding="utf-8") == state
