@@ -140,7 +140,7 @@ def _temp_prefix(path: Path) -> str:
     return f".{short_stem(path.name, TEMP_RESERVE, path.parent)}.pid{os.getpid()}-{_host_id()}."
 
 
-def _cannot_write(path: Path, exc: OSError, option: str | None = None) -> FrcnnError:
+def cannot_write(path: Path, exc: OSError, option: str | None = None) -> FrcnnError:
     """The one message of an output that cannot be written at all (permissions, read-only, not a folder)."""
     where = f" ({option})" if option else ""
     if is_name_too_long(exc):
@@ -163,14 +163,14 @@ def _make_temp(path: Path, *, folder: bool = False) -> Path:
             return Path(tmp)
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=parent)
     except OSError as exc:
-        raise _cannot_write(path, exc) from exc
+        raise cannot_write(path, exc) from exc
     try:
         os.fchmod(fd, file_mode())  # mkstemp's 0o600 would survive the rename
     except OSError as exc:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise _cannot_write(path, exc) from exc
+        raise cannot_write(path, exc) from exc
     os.close(fd)
     return Path(tmp)
 
@@ -206,7 +206,7 @@ def check_writable(path: str | os.PathLike, *, option: str = "--out", folder: bo
         if folder and exc.errno != errno.ENOSPC and not is_name_too_long(exc):  # as ``ensure_dir`` says it
             raise FrcnnError(f"cannot create {path}: {exc.strerror or exc}; choose a {option} you can write to"
                              ) from None
-        raise _cannot_write(path, exc, option) from None
+        raise cannot_write(path, exc, option) from None
     return path
 
 

@@ -176,6 +176,18 @@ def test_a_torchscript_export_onto_a_full_disk_is_no_space_left_not_an_abort(tin
     assert _files(full_disk) == []
 
 
+def test_a_disk_already_full_is_no_space_left_with_advice_to_free_some(synth_set, full_disk, assert_clean_error):
+    """The lock's owner record is the first byte written: on a disk already full it failed with "No space left on
+    device; choose an output folder you can write to", advice for a read-only folder."""
+    with open(full_disk / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
+        while True:
+            f.write(bytes(4096))
+    out = full_disk / "m.json"
+    result = _run("prepare", "merge", *synth_set, "--out", out)
+    assert_clean_error(result, f"cannot write {out}: {os.strerror(errno.ENOSPC)}", "free some space")
+    assert _files(full_disk) == ["filler"]
+
+
 def test_atomic_write_bytes_notices_a_short_write(tmp_path, monkeypatch):
     """A writer that reports success but wrote less: the size is checked before the rename."""
     from frcnn_cli import atomic
