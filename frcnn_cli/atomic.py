@@ -274,6 +274,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         full = isinstance(exc, Exception) and not isinstance(exc, (OSError, FrcnnError)) and _disk_is_full(path.parent)
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and is_name_too_long(exc):  # a name the file system does not allow
+            raise cannot_write(path, exc) from exc
         if isinstance(exc, OSError):
             raise FrcnnError(
                 f"cannot write {path}: {exc.strerror or exc}; free some space or choose another output"

@@ -223,3 +223,13 @@ def test_an_output_file_that_is_a_link_is_written_through_and_stays_a_link(tmp_p
     assert result.exit_code == 0, result.output
     assert link.is_symlink() and json.loads(real.read_text())["format"] == "frcnn-manifest"
     assert sorted(p.name for p in real.parent.iterdir()) == ["m.json"]  # no temporary, no lock left
+
+
+def test_an_atomic_write_under_a_name_too_long_says_to_shorten_it_not_to_free_space(tmp_path):
+    """Every writer's names (a result file named by a class, a drawn photo) reach the file system here: "File name
+    too long; free some space or choose another output" was advice for a full disk."""
+    from frcnn_cli.errors import FrcnnError
+
+    with pytest.raises(FrcnnError, match=r"File name too long; give the output a shorter name"):
+        atomic_write_text(tmp_path / ("x" * (NAME_MAX + 1)), "a")
+    assert list(tmp_path.iterdir()) == []
