@@ -7,6 +7,8 @@ line naming the file; never a traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -52,3 +54,48 @@ def test_a_run_state_edited_by_hand_is_a_clean_error(state, needle, tmp_path, sy
     result = _run("train", "--data", synth_set[0], "--workdir", run, *train_options(), "--iters", "1")
     assert_clean_error(result, f"{run / 'state.json'}: {needle}", "delete it to start the run afresh")
     assert (run / "state.json").read_text(encoding="utf-8") == state
+
+
+@pytest.fixture()
+def alarm():
+    """A test that would wait for ever fails after 30 s instead."""
+    import signal
+
+    def expired(*_args):
+        raise TimeoutError("waited for ever")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_fifo_named_like_a_photo_is_an_unreadable_image_not_a_hang(tmp_path, synth_set, tiny_checkpoint, alarm):
+    """`detect photos/` with a FIFO `x.jpg` among the photos waited for ever for a writer; given by name, it was
+    "x.jpg does not exist"."""
+    import os
+    import shutil
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(Path(synth_set[1]).parent / "JPEGImages" / "000000.jpg", photos / "a.jpg")
+    os.mkfifo(photos / "x.jpg")
+    result = _run("detect", photos, "--model", tiny_checkpoint(), "--out", tmp_path / "drawn", "--set",
+                  "runtime.num_workers=0", "--device", "cpu")
+    assert result.exit_code == 1, result.output
+    assert f"image {photos / 'x.jpg'} is a named pipe (FIFO), not an image file" in result.output
+    assert (tmp_path / "drawn" / "a.jpg").is_file()
+    result = _run("detect", photos / "x.jpg", "--model", tiny_checkpoint(), "--set", "runtime.num_workers=0")
+    assert "does not exist" not in result.output and "is a named pipe (FIFO)" in result.output
+
+
+def test_a_bad_csv_row_is_named_by_its_line_in_the_file(tmp_path):
+    """Blank lines were not counted: the bad row on line 5 was called "row 3"."""
+    from frcnn_cli.data.proposal_files import read_proposal_file
+    from frcnn_cli.errors import DataError
+
+    path = tmp_path / "p.csv"
+    path.write_text("image_id,x1,y1,x2,y2\n\n000000,1,1,5,5\n\n000001,1,1,5\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"p\.csv, line 5: expected"):
+        read_proposal_file(path)

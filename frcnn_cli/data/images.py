@@ -46,6 +46,7 @@ from torch.utils.data import Dataset
 from ..boxes import flip_boxes
 from ..config import Config, InputConfig
 from ..errors import DataError
+from ..output_paths import special_kind
 from .decode import open_image
 from .manifest import ImageRecord, Manifest
 from .resize import resize_image
@@ -88,7 +89,7 @@ def find_images(paths: Sequence[str | os.PathLike], *, exclude: str | os.PathLik
             if not found:
                 raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}); give image "
                                 "files or a folder that contains some")
-        elif path.is_file():
+        elif path.is_file() or special_kind(path) is not None:  # a pipe: load_image says what it is
             found = [path]
         else:
             raise DataError(f"{path} does not exist; give image files or folders of images")

@@ -175,19 +175,18 @@ def _number(text: str) -> float | None:
 def _read_csv(path: Path) -> ProposalFile:
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = [row for row in csv.reader(f, skipinitialspace=True) if row and any(c.strip() for c in row)]
+            reader = csv.reader(f, skipinitialspace=True)  # (line, row): blank lines skipped, yet counted
+            lines = [(reader.line_num, row) for row in reader if row and any(c.strip() for c in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read {path} ({exc}); check the file") from None
-    if rows and _number(rows[0][1] if len(rows[0]) > 1 else "") is None:
-        rows, first_line = rows[1:], 2  # a header row
-    else:
-        first_line = 1
-    width = len(rows[0]) if rows else 5
+    if lines and _number(lines[0][1][1] if len(lines[0][1]) > 1 else "") is None:
+        lines = lines[1:]  # a header row
+    width = len(lines[0][1]) if lines else 5
     grouped: dict[str, list[list[float]]] = {}
-    for n, row in enumerate(rows, start=first_line):
+    for n, row in lines:
         values = [_number(c) for c in row[1:]]
         if len(row) != width or width not in (5, 6) or None in values:
-            raise DataError(f"{path}, row {n}: expected 'image_id,a,b,c,d' or 'image_id,a,b,c,d,score' (the same "
+            raise DataError(f"{path}, line {n}: expected 'image_id,a,b,c,d' or 'image_id,a,b,c,d,score' (the same "
                             f"columns on every row), got {','.join(row)!r}; fix the file")
         grouped.setdefault(row[0].strip(), []).append(values)
     out = ProposalFile("csv")
