@@ -189,7 +189,8 @@ def check_writable(path: str | os.PathLike, *, option: str = "--out", folder: bo
     if path.is_dir() and not folder:
         raise FrcnnError(f"cannot write {path}: it is a folder; give {option} a file name")
     if path.exists() and folder and not path.is_dir():
-        raise FrcnnError(f"cannot write into {path}: it is a file, not a folder; give {option} a folder")
+        raise FrcnnError(f"cannot write into {path}: it is {special_kind(path) or 'a file'}, not a folder; give "
+                         f"{option} a folder")
     kind = None if folder else special_kind(path)
     if kind is not None:
         raise not_regular(path, kind, option)

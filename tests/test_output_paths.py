@@ -166,6 +166,18 @@ def test_an_output_that_is_a_fifo_is_refused_before_any_work_and_stays_a_fifo(co
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
+@pytest.mark.parametrize("command", ["detect --out", "train --workdir", "prepare synth --out"])
+def test_a_fifo_given_for_an_output_folder_is_named_a_fifo_not_a_file(command, tmp_path, synth_set, tiny_checkpoint,
+                                                                      assert_clean_error):
+    fifo = _fifo(tmp_path / "pipe")
+    args = {"detect --out": ["detect", synth_set[1], "--model", tiny_checkpoint(), "--out", fifo],
+            "train --workdir": ["train", "--data", synth_set[0], "--workdir", fifo, "--config", "tiny"],
+            "prepare synth --out": ["prepare", "synth", "--out", fifo]}[command]
+    assert_clean_error(_run(*args), f"cannot write into {fifo}: it is a named pipe (FIFO), not a folder",
+                       f"give {command.split()[-1]} a folder")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a character device needs root")
 def test_a_device_like_dev_null_is_never_replaced(tmp_path, assert_clean_error):
     null = tmp_path / "mynull"
