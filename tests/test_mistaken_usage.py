@@ -158,3 +158,39 @@ def test_a_file_of_the_wrong_kind_is_named_for_what_it_is(args, kind, needle, tm
     extra = [a for a in extra.get(args[0], []) if "--config" not in args or a not in ("--config", "tiny")]
     message = assert_clean_error(_run(*args, *extra), str(files[kind]), needle)
     assert "damaged" not in message and "again" not in message, message
+
+
+# --------------------------------------------------------------------------------------------------
+# nothing to score against: as training and --val refuse it (issue 31, defect 10), so does eval
+
+
+def _without_objects(manifest: Path, out: Path, *, difficult: bool) -> Path:
+    import json
+
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    for rec in data["images"]:
+        if difficult:
+            rec["difficult"] = [True] * len(rec["boxes"])
+        else:
+            rec.update(boxes=[], labels=[], difficult=[], truncated=[])
+    out.write_text(json.dumps(data), encoding="utf-8")
+    return out
+
+
+@pytest.mark.parametrize("what", ["--model", "--proposals", "--model --coco --report", "difficult only"])
+def test_eval_on_a_manifest_without_objects_is_refused_before_any_work(what, tmp_path, synth_set, tiny_checkpoint,
+                                                                       monkeypatch, assert_clean_error):
+    """Exit 0 with every AP, recall and the mAP "n/a" (null in --json), while `train --val` of the same manifest
+    says "holds no object to score"."""
+    empty = _without_objects(Path(synth_set[1]), tmp_path / "empty.json", difficult=what == "difficult only")
+    if what == "--proposals":
+        props = write_proposal_store(tmp_path / "p.h5", empty, np.zeros((1, 4), np.float32), np.ones(1, np.float32))
+        args = ["--proposals", props]
+    else:
+        args = ["--model", tiny_checkpoint(), *CHECKPOINT_CLI]
+        args += ["--coco", "--report", tmp_path / "r.html"] if "--coco" in what else []
+    monkeypatch.setattr("frcnn_cli.cli.evaluate.load_predictor", lambda *a, **k: pytest.fail("a model ran"))
+    result = _run("eval", "--data", empty, *args, "--json")
+    needle = "but no box at all" if what != "difficult only" else "but only 6 difficult box(es)"
+    assert_clean_error(result, f"manifest {empty} holds 4 image(s) {needle}", "evaluate on a manifest with annotated")
+    assert not (tmp_path / "r.html").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from ..data.manifest import Manifest, read_manifest, require_annotations
+from ..data.manifest import Manifest, read_manifest, require_annotations, require_objects
 from ..devices import resolve_device
 from ..errors import ConfigError, DataError
 from ..evaluate.voc import IOU_THRESH, METRICS
@@ -195,6 +195,9 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, coco, out, r
     if not results_only:
         require_annotations(manifest, data, "AP and recall need them: write the evaluation server's files with "
                                             "frcnn eval --model CKPT --results-only --out DIR")
+        require_objects(manifest, data, "AP and recall are scored against objects, so every number would be n/a; "
+                                        "evaluate on a manifest with annotated objects (the detections alone: frcnn "
+                                        "detect M.json --out DIR, or eval --results-only --out DIR)")
     if model_path is not None:
         summary = _eval_model(model_path, data, manifest, metric=metric, coco=coco, out=out, report=report,
                               batch_size=batch_size, device=device, ablation=ablation, set_=set_,

@@ -219,6 +219,17 @@ def require_annotations(manifest: Manifest, path: str | os.PathLike, use: str) -
                         f"manifest, e.g. VOC2012 test); {use}")
 
 
+def require_objects(manifest: Manifest, path: str | os.PathLike, use: str) -> None:
+    """A ``DataError`` for a manifest without an object that counts (a box that is not difficult: difficult boxes
+    and crowd regions are neither targets nor scored) given to a command that needs one; ``use`` says why and what
+    to do instead."""
+    if any(not hard for rec in manifest.images for hard in rec.difficult):
+        return
+    boxes = sum(len(rec.boxes) for rec in manifest.images)
+    what = "no box at all" if boxes == 0 else f"only {boxes} difficult box(es) (difficult objects, crowd regions)"
+    raise DataError(f"manifest {path} holds {len(manifest.images)} image(s) but {what}: {use}")
+
+
 def _flags(values: list | None) -> list[bool] | None:
     return None if values is None else [bool(v) for v in values]
 
