@@ -6,10 +6,15 @@ damaged and advise making it again.
 ``expected`` (a reader's own kind is never reported: a damaged file of it keeps the reader's own message); None
 for a file of an expected or of no recognisable kind. Only the first 4 KiB are read (a zip archive's entry names
 from its end), so a 100 MB file costs nothing; nothing here imports torch or h5py.
+
+``read_text`` is how every reader of a user's text (manifests, COCO and proposal JSON, CSV, class and split lists,
+TOML configs) decodes it: UTF-8, with a byte-order mark honoured, so that a file Notepad saved (UTF-8 with a mark)
+or Windows PowerShell 5 wrote with ``>`` (UTF-16 with a mark) reads as what it says.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import zipfile
@@ -79,3 +84,22 @@ def other_kind(path: str | os.PathLike, *expected: str) -> str | None:
     """How to name the kind of ``path`` in a message, when it is a recognisable kind none of ``expected``."""
     kind = sniff(path)
     return KINDS[kind] if kind is not None and kind not in expected else None
+
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"))  # UTF-32's marks first: UTF-32-LE's starts with UTF-16-LE's
+
+
+def decode_text(raw: bytes) -> str:
+    """``raw`` as text: UTF-16 or UTF-32 where a byte-order mark says so, else UTF-8 (a mark dropped); a
+    ``UnicodeDecodeError`` for bytes that are none of them."""
+    for bom, codec in _BOMS:
+        if raw.startswith(bom):
+            return raw.decode(codec)
+    return raw.decode("utf-8-sig")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The text of the file ``path`` (``decode_text``); ``OSError`` and ``UnicodeDecodeError`` pass through."""
+    with open(path, "rb") as f:
+        return decode_text(f.read())

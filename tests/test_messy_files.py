@@ -99,3 +99,52 @@ def test_a_bad_csv_row_is_named_by_its_line_in_the_file(tmp_path):
     path.write_text("image_id,x1,y1,x2,y2\n\n000000,1,1,5,5\n\n000001,1,1,5\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"p\.csv, line 5: expected"):
         read_proposal_file(path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+@pytest.mark.parametrize("reader", ["class file", "split file", "manifest", "coco", "proposals json", "proposals csv",
+                                    "toml"])
+def test_text_files_written_as_utf16_with_a_byte_order_mark_are_read(reader, encoding, tmp_path, synth_set):
+    """Windows PowerShell 5's `>` writes UTF-16 with a byte-order mark: `Get-ChildItem -Name > classes.txt` was
+    "cannot read the class file … 'utf-8' codec can't decode byte 0xff in position 0"."""
+    from coco_data import write_coco_set
+
+    from frcnn_cli.config_io import load_config_file
+    from frcnn_cli.data.coco import prepare_coco
+    from frcnn_cli.data.folder import prepare_folder
+    from frcnn_cli.data.manifest import read_manifest
+    from frcnn_cli.data.name_lists import read_class_file
+    from frcnn_cli.data.proposal_files import read_proposal_file
+
+    def recode(path: Path) -> Path:
+        text = path.read_text(encoding="utf-8")
+        path.write_bytes(("\ufeff" + text).encode(encoding))  # "utf-16"/"utf-32" write their own mark
+        if encoding in ("utf-16", "utf-32"):
+            path.write_bytes(text.encode(encoding))
+        return path
+
+    voc = Path(synth_set[1]).parent
+    if reader == "class file":
+        assert read_class_file(recode(_write(tmp_path / "c.txt", "car\r\nbottle\r\n"))) == ["car", "bottle"]
+    elif reader == "split file":
+        split = recode(_write(tmp_path / "s.txt", "000001\n000002\n"))
+        manifest = prepare_folder(voc / "JPEGImages", voc / "Annotations", split_file=split, name="s")
+        assert sorted(rec.id for rec in manifest.images) == ["000001", "000002"]
+    elif reader == "manifest":
+        copy = recode(_write(tmp_path / "m.json", Path(synth_set[1]).read_text(encoding="utf-8")))
+        assert read_manifest(copy).images == read_manifest(synth_set[1]).images
+    elif reader == "coco":
+        ann, images = write_coco_set(tmp_path / "coco")
+        assert len(prepare_coco(recode(ann), images).images) == 4
+    elif reader.startswith("proposals"):
+        text = '{"a": [[1, 2, 3, 4]]}' if reader.endswith("json") else "a,1,2,3,4\n"
+        found = read_proposal_file(recode(_write(tmp_path / f"p.{reader[-4:].strip()}", text)))
+        assert found.boxes["a"].tolist() == [[1, 2, 3, 4]]
+    else:
+        cfg, _ = load_config_file(recode(_write(tmp_path / "c.toml", 'preset = "tiny"\n[rpn]\nnms_thresh = 0.6\n')))
+        assert cfg.rpn.nms_thresh == 0.6
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

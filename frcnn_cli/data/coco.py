@@ -41,6 +41,7 @@ import numpy as np
 
 from ..callbacks import Progress, WarningCallback
 from ..errors import DataError, problems_error
+from ..file_kinds import decode_text
 from .coco_images import check_image_files, good_images, is_int
 from .manifest import ImageRecord, Manifest
 from .name_lists import BACKGROUND_ADVICE, is_background
@@ -131,7 +132,7 @@ def _read_text(path: Path) -> str:
     except OSError as exc:
         raise DataError(f"cannot read annotation file {path} ({exc.strerror or exc}); check the path") from None
     try:
-        return raw.decode("utf-8-sig")  # a byte-order mark (some exporters write one) is not JSON
+        return decode_text(raw)  # a byte-order mark (some exporters write one; UTF-16: PowerShell) is not JSON
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); give a COCO "
                         "annotation file (JSON)") from None

@@ -43,7 +43,7 @@ from typing import Any
 
 from ..atomic import atomic_path
 from ..errors import DataError
-from ..file_kinds import other_kind
+from ..file_kinds import other_kind, read_text
 
 FORMAT = "frcnn-manifest"
 VERSION = 1
@@ -173,7 +173,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     """Read and validate a manifest; every problem is a ``DataError`` naming the file (and the image)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a manifest edited in Notepad keeps its BOM
+        text = read_text(path)  # a manifest edited in Notepad keeps its byte-order mark
     except FileNotFoundError:
         raise DataError(f"manifest {path} does not exist; create it with `frcnn prepare`") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -18,6 +18,7 @@ Box values are as in the file (``a b c d`` in the layout the caller names: ``ext
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..file_kinds import sniff
+from ..file_kinds import read_text, sniff
 from .mat_file import read_mat
 
 MAX_BOXES = 100_000  # per image, as the proposal store
@@ -137,7 +138,7 @@ def _no_constants(name: str) -> float:
 
 def _read_json(path: Path) -> ProposalFile:
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"), parse_constant=_no_constants)
+        data = json.loads(read_text(path), parse_constant=_no_constants)
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path} ({exc}); check the file") from None
     except ValueError as exc:
@@ -174,7 +175,7 @@ def _number(text: str) -> float | None:
 
 def _read_csv(path: Path) -> ProposalFile:
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with io.StringIO(read_text(path), newline="") as f:
             reader = csv.reader(f, skipinitialspace=True)  # (line, row): blank lines skipped, yet counted
             lines = [(reader.line_num, row) for row in reader if row and any(c.strip() for c in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
