@@ -194,3 +194,20 @@ def test_eval_on_a_manifest_without_objects_is_refused_before_any_work(what, tmp
     needle = "but no box at all" if what != "difficult only" else "difficult box(es) (difficult objects"
     assert_clean_error(result, f"manifest {empty} holds 4 image(s)", needle, "evaluate on a manifest with annotated")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_prepare_synth_into_a_users_voc_folder_is_refused_and_replaces_nothing(tmp_path, monkeypatch,
+                                                                               assert_clean_error):
+    """`prepare synth --out data` where data/ holds the user's VOC set replaced JPEGImages/000000.jpg and
+    Annotations/000000.xml by drawn shapes (exit 0). An earlier synthetic set is still replaced whole."""
+    mine = tmp_path / "data"
+    (mine / "JPEGImages").mkdir(parents=True)
+    (mine / "JPEGImages" / "000000.jpg").write_bytes(b"my photo")
+    _no_work(monkeypatch, "frcnn_cli.data.synthetic._write_image")
+    assert_clean_error(_run("prepare", "synth", "--out", mine, "--train", "1", "--test", "1"),
+                       f"{mine} holds {mine / 'JPEGImages'}, and it is not a synthetic set", "empty or new folder")
+    assert (mine / "JPEGImages" / "000000.jpg").read_bytes() == b"my photo"
+    monkeypatch.undo()
+    synth = tmp_path / "synth"
+    for seed in ("1", "2"):
+        assert _run("prepare", "synth", "--out", synth, "--train", "1", "--test", "1", "--seed", seed).exit_code == 0
