@@ -211,3 +211,16 @@ def test_prepare_synth_into_a_users_voc_folder_is_refused_and_replaces_nothing(t
     synth = tmp_path / "synth"
     for seed in ("1", "2"):
         assert _run("prepare", "synth", "--out", synth, "--train", "1", "--test", "1", "--seed", seed).exit_code == 0
+
+
+@pytest.mark.parametrize("classes", [[], ["a", "a", "b"], ["", "b"]], ids=["none", "twice", "empty name"])
+def test_a_checkpoint_whose_class_list_no_model_can_have_is_refused_by_every_command(classes, tiny_checkpoint,
+                                                                                   tmp_path, assert_clean_error):
+    """`export` of such a hand-made checkpoint refused its own temporary file ("….m.onnx.pid….tmp has damaged frcnn
+    metadata …; rerun frcnn export": advice in a circle); detect drew and wrote ambiguous labels, exit 0."""
+    model = tiny_checkpoint(classes=classes)
+    for args in (["export", "--model", model, "--format", "onnx", "--out", tmp_path / "m.onnx"],
+                 ["detect", Path(__file__), "--model", model, *CHECKPOINT_CLI]):
+        message = assert_clean_error(_run(*args), f"checkpoint {model} has the class list",
+                                     "not one or more distinct non-empty names")
+        assert ".tmp" not in message

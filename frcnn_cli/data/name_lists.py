@@ -21,6 +21,13 @@ def is_background(name: str) -> bool:
     return name.strip().lower() in BACKGROUND_NAMES
 
 
+def distinct_names(names: object) -> bool:
+    """Whether ``names`` is a class list a model can have: one or more distinct, non-empty names (checkpoints and
+    exported models; a manifest may list none)."""
+    return (isinstance(names, list) and bool(names) and all(isinstance(c, str) and c for c in names)
+            and len(set(names)) == len(names))
+
+
 BACKGROUND_ADVICE = "frcnn adds the background class itself (label 0), so a class of that name would be a second one"
 
 

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..atomic import atomic_path
 from ..config_io import config_from_dict, config_to_dict
+from ..data.name_lists import distinct_names
 from ..errors import CheckpointError, ConfigError, FrcnnError
 from ..file_kinds import other_kind
 from .detector import FasterRCNN
@@ -94,6 +95,11 @@ def _validate(ckpt: Any, path: Path) -> dict:
     if not ok:
         raise CheckpointError(f"checkpoint {path} lacks valid 'parts', 'config' or 'classes' entries; "
                               f"the file is damaged, write it again")
+    if not distinct_names(ckpt["classes"]):  # as an exported model's metadata: export would refuse its own file
+        shown = repr(ckpt["classes"])[:200]
+        raise CheckpointError(f"checkpoint {path} has the class list {shown}, not one or more distinct non-empty "
+                              "names; the file is damaged or made by hand: train it again (or convert caffe "
+                              "--classes FILE)")
     return ckpt
 
 
