@@ -167,7 +167,9 @@ class RuntimeConfig(_Checked):
     """How this machine runs a command now; never saved as part of a model's recipe nor replayed from one."""
 
     num_workers: int = 2  # data loader processes (0: load in the main process)
-    amp: bool = True  # bf16 autocast on CUDA
+    # bf16 autocast: None ("auto") on CUDA and on CPUs that compute bf16 natively (devices.amp_enabled);
+    # true forces it (also where the CPU would emulate bf16), false is float32
+    amp: bool | None = None
     channels_last: bool = True  # NHWC convs: inference on CPU and CUDA, training on CUDA
     cpu_winograd: bool = True  # CPU inference and training: 3x3 convs with >= 128 channels as Winograd F(4x4, 3x3)
     log_every: int = 20  # training: a progress line and a metrics.jsonl row every N iterations (0: only the last)

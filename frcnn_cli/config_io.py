@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import types
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .config import (
     LEGACY_RUNTIME_KEYS,
@@ -89,6 +90,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 raise ConfigError(f"config key '{key}' needs {len(args)} values, got {len(items)} "
                                   f"({value!r}); give {len(args)} comma-separated values")
         return tuple(_coerce(v, item_hint, key) for v in items)
+    if origin in (Union, types.UnionType) and set(get_args(hint)) == {bool, type(None)}:
+        return _coerce_switch(value, key)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -108,6 +111,17 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is str:
         return str(value)
     return value
+
+
+def _coerce_switch(value: Any, key: str) -> bool | None:
+    """A switch with an automatic default (``runtime.amp``): true, false, or auto (None: the machine decides)."""
+    if value is None or isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise ConfigError(f"config key '{key}' must be true, false or auto, got {value!r}; use true, false or auto")
 
 
 def _coerce_int(value: Any, key: str) -> int:

@@ -59,8 +59,10 @@ def label_filter(model_classes: Sequence[str], classes: Sequence[str] | None) ->
 # detection
 
 
-def _image_result(path: Path, size: Sequence[int], det: dict, classes: list[str], keep: set[int] | None,
+def image_result(path: Path, size: Sequence[int], det: dict, classes: list[str], keep: set[int] | None,
                   score_thresh: float) -> dict:
+    """The entry of ``path`` (module docstring): ``det``'s detections with a score of at least ``score_thresh`` (as
+    shown, to 6 decimals) and a label in ``keep`` (None: any), boxes to 3 decimals; ``size``: (height, width)."""
     rows = []
     for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
         score = round(score, 6)  # compared as shown, so a shown 0.5 passes --score-thresh 0.5
@@ -98,7 +100,7 @@ def detect_images(predictor: Predictor, paths: Sequence[str | os.PathLike], *, b
     for batch in predictor.file_batches(paths, batch_size=batch_size, on_unreadable=on_unreadable):
         dets = predictor.run(batch).detections
         for index, size, det in zip(batch.indices.tolist(), batch.original_sizes.tolist(), dets):
-            results[index] = _image_result(paths[index], size, det, predictor.classes, keep, score_thresh)
+            results[index] = image_result(paths[index], size, det, predictor.classes, keep, score_thresh)
         done += len(batch)
         if progress is not None:
             progress(done, len(paths))
@@ -125,25 +127,48 @@ def _save_format(name: str) -> str | None:
 
 def output_paths(images: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
     """Where the drawn copy of each image goes: ``out_dir`` / its path relative to the images' deepest
-    common folder, so same-named files of different folders never collide; names keep their spaces and
-    non-ASCII letters. A file type PIL cannot write (or GIF: 256 colours) gets ``.png`` appended."""
+    common folder, so same-named files of different folders never collide (``OutputNames``)."""
     resolved = [Path(p).resolve() for p in images]
     try:
         root = Path(os.path.commonpath([str(p.parent) for p in resolved]))
         rels = [p.relative_to(root) for p in resolved]
     except ValueError:  # different drives
         rels = [Path(p.drive.strip(":\\/") or "_") / p.relative_to(p.anchor) for p in resolved]
-    out, used = [], set()
-    for rel in rels:
+    names = OutputNames(out_dir)
+    return [names(rel) for rel in rels]
+
+
+class OutputNames:
+    """Names of drawn images: ``names(rel)`` is ``out_dir / rel`` with names that keep their spaces and non-ASCII
+    letters; a file type PIL cannot write (or GIF: 256 colours) gets ``.png`` appended, and a name already given
+    in its folder (compared case-insensitively) becomes ``name (2).ext``, ``name (3).ext`` ….
+
+    ``walk_order``: the paths come in ``discovery``'s order (a folder's images before any other folder's that
+    follows it), so only the folders of the last name and their parents are remembered: the memory is that of
+    the folders being read, not of every image. Names given with ``pin`` (files named on the command line,
+    which need not come in walk order) are always remembered."""
+
+    def __init__(self, out_dir: str | os.PathLike, *, walk_order: bool = False) -> None:
+        self.out_dir, self.walk_order = Path(out_dir), walk_order
+        self._given: dict[str, set[str]] = {}
+        self._pinned: dict[str, set[str]] = {}
+        self._folder: str | None = None
+
+    def __call__(self, rel: Path, *, pin: bool = False) -> Path:
         if _save_format(rel.name) is None:
-            rel = rel.with_name(fit_name(rel.name + ".png", out_dir))  # cut to the file system's limit
+            rel = rel.with_name(fit_name(rel.name + ".png", self.out_dir))  # cut to the file system's limit
+        folder = str(rel.parent).casefold()
+        if self.walk_order and folder != self._folder:
+            keep = {folder, *(str(p).casefold() for p in rel.parent.parents)}
+            self._given = {k: v for k, v in self._given.items() if k in keep}
+            self._folder = folder
+        given, pinned = self._given.setdefault(folder, set()), self._pinned.setdefault(folder, set())
         candidate, n = rel, 1
-        while str(candidate).casefold() in used:  # e.g. a.gif -> a.gif.png beside a real a.gif.png
+        while candidate.name.casefold() in given | pinned:  # e.g. a.gif -> a.gif.png beside a real a.gif.png
             n += 1
-            candidate = rel.with_name(fit_name(rel.name, out_dir, tag=f" ({n})"))
-        used.add(str(candidate).casefold())
-        out.append(Path(out_dir) / candidate)
-    return out
+            candidate = rel.with_name(fit_name(rel.name, self.out_dir, tag=f" ({n})"))
+        (pinned if pin else given).add(candidate.name.casefold())
+        return self.out_dir / candidate
 
 
 def check_outputs_apart(images: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> None:

@@ -32,8 +32,9 @@ from .config_io import apply_overrides, config_to_dict
 from .data.images import DetectionDataset, ImageBatch, ImageFilesDataset
 from .data.loading import inference_loader
 from .data.manifest import Manifest, manifest_hash
+from .data.proposal_segments import absorb_segments
 from .data.proposal_store import ProposalWriter
-from .devices import autocast, place_model
+from .devices import amp_enabled, autocast, place_model
 from .errors import FrcnnError
 from .locks import output_lock
 from .model.checkpoint import file_sha256
@@ -117,7 +118,9 @@ class Predictor:
     ``devices.place_model`` (Winograd convs on the CPU, channels-last); it changes modules, so the Predictor
     prepares its own deep copy of ``model`` unless ``owned`` (the caller hands the model over, e.g. one just
     loaded from a checkpoint). ``with_settings`` gives a Predictor of other settings on the same prepared
-    model. ``runtime`` defaults to the runtime defaults of the model's preset (``config.runtime_defaults``).
+    model. ``runtime`` defaults to the runtime defaults of the model's preset (``config.runtime_defaults``);
+    ``amp``: whether its forward runs under bf16 autocast (``devices.amp_enabled``: ``runtime.amp``, by default
+    on CUDA and on CPUs that compute bf16 natively).
     """
 
     def __init__(self, model: FasterRCNN, device: torch.device | str, settings: InferenceSettings,
@@ -125,6 +128,7 @@ class Predictor:
         self.device = torch.device(device)
         self.settings = settings
         self.runtime = runtime if runtime is not None else runtime_defaults(model.cfg.name)
+        self.amp = amp_enabled(self.device, self.runtime.amp)
         model = model if owned else copy.deepcopy(model)
         model.eval().to(self.device)
         rank = settings.fc_svd_rank  # on the device: the factorisation is fast on a GPU
@@ -176,11 +180,11 @@ class Predictor:
 
     def forward(self, batch: ImageBatch, *, detections: bool = True,
                 image_keys: Sequence[int] | None = None) -> ForwardOutput:
-        """``FasterRCNN.forward`` of a batch already on the device (bf16 autocast on CUDA when
-        ``runtime.amp``), the RoI head only when ``detections``. ``image_keys``: the batch's manifest indices
+        """``FasterRCNN.forward`` of a batch already on the device (under bf16 autocast when ``self.amp``), the
+        RoI head only when ``detections``. ``image_keys``: the batch's manifest indices
         as host numbers (default: read back from ``batch.indices``, which on a GPU waits for the device)."""
         keys = batch.indices.tolist() if image_keys is None else list(image_keys)
-        with autocast(self.device, self.runtime.amp):
+        with autocast(self.device, self.amp):
             return self.model(batch.tensor, batch.image_sizes, batch.scales, run_roi_head=detections,
                               proposer=self.settings.proposer, image_keys=keys)
 
@@ -257,7 +261,8 @@ def detect_manifest(predictor: Predictor, manifest: Manifest, *, batch_size: int
     return predict_manifest(predictor, manifest, batch_size=batch_size, progress=progress)[0]
 
 
-def _dump_attributes(predictor: Predictor, checkpoint_path: Path) -> dict:
+def dump_attributes(predictor: Predictor, checkpoint_path: Path) -> dict:
+    """What a proposal file made by ``predictor`` from ``checkpoint_path`` records (proposal_store.SETTINGS)."""
     settings, cfg = predictor.settings, predictor.settings.config
     p = settings.proposals
     return {"checkpoint_hash": file_sha256(checkpoint_path), "checkpoint": str(checkpoint_path),
@@ -275,7 +280,7 @@ def dump_proposals(predictor: Predictor, manifest: Manifest, out: Path, *, check
     not yet written; the file is renamed to ``out`` only when complete. ``out`` is locked meanwhile
     (``locks.output_lock``): a second dump to it is a ``BusyError`` naming this process.
     """
-    attrs = _dump_attributes(predictor, checkpoint_path)
+    attrs = dump_attributes(predictor, checkpoint_path)
     with output_lock(out):  # a second dump to ``out`` is refused naming this process, not let into .partial
         check_writable(Path(f"{out}.partial"), option="--out")  # its name too must fit the file system
         _dump_into(predictor, manifest, out, attrs, batch_size, progress)
@@ -287,6 +292,7 @@ def _dump_into(predictor: Predictor, manifest: Manifest, out: Path, attrs: dict,
     open_writer = lambda: ProposalWriter(out, manifest=manifest, manifest_hash=manifest_hash(manifest),
                                          attrs=attrs)
     with open_writer() as writer:
+        absorb_segments(writer, out)  # what a sharded dump killed before assembling it left (proposal_segments)
         todo = [i for i in range(len(manifest.images)) if not writer.done(i)]
     # the loader's workers start (fork) while no HDF5 file is open: a worker that outlives a killed dump
     # must not hold the file's lock, or the rerun could not resume it

@@ -11,12 +11,17 @@ CLI run in this process, one intra-op thread, and the paper's four steps run onc
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 import torch
+
+# bf16 autocast follows the CPU (devices.cpu_bf16_kind): pinned to "no native bf16" so that the suite computes in
+# float32 on every machine, AVX512-BF16 and AMX ones included; the tests of the policy set it themselves
+os.environ["FRCNN_CPU_BF16"] = "0"
 
 # the tests' images are not the preset's: the anchors stay the preset's (no fit), so each test means one model
 TINY_OVERRIDES = ("input.train_scales=64", "input.test_scale=64", "input.max_size=96", "anchors.auto=false")

@@ -15,7 +15,7 @@ from frcnn_cli.inference import InferenceSettings, Predictor
 from frcnn_cli.model.checkpoint import save_checkpoint
 from frcnn_cli.model.detector import FasterRCNN
 
-KEYS = {"device", "batch_size", "image_size", "ms_per_image", "images_per_s", "peak_memory_mb"}
+KEYS = {"device", "batch_size", "image_size", "ms_per_image", "images_per_s", "peak_memory_mb", "precision"}
 CPU = torch.device("cpu")
 
 
@@ -37,6 +37,7 @@ def _check_document(doc: dict) -> None:
     assert sum(ms[k] for k in STAGES) == pytest.approx(ms["total"], rel=0.02)
     assert doc["images_per_s"] == pytest.approx(1000.0 / ms["total"])
     assert doc["peak_memory_mb"] > 0
+    assert doc["precision"] in ("float32", "bfloat16")
 
 
 def test_bench_json_is_the_design_document_for_the_synthetic_image():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 
 import numpy as np
 import pytest
@@ -294,9 +293,11 @@ def test_bad_result_files_name_file_and_line(tmp_path, hand_case):
         read_result_files(tmp_path, manifest, "test")
 
 
-def test_5000_images_20_classes_100_detections_each_in_under_a_second():
+def test_a_large_crowded_case_equals_the_devkit_loop_class_by_class():
+    """Many images, 100 detections each near random objects (the speed of this size is measured in
+    benchmarks/eval_speed.py, not asserted here): the vectorised matching equals voc_eval.py's loop."""
     rng = np.random.default_rng(0)
-    n, k = 5000, 20
+    n, k = 400, 4
     g = 3 * n
     img_of = np.repeat(np.arange(n), 3)
     xy = rng.uniform(0, 300, (g, 2))
@@ -309,10 +310,9 @@ def test_5000_images_20_classes_100_detections_each_in_under_a_second():
     boxes = gt[src] + rng.normal(0, 8, (d, 4))
     cls, scores = rng.integers(0, k, d), rng.random(d).round(3)
     dets = {c: (img_of[src][cls == c], scores[cls == c], boxes[cls == c]) for c in range(k)}
-    start = time.perf_counter()
     result = evaluate_detections(dets, manifest)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"{elapsed:.2f} s"
+    for c, name in enumerate(manifest.classes):
+        assert result["ap"][name] == pytest.approx(_devkit_ap(dets[c], manifest, c, "11point"), abs=1e-12)
     assert 0.0 < result["map"] < 1.0
 
 

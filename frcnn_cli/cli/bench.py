@@ -55,7 +55,7 @@ def _show(result, backbone: str, random_weights: bool) -> None:
     console.table(title, columns, rows)
     notes = [f"peak memory {result.peak_memory_mb:.0f} MiB"
              + (" (process peak RSS)" if result.device == "cpu" else " (max allocated)")]
-    notes.append("bf16 autocast" if result.amp else "float32")
+    notes.append(_precision_note(result))
     if result.exported:
         runner = "ONNX Runtime" if result.exported == "onnx" else "TorchScript"
         notes.append(f"an exported {result.exported} graph on {runner}, timed as a whole: total only, including "
@@ -71,6 +71,22 @@ def _show(result, backbone: str, random_weights: bool) -> None:
                      "post-processing of a trained model has more boxes above the score threshold")
 
 
+def _precision_note(result) -> str:
+    """Which precision ran, and on the CPU why: natively computed bf16, or bf16 forced where it is emulated."""
+    from ..devices import cpu_bf16_kind
+
+    if result.device != "cpu" or result.exported:
+        return "bf16 autocast" if result.amp else "float32"
+    kind = cpu_bf16_kind()
+    if not result.amp:
+        return "float32" + (f" (--set runtime.amp=false; this CPU computes bf16 natively: {kind})" if kind else "")
+    note = (f"bf16 autocast (this CPU computes bf16 natively: {kind})" if kind else
+            "bf16 autocast (forced: this CPU emulates bf16, which is slower than float32)")
+    if result.float32_winograd_layers:
+        note += f", {len(result.float32_winograd_layers)} Winograd convs in float32"
+    return note
+
+
 @click.command("bench")
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -78,7 +94,8 @@ def _show(result, backbone: str, random_weights: bool) -> None:
 @click.option("--config", default=None, metavar="PRESET|FILE",
               help=f"Random weights, speed only: {PRESET_HELP}")
 @click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
-              help="Override a setting, e.g. --set roi_head.fc_svd_rank=1024 or runtime.cpu_winograd=false "
+              help="Override a setting, e.g. --set roi_head.fc_svd_rank=1024, runtime.cpu_winograd=false or "
+                   "runtime.amp=false (float32) "
                    "(repeatable; on --model only test-time and runtime keys).")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
 @click.option("--batch-size", type=positive_int, default=1, show_default=True, help="Images per forward.")

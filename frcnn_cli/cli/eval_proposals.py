@@ -79,15 +79,13 @@ def with_test_proposals(predictor, spec: Path, **kwargs):
     return predictor.with_settings(replace(predictor.settings, ablation=given))
 
 
-def write_results_only(predictor, manifest: Manifest, out: Path, *, batch_size: int) -> dict:
-    """``--results-only``: the detections of every image as the evaluation server's files under ``out``."""
+def write_results_only(detections: list, manifest: Manifest, out: Path) -> dict:
+    """``--results-only``: the detections of every image (``predict_manifest``'s, one per image of ``manifest``)
+    as the evaluation server's files under ``out``."""
     from ..evaluate.submission import results_folder, submission_year, write_submission
     from ..evaluate.voc import detections_by_class
-    from ..inference import detect_manifest
     from .eval_outputs import split_of
 
-    with console.ProgressReporter("detect", every=100) as bar:
-        detections = detect_manifest(predictor, manifest, batch_size=batch_size, progress=bar)
     year, split = submission_year(manifest.name), split_of(manifest.name)
     paths, archive = write_submission(out, detections_by_class(detections, len(manifest.classes)), manifest,
                                       split=split, year=year)

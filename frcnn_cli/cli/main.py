@@ -42,6 +42,8 @@ class FrcnnGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FrcnnError as exc:
+            if getattr(exc, "quiet", False):  # another rank of a sharded command reports it (sharding.py)
+                ctx.exit(0)  # status 0: torchrun then lets rank 0 print and leave with the error's status
             raise _ErrorMessage(str(exc), exc.exit_code) from None
         except OSError as exc:
             if exc.errno == errno.EPIPE or not _standard_output_fails(exc):

@@ -132,21 +132,6 @@ def train_detector(data, out, config, set_, init, freeze_shared, iters, seed, ch
                   schedule={"epochs": epochs, "val": val, "val_every": val_every, "patience": patience})
 
 
-def _dumps_in_this_process(out: Path) -> bool:
-    """Under torchrun only rank 0 dumps (one writer for ``out``); the other ranks say so and leave."""
-    from ..train import distributed
-
-    world = distributed.world_size()
-    if world <= 1:
-        return True
-    if distributed.is_main():
-        console.warn(f"dump-proposals runs in one process: under torchrun rank 0 dumps every image to "
-                     f"{escape(str(out))} and the other {world - 1} rank(s) exit; run it without torchrun")
-        return True
-    console.info(f"rank {distributed.rank()}: dump-proposals runs on rank 0 only; this process exits")
-    return False
-
-
 @click.command("dump-proposals")
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="A checkpoint with an RPN (train-rpn's output).")
@@ -162,20 +147,26 @@ def _dumps_in_this_process(out: Path) -> bool:
 def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thresh, batch_size, device, set_):
     """Run the RPN over every image of a manifest and store the proposals (resumes an interrupted dump).
 
-    One process writes the file: under torchrun, rank 0 dumps every image and the other ranks exit at once.
+    Under torchrun the images are shared among the processes, and the file is the one a single process writes.
     """
-    from ..inference import dump_proposals as dump
+    from ..sharded_inference import dump_sharded
+    from ..sharding import RankGroup
 
-    if not _dumps_in_this_process(out):
-        return
-    hold_output(out, "--out", inputs={"--data": data, "--model": model_path})
-    check_checkpoint_overrides(set_, model_path)
-    manifest = read_manifest(data)
-    predictor = load_predictor(model_path, set_, resolve_device(device), require=("rpn",), mode="dump",
-                               nms_thresh=nms_thresh, pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n)
-    with console.ProgressReporter("proposals", every=50) as bar:
-        dump(predictor, manifest, out, checkpoint_path=model_path, batch_size=batch_size, progress=bar)
-    click.echo(str(out))
+    group, dev = RankGroup.join(resolve_device(device))
+
+    def set_up():
+        hold_output(out, "--out", inputs={"--data": data, "--model": model_path})
+        check_checkpoint_overrides(set_, model_path)
+        return read_manifest(data), load_predictor(model_path, set_, dev, require=("rpn",), mode="dump",
+                                                   nms_thresh=nms_thresh, pre_nms_top_n=pre_nms_top_n,
+                                                   post_nms_top_n=post_nms_top_n)
+
+    manifest, predictor = group.agree(set_up)
+    with console.ProgressReporter("proposals", every=50, quiet=not group.is_main) as bar:
+        dump_sharded(predictor, manifest, out, group, checkpoint_path=model_path, batch_size=batch_size,
+                     progress=bar)
+    if group.is_main:
+        click.echo(str(out))
 
 
 @click.command("train")

@@ -1,4 +1,5 @@
-"""Images in, padded normalised batches out: find, decode, rescale, flip, normalise, batch.
+"""Images in, padded normalised batches out: decode, rescale, flip, normalise, batch (finding them:
+``discovery.py``).
 
 One item follows py-faster-rcnn's ``prep_im_for_blob`` and flipped roidb: decode to uint8 RGB, convert
 to float, resize by ``compute_scale``, mirror if flipped, reorder channels and normalise, and pad into
@@ -30,9 +31,7 @@ Policies (each one keeps pixels and boxes consistent):
 from __future__ import annotations
 
 import math
-import os
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -46,61 +45,18 @@ from torch.utils.data import Dataset
 from ..boxes import flip_boxes
 from ..config import Config, InputConfig
 from ..errors import DataError
-from ..output_paths import special_kind
 from .decode import open_image
+from .discovery import IMAGE_EXTENSIONS, find_images  # noqa: F401  (the finders' home is discovery.py)
 from .manifest import ImageRecord, Manifest
 from .resize import resize_image
 from .targets import Targets
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError)
 
 
 # --------------------------------------------------------------------------------------------------
-# finding and decoding
-
-
-def _folder_images(folder: Path, exclude: Path | None) -> list[Path]:
-    """Image files under ``folder`` (recursive; hidden files and folders skipped), sorted by path."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        here = Path(dirpath)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")
-                       and (exclude is None or (here / d).resolve() != exclude)]
-        found += [here / f for f in filenames
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
-    return sorted(found)
-
-
-def find_images(paths: Sequence[str | os.PathLike], *, exclude: str | os.PathLike | None = None) -> list[Path]:
-    """The image files named by ``paths`` (``detect``, ``bench``): files as given, folders searched
-    recursively for ``IMAGE_EXTENSIONS`` (case-insensitive, sorted; hidden entries and the folder ``exclude``,
-    e.g. the output folder, skipped). Order: as the arguments, each folder sorted; a file named twice comes
-    once. A missing path, or a folder without images, is a ``DataError`` naming it.
-    """
-    excluded = Path(exclude).resolve() if exclude is not None else None
-    images: list[Path] = []
-    seen: set[Path] = set()
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = _folder_images(path, excluded)
-            if not found:
-                raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}); give image "
-                                "files or a folder that contains some")
-        elif path.is_file() or special_kind(path) is not None:  # a pipe: load_image says what it is
-            found = [path]
-        else:
-            raise DataError(f"{path} does not exist; give image files or folders of images")
-        for image in found:
-            key = image.resolve()
-            if key not in seen:
-                seen.add(key)
-                images.append(image)
-    if not images:
-        raise DataError("no images were given; name image files or folders")
-    return images
+# decoding
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:

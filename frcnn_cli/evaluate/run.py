@@ -49,6 +49,15 @@ def evaluate_model(predictor: Predictor, manifest: Manifest, *, metric: str = "1
         check_coco_evaluator()
     detections, props = predict_manifest(predictor, manifest, batch_size=batch_size, progress=progress,
                                          proposals=proposals)
+    return score_detections(detections, props, manifest, metric=metric, coco=coco, started=started)
+
+
+def score_detections(detections: list[dict[str, Tensor]], props: list[Tensor] | None, manifest: Manifest, *,
+                     metric: str = "11point", coco: bool = False, started: float | None = None) -> Evaluation:
+    """``evaluate_model``'s scoring of detections already made (one per image of ``manifest``, in its order;
+    ``props`` the same forward's proposals or None), e.g. by ranks sharing the images
+    (``sharded_inference.predict_sharded``); ``started``: when the inference began (``perf_counter``)."""
+    started = time.perf_counter() if started is None else started
     by_class = detections_by_class(detections, len(manifest.classes))
     voc = evaluate_detections(by_class, manifest, iou_thresh=IOU_THRESH, metric=metric)
     result = Evaluation(detections, props, by_class, voc)

@@ -140,7 +140,8 @@ def export_model(model: FasterRCNN, settings: InferenceSettings, out: str | Path
     images = list(images) if images else check_images()
     model = model.cpu().eval()
     module = deployed_detector(model, settings)
-    reference = Predictor(model, "cpu", settings, replace(runtime, num_workers=0))
+    # the graph computes in float32: so does the reference it must match, whatever this CPU's bf16 policy
+    reference = Predictor(model, "cpu", settings, replace(runtime, num_workers=0, amp=False))
     with atomic_path(out) as tmp:
         try:
             _write_graph(module, images[0], tmp, fmt, metadata.to_strings())

@@ -27,7 +27,7 @@ from ..data.loading import make_loader
 from ..data.manifest import Manifest, manifest_hash
 from ..data.proposal_store import ProposalStore
 from ..dense_proposals import DenseProposalSource, is_dense
-from ..devices import place_model
+from ..devices import place_model, precision_name
 from ..errors import ConfigError, TrainingError
 from ..model.checkpoint import Init, file_sha256, read_checkpoint, save_checkpoint
 from ..model.detector import FasterRCNN
@@ -138,7 +138,8 @@ class _MetricsLog:
 def _provenance(req: StageRequest, init_info: dict, total: int, seed: int) -> dict:
     prov = {"manifest_hash": manifest_hash(req.manifest), "manifest": str(req.manifest_path),
             "iterations": total, "seed": seed, **init_info,
-            "runtime": {**dataclasses.asdict(req.runtime), "device": str(req.device)}}  # a record, never replayed
+            "runtime": {**dataclasses.asdict(req.runtime), "device": str(req.device),  # a record, never replayed
+                        "precision": precision_name(req.device, req.runtime.amp)}}
     if req.proposals_path is not None:
         prov["proposals"] = str(req.proposals_path)
         if not is_dense(req.proposals_path):  # the dense windows are made, not read
