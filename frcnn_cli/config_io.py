@@ -31,6 +31,7 @@ from .config import (
     runtime_defaults,
 )
 from .errors import ConfigError
+from .file_kinds import other_kind, read_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -165,10 +166,14 @@ def load_config_file(path: str | Path) -> tuple[Config, RuntimeConfig]:
     boxes (``anchors.auto = true``) unless it sets ``anchors.auto = false``."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is not TOML
+        data = tomllib.loads(read_text(path))  # a byte-order mark (UTF-8 or UTF-16) is not TOML
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; give a preset name or a .toml path") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        kind = other_kind(path, "json")  # a TOML table opens with "[" too
+        if kind is not None:
+            raise ConfigError(f"config file {path} is {kind}, not a TOML config; give --config a preset name or a "
+                              ".toml file") from None
         raise ConfigError(f"config file {path} is not valid TOML ({exc}); fix the file") from None
     preset = data.pop("preset", None)
     base = get_preset(preset) if preset else get_preset(data.get("backbone", "vgg16"))

@@ -33,7 +33,7 @@ from torch import Tensor
 from .atomic import atomic_write_bytes, atomic_write_text
 from .callbacks import Progress
 from .data.images import image_tensor, load_image
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .inference import PredictorLike
 from .output_paths import fit_name
 
@@ -251,7 +251,13 @@ def save_detections(results: Sequence[dict], out_dir: str | os.PathLike, *,
     ones are not), and ``out_dir/detections.json`` with ``results``; every file written atomically. Returns the
     drawn paths."""
     out_dir = Path(out_dir)
-    targets = output_paths([r["image"] for r in results], out_dir)
+    images = [r["image"] for r in results]
+    targets = output_paths(images, out_dir)
+    originals = {Path(p).resolve(): p for p in images}
+    for target in targets:
+        if target.resolve() in originals:  # out_dir is the images' own folder
+            raise DataError(f"{out_dir} would replace the image {originals[target.resolve()]} by its drawn copy "
+                            f"{target}; save the drawings in a folder of their own, not the images' folder")
     drawn = [(result, target) for result, target in zip(results, targets) if "error" not in result]
     for result, target in drawn:
         draw_detections(result["image"], result["detections"], target, classes=classes)

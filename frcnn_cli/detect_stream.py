@@ -24,6 +24,7 @@ from .callbacks import OnNote, Progress
 from .data.discovery import FoundImage, ImageSource
 from .detect import OutputNames, detect_images, draw_detections
 from .detect_results import ResultsLog
+from .errors import DataError
 from .inference import Predictor
 from .sharding import RankGroup, batches_of, capture, split_chunk
 
@@ -201,3 +202,14 @@ class _Writer:
 
     def _found(self) -> int:
         return self.summary.images + sum(len(c.found) for c in self.planner.planned)
+
+
+def check_roots_apart(roots: Sequence[Path], out_dir: Path) -> None:
+    """A ``DataError`` when the drawn copies of an argument's images would replace the images themselves
+    (``--out`` the images' own folder): the drawing of ``root/x`` is ``out_dir/<root relative to the arguments'
+    common folder>/x``, so they collide exactly when that folder is ``root`` (a file: its folder)."""
+    for root, rel in zip(roots, _output_roots(roots)):
+        target = (out_dir / rel).resolve()
+        if target == root.resolve():
+            raise DataError(f"--out {out_dir} would replace the images of {root} by their drawn copies; give --out "
+                            "a folder of its own, not the images' folder")

@@ -218,6 +218,20 @@ def test_the_wrong_image_folder_is_one_problem_not_one_per_image(tmp_path, asser
     assert "problems" not in message
 
 
+def test_file_names_with_windows_separators_are_read_with_slashes_never_out_of_the_folder(tmp_path):
+    """A Windows exporter's `sub\\b.jpg` was "none of the images is in DIR … give --images the folder their
+    file_name is relative to" (with one image: "missing"): advice that did not fit."""
+    data = coco_dict()
+    data["images"][1]["file_name"] = "sub\\b.jpg"
+    ann, images = write_coco_set(tmp_path / "coco", data=data)
+    manifest, _ = _prepare(ann, images)
+    assert sorted(rec.path for rec in manifest.images) == ["a.jpg", "c.jpg", "d.jpg", "sub/b.jpg"]
+    data["images"][1]["file_name"] = "..\\images\\sub\\b.jpg"  # a file there, but '..' is not read
+    ann.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(DataError, match=r"the image \(id 7 .*\) is missing"):
+        _prepare(ann, images)
+
+
 def test_a_missing_annotation_file_says_what_to_give(tmp_path, assert_clean_error):
     (tmp_path / "images").mkdir()
     result = CliRunner().invoke(cli, ["prepare", "coco", "--annotations", tmp_path / "nope.json",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -249,6 +250,25 @@ def test_ids_with_whitespace_are_written_escaped_as_six_fields_and_read_back(tmp
     assert lines[0].split()[0] == (written or image_id)
     back = read_result_files(tmp_path, manifest, "test")
     np.testing.assert_array_equal(back[0][0], dets[0][0])
+
+
+def test_a_class_name_too_long_for_a_file_name_gets_result_and_plot_files_that_fit(tmp_path, hand_case):
+    """A class of 251 bytes (legal in a manifest) made `eval --out` fail after the whole inference with
+    "File name too long; free some space or choose another output": its comp4_det_test_<class>.txt is 270 bytes."""
+    from frcnn_cli.evaluate.plots import plot_file_name
+    from frcnn_cli.output_paths import name_bytes
+
+    manifest, dets = hand_case
+    long_names = ["é" * 125 + "x", "é" * 125 + "y"]  # 251 bytes each, the first 250 shared
+    manifest.classes[:2] = long_names
+    paths = write_result_files(tmp_path, dets, manifest, "test")
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    assert all(name_bytes(p.name) <= limit for p in paths) and len({p.name for p in paths}) == 3
+    assert paths[2].name == "comp4_det_test_fish.txt"  # names that fit are the devkit's, unchanged
+    back = read_result_files(tmp_path, manifest, "test")
+    np.testing.assert_array_equal(back[0][0], dets[0][0])
+    plots = [plot_file_name(name, tmp_path) for name in long_names]
+    assert all(name_bytes(n) <= limit and n.endswith(".png") for n in plots) and plots[0] != plots[1]
 
 
 def test_ap_is_never_above_one_and_exact_where_the_devkit_sum_is_not():

@@ -134,12 +134,15 @@ def _set_up(inputs, model_path, out, set_, device, ablation, wanted, score_thres
     from .. import detect as lib
     from ..data.discovery import ImageSource
     from ..detect_results import detect_digest
+    from ..detect_stream import check_roots_apart
     from ..inference import load_predictor
     from ..model.checkpoint import file_sha256
 
     hold_output(out, "--out", folder=True, discard_on_failure=True)
     overrides = checkpoint_overrides(set_, model_path)
     source = ImageSource(manifest_images(inputs), exclude=out) if main else None
+    if source is not None and out is not None:
+        check_roots_apart(source.roots, out)
     predictor = load_predictor(model_path, device, overrides=overrides, ablation=ablation, score_thresh=score_thresh,
                                on_runtime=inference_process)
     lib.label_filter(predictor.classes, wanted)  # an unknown class name fails before any image is read

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from ..data.manifest import Manifest, read_manifest, require_annotations
+from ..data.manifest import Manifest, read_manifest, require_annotations, require_objects
 from ..devices import resolve_device
 from ..errors import ConfigError
 from ..evaluate import IOU_THRESH, METRICS
@@ -92,12 +92,12 @@ def _set_up(model_path: Path, data: Path, *, usage, coco: bool, out, report, dev
     if coco:
         check_coco_evaluator()  # before the model is read and the images are run
     hold_output(out, "--out", folder=True, discard_on_failure=True)
-    hold_output(report, "--report")
+    hold_output(report, "--report", inputs={"--data": data, "--model": model_path,
+                                            "--test-proposals": test_proposals})
     overrides = checkpoint_overrides(set_, model_path)
     manifest = read_manifest(data)
     if not results_only:
-        require_annotations(manifest, data, "AP and recall need them: write the evaluation server's files with "
-                                            "frcnn eval --model CKPT --results-only --out DIR")
+        _require_scored(manifest, data)
     given = test_proposals is not None
     predictor = load_predictor(model_path, device, overrides=overrides, require=("roi_head",) if given else
                                ("rpn", "roi_head"), ablation=None if given else ablation, on_runtime=inference_process)
@@ -106,6 +106,15 @@ def _set_up(model_path: Path, data: Path, *, usage, coco: bool, out, report, dev
         predictor = with_test_proposals(predictor, test_proposals, manifest=manifest, data=data, set_=set_,
                                         device=device, ablation=ablation, batch_size=batch_size)
     return metric, manifest, predictor
+
+
+def _require_scored(manifest: Manifest, data: Path) -> None:
+    """AP and recall need annotations and at least one object that counts (not difficult)."""
+    require_annotations(manifest, data, "AP and recall need them: write the evaluation server's files with "
+                                        "frcnn eval --model CKPT --results-only --out DIR")
+    require_objects(manifest, data, "AP and recall are scored against objects, so every number would be n/a; "
+                                    "evaluate on a manifest with annotated objects (the detections alone: frcnn "
+                                    "detect M.json --out DIR, or eval --results-only --out DIR)")
 
 
 def _eval_proposals(proposals_path: Path, data: Path, manifest: Manifest, out: Path | None) -> dict:
@@ -209,8 +218,7 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, coco, out, r
                      results_only, out)
         hold_output(out, "--out", folder=True, discard_on_failure=True)
         manifest = read_manifest(data)
-        require_annotations(manifest, data, "AP and recall need them: write the evaluation server's files with "
-                                            "frcnn eval --model CKPT --results-only --out DIR")
+        _require_scored(manifest, data)
         summary = _eval_proposals(proposals_path, data, manifest, out)
     else:
         summary = None

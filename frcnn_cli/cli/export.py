@@ -53,7 +53,7 @@ def export(model_path, fmt, out, score_thresh, proposals_n, check_paths, set_) -
     overrides = checkpoint_overrides(set_, model_path)
     check_suffix(out, fmt)
     replacing = out.is_file()
-    hold_output(out, "--out")
+    hold_output(out, "--out", inputs={"--model": model_path, "--check-images": list(check_paths)})
     images = load_images(check_paths) if check_paths else None
     model, _ = load_model(model_path, device="cpu", require=("rpn", "roi_head"))
     runtime = overrides.apply_runtime(runtime_defaults(model.cfg.name))

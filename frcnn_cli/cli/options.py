@@ -27,15 +27,21 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
-def hold_output(path: Path | None, option: str, *, folder: bool = False, discard_on_failure: bool = False) -> None:
+def hold_output(path: Path | None, option: str, *, folder: bool = False, discard_on_failure: bool = False,
+                inputs: dict | None = None) -> None:
     """Before any work: check that the output ``path`` (a file, or with ``folder`` a folder) can be written and
-    lock it until the command ends (``locks.output_lock``), so a second command writing it is refused naming
-    this one. With ``discard_on_failure`` a folder the command made is removed with its files when the command
-    fails before ``output_complete``. Under ``torchrun`` only rank 0 writes, and only rank 0 locks. None: no such
-    output."""
+    is none of the command's ``inputs`` (option -> path(s)), and lock it until the command ends
+    (``locks.output_lock``), so a second command writing it is refused naming this one. With ``discard_on_failure``
+    a folder the command made is removed with its files when the command fails before ``output_complete``. Under
+    ``torchrun`` only rank 0 writes, and only rank 0 locks. None: no such output."""
     if path is None or os.environ.get("RANK", "0") not in ("", "0"):
         return
     from ..locks import output_lock
+    from ..output_paths import input_clash
+
+    clash = input_clash(path, inputs or {}, option)
+    if clash is not None:
+        raise clash
 
     click.get_current_context().with_resource(output_lock(path, option=option, folder=folder,
                                                           discard_on_failure=discard_on_failure))

@@ -193,9 +193,10 @@ def folder(images_dir: Path, annotations_dir: Path, classes_file: Path | None, s
     if split_file is not None and val_fraction is not None:
         raise ConfigError("give --split-file or --val-fraction, not both")
     name = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
-    hold_output(out, "--out")
+    inputs = {"--classes": classes_file, "--split-file": split_file}
+    hold_output(out, "--out", inputs=inputs)
     if val_fraction is not None:
-        hold_output(out.with_name(f"{name}.val.json"), "--out")
+        hold_output(out.with_name(f"{name}.val.json"), "--out", inputs=inputs)
     classes = read_class_file(classes_file) if classes_file is not None else None
     warnings: list[str] = []
     with _quiet_progress("checking images") as progress:
@@ -231,7 +232,7 @@ def coco(annotations: Path, images_dir: Path, drop_empty: bool, name: str | None
     from ..data.coco import prepare_coco
 
     stem = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
-    hold_output(out, "--out")
+    hold_output(out, "--out", inputs={"--annotations": annotations})
     warnings: list[str] = []
     with _quiet_progress("checking image files") as progress:
         manifest = prepare_coco(annotations, images_dir, drop_empty=drop_empty, name=name or stem,

@@ -60,7 +60,8 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
     from ..train.stage_setup import best_path
     from ..train.steps import stage_config, stage_spec
 
-    hold_output(out, "--out")
+    hold_output(out, "--out", inputs={"--data": data, "--init": init, "--proposals": proposals,
+                                      "--val": schedule["val"]})
     manifest = read_manifest(data)
     require_annotations(manifest, data, _NO_TRAINING)
     val = read_val(schedule["val"], manifest, data, iters=iters, **{k: v for k, v in schedule.items() if k != "val"})
@@ -154,7 +155,7 @@ def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thr
     group, dev = RankGroup.join(resolve_device(device))
 
     def set_up():
-        hold_output(out, "--out")
+        hold_output(out, "--out", inputs={"--data": data, "--model": model_path})
         overrides = checkpoint_overrides(set_, model_path)
         return read_manifest(data), load_predictor(model_path, dev, overrides=overrides, require=("rpn",),
                                                    mode="dump", nms_thresh=nms_thresh, pre_nms_top_n=pre_nms_top_n,

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..callbacks import OnNote, Progress
 from ..errors import DataError, problems_error
+from ..file_kinds import decode_text
 from .coco_images import check_image_files, good_images, is_int
 from .manifest import ImageRecord, Manifest
 from .name_lists import BACKGROUND_ADVICE, is_background
@@ -130,7 +131,7 @@ def _read_text(path: Path) -> str:
     except OSError as exc:
         raise DataError(f"cannot read annotation file {path} ({exc.strerror or exc}); check the path") from None
     try:
-        return raw.decode("utf-8-sig")  # a byte-order mark (some exporters write one) is not JSON
+        return decode_text(raw)  # a byte-order mark (some exporters write one; UTF-16: PowerShell) is not JSON
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); give a COCO "
                         "annotation file (JSON)") from None
@@ -144,6 +145,9 @@ def _read_coco_json(path: Path, columns: _Columns) -> dict:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
                         "give a COCO annotation file, or fix or download it again") from None
+    except RecursionError:  # arrays nested thousands deep: Python's json gives up (no COCO file nests past 5)
+        raise DataError(f"{path} nests its JSON too deeply to be a COCO annotation file; give the instances JSON "
+                        "with \"images\", \"annotations\" and \"categories\"") from None
     if isinstance(data, list):
         raise DataError(f"{path} is a JSON list, not a COCO annotation file (a detection results file?); "
                         "give the instances JSON with \"images\", \"annotations\" and \"categories\"")

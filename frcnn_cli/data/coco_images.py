@@ -108,9 +108,24 @@ def image_sizes(images: list[dict], root: Path, progress: Progress | None) -> li
     return sizes
 
 
+def windows_separators(images: list[dict], root: Path) -> None:
+    """``file_name``s written on Windows (``train\\0001.jpg``, as some labelling tools export them) read with
+    ``/``: where the name as given is no file here but the name with ``/`` for ``\\`` is, the entry takes that."""
+    if os.sep != "/":
+        return  # Windows reads either
+    for img in images:
+        name, posix = img["file_name"], img["file_name"].replace("\\", "/")
+        if posix == name or os.path.normpath(posix).split("/")[0] == os.pardir:  # never out of the folder
+            continue
+        if not (root / name).exists() and (root / posix).is_file():
+            img["file_name"] = posix
+
+
 def check_image_files(images: list[dict], root: Path, path: Path, problems: list[str],
                       progress: Progress | None) -> None:
-    """A problem for every image whose file is missing, unreadable or of another size than its entry says."""
+    """A problem for every image whose file is missing, unreadable or of another size than its entry says
+    (a ``file_name`` with Windows separators read with ``/`` first: ``windows_separators``)."""
+    windows_separators(images, root)
     sizes = image_sizes(images, root, progress)
     missing = [img for img, size in zip(images, sizes) if size == MISSING]
     if missing and len(missing) == len(images):

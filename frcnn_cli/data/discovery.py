@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from ..output_paths import special_kind
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -72,7 +73,7 @@ class ImageSource:
                     raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}); give image "
                                     "files or a folder that contains some")
                 self._parts.append(_chain(first, found))
-            elif path.is_file():
+            elif path.is_file() or special_kind(path) is not None:  # a pipe: load_image says what it is
                 self._parts.append(iter([FoundImage((j,), path)]))
             else:
                 raise DataError(f"{path} does not exist; give image files or folders of images")

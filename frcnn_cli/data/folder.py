@@ -48,7 +48,7 @@ def _folder_items(images_dir: Path, annotations_dir: Path, split_file: Path | No
     images = _scan(images_dir, IMAGE_SUFFIXES, "images")
     xmls = _scan(annotations_dir, (".xml",), "VOC XML annotations")
     if split_file is not None:
-        keep = [_split_name(line, xmls) for line in read_lines(split_file, "image")]
+        keep = [_split_name(line, xmls) for line in read_lines(split_file, "split file", "image")]
         unknown = [s for s in keep if s not in xmls or s not in images]
         if unknown:
             raise DataError(f"split file {split_file} names {len(unknown)} image(s) without both an image "

@@ -34,6 +34,7 @@ from torch import Tensor
 from ..atomic import fsync_dir, fsync_path
 from ..callbacks import OnNote
 from ..errors import ProposalStoreError
+from ..file_kinds import other_kind
 
 FORMAT = "frcnn-proposals"
 VERSION = 1
@@ -305,6 +306,11 @@ class ProposalStore:
         try:
             self._file = h5py.File(self.path, "r")
         except Exception as exc:  # h5py raises OSError, or others for odd files
+            kind = other_kind(self.path, "hdf5")
+            if kind is not None:
+                raise self._fail(f"is {kind}, not a proposal file",
+                                 "give the file written by `frcnn dump-proposals` (or `frcnn prepare proposals`)"
+                                 ) from None
             raise self._fail(f"is not a readable HDF5 file (truncated or corrupt: {exc})") from None
         self._pid = os.getpid()
         return self._file

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..callbacks import OnNote, Progress
 from ..errors import DataError, problems_error
+from ..file_kinds import read_text
 from .decode import open_image
 from .manifest import ImageRecord, Manifest, id_has_whitespace
 from .manifest import PrepareReport as PrepareReport  # re-exported: the prepare summary
@@ -242,7 +243,10 @@ def _split_ids(year_dir: Path, split: str) -> list[str]:
         have = sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem)
         raise DataError(f"{path} does not exist (splits found: {', '.join(have) or 'none'}); "
                         "choose another --split or check --root")
-    lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()  # BOM and CRLF too
+    try:
+        lines = read_text(path).splitlines()  # a byte-order mark (UTF-8, UTF-16) and CRLF too
+    except UnicodeDecodeError:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     ids = [line.split()[0] for line in lines if line.strip()]
     if not ids:
         raise DataError(f"{path} lists no images; check the file")

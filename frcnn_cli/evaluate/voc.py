@@ -37,6 +37,7 @@ import numpy as np
 
 from ..atomic import atomic_write_text
 from ..errors import DataError
+from ..output_paths import short_stem
 from . import IOU_THRESH as IOU_THRESH
 from . import METRICS as METRICS
 
@@ -254,14 +255,16 @@ def _file_part(text: str) -> str:
     return re.sub(r"[^\w.-]", "_", text)
 
 
-def result_file_name(split: str, class_name: str) -> str:
-    """The devkit's file name ``comp4_det_<split>_<class>.txt`` (one file name: path characters become '_')."""
-    return f"comp4_det_{_file_part(split)}_{_file_part(class_name)}.txt"
+def result_file_name(split: str, class_name: str, folder: str | os.PathLike = ".") -> str:
+    """The devkit's file name ``comp4_det_<split>_<class>.txt`` (one file name: path characters become '_'); a
+    class name too long for a file name of ``folder``'s file system is cut and tagged with a hash of the whole
+    (``output_paths.short_stem``), as no devkit file of it could exist."""
+    return short_stem(f"comp4_det_{_file_part(split)}_{_file_part(class_name)}", len(".txt"), folder) + ".txt"
 
 
-def _result_names(split: str, classes) -> list[str]:
+def _result_names(split: str, classes, folder: str | os.PathLike) -> list[str]:
     """Every class's result file name; two classes that would share one is a ``DataError``."""
-    names = [result_file_name(split, name) for name in classes]
+    names = [result_file_name(split, name, folder) for name in classes]
     for k, name in enumerate(names):
         if names.index(name) != k:
             raise DataError(f"classes {classes[names.index(name)]!r} and {classes[k]!r} would share the result "
@@ -285,7 +288,7 @@ def write_result_files(out_dir: str | os.PathLike, detections: Detections, manif
     """
     out_dir = Path(out_dir)
     paths = []
-    file_names = _result_names(split, list(manifest.classes))
+    file_names = _result_names(split, list(manifest.classes), out_dir)
     for k, file_name in enumerate(file_names):
         lines = []
         if k in detections:
@@ -338,7 +341,7 @@ def read_result_files(out_dir: str | os.PathLike, manifest, split: str) -> Detec
     index_of = {rec.id: i for i, rec in enumerate(manifest.images)}
     detections = {}
     for k, name in enumerate(manifest.classes):
-        path = out_dir / result_file_name(split, name)
+        path = out_dir / result_file_name(split, name, out_dir)
         if not path.is_file():
             raise DataError(f"result file {path} for class {name!r} is missing; write the result files "
                             "with frcnn eval --out DIR, or give the folder that holds them")

@@ -110,9 +110,31 @@ def _read_state(path: Path) -> dict | None:
         raise DataError(f"{path} is not a readable run state ({exc}); delete it to start the run afresh") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise DataError(f"{path} is not an frcnn run state; use an empty --workdir")
-    if state.get("version", 0) > STATE_VERSION:
+    version = state.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > STATE_VERSION:
         raise DataError(f"{path} was written by a newer frcnn (version {state.get('version')}); upgrade frcnn")
+    problem = _state_problem(state)
+    if problem is not None:  # a state edited by hand (a step taken out of "done" to redo it, gone wrong)
+        raise DataError(f"{path}: {problem}; restore it, or delete it to start the run afresh")
     return state
+
+
+_STATE_KEYS = (("version", int, "a version number"), ("manifest_hash", str, "a text hash"),
+               ("config", dict, "an object"), ("done", list, "a list of step names"))
+
+
+def _state_problem(state: dict) -> str | None:
+    """What is wrong with the keys a run state must hold, or None."""
+    for key, kind, what in _STATE_KEYS:
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            return f"\"{key}\" is missing or not {what}"
+    names = {step.name for step in (*ALTERNATING, *JOINT)}
+    if not all(isinstance(name, str) and name in names for name in state["done"]):
+        return f"\"done\" names a step other than {', '.join(sorted(names))}: {state['done']!r}"
+    for key in ("trained_config", "anchors"):
+        if state.get(key) is not None and not isinstance(state[key], dict):
+            return f"\"{key}\" is not an object"
+    return None
 
 
 def run_record(req: PipelineRequest) -> dict:
