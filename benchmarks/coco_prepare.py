@@ -4,9 +4,10 @@ Writes into OUT a synthetic ``instances_train2017.json`` with train2017's statis
 1,021 of them without annotations; 860,001 annotations, about 1 % crowd regions with RLE masks; COCO's
 80 non-contiguous category ids; polygon segmentations that bring the file to about train2017's 448 MB;
 image ids drawn from 1..581,929 as COCO's; annotations in an order unrelated to the images'; a few
-zero-width boxes and boxes reaching 0.5 px outside their image), an empty file per image under
-``OUT/images`` (prepare only stats them), then runs ``frcnn prepare coco`` in a child process and
-reports its wall time and peak RSS (``getrusage(RUSAGE_CHILDREN)``). The file is reused when present.
+zero-width boxes and boxes reaching 0.5 px outside their image), a file per image under ``OUT/images``
+(a hard link to one black JPEG of its size: prepare reads each file's header), then runs ``frcnn prepare
+coco`` in a child process and reports its wall time and peak RSS (``getrusage(RUSAGE_CHILDREN)``). The
+file is reused when present (delete OUT after a change of this script).
 
     python benchmarks/coco_prepare.py /tmp/coco-bench            # train2017's size
     python benchmarks/coco_prepare.py /tmp/coco-bench --quick    # a tenth of it
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]  # 80 ids
@@ -96,8 +98,12 @@ def write_annotations(path: Path, images_dir: Path, scale: float, seed: int = 0)
         cat_entries = [{"supercategory": "thing", "id": c, "name": f"category{c}"} for c in COCO_IDS]
         f.write('], "categories": ' + json.dumps(cat_entries) + "}")
     images_dir.mkdir(parents=True, exist_ok=True)
-    for i in ids.tolist():
-        (images_dir / f"{i:012d}.jpg").touch()
+    originals = {}
+    for w, h in SIZES:  # one JPEG per size; every image a hard link to one of them (inodes, no data)
+        originals[(w, h)] = images_dir / f"size-{w}x{h}.jpg"
+        Image.new("RGB", (w, h)).save(originals[(w, h)], quality=50)
+    for i, (w, h) in zip(ids.tolist(), sizes.tolist()):
+        os.link(originals[(w, h)], images_dir / f"{i:012d}.jpg")
 
 
 def main() -> None:

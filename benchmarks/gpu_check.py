@@ -1,5 +1,6 @@
 """Every GPU check in one call: the CUDA tests, inference and training throughput against torchvision, torchrun
-with NCCL, ONNX Runtime, the data pipeline and cuDNN autotuning; results as JSON and markdown in OUTDIR.
+with NCCL, inference under torchrun, ONNX Runtime, the data pipeline and cuDNN autotuning; results as JSON and
+markdown in OUTDIR.
 
     PYTHONPATH=. python benchmarks/gpu_check.py OUTDIR            # on a GPU machine: about 6 minutes on an H100
     PYTHONPATH=. python benchmarks/gpu_check.py OUTDIR --quick    # tiny preset, a few runs: any machine, the CPU too
@@ -7,10 +8,10 @@ with NCCL, ONNX Runtime, the data pipeline and cuDNN autotuning; results as JSON
 OUTDIR receives ``results.json`` (every figure), ``results.md`` (the tables of docs/benchmarks.md),
 ``gpu_check.log`` (every step's output) and ``pytest.xml``: four files, within the device tool's limits. Each
 step runs in its own process with a time limit (``gpu_check_measure.py``: inference, training, pipeline,
-autotune; ``gpu_check_run.py``: cuda_tests, distributed, onnx), so that a crash, a hang or running out of GPU
-memory costs that step only; the results are rewritten after every step, and a step that would start with less
-than 15 s of ``--budget`` left is skipped. The markdown is printed at the end. Exit status 1 when a step failed
-or timed out.
+autotune; ``gpu_check_run.py``: cuda_tests, distributed, sharded, onnx), so that a crash, a hang or running
+out of GPU memory costs that step only; the results are rewritten after every step, and a step that would start
+with less than 15 s of ``--budget`` left is skipped. The markdown is printed at the end. Exit status 1 when a
+step failed or timed out.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ STEPS = (("cuda_tests", "gpu_check_run.py", ["cuda_tests"], 150),
          ("onnx", "gpu_check_run.py", ["onnx"], 60),
          ("pipeline", "gpu_check_measure.py", ["pipeline"], 90),
          ("autotune_on", "gpu_check_measure.py", ["autotune", "--autotune", "on"], 60),
-         ("autotune_off", "gpu_check_measure.py", ["autotune", "--autotune", "off"], 45))
+         ("autotune_off", "gpu_check_measure.py", ["autotune", "--autotune", "off"], 45),
+         ("sharded", "gpu_check_run.py", ["sharded", "--run-timeout", "60"], 120))
 MIN_SECONDS = 15
 
 

@@ -92,13 +92,21 @@ def _inference_row(precision: str, batch: int, samples: dict, memory: dict) -> d
             "torchvision_above_resident_mb": memory["torchvision"]["above_resident_mb"]}
 
 
+def _amp(precision: str, device) -> bool | None:
+    """``runtime.amp`` of a row: fp32 off; bf16 on CUDA, and on the CPU (``--quick``) frcnn's policy: bf16 where
+    the CPU computes it natively, else float32 (emulated bf16 would only slow the placeholder run down)."""
+    if precision != "bf16":
+        return False
+    return True if device.type == "cuda" else None
+
+
 def _time_batches(predictor, peer, precision: str, opts, cfg: Config, device) -> list[dict]:
     from inference_vs_torchvision import frcnn_runner, synthetic_images, torchvision_runner
 
     def measure(batch: int) -> dict:
         images = synthetic_images(batch, opts.image_size)
         runs = {"frcnn": frcnn_runner(predictor, images, device, True, end_to_end=False),
-                "torchvision": torchvision_runner(peer, images, device, amp=precision == "bf16")}
+                "torchvision": torchvision_runner(peer, images, device, amp=_amp(precision, device))}
         samples = interleaved(runs, repeats=opts.runs if batch > 1 else opts.runs * 2, warmup=opts.warmup,
                               device=device)
         memory = {name: peak_memory_mb(run, device) for name, run in runs.items()}
@@ -124,7 +132,7 @@ def inference(opts) -> dict:
     peer = build_peer(cfg).eval().to(device)
     rows, syncs, args = [], {}, SimpleNamespace(quick=opts.quick, svd_rank=0)
     for precision in ("fp32", "bf16"):
-        predictor, error = attempt(lambda p=precision: build_frcnn("frcnn", args, device, cfg=cfg, amp=p == "bf16"),
+        predictor, error = attempt(lambda p=precision: build_frcnn("frcnn", args, device, cfg=cfg, amp=_amp(p, device)),
                                    "frcnn's model")
         if predictor is None:
             rows += [{"precision": precision, "batch": batch, "error": error} for batch in opts.batches]

@@ -49,7 +49,8 @@ def _inference(step: dict) -> list[str]:
               "the process's peak resident set (the CPU has no per-model figure)")
     lines.append(f"Network only (forward + detections; the batch already on the device), {step.get('model')} at "
                  f"{size[1]}×{size[0]}, cudnn.benchmark {step.get('cudnn_benchmark')}; peak memory: {memory}."
-                 + ("" if on_gpu else " On the CPU the bf16 rows run in float32: frcnn autocasts on CUDA only."))
+                 + ("" if on_gpu else " On the CPU the bf16 rows follow frcnn's policy: bf16 where the CPU "
+                    "computes it natively (AVX512-BF16, AMX), float32 elsewhere."))
     for batch, syncs in (step.get("host_syncs") or {}).items():
         if syncs:
             where = ", ".join(f"{k} ×{v}" for k, v in syncs.get("where", {}).items())
@@ -82,6 +83,16 @@ def _distributed(step: dict) -> list[str]:
     rows = [[r["run"], r["outcome"], r["expect"] or "ok", _num(r["seconds"]), r["detail"].replace("\n", " ")]
             for r in step.get("rows", [])]
     return _table(["torchrun", "outcome", "expected", "seconds", "detail"], rows)
+
+
+def _sharded(step: dict) -> list[str]:
+    rows = [[r["command"], r["launcher"], r["processes"], r["status"], _num(r["seconds"]), _num(r["images_per_s"]),
+             r.get("detail", "")] for r in step.get("rows", [])]
+    lines = _table(["command", "launcher", "processes", "outcome", "seconds", "images/s", "detail"], rows)
+    lines.append(f"Whole commands over {step.get('images')} synthetic images, start-up included: with one process "
+                 "torchrun runs the single-process path, so the difference is torchrun's start-up "
+                 "(benchmarks/sharded_inference.py measures the work alone).")
+    return lines + [""]
 
 
 def _pipeline(step: dict) -> list[str]:
@@ -147,4 +158,8 @@ def render(results: dict) -> str:
     on, off = steps.get("autotune_on", {}), steps.get("autotune_off", {})
     if on or off:
         lines += ["## 7. cuDNN autotuning over image sizes", "", *_autotune(on, off)]
+    if "sharded" in steps:
+        step = steps["sharded"]
+        body = _sharded(step) if step["status"] in ("ok", "failed") else [f"{step['status']}: {step.get('reason', '')}"]
+        lines += ["## 8. Inference under torchrun (dump-proposals, eval)", "", *body]
     return "\n".join(lines).rstrip() + "\n"

@@ -234,9 +234,60 @@ def onnx_export_and_bench(opts) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
+# inference shared among processes (issue 27)
 
 
-STEPS = {"cuda_tests": cuda_tests, "distributed": distributed, "onnx": onnx}
+def _timed(cmd: list[str], timeout: float) -> tuple[str, float, str]:
+    """``(status, seconds, last error line)`` of one whole command (start-up included)."""
+    started = time.perf_counter()
+    proc = _run_torchrun(cmd, timeout)
+    seconds = time.perf_counter() - started
+    if proc is None:
+        return "timeout", seconds, ""
+    errors = re.findall(r"^Error: .*$", proc.stdout + proc.stderr, flags=re.MULTILINE)
+    return ("ok" if proc.returncode == 0 else "failed"), seconds, (errors[0] if errors else _tail(proc.stderr, 3))
+
+
+def sharded(opts) -> dict:
+    """``dump-proposals`` and ``eval`` on the same images: the plain command, the same under ``torchrun
+    --nproc-per-node 1`` (one process runs the single-process path: the difference is torchrun's own start-up),
+    and on a machine with N GPUs under ``--nproc-per-node N``. Wall seconds of each whole command; the work
+    alone, without start-up, is ``benchmarks/sharded_inference.py``'s measurement."""
+    import torch
+    from gpu_check_measure import config
+
+    from frcnn_cli.data.synthetic import CLASSES, make_synthetic_set
+    from frcnn_cli.model.checkpoint import save_checkpoint
+    from frcnn_cli.model.detector import FasterRCNN
+
+    gpu = _cuda(opts.device)
+    work = Path(tempfile.mkdtemp())
+    images = 8 if opts.quick else 256
+    size = (128, 96) if opts.quick else (500, 375)
+    data = make_synthetic_set(work / "set", n_train=images, n_test=1, image_size=size)[0]
+    torch.manual_seed(0)
+    save_checkpoint(work / "model.pt", FasterRCNN(config(opts.quick), list(CLASSES)), stage="final", provenance={})
+    counts = [1] + ([torch.cuda.device_count()] if gpu and torch.cuda.device_count() > 1 else [])
+    common = ["--model", str(work / "model.pt"), "--data", str(data), "--device", "cuda" if gpu else "cpu",
+              "--batch-size", "1" if opts.quick else "8"]
+    rows = []
+    for command in ("dump-proposals",) if opts.quick else ("dump-proposals", "eval"):  # quick: start-ups cost
+        for launcher, nproc in [("plain", 1)] + [("torchrun", n) for n in counts]:
+            out = ["--out", str(work / f"{command}-{launcher}-{nproc}.h5")] if command == "dump-proposals" else []
+            args = ["-m", "frcnn_cli", command, *common, *out]
+            cmd = [sys.executable, *args] if launcher == "plain" else _torchrun(nproc, *args)
+            status, seconds, detail = _timed(cmd, opts.run_timeout * 2)
+            rows.append({"command": command, "launcher": launcher, "processes": nproc, "status": status,
+                         "seconds": seconds, "images_per_s": images / seconds,
+                         "detail": detail if status != "ok" else ""})
+    bad = [r for r in rows if r["status"] != "ok"]
+    return {"rows": rows, "images": images, **({"status": "failed"} if bad else {})}
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+STEPS = {"cuda_tests": cuda_tests, "distributed": distributed, "onnx": onnx, "sharded": sharded}
 
 
 def main(argv=None) -> None:

@@ -84,9 +84,10 @@ def random_svd(model: FasterRCNN, rank: int) -> None:
 
 
 def build_frcnn(variant: str, args, device: torch.device, *, cfg: Config | None = None,
-                amp: bool = True) -> Predictor:
+                amp: bool | None = None) -> Predictor:
     """frcnn's model prepared as ``frcnn detect`` prepares it (the ``Predictor``), with the variant's runtime;
-    ``cfg`` (default: the vgg16 preset at this run's size), ``amp``: bf16 autocast on CUDA (``runtime.amp``)."""
+    ``cfg`` (default: the vgg16 preset at this run's size), ``amp``: ``runtime.amp`` (None: frcnn's policy, bf16
+    autocast on CUDA and on CPUs that compute bf16 natively; True forces it)."""
     torch.manual_seed(0)
     model = FasterRCNN(cfg or frcnn_config(args.quick), list(VOC_CLASSES))
     if variant == "frcnn-svd":
@@ -123,9 +124,9 @@ def frcnn_runner(predictor: Predictor, images: list[torch.Tensor], device: torch
     return run
 
 
-def torchvision_runner(model, images: list[torch.Tensor], device: torch.device, *, amp: bool = True):
-    """One timed run of torchvision's detector: ``pre`` (its transform) and ``net``; bf16 autocast on CUDA when
-    ``amp``, as frcnn's."""
+def torchvision_runner(model, images: list[torch.Tensor], device: torch.device, *, amp: bool | None = None):
+    """One timed run of torchvision's detector: ``pre`` (its transform) and ``net``; bf16 autocast as frcnn's
+    under ``runtime.amp`` = ``amp`` (``devices.autocast``)."""
     @torch.inference_mode()
     def run() -> dict[str, float]:
         watch = Stopwatch(device)

@@ -67,7 +67,7 @@ def run_frcnn(cfg: Config, manifest_path: Path, work: Path, device: torch.device
 def _torchvision_proposals(model, path: Path, device: torch.device):
     image = torchvision.io.decode_image(str(path), mode=torchvision.io.ImageReadMode.RGB)
     floats = [image.to(device).float().div_(255.0)]
-    with autocast(device, True):
+    with autocast(device):  # frcnn's policy, as its own runs
         images, _ = model.transform(floats)
         features = {"0": model.backbone(images.tensors)}
         boxes = model.rpn(images, features)[0][0]

@@ -154,7 +154,7 @@ def torchvision_runner(cfg: Config, data, device: torch.device):
 
     def run() -> dict[str, float]:
         watch = Stopwatch(device)
-        with autocast(device, True):
+        with autocast(device):  # frcnn's policy, as its own runs
             losses = model(inputs, targets)
         loss = sum(v.float() for v in losses.values())
         optimizer.zero_grad(set_to_none=True)

@@ -30,8 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .boxes import BoxCoder, clip_boxes, small_box_mask
-from .model.rpn import ProposalSettings, Proposer, RPNProposer, objectness_scores, select_proposals
+from .model.rpn import ProposalSettings, Proposer, RPNProposer, candidate_boxes, objectness_scores, select_proposals
 
 
 @dataclass(frozen=True)
@@ -102,16 +101,8 @@ class AblatedProposer:
         device = deltas.device
         min_sizes = s.min_size * scales.to(device=device, dtype=torch.float32)
         scores = objectness_scores(cls_logits)
-        deltas = deltas.float()
         n, m = scores.shape
-        anchors = anchors.float()
-        if ablation.use_regression:
-            boxes = BoxCoder().decode(deltas.reshape(n * m, 4), anchors.repeat(n, 1)).view(n, m, 4)
-        else:
-            boxes = anchors[None].expand(n, m, 4)
-        sizes = image_sizes.to(device=device, dtype=torch.float32)
-        boxes = clip_boxes(boxes, sizes[:, 0:1], sizes[:, 1:2])
-        valid = small_box_mask(boxes, min_sizes[:, None])
+        boxes, valid = candidate_boxes(anchors, deltas, image_sizes, min_sizes, decode=ablation.use_regression)
         top_n = s.post_nms_top_n
         if not ablation.use_scores:
             keys = range(n) if keys is None else keys

@@ -140,7 +140,7 @@ def _temp_prefix(path: Path) -> str:
     return f".{short_stem(path.name, TEMP_RESERVE, path.parent)}.pid{os.getpid()}-{_host_id()}."
 
 
-def _cannot_write(path: Path, exc: OSError, option: str | None = None) -> FrcnnError:
+def cannot_write(path: Path, exc: OSError, option: str | None = None) -> FrcnnError:
     """The one message of an output that cannot be written at all (permissions, read-only, not a folder)."""
     where = f" ({option})" if option else ""
     if is_name_too_long(exc):
@@ -163,14 +163,14 @@ def _make_temp(path: Path, *, folder: bool = False) -> Path:
             return Path(tmp)
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=parent)
     except OSError as exc:
-        raise _cannot_write(path, exc) from exc
+        raise cannot_write(path, exc) from exc
     try:
         os.fchmod(fd, file_mode())  # mkstemp's 0o600 would survive the rename
     except OSError as exc:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise _cannot_write(path, exc) from exc
+        raise cannot_write(path, exc) from exc
     os.close(fd)
     return Path(tmp)
 
@@ -189,7 +189,8 @@ def check_writable(path: str | os.PathLike, *, option: str = "--out", folder: bo
     if path.is_dir() and not folder:
         raise FrcnnError(f"cannot write {path}: it is a folder; give {option} a file name")
     if path.exists() and folder and not path.is_dir():
-        raise FrcnnError(f"cannot write into {path}: it is a file, not a folder; give {option} a folder")
+        raise FrcnnError(f"cannot write into {path}: it is {special_kind(path) or 'a file'}, not a folder; give "
+                         f"{option} a folder")
     kind = None if folder else special_kind(path)
     if kind is not None:
         raise not_regular(path, kind, option)
@@ -206,7 +207,7 @@ def check_writable(path: str | os.PathLike, *, option: str = "--out", folder: bo
         if folder and exc.errno != errno.ENOSPC and not is_name_too_long(exc):  # as ``ensure_dir`` says it
             raise FrcnnError(f"cannot create {path}: {exc.strerror or exc}; choose a {option} you can write to"
                              ) from None
-        raise _cannot_write(path, exc, option) from None
+        raise cannot_write(path, exc, option) from None
     return path
 
 
@@ -274,6 +275,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         full = isinstance(exc, Exception) and not isinstance(exc, (OSError, FrcnnError)) and _disk_is_full(path.parent)
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and is_name_too_long(exc):  # a name the file system does not allow
+            raise cannot_write(path, exc) from exc
         if isinstance(exc, OSError):
             raise FrcnnError(
                 f"cannot write {path}: {exc.strerror or exc}; free some space or choose another output"

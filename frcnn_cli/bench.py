@@ -17,7 +17,8 @@ Pre-processing (decoding, resizing, normalising) is not timed, as in the paper. 
 the timed runs after the warm-up runs, per image (a batch's time divided by its size).
 
 Inference settings: those of the ``Predictor`` (eval mode, ``torch.inference_mode``, channels-last memory
-format for the convs, Winograd convs on the CPU, bf16 autocast on CUDA with ``runtime.amp``, Fast R-CNN's
+format for the convs, Winograd convs on the CPU, bf16 autocast with ``runtime.amp`` (by default on CUDA and on
+CPUs that compute bf16 natively; ``BenchResult.precision`` says which ran), Fast R-CNN's
 truncated SVD of fc6/fc7 when ``roi_head.fc_svd_rank > 0``); the command sets ``cudnn.benchmark`` on CUDA.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the timed runs (weights included); on the
@@ -44,7 +45,7 @@ from torch import Tensor
 from .config import InputConfig
 from .data.images import ImageBatch, batch_from_images, compute_scale, find_images, load_image, resized_size
 from .errors import DataError
-from .inference import Predictor
+from .inference import PredictorLike
 from .model.detector import FasterRCNN
 
 STAGES = ("backbone", "proposals", "region_wise")
@@ -150,7 +151,7 @@ class _TotalClock(_StageClock):
         return {"total": self.marks["end"] - self.marks["begin"]}
 
 
-def _run_once(predictor: Predictor, batch: ImageBatch, clock: _StageClock) -> dict[str, float]:
+def _run_once(predictor: PredictorLike, batch: ImageBatch, clock: _StageClock) -> dict[str, float]:
     clock.marks.clear()
     clock.mark("begin")
     predictor.run(batch)
@@ -189,12 +190,19 @@ class BenchResult:
     winograd_layers: list[str] = field(default_factory=list)
     runs_ms: list[dict[str, float]] = field(default_factory=list)
     exported: str | None = None  # the format of an exported model ("onnx", "torchscript"), timed as a whole
+    float32_winograd_layers: list[str] = field(default_factory=list)  # under bf16 autocast: kept float32
+
+    @property
+    def precision(self) -> str:
+        """``"bfloat16"`` (the forward under bf16 autocast) or ``"float32"``."""
+        return "bfloat16" if self.amp else "float32"
 
     def to_json(self) -> dict:
-        """The ``frcnn bench --json`` document of shared/DESIGN.md."""
+        """The ``frcnn bench --json`` document of shared/DESIGN.md, with the ``precision`` that ran."""
         return {"device": self.device, "batch_size": self.batch_size, "image_size": list(self.image_size),
                 "ms_per_image": {k: self.ms_per_image.get(k) for k in ("total", *STAGES)},
-                "images_per_s": self.images_per_s, "peak_memory_mb": self.peak_memory_mb}
+                "images_per_s": self.images_per_s, "peak_memory_mb": self.peak_memory_mb,
+                "precision": self.precision}
 
 
 def _medians(per_run: list[dict[str, float]]) -> dict[str, float]:
@@ -202,7 +210,7 @@ def _medians(per_run: list[dict[str, float]]) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def time_model(predictor: Predictor, batches: Sequence[ImageBatch], *, runs: int = 10,
+def time_model(predictor: PredictorLike, batches: Sequence[ImageBatch], *, runs: int = 10,
                warmup: int = 2) -> tuple[list[dict[str, float]], float]:
     """Per-image milliseconds of each timed run (``total`` and ``STAGES``) and the peak memory in MiB.
 
@@ -212,7 +220,7 @@ def time_model(predictor: Predictor, batches: Sequence[ImageBatch], *, runs: int
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     device = predictor.device
-    clock = _StageClock(predictor.model, device) if isinstance(predictor, Predictor) else _TotalClock(device)
+    clock = _StageClock(predictor.model, device) if predictor.model is not None else _TotalClock(device)
     try:
         for i in range(warmup):
             _run_once(predictor, batches[i % len(batches)], clock)
@@ -228,7 +236,7 @@ def time_model(predictor: Predictor, batches: Sequence[ImageBatch], *, runs: int
     return per_run, _peak_memory_mb(device)
 
 
-def run_benchmark(predictor: Predictor, images: Sequence[Tensor] | None = None, *, batch_size: int = 1,
+def run_benchmark(predictor: PredictorLike, images: Sequence[Tensor] | None = None, *, batch_size: int = 1,
                   runs: int = 10, warmup: int = 2) -> BenchResult:
     """Time ``predictor`` on ``images`` (uint8 ``[3, H, W]``; None: one synthetic 500×375 image) in batches
     of ``batch_size``; the paper's Table 4 as a ``BenchResult``."""
@@ -237,7 +245,7 @@ def run_benchmark(predictor: Predictor, images: Sequence[Tensor] | None = None, 
     device, channels_last = predictor.device, predictor.runtime.channels_last
     images = list(images) if images else [synthetic_image()]
     input_cfg = predictor.settings.config.input
-    exported = None if isinstance(predictor, Predictor) else predictor.format
+    exported = predictor.format
     if exported is None:
         batches = make_batches(images, input_cfg, batch_size, device, channels_last=channels_last)
         image_size = list(max((b.tensor.shape[-2:] for b in batches), key=lambda hw: hw[0] * hw[1]))
@@ -250,9 +258,16 @@ def run_benchmark(predictor: Predictor, images: Sequence[Tensor] | None = None, 
         device=str(device), device_name=describe_device(device), batch_size=batch_size,
         image_size=[int(v) for v in image_size], ms_per_image=ms,
         images_per_s=1000.0 / ms["total"] if ms["total"] > 0 else float("inf"), peak_memory_mb=peak,
-        runs=runs, warmup=warmup, amp=predictor.runtime.amp and device.type == "cuda" and exported is None,
+        runs=runs, warmup=warmup, amp=exported is None and predictor.amp,
         channels_last=channels_last, svd_layers=predictor.svd_layers, winograd_layers=predictor.winograd_layers,
-        runs_ms=per_run, exported=exported)
+        runs_ms=per_run, exported=exported, float32_winograd_layers=_float32_winograd(predictor, exported))
+
+
+def _float32_winograd(predictor: PredictorLike, exported: str | None) -> list[str]:
+    """The Winograd convs that stay float32 under the predictor's bf16 autocast (none without autocast)."""
+    if exported is not None or not predictor.amp:
+        return []
+    return [name for name, m in predictor.model.named_modules() if getattr(m, "winograd_under_bf16", False)]
 
 
 def _network_size(images: Sequence[Tensor], input_cfg: InputConfig) -> list[int]:

@@ -15,5 +15,6 @@ StepCallback = Callable[[str, str], None]
 """``on_step(name, what)``: a named step (``rpn1``, ``props1`` …, ``eval``) is ``"start"``, ``"done"`` or
 ``"skip"`` (already done by an earlier run)."""
 
-WarningCallback = Callable[[str], None]
-"""``on_warning(message)``: something odd but allowed, for the person running the command."""
+OnNote = Callable[[str], None]
+"""``on_note(message)`` and ``on_warning(message)``: a sentence for the person running the command, a note of
+what was decided from the data or (``on_warning``) something odd but allowed."""

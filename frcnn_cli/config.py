@@ -182,7 +182,9 @@ class RuntimeConfig(_Checked):
     """How this machine runs a command now; never saved as part of a model's recipe nor replayed from one."""
 
     num_workers: int = 2  # data loader processes (0: load in the main process)
-    amp: bool = True  # bf16 autocast on CUDA
+    # bf16 autocast: None ("auto") on CUDA and on CPUs that compute bf16 natively (devices.amp_enabled);
+    # true forces it (also where the CPU would emulate bf16), false is float32
+    amp: bool | None = None
     channels_last: bool = True  # NHWC convs: inference on CPU and CUDA, training on CUDA
     cpu_winograd: bool = True  # CPU inference and training: 3x3 convs with >= 128 channels as Winograd F(4x4, 3x3)
     log_every: int = 20  # training: a progress line and a metrics.jsonl row every N iterations (0: only the last)
@@ -191,7 +193,15 @@ class RuntimeConfig(_Checked):
 
 @dataclass(frozen=True)
 class Config(_Checked):
-    """The whole configuration of a model and its training."""
+    """The whole configuration of a model and its training: frozen sections, checked whenever one is made.
+
+    >>> from dataclasses import replace
+    >>> cfg = frcnn_cli.get_preset("tiny")
+    >>> cfg.backbone, cfg.input.test_scale, cfg.roi_head.score_thresh
+    ('tiny', 192, 0.05)
+    >>> replace(cfg, rpn=replace(cfg.rpn, nms_thresh=0.6)).rpn.nms_thresh
+    0.6
+    """
 
     name: str = "vgg16"
     backbone: str = "vgg16"
@@ -328,7 +338,12 @@ LEGACY_RUNTIME_KEYS = ("amp", "channels_last", "cpu_winograd", "log_every", "num
 
 
 def get_preset(name: str) -> Config:
-    """The named preset; ``ConfigError`` lists the known names."""
+    """The named preset (``vgg16``, ``zf``, ``resnet50``, ``resnet101``, ``tiny``); ``ConfigError`` lists the
+    known names.
+
+    >>> frcnn_cli.get_preset("zf").rpn.conv_channels
+    256
+    """
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)} or a .toml file")
     return PRESETS[name]

@@ -5,7 +5,8 @@ checkpoint lets ``--set`` change.
 proposal file or a ``state.json`` written before the runtime keys left ``SolverConfig`` holds them too
 (``solver.num_workers`` …): ``config_from_dict`` leaves them out, so they are never replayed. ``--set`` and
 TOML files spell runtime keys ``runtime.<key>`` (or ``solver.<key>`` for the five of ``LEGACY_RUNTIME_KEYS``);
-``split_overrides`` sends them to ``apply_runtime_overrides``.
+``Overrides.parse`` reads ``--set`` once into its config and runtime items, which it checks against a
+checkpoint's ``TEST_TIME_KEYS`` and applies to a ``Config`` and a ``RuntimeConfig``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from dataclasses import fields, replace
+import types
+from collections.abc import Iterable
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .config import (
     LEGACY_RUNTIME_KEYS,
@@ -28,6 +31,7 @@ from .config import (
     runtime_defaults,
 )
 from .errors import ConfigError
+from .file_kinds import other_kind, read_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -88,6 +92,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 raise ConfigError(f"config key '{key}' needs {len(args)} values, got {len(items)} "
                                   f"({value!r}); give {len(args)} comma-separated values")
         return tuple(_coerce(v, item_hint, key) for v in items)
+    if origin in (Union, types.UnionType) and set(get_args(hint)) == {bool, type(None)}:
+        return _coerce_switch(value, key)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -107,6 +113,17 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is str:
         return str(value)
     return value
+
+
+def _coerce_switch(value: Any, key: str) -> bool | None:
+    """A switch with an automatic default (``runtime.amp``): true, false, or auto (None: the machine decides)."""
+    if value is None or isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise ConfigError(f"config key '{key}' must be true, false or auto, got {value!r}; use true, false or auto")
 
 
 def _coerce_int(value: Any, key: str) -> int:
@@ -149,10 +166,14 @@ def load_config_file(path: str | Path) -> tuple[Config, RuntimeConfig]:
     boxes (``anchors.auto = true``) unless it sets ``anchors.auto = false``."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is not TOML
+        data = tomllib.loads(read_text(path))  # a byte-order mark (UTF-8 or UTF-16) is not TOML
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; give a preset name or a .toml path") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        kind = other_kind(path, "json")  # a TOML table opens with "[" too
+        if kind is not None:
+            raise ConfigError(f"config file {path} is {kind}, not a TOML config; give --config a preset name or a "
+                              ".toml file") from None
         raise ConfigError(f"config file {path} is not valid TOML ({exc}); fix the file") from None
     preset = data.pop("preset", None)
     base = get_preset(preset) if preset else get_preset(data.get("backbone", "vgg16"))
@@ -175,11 +196,6 @@ def resolve_settings(spec: str | None) -> tuple[Config, RuntimeConfig]:
         return load_config_file(spec)
     cfg = get_preset(spec)
     return cfg, runtime_defaults(cfg.name)
-
-
-def resolve_config(spec: str | None) -> Config:
-    """The ``Config`` of ``--config`` (``resolve_settings`` without the runtime part)."""
-    return resolve_settings(spec)[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,60 +228,102 @@ def runtime_key(key: str) -> str | None:
     return None
 
 
-def split_overrides(overrides: list[str] | tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """``--set`` items as ``(config items, runtime items)``, each in the given order."""
-    config, runtime = [], []
-    for item in overrides:
-        (runtime if runtime_key(_split_item(item)[0]) is not None else config).append(item)
-    return config, runtime
+@dataclass(frozen=True)
+class Overrides:
+    """``--set key=value`` items parsed once: ``config`` items (keys of ``Config``) and ``runtime`` items (keys
+    of ``RuntimeConfig``: ``runtime.x`` or a legacy ``solver.x``), each ``(item, key, raw value)`` in the order
+    given. One value carries them from the command line to where each kind applies::
+
+        overrides = Overrides.parse(["roi_head.score_thresh=0.3", "runtime.num_workers=0"])
+        overrides.check_test_time("model.pt")           # a checkpoint lets --set change only TEST_TIME_KEYS
+        cfg = overrides.apply(model.cfg)                # the config items
+        runtime = overrides.apply_runtime(RuntimeConfig())  # the runtime items
+    """
+
+    config: tuple[tuple[str, str, str], ...] = ()
+    runtime: tuple[tuple[str, str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, items: Overrides | Iterable[str] | None) -> Overrides:
+        """``items`` (``key=value`` strings; an ``Overrides`` is returned as it is); a ``ConfigError`` for an
+        item that is not ``key=value``."""
+        if isinstance(items, Overrides):
+            return items
+        if isinstance(items, str):
+            raise TypeError(f"overrides are a list of key=value strings, got the string {items!r}")
+        config, runtime = [], []
+        for item in items or ():
+            key, raw = _split_item(item)
+            (runtime if runtime_key(key) is not None else config).append((item, key, raw))
+        return cls(tuple(config), tuple(runtime))
+
+    def __bool__(self) -> bool:
+        return bool(self.config or self.runtime)
+
+    @property
+    def config_items(self) -> list[str]:
+        """The config items as given (``key=value``)."""
+        return [item for item, _, _ in self.config]
+
+    def check_test_time(self, checkpoint: str | Path, advice: str = "drop it") -> None:
+        """A ``ConfigError`` for a config key a checkpoint fixes: on a trained model only ``TEST_TIME_KEYS``
+        (and the runtime keys) may change. Reads nothing: called before the checkpoint is."""
+        for item, key, raw in self.config:
+            if key in TEST_TIME_KEYS:
+                continue
+            _apply_item(Config(), item, key, raw)  # an unknown key or a bad value is named as such first
+            raise ConfigError(f"--set {item}: '{key}' is fixed by the checkpoint {checkpoint} (part of the model "
+                              f"and its training recipe); here only the test-time keys ({', '.join(TEST_TIME_KEYS)})"
+                              f" and the runtime keys (runtime.*) can change: {advice}")
+
+    def apply(self, cfg: Config) -> Config:
+        """``cfg`` with the config items applied in order (the runtime items are ``apply_runtime``'s)."""
+        for item, key, raw in self.config:
+            cfg = _apply_item(cfg, item, key, raw)
+        return cfg
+
+    def apply_runtime(self, runtime: RuntimeConfig) -> RuntimeConfig:
+        """``runtime`` with the runtime items applied in order."""
+        for item, key, raw in self.runtime:
+            try:
+                runtime = _build(RuntimeConfig, {runtime_key(key): _parse_scalar(raw)}, "runtime.", runtime)
+            except ConfigError as exc:
+                raise ConfigError(f"--set {item}: {exc}") from None
+        return runtime
 
 
-def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+def _apply_item(cfg: Config, item: str, key: str, raw: str) -> Config:
+    nested: dict[str, Any] = {}
+    cursor = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = _parse_scalar(raw)
+    try:
+        return _build(Config, nested, "", cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"--set {item}: {exc}") from None
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     """Apply ``key=value`` strings such as ``rpn.nms_thresh=0.6`` or ``anchors.scales=4,8,16`` to ``cfg``.
-    A runtime key is a ``ConfigError``: it belongs to ``apply_runtime_overrides`` (``split_overrides``)."""
+    A runtime key is a ``ConfigError``: it belongs to ``apply_runtime_overrides`` (``Overrides`` takes both)."""
     for item in overrides:
         key, raw = _split_item(item)
         if runtime_key(key) is not None:
             raise ConfigError(f"--set {item}: '{key}' is a runtime setting of this machine, not part of the "
                               "model's config; give it to the command that runs (frcnn_cli.config_io."
                               "apply_runtime_overrides)")
-        nested: dict[str, Any] = {}
-        cursor = nested
-        parts = key.split(".")
-        for part in parts[:-1]:
-            cursor = cursor.setdefault(part, {})
-        cursor[parts[-1]] = _parse_scalar(raw)
-        try:
-            cfg = _build(Config, nested, "", cfg)
-        except ConfigError as exc:
-            raise ConfigError(f"--set {item}: {exc}") from None
+        cfg = _apply_item(cfg, item, key, raw)
     return cfg
 
 
-def apply_runtime_overrides(runtime: RuntimeConfig, overrides: list[str] | tuple[str, ...]) -> RuntimeConfig:
+def apply_runtime_overrides(runtime: RuntimeConfig, overrides: Iterable[str]) -> RuntimeConfig:
     """Apply runtime ``key=value`` strings (``runtime.num_workers=0``, ``solver.amp=false``) to ``runtime``."""
     for item in overrides:
         key, raw = _split_item(item)
-        name = runtime_key(key)
-        if name is None:
+        if runtime_key(key) is None:
             raise ConfigError(f"--set {item}: '{key}' is not a runtime key; use one of "
                               f"{', '.join('runtime.' + k for k in RUNTIME_KEYS)}")
-        try:
-            runtime = _build(RuntimeConfig, {name: _parse_scalar(raw)}, "runtime.", runtime)
-        except ConfigError as exc:
-            raise ConfigError(f"--set {item}: {exc}") from None
+        runtime = Overrides(runtime=((item, key, raw),)).apply_runtime(runtime)
     return runtime
-
-
-def check_test_time_overrides(overrides: list[str] | tuple[str, ...], checkpoint: str | Path,
-                              advice: str = "drop it") -> None:
-    """A ``ConfigError`` for a ``--set`` key a checkpoint fixes: on a trained model only ``TEST_TIME_KEYS`` and
-    the runtime keys may change (checked before the checkpoint is read)."""
-    for item in overrides:
-        key, raw = _split_item(item)
-        if runtime_key(key) is not None or key in TEST_TIME_KEYS:
-            continue
-        apply_overrides(Config(), [f"{key}={raw}"])  # an unknown key or a bad value is named as such first
-        raise ConfigError(f"--set {item}: '{key}' is fixed by the checkpoint {checkpoint} (part of the model and "
-                          f"its training recipe); here only the test-time keys ({', '.join(TEST_TIME_KEYS)}) "
-                          f"and the runtime keys (runtime.*) can change: {advice}")

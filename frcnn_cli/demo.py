@@ -144,7 +144,7 @@ def _evaluate(final: Path, test_path: Path, workdir: Path, device: torch.device,
     test = read_manifest(test_path)
     _notify(on_step, "eval", "start")
     model, _ = load_model(final, device=device, require=("rpn", "roi_head"))
-    predictor = Predictor(model, device, InferenceSettings.from_config(model.cfg), runtime, owned=True)
+    predictor = Predictor.for_model(model, device, runtime=runtime, owned=True)
     results = detect_manifest(predictor, test)
     ev = evaluate_detections(detections_by_class(results, len(test.classes)), test, iou_thresh=0.5,
                              metric="11point")

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 
 class FrcnnError(Exception):
-    """A user-facing error: the message is shown as ``Error: <message>`` with a non-zero exit."""
+    """A user-facing error: the message is shown as ``Error: <message>`` with a non-zero exit; from Python it
+    says the same (what is wrong, where, what to do).
+
+    >>> try:
+    ...     frcnn_cli.get_preset("vgg19")
+    ... except frcnn_cli.FrcnnError as error:
+    ...     print(error)
+    unknown preset 'vgg19'; choose one of vgg16, zf, resnet50, resnet101, tiny or a .toml file
+    """
 
     exit_code = 1
 
@@ -41,3 +49,16 @@ class TrainingError(FrcnnError):
 
 class BusyError(FrcnnError):
     """An output (a file or a run folder) that another live frcnn process is writing (``locks.py``)."""
+
+
+MAX_PROBLEMS_SHOWN = 10  # problems listed in one message
+
+
+def problems_error(problems: list[str]) -> DataError:
+    """One ``DataError`` for every problem ``prepare`` found in a dataset (the first ten listed, then a count)."""
+    if len(problems) == 1:
+        return DataError(problems[0])
+    shown = MAX_PROBLEMS_SHOWN
+    more = f"\n  ... and {len(problems) - shown} more" if len(problems) > shown else ""
+    listed = "\n  ".join(problems[:shown])
+    return DataError(f"{len(problems)} problems in the data; fix them and run prepare again:\n  {listed}{more}")

@@ -1,12 +1,12 @@
-"""Inference: the settings as one value, one ``Predictor`` that runs the model's one forward, and the batched
-loops over a manifest (``detect_manifest``, ``dump_proposals``) that ``eval``, ``dump-proposals``, the demo and
-``detect`` (``frcnn_cli.detect``) share.
+"""Inference: the settings as one value, one ``Predictor`` that runs the model's one forward, ``load_predictor``
+(the one entry from a checkpoint or an exported file), and the batched loops over a manifest
+(``detect_manifest``, ``dump_proposals``) that ``eval``, ``dump-proposals``, the demo and ``detect`` share.
 
 How a setting travels (docs/architecture.md)::
 
-    checkpoint config + --set (TEST_TIME_KEYS) + the command's flags
+    load_predictor: checkpoint config + --set (config_io.Overrides: TEST_TIME_KEYS) + the command's flags
         -> InferenceSettings (frozen: proposal settings, detection settings, ablation, SVD rank)
-        -> Predictor(model, device, settings, runtime)   prepared once: eval, SVD, place_model
+        -> Predictor.for_model(model, device, …)   prepared once: eval, SVD, place_model
         -> FasterRCNN.forward(proposer=settings.proposer) and FasterRCNN.detect(settings=settings.detections)
 
 Images are decoded, rescaled and normalised by the data loader's workers (``runtime.num_workers``), a batch
@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -28,12 +30,13 @@ from .ablations import ProposalAblation
 from .atomic import check_writable
 from .callbacks import Progress
 from .config import Config, RuntimeConfig, runtime_defaults
-from .config_io import apply_overrides, config_to_dict
+from .config_io import Overrides, config_to_dict
 from .data.images import DetectionDataset, ImageBatch, ImageFilesDataset
 from .data.loading import inference_loader
 from .data.manifest import Manifest, manifest_hash
+from .data.proposal_segments import absorb_segments
 from .data.proposal_store import ProposalWriter
-from .devices import autocast, place_model
+from .devices import amp_enabled, autocast, place_model
 from .errors import FrcnnError
 from .locks import output_lock
 from .model.checkpoint import file_sha256
@@ -49,10 +52,11 @@ MODES = ("test", "dump")
 class InferenceSettings:
     """Every test-time setting of a command, built once at its start and passed down as a value.
 
-    ``config``: the checkpoint's config with ``--set`` and the command's flags applied (what the input
-    pipeline reads, and the record a proposal file stores); ``proposals``: the proposal layer's numbers
-    (``mode`` "test": ``rpn.test_*``; "dump": ``rpn.dump_*``); ``detections``: the detection rules;
-    ``ablation``: one of the paper's Table 1 proposal ablations, or None.
+    ``config``: the checkpoint's config with ``--set`` applied (what the input pipeline reads; a proposal file
+    records it with the proposal numbers that ran, ``dump_record``); ``proposals``: the proposal layer's
+    numbers (``mode`` "test": ``rpn.test_*``; "dump": ``rpn.dump_*``, then a dump's ``--nms`` and top-N
+    flags); ``detections``: the detection rules; ``ablation``: one of the paper's Table 1 proposal
+    ablations, or None.
     """
 
     config: Config
@@ -62,30 +66,33 @@ class InferenceSettings:
     mode: str = "test"
 
     @classmethod
-    def from_config(cls, cfg: Config, *, mode: str = "test", overrides: Sequence[str] = (),
+    def from_config(cls, cfg: Config, *, mode: str = "test", overrides: Overrides | Sequence[str] = (),
                     score_thresh: float | None = None, nms_thresh: float | None = None,
                     pre_nms_top_n: int | None = None, post_nms_top_n: int | None = None,
                     ablation: ProposalAblation | None = None) -> InferenceSettings:
         """The settings of a model whose config is ``cfg``: ``overrides`` (``--set`` items of
-        ``config.TEST_TIME_KEYS``, checked by the caller), for a dump (``mode="dump"``) ``nms_thresh`` and the
-        top-N flags, ``score_thresh`` a floor under the config's own threshold (``detect --score-thresh``),
-        ``ablation`` (``eval``/``detect``'s ``--proposals-n`` and ``--no-rpn-*``)."""
+        ``config.TEST_TIME_KEYS``, checked by the caller; runtime items are the ``Predictor``'s), for a dump
+        (``mode="dump"``) ``nms_thresh`` and the top-N flags, ``score_thresh`` a floor under the config's own
+        threshold (``detect --score-thresh``), ``ablation`` (``eval``/``detect``'s ``--proposals-n`` and
+        ``--no-rpn-*``)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        cfg = apply_overrides(cfg, list(overrides))
-        if mode == "dump":
-            rpn = cfg.rpn
-            cfg = replace(cfg, rpn=replace(
-                rpn, nms_thresh=rpn.nms_thresh if nms_thresh is None else float(nms_thresh),
-                dump_pre_nms_top_n=rpn.dump_pre_nms_top_n if pre_nms_top_n is None else int(pre_nms_top_n),
-                dump_post_nms_top_n=rpn.dump_post_nms_top_n if post_nms_top_n is None else int(post_nms_top_n)))
-        elif (nms_thresh, pre_nms_top_n, post_nms_top_n) != (None, None, None):
+        cfg = Overrides.parse(overrides).apply(cfg)
+        proposals = ProposalSettings.from_config(cfg.rpn, mode)
+        flags = {"nms_thresh": None if nms_thresh is None else float(nms_thresh),
+                 "pre_nms_top_n": None if pre_nms_top_n is None else int(pre_nms_top_n),
+                 "post_nms_top_n": None if post_nms_top_n is None else int(post_nms_top_n)}
+        if mode != "dump" and any(v is not None for v in flags.values()):
             raise ValueError("nms_thresh and the top-N numbers are a dump's settings (mode='dump')")
-        detections = DetectionSettings.from_config(cfg.roi_head)
-        if score_thresh is not None:
-            detections = detections.with_score_floor(score_thresh)
-        return cls(cfg, ProposalSettings.from_config(cfg.rpn, mode), detections,
-                   ablation if ablation is not None and not ablation.is_default else None, mode)
+        proposals = replace(proposals, **{k: v for k, v in flags.items() if v is not None})
+        settings = cls(cfg, proposals, DetectionSettings.from_config(cfg.roi_head),
+                       ablation if ablation is not None and not ablation.is_default else None, mode)
+        return settings if score_thresh is None else settings.with_score_floor(score_thresh)
+
+    def with_score_floor(self, score_thresh: float) -> InferenceSettings:
+        """These settings with the detection threshold lowered to ``score_thresh`` (never raised)."""
+        detections = self.detections.with_score_floor(score_thresh)
+        return self if detections == self.detections else replace(self, detections=detections)
 
     @property
     def proposer(self) -> Proposer:
@@ -110,27 +117,70 @@ class BatchResult:
     proposals: list[tuple[Tensor, Tensor]] | None = None
 
 
+class PredictorLike(Protocol):
+    """What this module's loops, ``detect_images``, ``evaluate`` and ``bench`` need of a predictor: ``Predictor``
+    and ``export.predictor.ExportedPredictor`` are both. ``model``: the model run (None: an exported graph, which
+    hooks cannot time by stage); ``format``: None, or the exported file's (``"onnx"``, ``"torchscript"``)."""
+
+    device: torch.device
+    settings: InferenceSettings
+    runtime: RuntimeConfig
+    model: FasterRCNN | None
+    format: str | None
+    svd_layers: list[str]
+    winograd_layers: list[str]
+
+    @property
+    def classes(self) -> list[str]: ...
+    def with_settings(self, settings: InferenceSettings) -> PredictorLike: ...
+    def manifest_batches(self, manifest: Manifest, *, indices: Sequence[int] | None = None,
+                         batch_size: int = 1) -> Iterator: ...
+    def file_batches(self, paths: Sequence, *, batch_size: int = 1, on_unreadable=None) -> Iterator: ...
+    def run(self, batch, *, detections: bool = True, proposals: bool = False) -> BatchResult: ...
+
+
 class Predictor:
-    """A model prepared once for inference on ``device`` with ``settings``, and the one inference forward.
+    """A model prepared once for inference on ``device`` with ``settings``, and the one inference forward
+    (``load_predictor`` makes one from a checkpoint, ``for_model`` from a model in memory).
 
     Preparing means eval mode, the truncated SVD of fc6/fc7 (``settings.fc_svd_rank``), and
     ``devices.place_model`` (Winograd convs on the CPU, channels-last); it changes modules, so the Predictor
     prepares its own deep copy of ``model`` unless ``owned`` (the caller hands the model over, e.g. one just
     loaded from a checkpoint). ``with_settings`` gives a Predictor of other settings on the same prepared
-    model. ``runtime`` defaults to the runtime defaults of the model's preset (``config.runtime_defaults``).
+    model. ``runtime`` defaults to the runtime defaults of the model's preset (``config.runtime_defaults``);
+    ``amp``: whether its forward runs under bf16 autocast (``devices.amp_enabled``: ``runtime.amp``, by default
+    on CUDA and on CPUs that compute bf16 natively).
+
+    >>> predictor = Predictor.for_model(model, "cpu", score_thresh=0.3)  # a FasterRCNN  # doctest: +SKIP
     """
+
+    format = None  # a checkpoint's model, not an exported graph (``PredictorLike``)
 
     def __init__(self, model: FasterRCNN, device: torch.device | str, settings: InferenceSettings,
                  runtime: RuntimeConfig | None = None, *, owned: bool = False) -> None:
         self.device = torch.device(device)
         self.settings = settings
         self.runtime = runtime if runtime is not None else runtime_defaults(model.cfg.name)
+        self.amp = amp_enabled(self.device, self.runtime.amp)
         model = model if owned else copy.deepcopy(model)
         model.eval().to(self.device)
         rank = settings.fc_svd_rank  # on the device: the factorisation is fast on a GPU
         self.svd_layers = compress_fc_svd(model, rank) if rank > 0 else []
         self.winograd_layers = place_model(model, self.device, self.runtime)
         self.model = model
+
+    @classmethod
+    def for_model(cls, model: FasterRCNN, device: torch.device | str, *, runtime: RuntimeConfig | None = None,
+                  owned: bool = False, mode: str = "test", overrides: Overrides | Sequence[str] = (),
+                  **settings) -> Predictor:
+        """A Predictor of ``model`` with the test-time settings of its own config, changed by ``overrides``
+        (``--set`` items: test-time keys into the settings, runtime keys over ``runtime``, default the runtime
+        defaults of the model's preset) and ``settings`` (``InferenceSettings.from_config``'s ``score_thresh``,
+        ``nms_thresh``, ``pre_nms_top_n``, ``post_nms_top_n``, ``ablation``). ``owned``: as ``__init__``."""
+        overrides = Overrides.parse(overrides)
+        runtime = overrides.apply_runtime(runtime if runtime is not None else runtime_defaults(model.cfg.name))
+        inference = InferenceSettings.from_config(model.cfg, mode=mode, overrides=overrides, **settings)
+        return cls(model, device, inference, runtime, owned=owned)
 
     def with_settings(self, settings: InferenceSettings) -> Predictor:
         """A Predictor of ``settings`` sharing this one's prepared model (same SVD unless it needs none)."""
@@ -155,11 +205,11 @@ class Predictor:
         order = list(range(len(manifest.images))) if indices is None else list(indices)
         return self._batches(dataset, order, batch_size)
 
-    def file_batches(self, paths: Sequence[Path], *, batch_size: int = 1,
+    def file_batches(self, paths: Sequence[Path | Tensor], *, batch_size: int = 1,
                      on_unreadable: Callable[[int, FrcnnError], None] | None = None) -> Iterator[ImageBatch]:
-        """Image files at the test scale in batches, in the order of ``paths`` (``indices``: positions). An
-        unreadable file is ``load_image``'s ``DataError``, or with ``on_unreadable`` left out of its batch
-        and reported as ``on_unreadable(position, error)``."""
+        """Image files (or decoded uint8 ``[3, H, W]`` images) at the test scale in batches, in the order of
+        ``paths`` (``indices``: positions). An unreadable file is ``load_image``'s ``DataError``, or with
+        ``on_unreadable`` left out of its batch and reported as ``on_unreadable(position, error)``."""
         dataset = ImageFilesDataset(list(paths), self.settings.config.input)
         return self._batches(dataset, list(range(len(paths))), batch_size, on_failure=on_unreadable)
 
@@ -176,20 +226,17 @@ class Predictor:
 
     def forward(self, batch: ImageBatch, *, detections: bool = True,
                 image_keys: Sequence[int] | None = None) -> ForwardOutput:
-        """``FasterRCNN.forward`` of a batch already on the device (bf16 autocast on CUDA when
-        ``runtime.amp``), the RoI head only when ``detections``. ``image_keys``: the batch's manifest indices
-        as host numbers (default: read back from ``batch.indices``, which on a GPU waits for the device)."""
+        """``FasterRCNN.forward`` of a batch on the device (bf16 autocast when ``self.amp``), the RoI head only
+        when ``detections``; ``image_keys``: manifest indices (default ``batch.indices``: a wait on a GPU)."""
         keys = batch.indices.tolist() if image_keys is None else list(image_keys)
-        with autocast(self.device, self.runtime.amp):
+        with autocast(self.device, self.amp):
             return self.model(batch.tensor, batch.image_sizes, batch.scales, run_roi_head=detections,
                               proposer=self.settings.proposer, image_keys=keys)
 
     @torch.inference_mode()
     def run(self, batch: ImageBatch, *, detections: bool = True, proposals: bool = False) -> BatchResult:
-        """Detections and/or proposals of a host ``batch`` (the loader's), brought back to the host.
-
-        The image keys are read from the host batch, so the host queues the forward while the batch is
-        still being copied (non-blocking from the loader's pinned memory) instead of waiting for the copy."""
+        """Detections and/or proposals of a host ``batch`` (the loader's), brought back to the host. The image
+        keys are read from the host batch: the forward is queued while the batch is still being copied."""
         keys = batch.indices.tolist()
         on_device = batch.to(self.device, non_blocking=True)
         on_device.tensor = on_device.tensor.contiguous(memory_format=torch.channels_last)
@@ -204,9 +251,55 @@ class Predictor:
         return result
 
 
+def load_predictor(model: str | os.PathLike, device: torch.device | str | None = None, *,
+                   overrides: Overrides | Sequence[str] = (), require: Sequence[str] = ("rpn", "roi_head"),
+                   mode: str = "test", score_thresh: float | None = None, nms_thresh: float | None = None,
+                   pre_nms_top_n: int | None = None, post_nms_top_n: int | None = None,
+                   ablation: ProposalAblation | None = None,
+                   on_runtime: Callable[[torch.device, RuntimeConfig], None] | None = None) -> PredictorLike:
+    """The checkpoint (or ``frcnn export``'s ONNX / TorchScript file) at ``model`` as a predictor on ``device``
+    (default: CUDA when available), ready for ``detect_images``, ``evaluate`` and the loops of this module.
+
+    ``overrides``: ``--set`` items (``Overrides`` or ``key=value`` strings), checked against
+    ``config.TEST_TIME_KEYS`` before the file is read; the runtime keys (``runtime.*``) go over the runtime
+    defaults of the checkpoint's preset. ``score_thresh``: a floor under the checkpoint's detection threshold
+    (``roi_head.score_thresh``, 0.05: never raised); ``mode="dump"`` gives proposals for a proposal file, with
+    ``nms_thresh`` and the top-N numbers; ``ablation``: one of the paper's Table 1 proposal ablations;
+    ``require``: the parts the checkpoint must hold (``("rpn",)`` for proposals). ``on_runtime(device,
+    runtime)`` is called before the model is prepared (the command line sets its process settings there). An
+    exported file gives an ``export.predictor.ExportedPredictor``, which refuses what its graph fixes. Errors
+    are ``FrcnnError``: a missing file, a checkpoint lacking a part, a key ``--set`` may not change.
+
+    >>> predictor = frcnn_cli.load_predictor("run/final.pt", "cpu", score_thresh=0.3)  # doctest: +SKIP
+    """
+    from .devices import resolve_device
+    from .export.runtime import exported_format
+    from .model.checkpoint import load_model
+
+    path = Path(model)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    overrides = Overrides.parse(overrides)
+    overrides.check_test_time(path)
+    settings = {"mode": mode, "score_thresh": score_thresh, "nms_thresh": nms_thresh, "ablation": ablation,
+                "pre_nms_top_n": pre_nms_top_n, "post_nms_top_n": post_nms_top_n}
+    if exported_format(path) is not None:  # frcnn export's file: the same interface (export/predictor.py)
+        from .export.predictor import load_exported
+
+        predictor = load_exported(path, device, overrides=overrides, **settings)
+        if on_runtime is not None:
+            on_runtime(predictor.device, predictor.runtime)
+        return predictor
+    loaded, _ = load_model(path, device=device, require=tuple(require))
+    runtime = overrides.apply_runtime(runtime_defaults(loaded.cfg.name))
+    if on_runtime is not None:
+        on_runtime(device, runtime)
+    return Predictor.for_model(loaded, device, runtime=runtime, owned=True,
+                               overrides=Overrides(config=overrides.config), **settings)
+
+
 def detections_to_host(dets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
     """``model.detect``'s per-image ``boxes``, ``scores`` (float32) and ``labels`` (int64) on the host, in one
-    copy for the batch (a device waits once); a fixed number of device ops whatever the batch size."""
+    copy for the batch: a fixed number of device ops whatever the batch size."""
     counts = [len(d["scores"]) for d in dets]
     boxes = torch.cat([d["boxes"] for d in dets]).float()
     scores = torch.cat([d["scores"] for d in dets]).float()
@@ -231,7 +324,7 @@ def proposals_to_host(out: ForwardOutput, scales: Sequence[float]) -> list[tuple
 # loops over a manifest
 
 
-def predict_manifest(predictor: Predictor, manifest: Manifest, *, batch_size: int = 1,
+def predict_manifest(predictor: PredictorLike, manifest: Manifest, *, batch_size: int = 1,
                      progress: Progress | None = None,
                      proposals: bool = False) -> tuple[list[dict[str, Tensor]], list[Tensor] | None]:
     """Detections of every manifest image (``boxes`` original pixels, ``scores``, ``labels`` 1..K) on the host,
@@ -251,14 +344,25 @@ def predict_manifest(predictor: Predictor, manifest: Manifest, *, batch_size: in
     return dets, props
 
 
-def detect_manifest(predictor: Predictor, manifest: Manifest, *, batch_size: int = 1,
+def detect_manifest(predictor: PredictorLike, manifest: Manifest, *, batch_size: int = 1,
                     progress: Progress | None = None) -> list[dict[str, Tensor]]:
     """Detections of every manifest image (``predict_manifest`` without the proposals)."""
     return predict_manifest(predictor, manifest, batch_size=batch_size, progress=progress)[0]
 
 
-def _dump_attributes(predictor: Predictor, checkpoint_path: Path) -> dict:
-    settings, cfg = predictor.settings, predictor.settings.config
+def dump_record(settings: InferenceSettings) -> Config:
+    """The config a proposal file records: the settings' config with, for a dump, the proposal numbers that
+    ran in its ``rpn`` section (``rpn.nms_thresh``, ``dump_pre_nms_top_n``, ``dump_post_nms_top_n``)."""
+    cfg, p = settings.config, settings.proposals
+    if settings.mode != "dump":
+        return cfg
+    return replace(cfg, rpn=replace(cfg.rpn, nms_thresh=p.nms_thresh, dump_pre_nms_top_n=p.pre_nms_top_n,
+                                    dump_post_nms_top_n=p.post_nms_top_n))
+
+
+def dump_attributes(predictor: PredictorLike, checkpoint_path: Path) -> dict:
+    """What a proposal file made by ``predictor`` from ``checkpoint_path`` records (proposal_store.SETTINGS)."""
+    settings, cfg = predictor.settings, dump_record(predictor.settings)
     p = settings.proposals
     return {"checkpoint_hash": file_sha256(checkpoint_path), "checkpoint": str(checkpoint_path),
             "nms_thresh": p.nms_thresh, "pre_nms_top_n": p.pre_nms_top_n, "post_nms_top_n": p.post_nms_top_n,
@@ -266,7 +370,7 @@ def _dump_attributes(predictor: Predictor, checkpoint_path: Path) -> dict:
             "config": json.dumps(config_to_dict(cfg))}
 
 
-def dump_proposals(predictor: Predictor, manifest: Manifest, out: Path, *, checkpoint_path: Path,
+def dump_proposals(predictor: PredictorLike, manifest: Manifest, out: Path, *, checkpoint_path: Path,
                    batch_size: int = 1, progress: Progress | None = None) -> Path:
     """Every image's proposals in original pixels, sorted by score, into the HDF5 store ``out``, with the
     settings of ``predictor`` (built with ``mode="dump"``: no pre-NMS cap, NMS 0.7, top 2000 for the paper).
@@ -275,18 +379,19 @@ def dump_proposals(predictor: Predictor, manifest: Manifest, out: Path, *, check
     not yet written; the file is renamed to ``out`` only when complete. ``out`` is locked meanwhile
     (``locks.output_lock``): a second dump to it is a ``BusyError`` naming this process.
     """
-    attrs = _dump_attributes(predictor, checkpoint_path)
+    attrs = dump_attributes(predictor, checkpoint_path)
     with output_lock(out):  # a second dump to ``out`` is refused naming this process, not let into .partial
         check_writable(Path(f"{out}.partial"), option="--out")  # its name too must fit the file system
         _dump_into(predictor, manifest, out, attrs, batch_size, progress)
     return out
 
 
-def _dump_into(predictor: Predictor, manifest: Manifest, out: Path, attrs: dict, batch_size: int,
+def _dump_into(predictor: PredictorLike, manifest: Manifest, out: Path, attrs: dict, batch_size: int,
                progress: Progress | None) -> None:
     open_writer = lambda: ProposalWriter(out, manifest=manifest, manifest_hash=manifest_hash(manifest),
                                          attrs=attrs)
     with open_writer() as writer:
+        absorb_segments(writer, out)  # what a sharded dump killed before assembling it left (proposal_segments)
         todo = [i for i in range(len(manifest.images)) if not writer.done(i)]
     # the loader's workers start (fork) while no HDF5 file is open: a worker that outlives a killed dump
     # must not hold the file's lock, or the rerun could not resume it

@@ -41,8 +41,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import check_writable, file_mode, missing_folders
-from .errors import BusyError, FrcnnError
+from .atomic import cannot_write, check_writable, file_mode, missing_folders
+from .errors import BusyError
 from .output_paths import real_output, short_stem
 
 try:
@@ -145,9 +145,8 @@ def _acquire(lock: Path, target: Path, option: str) -> int | None:
             fd = _lock_once(lock, target, option)
             if fd is not None:
                 return None if fd < 0 else fd
-    except OSError as exc:
-        raise FrcnnError(f"cannot write {target}: {exc.strerror or exc}; choose an output folder you can write to "
-                         f"({option})") from None
+    except OSError as exc:  # the lock file's record not written: a full disk (said so), or not writable
+        raise cannot_write(target, exc, option) from None
     raise BusyError(f"cannot lock {target}: its lock file {lock} keeps being replaced; check for other frcnn "
                     f"processes writing it, or choose another {option}")
 

@@ -11,6 +11,8 @@ names (temporaries, lock files) that stay within that length, and outputs that m
   a socket): frcnn replaces outputs by renaming a new file over them, which would replace such a file.
 - ``dangling_link``: the symbolic link (and its missing target) on the way to an output, when there is one.
 - ``real_output``: a file output that is a symbolic link, resolved: the link's target is written, the link stays.
+- ``input_clash``: an output that is one of the command's own input files (``prepare coco --out`` the COCO file,
+  ``dump-proposals --out`` the manifest, ``eval --report`` the manifest): writing it would replace the input.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .errors import FrcnnError
@@ -138,3 +141,23 @@ def real_output(path: Path) -> Path:
 
 def is_name_too_long(exc: OSError) -> bool:
     return exc.errno == errno.ENAMETOOLONG
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` are one existing file (links, ``..`` and hard links seen through)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def input_clash(path: Path, inputs: Mapping[str, str | os.PathLike | Sequence | None],
+                option: str) -> FrcnnError | None:
+    """The error of an output ``path`` that is one of the command's input files (``inputs``: option -> a path, a
+    list of paths or None): the atomic write would replace the input by the output; None when it is none of them."""
+    for name, given in inputs.items():
+        for item in given if isinstance(given, (list, tuple)) else (given,):
+            if item is not None and same_file(path, item):
+                return FrcnnError(f"cannot write {path}: it is also an input of this command ({name}), which "
+                                  f"{option} would replace; choose another {option}")
+    return None

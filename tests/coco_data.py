@@ -13,6 +13,8 @@ import copy
 import json
 from pathlib import Path
 
+from PIL import Image
+
 CATEGORIES = [{"id": 90, "name": "toothbrush", "supercategory": "indoor"},
               {"id": 3, "name": "car", "supercategory": "vehicle"},
               {"id": 18, "name": "dog", "supercategory": "animal"}]
@@ -47,11 +49,12 @@ def coco_dict(*, degenerate: bool = True) -> dict:
 
 
 def write_coco_set(folder: Path, *, degenerate: bool = True, data: dict | None = None) -> tuple[Path, Path]:
-    """``(instances.json, image folder)`` under ``folder``; the image files are empty (prepare only stats them)."""
+    """``(instances.json, image folder)`` under ``folder``; the image files are grey PNGs of the sizes of
+    ``IMAGES`` (prepare reads their headers), whatever their names' suffix."""
     images = folder / "images"
     for img in IMAGES:
         (images / img["file_name"]).parent.mkdir(parents=True, exist_ok=True)
-        (images / img["file_name"]).touch()
+        Image.new("L", (img["width"], img["height"]), 128).save(images / img["file_name"], format="PNG")
     path = folder / "instances.json"
     path.write_text(json.dumps(coco_dict(degenerate=degenerate) if data is None else data), encoding="utf-8")
     return path, images

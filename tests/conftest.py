@@ -11,12 +11,17 @@ CLI run in this process, one intra-op thread, and the paper's four steps run onc
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 import torch
+
+# bf16 autocast follows the CPU (devices.cpu_bf16_kind): pinned to "no native bf16" so that the suite computes in
+# float32 on every machine, AVX512-BF16 and AMX ones included; the tests of the policy set it themselves
+os.environ["FRCNN_CPU_BF16"] = "0"
 
 # the tests' images are not the preset's: the anchors stay the preset's (no fit), so each test means one model;
 # `frcnn train` runs the paper's alternating optimisation there (tiny's own default is joint training)
@@ -266,9 +271,9 @@ def write_proposal_store(path: Path, manifest_path: Path, boxes, scores) -> Path
 def cpu_predictor(model, *, runtime: Sequence[str] = (), **settings):
     """A ``Predictor`` of ``model`` on the CPU with the test's runtime (no loader workers): ``settings`` go to
     ``InferenceSettings.from_config`` (``ablation=``, ``score_thresh=``, ``overrides=`` …)."""
-    from frcnn_cli.inference import InferenceSettings, Predictor
+    from frcnn_cli.inference import Predictor
 
-    return Predictor(model, "cpu", InferenceSettings.from_config(model.cfg, **settings), tiny_runtime(*runtime))
+    return Predictor.for_model(model, "cpu", runtime=tiny_runtime(*runtime), **settings)
 
 
 def rpn_losses_of(cls_logits, deltas, anchors, gt_boxes, image_sizes, *, cfg, anchors_per_cell: int = 9):
@@ -279,6 +284,19 @@ def rpn_losses_of(cls_logits, deltas, anchors, gt_boxes, image_sizes, *, cfg, an
 
     labels, targets = anchor_targets(anchors, gt_boxes, image_sizes, cfg=cfg)
     return rpn_losses(cls_logits, deltas, labels, targets, cfg=cfg, anchors_per_cell=anchors_per_cell)
+
+
+def label_anchors(anchors, gt_boxes, image_size, **rules):
+    """The anchors of one image labelled (``rpn_targets.label_anchors_batch`` for a batch of one):
+    ``(labels [M], matched_gt [M])`` of ``anchors [M, 4]`` against ``gt_boxes [G, 4]`` in an image of
+    ``image_size`` (h, w); ``rules``: ``positive_iou``, ``negative_iou``, ``allowed_border``,
+    ``ignore_cross_boundary``."""
+    from frcnn_cli.model.rpn_targets import label_anchors_batch, pad_gt_boxes
+
+    gt, valid = pad_gt_boxes([gt_boxes], anchors.device)
+    sizes = torch.as_tensor(image_size, device=anchors.device).reshape(1, 2)
+    labels, matched = label_anchors_batch(anchors, gt, valid, sizes, **rules)
+    return labels[0], matched[0]
 
 
 def inside_mask(anchors, height, width, border: float = 0.0):

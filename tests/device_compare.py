@@ -15,7 +15,7 @@ for cuDNN's different summation order; TF32 has 3 more mantissa bits than bf16.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from conftest import tiny_runtime
@@ -39,8 +39,8 @@ class Mode:
     map_tol: float  # |mAP difference|
 
     def autocast(self):
-        """bf16 autocast on this mode's device when the mode is bf16 (``frcnn_cli.devices.autocast`` on CUDA;
-        on the CPU, where frcnn never autocasts, the twin of it)."""
+        """bf16 autocast on this mode's device when the mode is bf16 (what ``frcnn_cli.devices.autocast`` opens:
+        on CUDA, and on the CPU where it computes bf16 natively or ``runtime.amp=true`` forces it)."""
         return torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16)
 
     def runtime(self, *extra: str):
@@ -106,3 +106,14 @@ def proposals_found_again(ref: Sequence[tuple[Tensor, Tensor]], got: Sequence[tu
     total = sum(len(h) for h in hits)
     assert total > 0, "the reference has no proposals: nothing to compare"
     return float(sum(int(h.sum()) for h in hits)) / total
+
+
+def self_labelled(manifest, detections: list[dict], per_image: int = 3):
+    """``manifest`` with each image's ``per_image`` best detections as its ground truth: the detector that
+    made them scores a high mAP on it, so a device that finds other boxes scores visibly lower."""
+    images = []
+    for rec, det in zip(manifest.images, detections):
+        boxes, labels = det["boxes"][:per_image], det["labels"][:per_image] - 1
+        images.append(replace(rec, boxes=boxes.tolist(), labels=labels.tolist(), difficult=[False] * len(labels),
+                              truncated=None))
+    return replace(manifest, images=images)

@@ -15,7 +15,7 @@ from frcnn_cli.inference import InferenceSettings, Predictor
 from frcnn_cli.model.checkpoint import save_checkpoint
 from frcnn_cli.model.detector import FasterRCNN
 
-KEYS = {"device", "batch_size", "image_size", "ms_per_image", "images_per_s", "peak_memory_mb"}
+KEYS = {"device", "batch_size", "image_size", "ms_per_image", "images_per_s", "peak_memory_mb", "precision"}
 CPU = torch.device("cpu")
 
 
@@ -37,6 +37,7 @@ def _check_document(doc: dict) -> None:
     assert sum(ms[k] for k in STAGES) == pytest.approx(ms["total"], rel=0.02)
     assert doc["images_per_s"] == pytest.approx(1000.0 / ms["total"])
     assert doc["peak_memory_mb"] > 0
+    assert doc["precision"] in ("float32", "bfloat16")
 
 
 def test_bench_json_is_the_design_document_for_the_synthetic_image():
@@ -48,6 +49,16 @@ def test_bench_json_is_the_design_document_for_the_synthetic_image():
     # 500x375 at tiny's test scale 192 (max 320): scale 192/375, 256x192, already a multiple of 16
     assert doc["image_size"] == [192, 256]
     assert "shared convs" in result.stderr and "random weights" in result.stderr
+
+
+def test_the_footer_names_the_runtime_key_that_switches_winograd_off():
+    """It named ``solver.cpu_winograd``, the key's spelling before the runtime settings had their section."""
+    args = ["--config", "tiny", "--runs", "1", "--warmup", "0", "--device", "cpu"]
+    said = " ".join(_bench(*args).stderr.split())
+    assert "Winograd F(4x4, 3x3) for 2 convs (--set runtime.cpu_winograd=false: direct)" in said
+    direct = _bench(*args, "--set", "runtime.cpu_winograd=false")
+    assert direct.exit_code == 0, direct.output
+    assert "Winograd" not in direct.stderr
 
 
 def test_bench_times_image_folders_in_batches(tmp_path):

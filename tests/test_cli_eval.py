@@ -89,7 +89,7 @@ def test_eval_out_writes_devkit_files_in_voc_pixels_and_plots(setup, tmp_path):
                 for i, d in enumerate(dets) for s, b, lab in zip(d["scores"], d["boxes"], d["labels"])
                 if lab == k + 1]
         lines = (out / f"comp4_det_test_{name}.txt").read_text().splitlines()
-        got = [line.rsplit(" ", 5) for line in lines]
+        got = [line.replace("%20", " ").rsplit(" ", 5) for line in lines]  # "im 0" is written "im%200"
         assert len(got) == len(want) > 0
         for g, w in zip(got, want):
             assert g[0] == w[0]
@@ -111,6 +111,12 @@ def test_split_is_the_manifest_names_last_part():
     assert split_of("voc2007-test") == "test"
     assert split_of("voc2007+2012-trainval") == "trainval"
     assert split_of("mydata") == "test" and split_of("odd-") == "test"
+
+
+def test_the_validation_manifest_of_prepare_folder_gives_the_val_split():
+    """``prepare folder --val-fraction`` names its second manifest ``NAME.val``: not ``comp4_det_test_*``."""
+    assert split_of("kangaroo.val") == "val" and split_of("kangaroo-v2.val") == "val"
+    assert split_of("my.photos-test") == "test" and split_of("kangaroo") == "test"
 
 
 def test_a_manifest_with_other_classes_is_refused_naming_both_files(setup, tmp_path):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from frcnn_cli import __version__
@@ -58,7 +60,20 @@ def test_the_public_api_is_importable_from_the_package():
     assert frcnn_cli.get_preset("zf").rpn.conv_channels == 256
 
 
-def test_the_command_line_starts_without_loading_torch():
-    code = "import sys, frcnn_cli.cli.main; print('torch' in sys.modules)"
+def test_the_command_line_starts_without_loading_torch_numpy_or_pil():
+    code = "import sys, frcnn_cli.cli.main; print([m for m in ('torch', 'numpy', 'PIL') if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "False", "a CLI module imports torch at start-up: import it inside the command"
+    assert done.stdout.strip() == "[]", "a CLI module imports these at start-up: import them inside the command"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+def test_results_to_a_full_standard_output_are_one_error_line_not_a_traceback(synth_set, tmp_path,
+                                                                                 assert_clean_error):
+    """`frcnn eval --json > /dev/full` (or a full disk) ended in click.echo's OSError traceback, printed twice (again
+    by Python's flush at exit). A closed pipe (`| head`) stays click's quiet exit."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "frcnn_cli", "prepare", "merge", *map(str, synth_set), "--out",
+                               str(tmp_path / "m.json")], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    done.stdout = ""
+    assert_clean_error(done, "cannot write to the standard output: No space left on device", "redirect it")
+    assert "Exception ignored" not in done.stderr

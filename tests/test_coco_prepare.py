@@ -147,13 +147,31 @@ BAD_DATA = {
     "negative width": (lambda d: d["annotations"][4].update(bbox=[10, 10, -3, 30]),
                        ["annotation 6 (image 1000)", "negative width or height"]),
     "bbox not 4 numbers": (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]),
-                           ["annotation 0 (id 1)", "is not [x, y, width, height]"]),
-    "image without a size": (lambda d: d["images"][3].pop("width"), ["image 3 (id 1000)", "width/height"]),
+                           ["instances.json, annotation 1: bbox [1, 2, 3]", "is not [x, y, width, height]"]),
+    "annotation without an id": (lambda d: (d["annotations"][2].pop("id"), d["annotations"][2].update(bbox=[1, 2])),
+                                 ["the annotation at position 2 of \"annotations\" (it has no \"id\")"]),
+    "image without a width": (lambda d: d["images"][3].pop("width"),
+                              ["instances.json, image 1000: has no \"width\" (its width in pixels); fix the entry"]),
+    "image without an id": (lambda d: d["images"][2].pop("id"),
+                            ["the image at position 2 of \"images\" (it has no integer \"id\")"]),
+    "a size that disagrees with the file": (
+        lambda d: d["images"][0].update(width=50, height=40),
+        ["instances.json, image 397133: width/height say 50x40 but", "a.jpg is 100x80", "fix the entry"]),
+    "two entries of one file": (
+        lambda d: d["images"].append({"id": 99, "file_name": "./sub/b.jpg", "width": 60, "height": 50}),
+        ["image 99: names the same file './sub/b.jpg' as image 7", "delete one entry"]),
+    "one annotation id twice": (lambda d: d["annotations"][5].update(id=2),
+                                ["annotation id 2 appears 2 times (images 397133, 1000)", "its own id"]),
+    "a background category": (lambda d: d["categories"].append({"id": 0, "name": "Background"}),
+                              ["category 0 is named 'Background'", "frcnn adds the background class itself"]),
+    "a __background__ category": (lambda d: d["categories"].append({"id": 0, "name": "__background__"}),
+                                   ["category 0 is named '__background__'"]),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUT) + list(BAD_DATA))
 def test_bad_coco_input_is_one_clean_error_naming_the_file_and_the_item(tmp_path, assert_clean_error, case):
+    """Images and annotations are named by their id (by their position only when they have none)."""
     if case in BAD_DATA:
         ann, images = _broken(tmp_path, BAD_DATA[case][0])
         needles = BAD_DATA[case][1]
@@ -176,12 +194,42 @@ def test_a_missing_image_file_is_an_error_naming_the_file_and_its_id(tmp_path, a
     assert not (tmp_path / "m.json").exists()
 
 
+def test_an_image_file_that_is_not_an_image_is_an_error_naming_it(tmp_path, assert_clean_error):
+    ann, images = write_coco_set(tmp_path / "coco")
+    (images / "c.jpg").write_bytes(b"not an image")
+    result = CliRunner().invoke(cli, ["prepare", "coco", "--annotations", ann, "--images", images,
+                                      "--out", tmp_path / "m.json"])
+    assert_clean_error(result, str(images / "c.jpg"), "not a readable image", "replace the file")
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_a_wrong_size_is_refused_so_training_never_loops_on_re_running_prepare(tmp_path, assert_clean_error):
+    """A 50x40 entry for a 100x80 file once prepared (exit 0) and training then said "re-run prepare"."""
+    ann, images = _broken(tmp_path, lambda d: d["images"][0].update(width=50, height=40))
+    with pytest.raises(DataError, match="image 397133: width/height say 50x40 but .*a.jpg is 100x80"):
+        prepare_coco(ann, images)
+
+
 def test_the_wrong_image_folder_is_one_problem_not_one_per_image(tmp_path, assert_clean_error):
     ann, images = write_coco_set(tmp_path / "coco")
     result = CliRunner().invoke(cli, ["prepare", "coco", "--annotations", ann, "--images", tmp_path,
                                       "--out", tmp_path / "m.json"])
     message = assert_clean_error(result, "none of the 4 images", "give --images the folder")
     assert "problems" not in message
+
+
+def test_file_names_with_windows_separators_are_read_with_slashes_never_out_of_the_folder(tmp_path):
+    """A Windows exporter's `sub\\b.jpg` was "none of the images is in DIR … give --images the folder their
+    file_name is relative to" (with one image: "missing"): advice that did not fit."""
+    data = coco_dict()
+    data["images"][1]["file_name"] = "sub\\b.jpg"
+    ann, images = write_coco_set(tmp_path / "coco", data=data)
+    manifest, _ = _prepare(ann, images)
+    assert sorted(rec.path for rec in manifest.images) == ["a.jpg", "c.jpg", "d.jpg", "sub/b.jpg"]
+    data["images"][1]["file_name"] = "..\\images\\sub\\b.jpg"  # a file there, but '..' is not read
+    ann.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(DataError, match=r"the image \(id 7 .*\) is missing"):
+        _prepare(ann, images)
 
 
 def test_a_missing_annotation_file_says_what_to_give(tmp_path, assert_clean_error):

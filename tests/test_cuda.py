@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ from device_compare import (
     joint_rel_error,
     proposals_found_again,
     rel_error,
+    self_labelled,
 )
 
 from frcnn_cli.data.manifest import read_manifest, write_manifest
@@ -157,17 +157,6 @@ def test_detections_match_the_cpu(mode, tiny_model, synth_set):
     assert sum(len(d["scores"]) for d in ref) >= 100
     assert abs(sum(len(d["scores"]) for d in got) / sum(len(d["scores"]) for d in ref) - 1) < 0.05
     assert detections_found_again(ref, got, score_tol=mode.score_tol) >= mode.match
-
-
-def self_labelled(manifest, detections: list[dict], per_image: int = 3):
-    """``manifest`` with each image's ``per_image`` best detections as its ground truth: the detector that
-    made them scores a high mAP on it, so a device that finds other boxes scores visibly lower."""
-    images = []
-    for rec, det in zip(manifest.images, detections):
-        boxes, labels = det["boxes"][:per_image], det["labels"][:per_image] - 1
-        images.append(replace(rec, boxes=boxes.tolist(), labels=labels.tolist(), difficult=[False] * len(labels),
-                              truncated=None))
-    return replace(manifest, images=images)
 
 
 def test_eval_map_matches_the_cpu(mode, tiny_model, synth_set, tmp_path):

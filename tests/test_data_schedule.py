@@ -48,7 +48,7 @@ def test_the_carved_split_is_the_same_for_the_same_manifest_and_seed_and_disjoin
 def test_validation_decides_the_length_only_when_none_is_given_and_the_preset_has_patience():
     vgg = get_preset("vgg16")
     assert choose_length(TINY, iters=None, epochs=None, seconds=None, validating=True, patience=None) == (
-        choose_length(TINY, iters=None, epochs=None, seconds=None, validating=True, patience=3))
+        choose_length(TINY, iters=None, epochs=None, seconds=None, validating=True, patience=5))  # tiny: 5 validations
     chosen = choose_length(TINY, iters=None, epochs=None, seconds=None, validating=True, patience=None)
     assert (chosen.source, chosen.patience, chosen.until_plateau) == ("validation", TINY.solver.patience, True)
     for given in ({"iters": 5}, {"epochs": 2.0}, {"seconds": 60.0}):

@@ -255,42 +255,6 @@ def test_rank_0_validates_and_every_rank_drops_the_lr_and_stops_at_the_same_iter
 
 
 # --------------------------------------------------------------------------------------------------
-# dump-proposals on its own under torchrun: one writer (the ranks as torchrun's environment describes them)
-
-
-def _dump_as_rank(rank: int, checkpoint, data, out, monkeypatch):
-    from click.testing import CliRunner
-
-    from frcnn_cli.cli.main import cli
-
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    monkeypatch.setenv("RANK", str(rank))
-    return CliRunner().invoke(cli, ["dump-proposals", "--model", str(checkpoint), "--data", str(data),
-                                    "--out", str(out), "--device", "cpu"])
-
-
-def test_dump_proposals_under_torchrun_dumps_on_rank_0_only(tiny_checkpoint, synth_set, tmp_path, monkeypatch):
-    from frcnn_cli.data.proposal_store import ProposalStore
-
-    checkpoint, data, out = tiny_checkpoint(), synth_set[1], tmp_path / "out" / "props.h5"
-    other = _dump_as_rank(2, checkpoint, data, out, monkeypatch)
-    assert other.exit_code == 0, other.output
-    assert other.stdout == "" and "rank 2: dump-proposals runs on rank 0 only" in other.stderr
-    assert not out.parent.exists()  # nothing written
-    main = _dump_as_rank(0, checkpoint, data, out, monkeypatch)
-    assert main.exit_code == 0, main.output
-    assert main.stdout.split() == [str(out)]
-    assert "rank 0 dumps every image" in " ".join(main.stderr.split())
-    with ProposalStore(out) as store:
-        assert len(store.image_ids) == 4
-
-
-def test_dump_proposals_on_another_rank_leaves_even_a_bad_command_to_rank_0(tmp_path, monkeypatch):
-    result = _dump_as_rank(1, tmp_path / "missing.pt", tmp_path / "missing.json", tmp_path / "p.h5", monkeypatch)
-    assert result.exit_code == 0 and "Error" not in result.output  # rank 0 reports it, once
-
-
-# --------------------------------------------------------------------------------------------------
 # a non-finite loss on one rank stops every rank
 
 

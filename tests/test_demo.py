@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,16 @@ def test_the_summary_holds_the_map_the_time_and_every_class(demo_run):
     assert (summary["train_images"], summary["test_images"]) == (16, 8)
     assert summary["torch"] and summary["notes"] == []
     assert Path(summary["model"]) == (workdir / "run" / "final.pt").resolve()
+
+
+def test_docs_demo_md_lists_every_key_of_summary_json(demo_run):
+    """demo.md's summary.json left out ``steps`` and ``val_images``."""
+    workdir, _ = demo_run
+    summary = json.loads((workdir / "summary.json").read_text())
+    text = (Path(__file__).resolve().parent.parent / "docs" / "demo.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r'"(\w+)":', text[text.index("## summary.json"):text.index("## The `tiny` preset")]))
+    step_keys = {key for step in summary["steps"].values() for key in step}
+    assert set(summary) | set(summary["steps"]) | step_keys <= documented
 
 
 def test_the_pictures_and_the_recall_plot_are_written(demo_run):

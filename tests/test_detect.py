@@ -281,3 +281,15 @@ def test_detect_errors_are_one_clean_line(tmp_path, checkpoint, model):
     save_checkpoint(rpn_only, model, stage="rpn", provenance={}, parts=("backbone", "rpn"))
     result = _detect(tmp_path / "x.png", "--model", rpn_only)
     assert result.exit_code != 0 and "has no detection head" in result.output
+
+
+def test_save_detections_refuses_the_images_own_folder_and_leaves_the_photos(tmp_path):
+    """The library's save_detections into the folder of the images would draw each copy over its photo."""
+    photo = _blocks(tmp_path / "photo.png", 40, 60, 7)
+    before = photo.read_bytes()
+    results = [{"image": str(photo), "width": 60, "height": 40,
+                "detections": [{"label": "dog", "score": 0.9, "box": [1.0, 2.0, 30.0, 20.0]}]}]
+    with pytest.raises(DataError, match="would replace the image"):
+        save_detections(results, tmp_path, classes=CLASSES)
+    assert photo.read_bytes() == before and not (tmp_path / "detections.json").exists()
+    assert save_detections(results, tmp_path / "drawn", classes=CLASSES) == [tmp_path / "drawn" / "photo.png"]

@@ -116,8 +116,7 @@ def test_image_detections_equal_postprocess_detections(score_thresh, cap):
     boxes, scores, labels = image_detections(logits, deltas, proposals, scale, original, box_coder=CODER,
                                              settings=settings)
     want, = postprocess_detections(logits, deltas, [proposals], torch.tensor([[76, 96]]), scale[None],
-                                   box_coder=CODER, score_thresh=score_thresh, nms_thresh=0.3,
-                                   detections_per_image=cap, original_sizes=original[None])
+                                   box_coder=CODER, settings=settings, original_sizes=original[None])
     assert len(want["scores"]) == len(scores)
     if score_thresh < 0.5:
         assert 5 < len(scores) and (cap == 0 or len(scores) <= cap)

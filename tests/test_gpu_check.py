@@ -185,8 +185,10 @@ def test_the_quick_run_does_every_step_on_the_cpu(tmp_path):
     assert {r["kind"] for r in steps["training"]["rows"]} == {"rpn", "detector", "rpn-frozen", "detector-frozen",
                                                               "joint", "dump", "torchvision"}
     assert [r["outcome"] for r in steps["distributed"]["rows"]] == ["ok", "ok"]
+    assert [(r["command"], r["launcher"], r["status"]) for r in steps["sharded"]["rows"]] == [
+        ("dump-proposals", launcher, "ok") for launcher in ("plain", "torchrun")]
     text = (out / "results.md").read_text()
     for title in ("1. CUDA tests", "2. Inference", "3. Training", "4. Distributed", "5. ONNX", "6. Data pipeline",
-                  "7. cuDNN autotuning"):
+                  "7. cuDNN autotuning", "8. Inference under torchrun"):
         assert f"## {title}" in text
     assert result.stdout.endswith(text + "\n")

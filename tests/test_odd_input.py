@@ -139,7 +139,18 @@ def _losses(metrics: Path, stage: str) -> list[dict]:
     return [r for r in rows if r["stage"].startswith(stage)]
 
 
-def test_training_on_difficult_only_images_has_zero_foreground_and_finite_losses(synth_set, tmp_path):
+@pytest.fixture()
+def batches_without_foreground(monkeypatch):
+    """Training past the set-level check: a set without a non-difficult box is refused at the start
+    (tests/test_train_guidance.py), but a batch of such images happens in any set, and its losses must stay
+    finite; these tests train on nothing but such batches."""
+    from frcnn_cli.train import stage
+
+    monkeypatch.setattr(stage, "check_has_objects", lambda manifest, path: None)
+
+
+def test_training_on_difficult_only_images_has_zero_foreground_and_finite_losses(synth_set, tmp_path,
+                                                                                batches_without_foreground):
     manifest = _difficult_only_manifest(synth_set, tmp_path / "hard.json")
     work = tmp_path / "w"
     _run("train-rpn", "--data", manifest, "--out", work / "rpn.pt", *TINY, "--iters", "2")
@@ -156,7 +167,7 @@ def test_training_on_difficult_only_images_has_zero_foreground_and_finite_losses
                    if t.is_floating_point())
 
 
-def test_images_without_any_object_train(synth_set, tmp_path):
+def test_images_without_any_object_train(synth_set, tmp_path, batches_without_foreground):
     m = read_manifest(synth_set[0])
     images = [ImageRecord(rec.id, str(Path(m.root) / rec.path), rec.width, rec.height, [], [], [])
               for rec in m.images[:4]]

@@ -18,7 +18,7 @@ from frcnn_cli.data.manifest import read_manifest
 from frcnn_cli.evaluate.voc import detections_by_class, evaluate_detections
 from frcnn_cli.inference import InferenceSettings, detect_manifest, predict_manifest
 from frcnn_cli.model.checkpoint import load_model
-from frcnn_cli.model.postprocess import postprocess_detections
+from frcnn_cli.model.postprocess import DetectionSettings, postprocess_detections
 from frcnn_cli.model.rpn import generate_proposals, objectness_scores
 
 PLAIN = ("--set", "runtime.num_workers=0", "--set", "runtime.cpu_winograd=false", "--set",
@@ -40,10 +40,10 @@ def _composed_detections(model, image):
                                   post_nms_top_n=cfg.rpn.test_post_nms_top_n, nms_thresh=cfg.rpn.nms_thresh)[0]
     rois = torch.cat((torch.zeros(len(boxes), 1), boxes), 1)
     class_logits, box_deltas = model.roi_head(features, rois)
+    rules = DetectionSettings(score_thresh=cfg.roi_head.score_thresh, nms_thresh=cfg.roi_head.nms_thresh,
+                              detections_per_image=cfg.roi_head.detections_per_image)
     return postprocess_detections(class_logits, box_deltas, [boxes], batch.image_sizes, batch.scales,
-                                  box_coder=model.box_coder, score_thresh=cfg.roi_head.score_thresh,
-                                  nms_thresh=cfg.roi_head.nms_thresh, original_sizes=batch.original_sizes,
-                                  detections_per_image=cfg.roi_head.detections_per_image)[0]
+                                  box_coder=model.box_coder, settings=rules, original_sizes=batch.original_sizes)[0]
 
 
 def test_detect_json_equals_the_forward_composed_from_the_parts(tiny_checkpoint, synth_set, frcnn):
@@ -128,7 +128,7 @@ def test_runtime_settings_of_an_old_checkpoint_are_never_replayed(tiny_checkpoin
 
     runtime = Predictor(model, "cpu", InferenceSettings.from_config(model.cfg)).runtime
     assert runtime == runtime_defaults("tiny")  # the tiny preset's defaults on this machine, not the file's
-    assert (runtime.num_workers, runtime.log_every, runtime.amp) == (1, 10, True)
+    assert (runtime.num_workers, runtime.log_every, runtime.amp) == (1, 10, None)  # amp: the machine's policy
 
 
 def test_a_resumed_train_may_change_runtime_settings_but_not_the_recipe(synth_set, frcnn, tmp_path, train_options):
@@ -139,7 +139,8 @@ def test_a_resumed_train_may_change_runtime_settings_but_not_the_recipe(synth_se
         again = frcnn(*args, *train_options("runtime.num_workers=1", "runtime.log_every=5", "solver.amp=false"))
     assert "already done" in again.stderr
     refused = frcnn(*args, *train_options("solver.lr=0.5"), ok=False)
-    assert refused.exit_code == 2 and "another config" in refused.output
+    assert refused.exit_code == 2
+    assert "other options (--set solver.lr 0.01 when the run started, 0.5 now;" in " ".join(refused.output.split())
 
 
 def test_train_resume_on_a_folder_without_a_run_warns(synth_set, frcnn, tmp_path, train_options):

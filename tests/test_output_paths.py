@@ -166,6 +166,18 @@ def test_an_output_that_is_a_fifo_is_refused_before_any_work_and_stays_a_fifo(co
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
+@pytest.mark.parametrize("command", ["detect --out", "train --workdir", "prepare synth --out"])
+def test_a_fifo_given_for_an_output_folder_is_named_a_fifo_not_a_file(command, tmp_path, synth_set, tiny_checkpoint,
+                                                                      assert_clean_error):
+    fifo = _fifo(tmp_path / "pipe")
+    args = {"detect --out": ["detect", synth_set[1], "--model", tiny_checkpoint(), "--out", fifo],
+            "train --workdir": ["train", "--data", synth_set[0], "--workdir", fifo, "--config", "tiny"],
+            "prepare synth --out": ["prepare", "synth", "--out", fifo]}[command]
+    assert_clean_error(_run(*args), f"cannot write into {fifo}: it is a named pipe (FIFO), not a folder",
+                       f"give {command.split()[-1]} a folder")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a character device needs root")
 def test_a_device_like_dev_null_is_never_replaced(tmp_path, assert_clean_error):
     null = tmp_path / "mynull"
@@ -223,3 +235,13 @@ def test_an_output_file_that_is_a_link_is_written_through_and_stays_a_link(tmp_p
     assert result.exit_code == 0, result.output
     assert link.is_symlink() and json.loads(real.read_text())["format"] == "frcnn-manifest"
     assert sorted(p.name for p in real.parent.iterdir()) == ["m.json"]  # no temporary, no lock left
+
+
+def test_an_atomic_write_under_a_name_too_long_says_to_shorten_it_not_to_free_space(tmp_path):
+    """Every writer's names (a result file named by a class, a drawn photo) reach the file system here: "File name
+    too long; free some space or choose another output" was advice for a full disk."""
+    from frcnn_cli.errors import FrcnnError
+
+    with pytest.raises(FrcnnError, match=r"File name too long; give the output a shorter name"):
+        atomic_write_text(tmp_path / ("x" * (NAME_MAX + 1)), "a")
+    assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,7 @@ import math
 import torch
 
 from frcnn_cli.boxes import BoxCoder
-from frcnn_cli.model.postprocess import postprocess_detections
+from frcnn_cli.model.postprocess import DetectionSettings, postprocess_detections
 
 CODER = BoxCoder(means=(0.0, 0.0, 0.0, 0.0), stds=(0.1, 0.1, 0.2, 0.2))
 
@@ -17,13 +17,14 @@ def _logits(probs: list[list[float]]) -> torch.Tensor:
     return torch.tensor(probs, dtype=torch.float64).log().float()
 
 
-def _run(logits, proposals, deltas=None, *, sizes=None, scales=None, **kwargs):
+def _run(logits, proposals, deltas=None, *, sizes=None, scales=None, original_sizes=None, **settings):
     n = len(proposals)
     if deltas is None:
         deltas = torch.zeros(logits.shape[0], 4 * logits.shape[1])
     sizes = torch.tensor([[5000, 5000]] * n) if sizes is None else sizes
     scales = torch.ones(n) if scales is None else scales
-    return postprocess_detections(logits, deltas, proposals, sizes, scales, box_coder=CODER, **kwargs)
+    return postprocess_detections(logits, deltas, proposals, sizes, scales, box_coder=CODER,
+                                  settings=DetectionSettings(**settings), original_sizes=original_sizes)
 
 
 def _row_boxes(n: int) -> torch.Tensor:
@@ -91,15 +92,6 @@ def test_boxes_are_decoded_with_the_class_specific_deltas():
     out = _run(_logits([[0.2, 0.5, 0.3]]), [proposal], deltas)[0]
     expected = torch.tensor([[10.0, 0.0, 110.0, 100.0], [25.0, 0.0, 75.0, 100.0]])
     torch.testing.assert_close(out["boxes"], expected)
-
-
-def test_no_regression_returns_the_proposals_themselves():
-    proposal = torch.tensor([[0.0, 0.0, 100.0, 100.0]])
-    deltas = torch.full((1, 12), 0.7)
-    out = _run(_logits([[0.2, 0.5, 0.3]]), [proposal], deltas, no_regression=True)[0]
-    torch.testing.assert_close(out["boxes"], proposal.expand(2, 4))
-    out = _run(_logits([[0.2, 0.5, 0.3]]), [proposal], None, no_regression=True)[0]
-    assert out["labels"].tolist() == [1, 2]
 
 
 def test_boxes_come_back_in_original_pixels_clipped_to_the_original_image():

@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import inside_mask, rpn_losses_of
+from conftest import inside_mask, label_anchors, rpn_losses_of
 
 from frcnn_cli.boxes import box_iou
 from frcnn_cli.config import RPNConfig
 from frcnn_cli.model.anchors import AnchorGrid
-from frcnn_cli.model.rpn_targets import label_anchors, sample_labels
+from frcnn_cli.model.rpn_targets import sample_labels
 
 PLUS_ONE = torch.tensor([0.0, 0.0, 1.0, 1.0])
 

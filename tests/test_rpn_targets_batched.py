@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import inside_mask, rpn_losses_of
+from conftest import inside_mask, label_anchors, rpn_losses_of
 
 from frcnn_cli.boxes import BoxCoder, box_iou
 from frcnn_cli.config import RPNConfig
@@ -22,7 +22,6 @@ from frcnn_cli.model.anchors import AnchorGrid
 from frcnn_cli.model.losses import smooth_l1
 from frcnn_cli.model.rpn_targets import (
     anchor_targets,
-    label_anchors,
     label_anchors_batch,
     pad_gt_boxes,
     sample_labels,

@@ -21,7 +21,7 @@ from PIL import Image
 
 from frcnn_cli.cli.main import cli
 from frcnn_cli.data.manifest import read_manifest
-from frcnn_cli.data.voc import parse_voc_xml
+from frcnn_cli.data.voc_xml import parse_voc_xml
 from frcnn_cli.errors import CheckpointError, DataError
 from frcnn_cli.model.backbones import build_backbone
 from frcnn_cli.model.weights import init_backbone

@@ -156,7 +156,7 @@ def _postprocess_ops(num_images: int) -> list[str]:
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from frcnn_cli.boxes import BoxCoder
-    from frcnn_cli.model.postprocess import postprocess_detections
+    from frcnn_cli.model.postprocess import DetectionSettings, postprocess_detections
 
     class Ops(TorchDispatchMode):
         def __init__(self):
@@ -174,7 +174,8 @@ def _postprocess_ops(num_images: int) -> list[str]:
     logits, deltas = torch.randn(30 * num_images, 6, generator=gen) * 3, torch.randn(30 * num_images, 24) * 0.1
     with Ops() as ops:
         dets = postprocess_detections(logits, deltas, proposals, torch.tensor([[80, 100]] * num_images),
-                                      torch.ones(num_images), box_coder=BoxCoder(), detections_per_image=10)
+                                      torch.ones(num_images), box_coder=BoxCoder(),
+                                      settings=DetectionSettings(detections_per_image=10))
     assert len(dets) == num_images and all(0 < len(d["scores"]) <= 10 for d in dets)
     return ops.names
 

@@ -31,11 +31,11 @@ def kill_before_step(monkeypatch, name: str) -> None:
     """The next ``frcnn train`` dies as it is about to start step ``name``."""
     real = pipeline._run_step
 
-    def run_step(req, step, cfg):
+    def run_step(req, step, cfg, **kwargs):
         if step.name == name:
             monkeypatch.setattr(pipeline, "_run_step", real)
             raise KeyboardInterrupt  # Ctrl-C: the CLI says how to continue
-        real(req, step, cfg)
+        real(req, step, cfg, **kwargs)
 
     monkeypatch.setattr(pipeline, "_run_step", run_step)
 
@@ -107,7 +107,8 @@ def test_a_rerun_with_other_options_is_refused(whole_run, train_set, frcnn, trai
     result = frcnn("train", "--data", train_set[0], "--workdir", whole_run, "--iters", 5, *train_options(),
                    ok=False)
     assert result.exit_code == 2
-    assert f"Error: {whole_run} holds an alternating run with iterations 4" in result.output
+    assert (f"Error: {whole_run} holds a run started with other options (--iters 4 when the run started, 5 now; "
+            f"see {whole_run / 'state.json'})") in " ".join(result.output.split())
     result = frcnn("train", "--data", train_set[1], "--workdir", whole_run, "--iters", 4, *train_options(),
                    ok=False)
     assert result.exit_code == 1 and f"holds a run on another dataset than {train_set[1]}" in result.output
@@ -125,3 +126,41 @@ def test_joint_training_learns_all_four_losses_into_one_model(train_set, frcnn, 
     ckpt = read_checkpoint(tmp_path / "final.pt")
     assert sorted(ckpt["parts"]) == ["backbone", "roi_head", "rpn"] and ckpt["stage"] == "joint"
     assert done_steps(tmp_path) == ["final"]
+
+
+def test_the_run_decides_its_anchors_once_hands_them_to_every_step_and_reads_its_init_once(
+        train_set, train_config, tiny_checkpoint, tmp_path, monkeypatch):
+    """Issue 29, item 4: ``decide_run_anchors`` once at the start; each stage is handed that decision (none
+    decides again) and the steps started from ``cfg.init`` (rpn1, det1) share one read of the file."""
+    from frcnn_cli.data.manifest import read_manifest
+    from frcnn_cli.model import checkpoint
+
+    init = tiny_checkpoint("init.pt", parts=("backbone",))  # no RPN: the anchors may be fitted
+    stages, reads = [], []
+    monkeypatch.setattr(pipeline, "run_stage", lambda req: stages.append(req))
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: (None, None))
+    monkeypatch.setattr(pipeline.Predictor, "for_model", classmethod(lambda cls, *a, **k: None))
+    monkeypatch.setattr(pipeline, "dump_proposals", lambda *a, **k: None)
+    real_read = checkpoint.read_init  # the steps' own checkpoints are not written here: stand-ins
+    monkeypatch.setattr(pipeline, "read_init", lambda spec: reads.append(spec) or (
+        real_read(spec) if spec == str(init) else checkpoint.Init(spec, "checkpoint", {"parts": {}})))
+    notes = []
+    req = pipeline.PipelineRequest(cfg=train_config("anchors.auto=true", f"init={init}"),
+                                   manifest=read_manifest(train_set[0]), manifest_path=train_set[0],
+                                   workdir=tmp_path / "run", device=torch.device("cpu"), on_note=notes.append,
+                                   on_warning=notes.append)
+    pipeline.run_pipeline(req)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert [s.out.stem for s in stages] == ["rpn1", "det1", "rpn2", "final"]
+    assert all(s.anchors.to_dict() == state["anchors"] and s.cfg == s.anchors.config for s in stages)
+    assert state["trained_config"]["anchors"]["scales"] == state["anchors"]["scales"]
+    assert sum("anchors" in note for note in notes) == 1  # said once, at the start, not by each stage
+    assert reads.count(str(init)) == 1 and stages[0].init is stages[1].init  # rpn1 and det1: one read
+    assert [s.init.spec for s in stages[2:]] == [str(tmp_path / "run" / "det1.pt"), str(tmp_path / "run" / "rpn2.pt")]
+    # a rerun resumes with the recorded decision, measuring nothing
+    monkeypatch.setattr(pipeline, "decide_run_anchors", lambda *a, **k: pytest.fail("decided again"))
+    (tmp_path / "run" / "state.json").write_text(json.dumps({**state, "done": ["rpn1", "props1"]}))
+    stages.clear()
+    pipeline.run_pipeline(req)
+    assert [s.out.stem for s in stages] == ["det1", "rpn2", "final"]
+    assert all(s.anchors.to_dict() == state["anchors"] for s in stages)

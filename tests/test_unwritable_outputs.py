@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,18 +59,18 @@ def _command(name: str, ro: Path, synth_set, tiny_checkpoint, tmp_path) -> tuple
                 "frcnn_cli.train.pipeline.run_pipeline")
     if name == "dump-proposals":
         return (["dump-proposals", "--model", tiny_checkpoint(), "--data", test, "--out", ro / "p.h5"], "p.h5",
-                "--out", "frcnn_cli.cli.train.load_predictor")
+                "--out", "frcnn_cli.inference.load_predictor")
     if name == "detect":
         return (["detect", Path(test).parent / "JPEGImages", "--model", tiny_checkpoint(), "--out", ro / "drawn"],
-                "drawn", "--out", "frcnn_cli.cli.detect.load_predictor")
+                "drawn", "--out", "frcnn_cli.inference.load_predictor")
     if name in ("eval --out", "eval --report"):
         out = ["--out", ro / "results"] if name == "eval --out" else ["--report", ro / "r.html"]
         return (["eval", "--model", tiny_checkpoint(), "--data", test, *out], out[1].name, out[0],
-                "frcnn_cli.cli.evaluate.load_predictor")
+                "frcnn_cli.inference.load_predictor")
     if name == "prepare folder":
         images, xml = _write_folder_set(tmp_path / "folder")
         return (["prepare", "folder", "--images", images, "--annotations", xml, "--out", ro / "m.json"], "m.json",
-                "--out", "frcnn_cli.data.voc.prepare_folder")
+                "--out", "frcnn_cli.data.folder.prepare_folder")
     if name == "prepare synth":
         return (["prepare", "synth", "--out", ro / "set", "--train", "2", "--test", "1"], "set", "--out",
                 "frcnn_cli.data.synthetic.make_synthetic_set")
@@ -160,6 +162,30 @@ def test_detect_on_a_full_disk_keeps_no_cut_jpeg(tiny_checkpoint, tmp_path, full
                   "--device", "cpu")
     assert_clean_error(result, f"cannot write {out / 'photo.jpg'}: {os.strerror(errno.ENOSPC)}", "free some space")
     assert _files(full_disk) == []
+
+
+def test_a_torchscript_export_onto_a_full_disk_is_no_space_left_not_an_abort(tiny_checkpoint, full_disk,
+                                                                             assert_clean_error):
+    """torch.jit.save given a path writes the archive's end in a C++ destructor: a full disk there aborted the
+    process (exit 134, C++ frames, the temporary and the lock file left behind). A subprocess: it was an abort."""
+    out = full_disk / "m.ts"
+    result = subprocess.run([sys.executable, "-m", "frcnn_cli", "export", "--model", str(tiny_checkpoint()),
+                             "--format", "torchscript", "--out", str(out)], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert_clean_error(result, f"cannot write {out}: {os.strerror(errno.ENOSPC)}", "free some space")
+    assert _files(full_disk) == []
+
+
+def test_a_disk_already_full_is_no_space_left_with_advice_to_free_some(synth_set, full_disk, assert_clean_error):
+    """The lock's owner record is the first byte written: on a disk already full it failed with "No space left on
+    device; choose an output folder you can write to", advice for a read-only folder."""
+    with open(full_disk / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
+        while True:
+            f.write(bytes(4096))
+    out = full_disk / "m.json"
+    result = _run("prepare", "merge", *synth_set, "--out", out)
+    assert_clean_error(result, f"cannot write {out}: {os.strerror(errno.ENOSPC)}", "free some space")
+    assert _files(full_disk) == ["filler"]
 
 
 def test_atomic_write_bytes_notices_a_short_write(tmp_path, monkeypatch):

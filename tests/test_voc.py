@@ -5,8 +5,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from frcnn_cli.data.folder import prepare_folder
 from frcnn_cli.data.manifest import read_manifest, write_manifest
-from frcnn_cli.data.voc import VOC_CLASSES, parse_voc_xml, prepare_folder, prepare_voc, read_class_file
+from frcnn_cli.data.name_lists import read_class_file
+from frcnn_cli.data.voc import VOC_CLASSES, prepare_voc
+from frcnn_cli.data.voc_xml import parse_voc_xml
 from frcnn_cli.errors import DataError
 
 BILLION_LAUGHS = """<?xml version="1.0"?>
@@ -280,7 +283,7 @@ def test_class_file_rules(tmp_path):
     path.write_text("cat\n\n dog \n")
     assert read_class_file(path) == ["cat", "dog"]
     path.write_text("__background__\ncat\n")
-    with pytest.raises(DataError, match="background class; leave it out"):
+    with pytest.raises(DataError, match="background class '__background__'; frcnn adds .*: leave it out"):
         read_class_file(path)
     path.write_text("cat\ncat\n")
     with pytest.raises(DataError, match="lists cat more than once"):

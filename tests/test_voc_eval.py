@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import time
+import os
 
 import numpy as np
 import pytest
@@ -227,7 +227,7 @@ def test_result_files_round_trip(tmp_path, hand_case):
     lines = paths[0].read_text().splitlines()
     # ours [0, 0, 10, 10] is VOC xmin=1, ymin=1, xmax=10, ymax=10
     assert lines[0] == "img0 0.900000 1.000 1.000 10.000 10.000"
-    assert lines[3] == "name with spaces 0.600000 1.000 1.000 10.000 10.000"
+    assert lines[3] == "name%20with%20spaces 0.600000 1.000 1.000 10.000 10.000"
     assert paths[1].read_text() == ""
     back = read_result_files(tmp_path, manifest, "test")
     for a, b in zip(back[0], dets[0]):
@@ -235,6 +235,47 @@ def test_result_files_round_trip(tmp_path, hand_case):
     assert len(back[1][0]) == 0
     expected = evaluate_detections(dets, manifest)["ap"]
     assert evaluate_detections(back, manifest)["ap"] == pytest.approx(expected, nan_ok=True)
+
+
+@pytest.mark.parametrize("image_id, written", [
+    ("IMG 0001", "IMG%200001"), ("tab\there", "tab%09here"), ("two\nlines", "two%0Alines"),
+    ("50% off", "50%25%20off"), ("ideographic\u3000space", "ideographic%E3%80%80space"), ("2008_000002", None)])
+def test_ids_with_whitespace_are_written_escaped_as_six_fields_and_read_back(tmp_path, hand_case, image_id, written):
+    """The devkit reads ``%s %f %f %f %f %f``: a raw space made 7 fields, a newline split the line."""
+    manifest, dets = hand_case
+    manifest.images[0].id = image_id
+    path = write_result_files(tmp_path, dets, manifest, "test")[0]
+    lines = path.read_text().splitlines()
+    assert len(lines) == 5 and all(len(line.split()) == 6 for line in lines)
+    assert lines[0].split()[0] == (written or image_id)
+    back = read_result_files(tmp_path, manifest, "test")
+    np.testing.assert_array_equal(back[0][0], dets[0][0])
+
+
+def test_a_class_name_too_long_for_a_file_name_gets_result_and_plot_files_that_fit(tmp_path, hand_case):
+    """A class of 251 bytes (legal in a manifest) made `eval --out` fail after the whole inference with
+    "File name too long; free some space or choose another output": its comp4_det_test_<class>.txt is 270 bytes."""
+    from frcnn_cli.evaluate.plots import plot_file_name
+    from frcnn_cli.output_paths import name_bytes
+
+    manifest, dets = hand_case
+    long_names = ["é" * 125 + "x", "é" * 125 + "y"]  # 251 bytes each, the first 250 shared
+    manifest.classes[:2] = long_names
+    paths = write_result_files(tmp_path, dets, manifest, "test")
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    assert all(name_bytes(p.name) <= limit for p in paths) and len({p.name for p in paths}) == 3
+    assert paths[2].name == "comp4_det_test_fish.txt"  # names that fit are the devkit's, unchanged
+    back = read_result_files(tmp_path, manifest, "test")
+    np.testing.assert_array_equal(back[0][0], dets[0][0])
+    plots = [plot_file_name(name, tmp_path) for name in long_names]
+    assert all(name_bytes(n) <= limit and n.endswith(".png") for n in plots) and plots[0] != plots[1]
+
+
+def test_ap_is_never_above_one_and_exact_where_the_devkit_sum_is_not():
+    """The devkit's running sum of p / 11 gives 1.0000000000000002 and 0.20000000000000004."""
+    rec, prec = np.array([0.5, 1.0]), np.array([1.0, 1.0])
+    assert voc_ap(rec, prec, "11point") == 1.0 and voc_ap(rec, prec, "area") == 1.0
+    assert voc_ap(np.array([1.0]), np.array([0.2]), "11point") == 0.2
 
 
 def test_bad_result_files_name_file_and_line(tmp_path, hand_case):
@@ -252,9 +293,11 @@ def test_bad_result_files_name_file_and_line(tmp_path, hand_case):
         read_result_files(tmp_path, manifest, "test")
 
 
-def test_5000_images_20_classes_100_detections_each_in_under_a_second():
+def test_a_large_crowded_case_equals_the_devkit_loop_class_by_class():
+    """Many images, 100 detections each near random objects (the speed of this size is measured in
+    benchmarks/eval_speed.py, not asserted here): the vectorised matching equals voc_eval.py's loop."""
     rng = np.random.default_rng(0)
-    n, k = 5000, 20
+    n, k = 400, 4
     g = 3 * n
     img_of = np.repeat(np.arange(n), 3)
     xy = rng.uniform(0, 300, (g, 2))
@@ -267,10 +310,9 @@ def test_5000_images_20_classes_100_detections_each_in_under_a_second():
     boxes = gt[src] + rng.normal(0, 8, (d, 4))
     cls, scores = rng.integers(0, k, d), rng.random(d).round(3)
     dets = {c: (img_of[src][cls == c], scores[cls == c], boxes[cls == c]) for c in range(k)}
-    start = time.perf_counter()
     result = evaluate_detections(dets, manifest)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"{elapsed:.2f} s"
+    for c, name in enumerate(manifest.classes):
+        assert result["ap"][name] == pytest.approx(_devkit_ap(dets[c], manifest, c, "11point"), abs=1e-12)
     assert 0.0 < result["map"] < 1.0
 
 

@@ -7,19 +7,25 @@ from pathlib import Path
 
 import click
 
-from ..data.voc import VOC_CLASSES
 from ..devices import resolve_device
 from ..errors import ConfigError
 from . import console
-from .options import PRESET_HELP, check_checkpoint_overrides, load_cli_config, load_predictor, positive_int
+from .options import (
+    PRESET_HELP,
+    checkpoint_overrides,
+    inference_process,
+    load_cli_config,
+    model_run_options,
+    positive_int,
+)
 
 # Faster R-CNN, Table 4 (K40 GPU, ms per image): shared convs, proposals, region-wise, total, fps
 PAPER_TABLE4 = {"vgg16": (141, 10, 47, 198, 5), "zf": (31, 3, 25, 59, 17)}
 def _build_predictor(model_path: Path | None, config: str | None, set_: tuple[str, ...], device, threads):
     """The prepared model to time and whether its weights are random."""
 
-    from ..devices import process_settings
-    from ..inference import InferenceSettings, Predictor
+    from ..data.voc import VOC_CLASSES
+    from ..inference import Predictor, load_predictor
     from ..model.detector import FasterRCNN
 
     if (model_path is None) == (config is None):
@@ -27,12 +33,13 @@ def _build_predictor(model_path: Path | None, config: str | None, set_: tuple[st
                           "weights, speed only), e.g. frcnn bench --config vgg16")
     extra = () if threads is None else (f"runtime.threads={threads}",)
     if model_path is not None:
-        check_checkpoint_overrides(set_, model_path, advice="drop it, or benchmark a --config preset instead")
-        return load_predictor(model_path, (*set_, *extra), device, require=("rpn", "roi_head")), False
+        overrides = checkpoint_overrides((*set_, *extra), model_path,
+                                         advice="drop it, or benchmark a --config preset instead")
+        return load_predictor(model_path, device, overrides=overrides, on_runtime=inference_process), False
     cfg, runtime = load_cli_config(config, (*set_, *extra), None)
-    process_settings(device, runtime, autotune=True)
+    inference_process(device, runtime)
     model = FasterRCNN(cfg, list(VOC_CLASSES))
-    return Predictor(model, device, InferenceSettings.from_config(cfg), runtime, owned=True), True
+    return Predictor.for_model(model, device, runtime=runtime, owned=True), True
 
 
 def _fmt(ms: float) -> str:
@@ -55,7 +62,7 @@ def _show(result, backbone: str, random_weights: bool) -> None:
     console.table(title, columns, rows)
     notes = [f"peak memory {result.peak_memory_mb:.0f} MiB"
              + (" (process peak RSS)" if result.device == "cpu" else " (max allocated)")]
-    notes.append("bf16 autocast" if result.amp else "float32")
+    notes.append(_precision_note(result))
     if result.exported:
         runner = "ONNX Runtime" if result.exported == "onnx" else "TorchScript"
         notes.append(f"an exported {result.exported} graph on {runner}, timed as a whole: total only, including "
@@ -64,11 +71,27 @@ def _show(result, backbone: str, random_weights: bool) -> None:
         notes.append(f"truncated SVD of {', '.join(result.svd_layers)}")
     if result.winograd_layers:
         notes.append(f"Winograd F(4x4, 3x3) for {len(result.winograd_layers)} convs "
-                     f"(--set solver.cpu_winograd=false: direct)")
+                     f"(--set runtime.cpu_winograd=false: direct)")
     console.info("; ".join(notes))
     if random_weights:
         console.warn("random weights (--config without --model): the timings are for speed only; the "
                      "post-processing of a trained model has more boxes above the score threshold")
+
+
+def _precision_note(result) -> str:
+    """Which precision ran, and on the CPU why: natively computed bf16, or bf16 forced where it is emulated."""
+    from ..devices import cpu_bf16_kind
+
+    if result.device != "cpu" or result.exported:
+        return "bf16 autocast" if result.amp else "float32"
+    kind = cpu_bf16_kind()
+    if not result.amp:
+        return "float32" + (f" (--set runtime.amp=false; this CPU computes bf16 natively: {kind})" if kind else "")
+    note = (f"bf16 autocast (this CPU computes bf16 natively: {kind})" if kind else
+            "bf16 autocast (forced: this CPU emulates bf16, which is slower than float32)")
+    if result.float32_winograd_layers:
+        note += f", {len(result.float32_winograd_layers)} Winograd convs in float32"
+    return note
 
 
 @click.command("bench")
@@ -77,11 +100,9 @@ def _show(result, backbone: str, random_weights: bool) -> None:
               help="A trained checkpoint, or a model file of frcnn export (ONNX, TorchScript).")
 @click.option("--config", default=None, metavar="PRESET|FILE",
               help=f"Random weights, speed only: {PRESET_HELP}")
-@click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
-              help="Override a setting, e.g. --set roi_head.fc_svd_rank=1024 or runtime.cpu_winograd=false "
-                   "(repeatable; on --model only test-time and runtime keys).")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
-@click.option("--batch-size", type=positive_int, default=1, show_default=True, help="Images per forward.")
+@model_run_options(set_help="Override a setting, e.g. --set roi_head.fc_svd_rank=1024, runtime.cpu_winograd=false "
+                            "or runtime.amp=false (float32) (repeatable; on --model only test-time and runtime "
+                            "keys).")
 @click.option("--runs", type=positive_int, default=10, show_default=True, help="Timed runs (median).")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed runs first.")
 @click.option("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's).")

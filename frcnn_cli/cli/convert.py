@@ -36,9 +36,9 @@ def caffe(model: Path, out: Path, classes_file: Path | None, backbone: str | Non
     deltas in its config. Both Caffe layouts (the V1 'layers' and the 'layer' messages) are read.
     """
     from ..convert.caffe import convert_caffe
-    from ..data.voc import read_class_file
+    from ..data.name_lists import read_class_file
 
-    hold_output(out, "--out")
+    hold_output(out, "--out", inputs={"the Caffe model": model, "--classes": classes_file})
     classes = read_class_file(classes_file) if classes_file is not None else None
     report = convert_caffe(model, out, backbone=backbone, classes=classes)
     console.info(escape(f"read {model}: Caffe net '{report.net}' ('{report.layout}' layout), {report.backbone}; "

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..data.synthetic import DEFAULT_SEED, DEFAULT_TEST, DEFAULT_TRAIN
+from ..data.synthetic_sizes import DEFAULT_SEED, DEFAULT_TEST, DEFAULT_TRAIN
 from ..devices import resolve_device
 
 if TYPE_CHECKING:
@@ -89,7 +89,8 @@ def demo(workdir, device, n_train, n_test, seed, threads, iters) -> None:
     """Synthetic shapes, the paper's 4-step training (tiny preset), VOC2007 evaluation, pictures.
 
     Ends with WORKDIR/summary.json ({"map", "seconds", "ap", "pictures", …}), whose path is printed.
-    About 6 minutes on a 2-core CPU; rerunning the same command continues an interrupted demo.
+    About 3½ minutes on an idle 2-core CPU (3 min 28 s measured: docs/demo.md); rerunning the same command
+    continues an interrupted demo.
     """
     from dataclasses import replace
 

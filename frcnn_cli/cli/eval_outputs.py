@@ -4,13 +4,14 @@ HTML report, and the ``--json`` document."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
 from ..data.manifest import Manifest
-from ..evaluate.voc import IOU_THRESH
+from ..evaluate import IOU_THRESH
 from . import console
 
 if TYPE_CHECKING:
@@ -27,9 +28,14 @@ def json_number(value: float) -> float | None:
 
 
 def split_of(manifest_name: str) -> str:
-    """The devkit split of a manifest name: the part after the last '-' (``voc2007-test`` -> ``test``),
-    else ``test``."""
-    head, sep, tail = manifest_name.rpartition("-")
+    """The devkit split of a manifest name: the part after the last '-', or after the last '.' when that is a
+    word and comes later (``voc2007-test`` -> ``test``, ``mine.val`` of ``prepare folder --val-fraction`` ->
+    ``val``), else ``test``."""
+    parts = [manifest_name.rpartition("-")]
+    dotted = manifest_name.rpartition(".")
+    if re.fullmatch(r"\w+", dotted[2]):
+        parts.append(dotted)
+    head, sep, tail = max(parts, key=lambda p: len(p[0]))
     return tail if sep and head and tail else "test"
 
 

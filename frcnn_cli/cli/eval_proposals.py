@@ -11,7 +11,7 @@ from rich.markup import escape
 from ..data.manifest import Manifest
 from ..errors import ConfigError, DataError
 from . import console
-from .options import load_predictor
+from .options import inference_process
 
 TEST_PROPOSALS_HELP = ("Evaluate the detector on these proposals instead of its own RPN's: a checkpoint with an RPN "
                        "(e.g. step 1's rpn1.pt: the paper's unshared rows; its test-time settings and "
@@ -60,8 +60,10 @@ def test_proposer(spec: Path, predictor, *, manifest: Manifest, data: Path, set_
 
 def _model_proposals(spec: Path, *, manifest: Manifest, set_, device, ablation, batch_size: int):
     from ..given_proposals import GivenProposals, proposals_of
+    from ..inference import load_predictor
 
-    rpn = load_predictor(spec, set_, device, require=("rpn",), ablation=ablation)
+    rpn = load_predictor(spec, device, overrides=set_, require=("rpn",), ablation=ablation,
+                         on_runtime=inference_process)
     what = ablation.describe() if ablation is not None else "RPN proposals"
     console.info(escape(f"test proposals: {what} of {spec}"))
     with console.ProgressReporter("proposals", every=100) as bar:
@@ -71,23 +73,19 @@ def _model_proposals(spec: Path, *, manifest: Manifest, set_, device, ablation, 
 
 def with_test_proposals(predictor, spec: Path, **kwargs):
     """``predictor`` (a detector's) running on the proposals of ``spec`` (``test_proposer``)."""
-    from ..inference import Predictor
-
-    if not isinstance(predictor, Predictor):
+    if predictor.format is not None:  # inference.PredictorLike: an exported graph
         raise ConfigError("--test-proposals needs a checkpoint as --model: an exported model runs its own RPN")
     given = test_proposer(spec, predictor, **kwargs)
     return predictor.with_settings(replace(predictor.settings, ablation=given))
 
 
-def write_results_only(predictor, manifest: Manifest, out: Path, *, batch_size: int) -> dict:
-    """``--results-only``: the detections of every image as the evaluation server's files under ``out``."""
+def write_results_only(detections: list, manifest: Manifest, out: Path) -> dict:
+    """``--results-only``: the detections of every image (``predict_manifest``'s, one per image of ``manifest``)
+    as the evaluation server's files under ``out``."""
     from ..evaluate.submission import results_folder, submission_year, write_submission
     from ..evaluate.voc import detections_by_class
-    from ..inference import detect_manifest
     from .eval_outputs import split_of
 
-    with console.ProgressReporter("detect", every=100) as bar:
-        detections = detect_manifest(predictor, manifest, batch_size=batch_size, progress=bar)
     year, split = submission_year(manifest.name), split_of(manifest.name)
     paths, archive = write_submission(out, detections_by_class(detections, len(manifest.classes)), manifest,
                                       split=split, year=year)

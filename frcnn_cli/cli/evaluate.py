@@ -7,15 +7,17 @@ detections); ``eval_outputs.py`` renders it and writes the files.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 from rich.markup import escape
 
-from ..data.manifest import Manifest, read_manifest, require_annotations
+from ..data.manifest import Manifest, read_manifest, require_annotations, require_objects
 from ..devices import resolve_device
-from ..errors import ConfigError, DataError
-from ..evaluate.voc import IOU_THRESH, METRICS
+from ..errors import ConfigError
+from ..evaluate import IOU_THRESH, METRICS
 from . import console
 from .detect import ablation_from_options, ablation_options
 from .eval_outputs import (
@@ -33,59 +35,38 @@ from .eval_outputs import (
     write_report_page,
 )
 from .eval_proposals import TEST_PROPOSALS_HELP, with_test_proposals, write_results_only
-from .options import (
-    check_checkpoint_overrides,
-    checkpoint_set_option,
-    hold_output,
-    load_predictor,
-    output_complete,
-    positive_int,
-)
+from .options import checkpoint_overrides, hold_output, inference_process, model_run_options, output_complete
 
-__all__ = ["eval_command", "check_classes", "split_of"]
+__all__ = ["eval_command", "split_of"]
 
 
-def check_classes(manifest: Manifest, manifest_path: Path, classes: list[str], model_path: Path) -> None:
-    """Refuse a manifest whose class list (names and order) is not the model's, naming both files."""
-    if list(manifest.classes) == list(classes):
-        return
-    only_data = [c for c in manifest.classes if c not in classes]
-    only_model = [c for c in classes if c not in manifest.classes]
-    if only_data or only_model:
-        what = (f"only in the manifest: {', '.join(only_data) or '-'}; "
-                f"only in the model: {', '.join(only_model) or '-'}")
-    else:
-        what = "the same names in another order"
-    raise DataError(f"manifest {manifest_path} has classes {manifest.classes} but model {model_path} was "
-                    f"trained for {classes} ({what}); evaluate on a manifest of the model's dataset "
-                    "(frcnn prepare with the same class list)")
-
-
-def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str, coco: bool, out: Path | None,
+def _eval_model(model_path: Path, data: Path, *, usage: Callable[[], str], coco: bool, out: Path | None,
                 report: Path | None, batch_size: int, device: str | None, ablation, set_: tuple[str, ...],
-                test_proposals: Path | None = None, results_only: bool = False) -> dict:
-    from ..evaluate.run import check_coco_evaluator, evaluate_model
+                test_proposals: Path | None = None, results_only: bool = False) -> dict | None:
+    """The evaluation's summary on rank 0 (or the one process); under torchrun the other ranks run their share of
+    the images and return None. Every check and read is agreed among the ranks: an error is one line, rank 0's."""
+    from ..evaluate.run import score_detections
+    from ..sharded_inference import predict_sharded
+    from ..sharding import RankGroup
 
-    if coco:
-        check_coco_evaluator()  # before the model is read and the images are run
-    dev = resolve_device(device)
-    given = test_proposals is not None
-    predictor = load_predictor(model_path, set_, dev, require=("roi_head",) if given else ("rpn", "roi_head"),
-                               ablation=None if given else ablation)
-    check_classes(manifest, data, predictor.classes, model_path)
-    if given:
-        predictor = with_test_proposals(predictor, test_proposals, manifest=manifest, data=data, set_=set_,
-                                        device=dev, ablation=ablation, batch_size=batch_size)
+    group, dev = RankGroup.join(resolve_device(device))
+    metric, manifest, predictor = group.agree(lambda: _set_up(
+        model_path, data, usage=usage, coco=coco, out=out, report=report, device=dev, ablation=ablation, set_=set_,
+        test_proposals=test_proposals, results_only=results_only, batch_size=batch_size))
     ablation = predictor.settings.ablation
-    if ablation is not None:
+    if ablation is not None and group.is_main:
         console.info(escape(f"proposals: {ablation.describe()}"))
+    started = time.perf_counter()
+    with console.ProgressReporter("detect", every=100, quiet=not group.is_main) as bar:
+        found = predict_sharded(predictor, manifest, group, batch_size=batch_size, progress=bar,
+                                proposals=report is not None and not results_only)
+    if found is None:
+        return None
     if results_only:
-        summary = write_results_only(predictor, manifest, out, batch_size=batch_size)
+        summary = write_results_only(found[0], manifest, out)
         output_complete(out, folder=True)
         return summary
-    with console.ProgressReporter("detect", every=100) as bar:
-        run = evaluate_model(predictor, manifest, metric=metric, coco=coco, proposals=report is not None,
-                             batch_size=batch_size, progress=bar)
+    run = score_detections(*found, manifest, metric=metric, coco=coco, started=started)
     show_ap(run.voc, f"{escape(manifest.name)}: VOC AP ({metric}, IoU > {IOU_THRESH})")
     if run.coco is not None:
         show_coco(run.coco, f"{escape(manifest.name)}: COCO AP")
@@ -98,6 +79,42 @@ def _eval_model(model_path: Path, data: Path, manifest: Manifest, *, metric: str
         write_report_page(report, model_path=model_path, data=data, manifest=manifest, run=run,
                           settings=report_settings(metric, dev, batch_size, set_, ablation))
     return summary_json(run)
+
+
+def _set_up(model_path: Path, data: Path, *, usage, coco: bool, out, report, device, ablation, set_,
+            test_proposals: Path | None, results_only: bool, batch_size: int):
+    """Every rank: the options checked, the outputs held (rank 0), the manifest and the model read: ``(metric,
+    manifest, predictor)``."""
+    from ..evaluate.run import check_classes, check_coco_evaluator
+    from ..inference import load_predictor
+
+    metric = usage()
+    if coco:
+        check_coco_evaluator()  # before the model is read and the images are run
+    hold_output(out, "--out", folder=True, discard_on_failure=True)
+    hold_output(report, "--report", inputs={"--data": data, "--model": model_path,
+                                            "--test-proposals": test_proposals})
+    overrides = checkpoint_overrides(set_, model_path)
+    manifest = read_manifest(data)
+    if not results_only:
+        _require_scored(manifest, data)
+    given = test_proposals is not None
+    predictor = load_predictor(model_path, device, overrides=overrides, require=("roi_head",) if given else
+                               ("rpn", "roi_head"), ablation=None if given else ablation, on_runtime=inference_process)
+    check_classes(manifest, data, predictor.classes, model_path)
+    if given:
+        predictor = with_test_proposals(predictor, test_proposals, manifest=manifest, data=data, set_=set_,
+                                        device=device, ablation=ablation, batch_size=batch_size)
+    return metric, manifest, predictor
+
+
+def _require_scored(manifest: Manifest, data: Path) -> None:
+    """AP and recall need annotations and at least one object that counts (not difficult)."""
+    require_annotations(manifest, data, "AP and recall need them: write the evaluation server's files with "
+                                        "frcnn eval --model CKPT --results-only --out DIR")
+    require_objects(manifest, data, "AP and recall are scored against objects, so every number would be n/a; "
+                                    "evaluate on a manifest with annotated objects (the detections alone: frcnn "
+                                    "detect M.json --out DIR, or eval --results-only --out DIR)")
 
 
 def _eval_proposals(proposals_path: Path, data: Path, manifest: Manifest, out: Path | None) -> dict:
@@ -146,6 +163,12 @@ def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, 
     return metric or "11point"
 
 
+def _rank() -> int:
+    from ..train import distributed
+
+    return distributed.rank()
+
+
 @click.command("eval")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A detector checkpoint, or a model file of frcnn export: VOC AP per class and mAP.")
@@ -166,14 +189,12 @@ def _check_usage(model_path, proposals_path, voc2007: bool, metric: str | None, 
               help="Also write the evaluation as one self-contained HTML page: per-class table, curves, "
                    "error analysis, confusion table, pictures of errors (docs/report.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-@click.option("--batch-size", type=positive_int, default=1, show_default=True, help="Images per forward pass.")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
+@model_run_options()
 @click.option("--test-proposals", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="CKPT|P.h5|dense", help=TEST_PROPOSALS_HELP)
 @click.option("--results-only", is_flag=True,
               help="No AP: write the detections as the evaluation server's files under --out DIR "
                    "(results/VOC2012/Main/comp4_det_test_<class>.txt and results.tar.gz), e.g. for VOC2012 test.")
-@checkpoint_set_option
 @ablation_options
 def eval_command(model_path, proposals_path, data, voc2007, metric, coco, out, report, as_json, batch_size, device,
                  test_proposals, results_only, set_, proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg) -> None:
@@ -181,24 +202,28 @@ def eval_command(model_path, proposals_path, data, voc2007, metric, coco, out, r
     (--proposals), on a manifest.
 
     AP follows the VOC devkit: IoU > 0.5 with +1 pixel widths, difficult objects ignored, duplicates
-    false positives. The result files' split is the manifest name's last '-' part (voc2007-test: test).
+    false positives. The result files' split is the manifest name's last '-' or '.' part (voc2007-test: test,
+    mine.val: val); ids holding whitespace are written %-escaped (IMG%200001).
+    Under torchrun a model's images are shared among the processes (the figures are one process's).
     """
     ablation = ablation_from_options(proposals_n, no_rpn_nms, no_rpn_scores, no_rpn_reg)
-    metric = _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report, coco,
-                          test_proposals, results_only, out)
-    hold_output(out, "--out", folder=True, discard_on_failure=True)
-    hold_output(report, "--report")
-    check_checkpoint_overrides(set_, model_path)
-    manifest = read_manifest(data)
-    if not results_only:
-        require_annotations(manifest, data, "AP and recall need them: write the evaluation server's files with "
-                                            "frcnn eval --model CKPT --results-only --out DIR")
-    if model_path is not None:
-        summary = _eval_model(model_path, data, manifest, metric=metric, coco=coco, out=out, report=report,
+    if model_path is not None and proposals_path is None:  # a model: shared out among torchrun's processes
+        usage = lambda: _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report,  # noqa: E731
+                                     coco, test_proposals, results_only, out)
+        summary = _eval_model(model_path, data, usage=usage, coco=coco, out=out, report=report,
                               batch_size=batch_size, device=device, ablation=ablation, set_=set_,
                               test_proposals=test_proposals, results_only=results_only)
-    else:
+    elif _rank() == 0:  # a proposal file (or a usage error): under torchrun rank 0 alone does it
+        _check_usage(model_path, proposals_path, voc2007, metric, ablation, set_, report, coco, test_proposals,
+                     results_only, out)
+        hold_output(out, "--out", folder=True, discard_on_failure=True)
+        manifest = read_manifest(data)
+        _require_scored(manifest, data)
         summary = _eval_proposals(proposals_path, data, manifest, out)
+    else:
+        summary = None
+    if summary is None:
+        return
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False, allow_nan=False))
     elif out is not None:

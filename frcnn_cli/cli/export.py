@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from . import console
-from .options import FiniteFloatRange, check_checkpoint_overrides, checkpoint_set_option, hold_output, positive_int
+from .options import FiniteFloatRange, checkpoint_overrides, checkpoint_set_option, hold_output, positive_int
 
 FORMAT_CHOICES = ("onnx", "torchscript")
 
@@ -44,23 +44,21 @@ def export(model_path, fmt, out, score_thresh, proposals_n, check_paths, set_) -
     """
     from ..bench import load_images
     from ..config import runtime_defaults
-    from ..config_io import apply_runtime_overrides, split_overrides
     from ..devices import process_settings
     from ..export.writer import check_suffix, export_model
     from ..inference import InferenceSettings
     from ..model.checkpoint import load_model
     from .detect import ablation_from_options
 
-    check_checkpoint_overrides(set_, model_path)
+    overrides = checkpoint_overrides(set_, model_path)
     check_suffix(out, fmt)
     replacing = out.is_file()
-    hold_output(out, "--out")
+    hold_output(out, "--out", inputs={"--model": model_path, "--check-images": list(check_paths)})
     images = load_images(check_paths) if check_paths else None
     model, _ = load_model(model_path, device="cpu", require=("rpn", "roi_head"))
-    config_items, runtime_items = split_overrides(set_)
-    runtime = apply_runtime_overrides(runtime_defaults(model.cfg.name), runtime_items)
+    runtime = overrides.apply_runtime(runtime_defaults(model.cfg.name))
     process_settings(torch_cpu(), runtime)
-    settings = InferenceSettings.from_config(model.cfg, overrides=config_items,
+    settings = InferenceSettings.from_config(model.cfg, overrides=overrides,
                                              ablation=ablation_from_options(proposals_n, False, False, False))
     if score_thresh is not None:  # the graph keeps what detect --score-thresh would show
         settings = replace(settings, detections=replace(settings.detections, score_thresh=score_thresh))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import sys
+
 import click
 
 from .. import __version__
@@ -18,6 +22,19 @@ class _ErrorMessage(click.ClickException):
 _NO_MODEL = ("prepare", "convert")  # commands that run no model keep the allocator's defaults (a lower peak)
 
 
+def _standard_output_fails(exc: OSError) -> bool:
+    """Whether ``exc`` came from writing a result with ``click.echo`` (stdout redirected to a full disk or /dev/full,
+    an I/O error); if so stdout is replaced by the null device, so that Python's own flush at exit does not print
+    a second traceback."""
+    frame, tb = None, exc.__traceback__
+    while tb is not None:
+        frame, tb = tb.tb_frame, tb.tb_next
+    if frame is None or frame.f_code.co_name != "echo" or frame.f_globals.get("__name__") != "click.utils":
+        return False
+    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (open until the process ends)
+    return True
+
+
 class FrcnnGroup(click.Group):
     """A group whose commands' ``FrcnnError``s become clean one-line errors, never tracebacks."""
 
@@ -25,7 +42,14 @@ class FrcnnGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FrcnnError as exc:
+            if getattr(exc, "quiet", False):  # another rank of a sharded command reports it (sharding.py)
+                ctx.exit(0)  # status 0: torchrun then lets rank 0 print and leave with the error's status
             raise _ErrorMessage(str(exc), exc.exit_code) from None
+        except OSError as exc:
+            if exc.errno == errno.EPIPE or not _standard_output_fails(exc):
+                raise  # a closed pipe (`| head`) is click's to quieten; anything else is not a user's error
+            raise _ErrorMessage(f"cannot write to the standard output: {exc.strerror or exc}; free some space where "
+                                "it is redirected, or redirect it elsewhere", 1) from None
         except KeyboardInterrupt:
             raise _ErrorMessage("interrupted; to continue, rerun the same command (train-rpn and train-detector "
                                 "with --resume: they continue from the last --checkpoint-every state)", 130) from None

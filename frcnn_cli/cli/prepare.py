@@ -8,6 +8,7 @@ import click
 from rich.markup import escape
 
 from ..data.manifest import Manifest, PrepareReport, read_manifest, write_manifest
+from ..data.synthetic_sizes import DEFAULT_SEED, DEFAULT_TEST, DEFAULT_TRAIN
 from ..errors import ConfigError
 from . import console
 from .options import FiniteFloatRange, hold_output
@@ -62,6 +63,29 @@ def _finish(outputs: list[tuple[Path, Manifest]], warnings: list[str]) -> None:
         click.echo(str(path))
 
 
+def _suggest_training(train: Path, val: Path | None = None) -> None:
+    """The ``frcnn train`` command that fits this machine, and why: the default VGG16 needs a GPU (days on a
+    CPU) and ImageNet weights (a download); the ``tiny`` preset learns from random weights on a CPU."""
+    import torch
+
+    stem = train.name[: -len(".json")] if train.name.endswith(".json") else train.name
+    command = f"frcnn train --data {train} --workdir runs/{stem}" + (f" --val {val}" if val is not None else "")
+    if not torch.cuda.is_available():
+        why = ("no GPU here: the tiny preset, a small network learnt from random weights, trains in minutes on a "
+               "CPU, while the default VGG16 takes days and needs the ImageNet weights")
+        command += " --config tiny"
+    else:
+        from ..model.weights import hub_cache_file, imagenet_weights_url
+
+        url = imagenet_weights_url("vgg16")
+        cached = hub_cache_file(url).is_file()
+        why = ("a GPU is here: VGG16, the paper's network, from ImageNet weights "
+               + ("(in the torch hub cache)" if cached else f"(downloaded once from {url}; offline, copy it into "
+                                                         f"{hub_cache_file(url).parent})"))
+    validate = "" if val is not None else "; --val M.json keeps the best checkpoint (prepare folder --val-fraction)"
+    console.info(escape(f"next: {command} ({why}{validate}; docs/quickstart.md)"))
+
+
 def _parse_years(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
     try:
         years = [int(v) for v in value.split(",") if v.strip()]
@@ -93,6 +117,12 @@ def prepare() -> None:
     """
 
 
+def _skip_unreadable_option(f):
+    return click.option("--skip-unreadable", is_flag=True,
+                        help="Leave out the images that cannot be decoded (truncated, corrupt), with their XML, "
+                             "listing them in a warning, instead of stopping.")(f)
+
+
 @prepare.command("voc")
 @click.option("--root", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="The VOCdevkit folder (holding VOC2007/, VOC2012/) or a VOC<year> folder itself.")
@@ -105,28 +135,33 @@ def prepare() -> None:
                    "Implied by --year 2012 --split test, whose annotations are not public.")
 @click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Manifest to write.")
-def voc(root: Path, years: list[int], split: str, images_only: bool, out: Path) -> None:
+@_skip_unreadable_option
+def voc(root: Path, years: list[int], split: str, images_only: bool, out: Path, skip_unreadable: bool) -> None:
     """A PASCAL VOC split (20 classes; difficult and truncated kept) as a manifest."""
     from ..data.voc import prepare_voc
 
     hold_output(out, "--out")
     if images_only or (split == "test" and 2012 in years):
-        _voc_images(root, years, split, out)
+        _voc_images(root, years, split, out, skip_unreadable)
         return
     warnings: list[str] = []
     with _quiet_progress("checking images") as progress:
-        manifest = prepare_voc(root, years, split, on_warning=warnings.append, progress=progress)
+        manifest = prepare_voc(root, years, split, on_warning=warnings.append, progress=progress,
+                               skip_unreadable=skip_unreadable)
     _finish([(out, manifest)], warnings)
+    if split != "test":
+        _suggest_training(out)
 
 
-def _voc_images(root: Path, years: list[int], split: str, out: Path) -> None:
+def _voc_images(root: Path, years: list[int], split: str, out: Path, skip_unreadable: bool) -> None:
     from ..data.voc_images import prepare_voc_images
 
     if split == "test" and 2012 in years and len(years) > 1:
         raise ConfigError("VOC2012 test has no public annotations, the other years' test sets have: prepare "
                           "--year 2012 --split test on its own (an images-only manifest)")
     with _quiet_progress("checking images") as progress:
-        manifest = prepare_voc_images(root, years, split, progress=progress)
+        manifest = prepare_voc_images(root, years, split, progress=progress, skip_unreadable=skip_unreadable,
+                                      on_warning=lambda message: console.warn(escape(message)))
     write_manifest(out, manifest)
     console.info(f"{len(manifest.images)} images, no annotations (an images-only manifest: detect, dump-proposals, "
                  "prepare proposals and eval --results-only take it)")
@@ -148,23 +183,26 @@ def _voc_images(root: Path, years: list[int], split: str, out: Path) -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the --val-fraction draw.")
 @click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Manifest to write (NAME.json).")
+@_skip_unreadable_option
 def folder(images_dir: Path, annotations_dir: Path, classes_file: Path | None, split_file: Path | None,
-           val_fraction: float | None, seed: int, out: Path) -> None:
+           val_fraction: float | None, seed: int, out: Path, skip_unreadable: bool) -> None:
     """Your own images with VOC-style XML annotations as a manifest (no ImageSets needed)."""
-    from ..data.voc import prepare_folder, read_class_file
+    from ..data.folder import prepare_folder
+    from ..data.name_lists import read_class_file
 
     if split_file is not None and val_fraction is not None:
         raise ConfigError("give --split-file or --val-fraction, not both")
     name = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
-    hold_output(out, "--out")
+    inputs = {"--classes": classes_file, "--split-file": split_file}
+    hold_output(out, "--out", inputs=inputs)
     if val_fraction is not None:
-        hold_output(out.with_name(f"{name}.val.json"), "--out")
+        hold_output(out.with_name(f"{name}.val.json"), "--out", inputs=inputs)
     classes = read_class_file(classes_file) if classes_file is not None else None
     warnings: list[str] = []
     with _quiet_progress("checking images") as progress:
         result = prepare_folder(images_dir, annotations_dir, classes=classes, split_file=split_file,
-                                val_fraction=val_fraction, seed=seed, name=name,
-                                on_warning=warnings.append, progress=progress)
+                                val_fraction=val_fraction, seed=seed, name=name, on_warning=warnings.append,
+                                progress=progress, skip_unreadable=skip_unreadable)
     if isinstance(result, tuple):
         outputs = [(out, result[0]), (out.with_name(f"{name}.val.json"), result[1])]
     else:
@@ -173,10 +211,7 @@ def folder(images_dir: Path, annotations_dir: Path, classes_file: Path | None, s
         found = ", ".join(outputs[0][1].classes)
         console.info(f"classes found in the XML (sorted; --classes FILE sets the order): {found}")
     _finish(outputs, warnings)
-    if len(outputs) == 2:
-        train, val = (escape(str(p)) for p, _ in outputs)
-        console.info(f"validate during training with --val {val}: frcnn train --data {train} --workdir run "
-                     f"--val {val} (the best checkpoint is kept; docs/quickstart.md, 'Your own images')")
+    _suggest_training(out, outputs[1][0] if len(outputs) == 2 else None)
 
 
 @prepare.command("coco")
@@ -191,28 +226,29 @@ def coco(annotations: Path, images_dir: Path, drop_empty: bool, name: str | None
     """COCO-format data (COCO, Objects365, LVIS, CVAT/Label Studio/Roboflow exports) as a manifest.
 
     Categories become classes in id order (names and original ids kept), crowd regions are kept as
-    difficult boxes (never trained on, ignored by evaluation), image files are checked to exist (sizes
-    come from the JSON).
+    difficult boxes (never trained on, ignored by evaluation), each image file's header is read (a
+    width/height that disagrees with the file is an error).
     """
     from ..data.coco import prepare_coco
 
     stem = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
-    hold_output(out, "--out")
+    hold_output(out, "--out", inputs={"--annotations": annotations})
     warnings: list[str] = []
     with _quiet_progress("checking image files") as progress:
         manifest = prepare_coco(annotations, images_dir, drop_empty=drop_empty, name=name or stem,
                                 on_warning=warnings.append, progress=progress)
     _finish([(out, manifest)], warnings)
+    _suggest_training(out)
 
 
 @prepare.command("synth")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the set (VOC layout, classes.txt, trainval.json, test.json).")
-@click.option("--train", "n_train", default=200, show_default=True, type=click.IntRange(min=1),
+@click.option("--train", "n_train", default=DEFAULT_TRAIN, show_default=True, type=click.IntRange(min=1),
               help="Training images.")
-@click.option("--test", "n_test", default=60, show_default=True, type=click.IntRange(min=1),
+@click.option("--test", "n_test", default=DEFAULT_TEST, show_default=True, type=click.IntRange(min=1),
               help="Test images.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the drawing.")
+@click.option("--seed", default=DEFAULT_SEED, show_default=True, type=int, help="Seed of the drawing.")
 def synth(out_dir: Path, n_train: int, n_test: int, seed: int) -> None:
     """A synthetic set of drawn shapes (the demo's and the tests' data) with its two manifests."""
     from ..data.synthetic import make_synthetic_set

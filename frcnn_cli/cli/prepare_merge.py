@@ -27,7 +27,7 @@ def merge(manifests: tuple[Path, ...], out: Path, name: str | None) -> None:
     from ..data.merge import merge_manifests
 
     stem = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
-    hold_output(out, "--out")
+    hold_output(out, "--out", inputs={"a manifest to merge": list(manifests)})
     parts = [(path, read_manifest(path)) for path in manifests]
     merged = merge_manifests(parts, name or stem)
     write_manifest(out, merged)

@@ -56,7 +56,7 @@ def proposals(from_paths: tuple[Path, ...], data: Path, out: Path, top_n: int | 
     """
     from ..data.external_proposals import import_proposals
 
-    hold_output(out, "--out")
+    hold_output(out, "--out", inputs={"--from": list(from_paths), "--data": data})
     manifest = read_manifest(data)
     with console.ProgressReporter("proposals", every=500) as bar:
         report = import_proposals(from_paths, manifest, data, out, top_n=top_n, box_format=box_format,

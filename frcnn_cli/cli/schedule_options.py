@@ -11,8 +11,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from ..data.manifest import Manifest, read_manifest
-from ..errors import ConfigError
+from ..data.manifest import Manifest
 from . import console
 from .options import FiniteFloatRange
 
@@ -42,47 +41,31 @@ def schedule_options(f):
     return f
 
 
-def budget_seconds(text: str | None, *, iters: int | None, epochs: float | None) -> float | None:
-    """``--time`` in seconds (None when not given); refused with ``--iters`` or ``--epochs``."""
-    from ..train.budget import parse_duration
-
-    if text is None:
-        return None
-    if iters is not None or epochs is not None:
-        raise ConfigError("give one of --time, --epochs or --iters: --time fits every step's length to the budget, "
-                          "--epochs and --iters fix it")
-    return parse_duration(text)
-
-
 def read_val(val: Path | None, train: Manifest, data: Path, *, iters: int | None, epochs: float | None,
              val_every: int | None, patience: int | None, carving: bool = False) -> Manifest | None:
-    """The validation manifest, checked against the training one; the option combinations checked first.
-    ``carving``: without ``--val`` the run validates on a split it carves (``frcnn train``)."""
-    from ..train.validation import check_val_manifest
+    """The validation manifest, checked against the training one; the option combinations checked first
+    (``train.validation.read_val_manifest``); ``carving``: without ``--val`` the run validates on a split it
+    carves (``frcnn train``)."""
+    from ..train.validation import read_val_manifest
 
-    if iters is not None and epochs is not None:
-        raise ConfigError("give --epochs or --iters, not both: --epochs sets each step's length in passes over "
-                          "the data, --iters in iterations")
-    if val is None and carving:
-        return None
-    if val is None:
-        for name, value in (("--val-every", val_every), ("--patience", patience)):
-            if value is not None:
-                raise ConfigError(f"{name} needs --val M.json: it is about validation during training; add "
-                                  "--val or drop it")
-        return None
-    manifest = read_manifest(val)
-    check_val_manifest(manifest, val, train, data)
-    return manifest
+    return read_val_manifest(val, train, data, iters=iters, epochs=epochs, val_every=val_every, patience=patience,
+                             carving=carving)
 
 
-def show_plan(rows: list[tuple[str, object]]) -> None:
-    """The plan of each training step: images, epochs, iterations, lr drops, warm-up."""
+def show_plan(rows: list[tuple[str, object]], epochs: float | None = None) -> None:
+    """The plan of each training step: images, epochs, iterations, lr drops, warm-up; and what ``--epochs``
+    (``epochs``) became where rounding to whole iterations changed it."""
+    from ..train.schedule import rounding_note
+
     table = [[name, f"{p.images}" + (" ×2 flipped" if p.entries > p.images else ""), f"{p.batch}",
               f"{p.epochs:.2f}", f"{p.iterations:,}", ", ".join(f"{d:,}" for d in p.drops) or "-",
               f"{p.warmup:,}", p.source] for name, p in rows]
     console.table("training plan", ["step", "images", "per iteration", "epochs", "iterations", "lr drops at",
                                     "warm-up", "length from"], table)
+    for name, plan in rows:
+        note = rounding_note(plan, epochs, name)
+        if note is not None:
+            console.info(escape(note))
 
 
 @dataclass
@@ -155,14 +138,21 @@ def _duration(seconds: float) -> str:
 
 
 def best_summary(path: Path, last: Path | None = None) -> str | None:
-    """Which validation a best checkpoint holds, as one line (None when it holds none)."""
+    """Which validation a best checkpoint holds, as one line (None when it holds none); it says so when no
+    validation beat the first one (ties keep the later checkpoint, so a flat figure keeps the last)."""
     from ..model.checkpoint import read_checkpoint
 
-    best = (read_checkpoint(path).get("provenance") or {}).get("best")
+    provenance = read_checkpoint(path).get("provenance") or {}
+    best = provenance.get("best")
     if not best:
         return None
     figure = next((f"{k}={v if not isinstance(v, dict) else v.get('0.7')}" for k, v in best.items()
                    if k in ("val_map", "val_recall")), "")
     where = f" (the last one is {last})" if last is not None else ""
-    return (f"{path} is the best checkpoint: {figure} at epoch {best['epoch']:g}, iteration "
+    line = (f"{path} is the best checkpoint: {figure} at epoch {best['epoch']:g}, iteration "
             f"{best['iteration']}{where}")
+    validation = provenance.get("validation") or {}
+    if validation.get("improved") is False:
+        line += (f"; validation never improved on its first figure ({validation['first']:.4g}): check the data, the "
+                 "lr and the length of the step (metrics.jsonl lists every validation)")
+    return line

@@ -14,19 +14,17 @@ from ..train.budget import format_duration
 from . import console
 from .options import (
     FiniteFloatRange,
-    check_checkpoint_overrides,
+    checkpoint_overrides,
     checkpoint_set_option,
     config_options,
     hold_output,
-    load_cli_config,
-    load_predictor,
+    inference_process,
     positive_int,
 )
 from .schedule_options import (
     Estimates,
     ValidationView,
     best_summary,
-    budget_seconds,
     read_val,
     schedule_options,
     show_plan,
@@ -66,7 +64,7 @@ def _is_main_process() -> bool:
 
 def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, iters, seed, checkpoint_every,
                   resume, device, proposals=None, schedule: dict) -> None:
-    from ..train.budget import process_start
+    from ..train.budget import budget_seconds, process_start
     from ..train.budget_control import StepBudget
     from ..train.data_schedule import choose_length
     from ..train.stage import StageRequest, resume_path, run_stage
@@ -74,7 +72,8 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
     from ..train.steps import stage_config, stage_spec
 
     started = process_start()
-    hold_output(out, "--out")
+    hold_output(out, "--out", inputs={"--data": data, "--init": init, "--proposals": proposals,
+                                      "--val": schedule["val"]})
     seconds = budget_seconds(schedule["time_budget"], iters=iters, epochs=schedule["epochs"])
     manifest = read_manifest(data)
     require_annotations(manifest, data, _NO_TRAINING)
@@ -107,7 +106,7 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
             console.info(f"--time {format_duration(seconds)}: the step's length is fitted to the budget once its "
                          "first iterations are timed, and fitted again as it goes")
             return
-        show_plan([(spec.label, plan)])
+        show_plan([(spec.label, plan)], epochs=schedule["epochs"])
         estimates.set_plans([(spec.label, plan)])
 
     fitted: list = []
@@ -121,7 +120,7 @@ def _run_training(kind: str, *, data, out, config, set_, init, freeze_shared, it
         run_stage(req)
     if _is_main_process():
         if val is not None and best_path(out).exists():
-            console.info(escape(best_summary(best_path(out)) or ""))
+            console.info(escape(best_summary(best_path(out), last=out) or ""))
         click.echo(str(out))
 
 
@@ -158,21 +157,6 @@ def train_detector(data, out, config, set_, init, freeze_shared, iters, seed, ch
                             "time_budget": time_budget})
 
 
-def _dumps_in_this_process(out: Path) -> bool:
-    """Under torchrun only rank 0 dumps (one writer for ``out``); the other ranks say so and leave."""
-    from ..train import distributed
-
-    world = distributed.world_size()
-    if world <= 1:
-        return True
-    if distributed.is_main():
-        console.warn(f"dump-proposals runs in one process: under torchrun rank 0 dumps every image to "
-                     f"{escape(str(out))} and the other {world - 1} rank(s) exit; run it without torchrun")
-        return True
-    console.info(f"rank {distributed.rank()}: dump-proposals runs on rank 0 only; this process exits")
-    return False
-
-
 @click.command("dump-proposals")
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="A checkpoint with an RPN (train-rpn's output).")
@@ -188,20 +172,27 @@ def _dumps_in_this_process(out: Path) -> bool:
 def dump_proposals(model_path, data, out, post_nms_top_n, pre_nms_top_n, nms_thresh, batch_size, device, set_):
     """Run the RPN over every image of a manifest and store the proposals (resumes an interrupted dump).
 
-    One process writes the file: under torchrun, rank 0 dumps every image and the other ranks exit at once.
+    Under torchrun the images are shared among the processes, and the file is the one a single process writes.
     """
-    from ..inference import dump_proposals as dump
+    from ..inference import load_predictor
+    from ..sharded_inference import dump_sharded
+    from ..sharding import RankGroup
 
-    if not _dumps_in_this_process(out):
-        return
-    hold_output(out, "--out")
-    check_checkpoint_overrides(set_, model_path)
-    manifest = read_manifest(data)
-    predictor = load_predictor(model_path, set_, resolve_device(device), require=("rpn",), mode="dump",
-                               nms_thresh=nms_thresh, pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n)
-    with console.ProgressReporter("proposals", every=50) as bar:
-        dump(predictor, manifest, out, checkpoint_path=model_path, batch_size=batch_size, progress=bar)
-    click.echo(str(out))
+    group, dev = RankGroup.join(resolve_device(device))
+
+    def set_up():
+        hold_output(out, "--out", inputs={"--data": data, "--model": model_path})
+        overrides = checkpoint_overrides(set_, model_path)
+        return read_manifest(data), load_predictor(model_path, dev, overrides=overrides, require=("rpn",),
+                                                   mode="dump", nms_thresh=nms_thresh, pre_nms_top_n=pre_nms_top_n,
+                                                   post_nms_top_n=post_nms_top_n, on_runtime=inference_process)
+
+    manifest, predictor = group.agree(set_up)
+    with console.ProgressReporter("proposals", every=50, quiet=not group.is_main) as bar:
+        dump_sharded(predictor, manifest, out, group, checkpoint_path=model_path, batch_size=batch_size,
+                     progress=bar)
+    if group.is_main:
+        click.echo(str(out))
 
 
 @click.command("train")
@@ -231,19 +222,10 @@ def train(data, workdir, config, set_, mode, iters, epochs, time_budget, val, va
     printed at the start. With validation each step keeps its best checkpoint: final.pt is then the best
     unified detector (final.last.pt the last).
     """
+    from ..train.api import train as run_training
     from ..train.budget import process_start
-    from ..train.data_schedule import carves
-    from ..train.pipeline import PipelineRequest, plans, run_pipeline
 
     hold_output(workdir, "--workdir", folder=True)
-    seconds = budget_seconds(time_budget, iters=iters, epochs=epochs)
-    manifest = read_manifest(data)
-    require_annotations(manifest, data, _NO_TRAINING)
-    cfg, runtime = load_cli_config(config, set_, seed)
-    val_manifest = read_val(val, manifest, data, iters=iters, epochs=epochs, val_every=val_every, patience=patience,
-                            carving=carves(cfg, iters=iters, epochs=epochs))
-    dev = resolve_device(device)
-    process_settings(dev, runtime)
     talk = _is_main_process()
     estimates, view = Estimates(), ValidationView()
 
@@ -256,22 +238,18 @@ def train(data, workdir, config, set_, mode, iters, epochs, time_budget, val, va
             view.step, view.text = name, ""
 
     def on_plan(rows) -> None:
-        show_plan(rows)
+        show_plan(rows, epochs=epochs)
         estimates.set_plans(rows)
 
     with console.TrainingProgress("training") as progress:
-        req = PipelineRequest(cfg=cfg, manifest=manifest, manifest_path=data, workdir=workdir, device=dev,
-                              runtime=runtime, mode=mode, iters=iters, resume=resume, on_step=on_step,
-                              on_warning=lambda m: console.warn(escape(m)), epochs=epochs, val_manifest=val_manifest,
-                              val_path=val, val_every=val_every, patience=patience, on_plan=on_plan,
-                              on_note=lambda m: console.info(escape(m)), on_validation=lambda _, row: view(row),
-                              seconds=seconds, started=process_start() if seconds is not None else None)
-        req.on_log = lambda state: _log(progress, view, estimates, state)
-        first_detector = next((p for name, p in plans(req, cfg) if p.kind != "rpn"), None)
-        req.checkpoint_every = checkpoint_every if checkpoint_every is not None else max(
-            1, (first_detector.iterations if first_detector else 100) // 10)
-        final = run_pipeline(req)
+        final = run_training(data, workdir, config=config, overrides=set_, mode=mode, iters=iters, epochs=epochs,
+                             val=val, val_every=val_every, patience=patience, seed=seed, device=device,
+                             checkpoint_every=checkpoint_every, resume=resume, time_budget=time_budget,
+                             budget_from=process_start(),
+                             progress=lambda state: _log(progress, view, estimates, state), on_step=on_step,
+                             on_warning=lambda m: console.warn(escape(m)), on_note=lambda m: console.info(escape(m)),
+                             on_plan=on_plan, on_validation=lambda _, row: view(row), on_runtime=process_settings)
     if talk:
-        if val_manifest is not None:
+        if val is not None:
             console.info(escape(best_summary(final, last=final.with_name("final.last.pt")) or ""))
         click.echo(str(final))

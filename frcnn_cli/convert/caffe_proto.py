@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
+from ..file_kinds import other_kind
 from ..protobuf_wire import WireError as _Malformed
 from ..protobuf_wire import fields as _fields
 from ..protobuf_wire import varint as _varint
@@ -204,6 +205,9 @@ def read_caffemodel(path: str | os.PathLike) -> CaffeNet:
     if buf and all(b in _TEXT for b in buf[:512]):
         raise CheckpointError(f"{path} is a text file (a .prototxt?), not a binary .caffemodel: the weights are in "
                               f"the .caffemodel file that goes with it; give that")
+    kind = other_kind(path)
+    if kind is not None:
+        raise CheckpointError(f"{path} is {kind}, not a Caffe model; give the binary .caffemodel file")
     try:
         return parse_net(buf)
     except ValueError as exc:

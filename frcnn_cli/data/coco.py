@@ -14,8 +14,12 @@ What becomes what:
   ranges; ``w * h`` where the file has none) and the image id (``coco_id``) are kept.
 - **images** keep the file's order; their manifest id is the COCO image id as text, their path the
   ``file_name`` under the image folder. Images without annotations are kept as negatives unless
-  ``drop_empty``. Each image file is checked to exist (a ``stat``, no decoding): width and height are
-  taken from the JSON.
+  ``drop_empty``. Each image file's header is read (``data/coco_images.py``): a missing or unreadable file,
+  or a ``width``/``height`` that disagrees with it, is an error naming the entry.
+- The rules ``prepare folder`` applies hold here too: a category named ``background`` /
+  ``__background__`` is refused (``data/name_lists.py``), as are two image entries of one file and two
+  annotations of one id. Messages name images and annotations by their id ("annotation 5 (image 7)"),
+  and by their position only when they have none.
 
 Memory: the file is parsed with an ``object_hook`` that drops each annotation's ``segmentation`` (most
 of the file's bytes) and stores the rest in typed columns as soon as the annotation is parsed, so the
@@ -29,33 +33,27 @@ import json
 import logging
 import math
 import os
-import stat
 from array import array
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..callbacks import Progress, WarningCallback
-from ..errors import DataError
-from .manifest import MAX_SIDE, ImageRecord, Manifest
-from .voc import CLIP_TOLERANCE, problems_error
+from ..callbacks import OnNote, Progress
+from ..errors import DataError, problems_error
+from ..file_kinds import decode_text
+from .coco_images import check_image_files, good_images, is_int
+from .manifest import ImageRecord, Manifest
+from .name_lists import BACKGROUND_ADVICE, is_background
+from .voc import CLIP_TOLERANCE
 
-Warn = WarningCallback
 _log = logging.getLogger(__name__)
-PROGRESS_EVERY = 1024  # images checked between two progress calls
 
 
 class _Row(int):
     """Stands in the parsed ``annotations`` list for a well-formed annotation: its row in the columns."""
 
     __slots__ = ()
-
-
-def _is_int(v: Any) -> bool:
-    """An integer that fits the int64 columns (ids, sizes)."""
-    return isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63
 
 
 def _is_number(v: Any) -> bool:
@@ -70,12 +68,12 @@ def _annotation_problem(ann: Any) -> str | None:
         if key not in ann:
             return f"has no \"{key}\""
     for key in ("image_id", "category_id"):
-        if not _is_int(ann[key]):
+        if not is_int(ann[key]):
             return f"\"{key}\" {ann[key]!r} is not an integer of at most 64 bits"
     box = ann["bbox"]
     if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
         return f"bbox {box!r} is not [x, y, width, height] with finite numbers"
-    if "id" in ann and not _is_int(ann["id"]):
+    if "id" in ann and not is_int(ann["id"]):
         return f"\"id\" {ann['id']!r} is not an integer of at most 64 bits"
     if ann.get("iscrowd", 0) not in (0, 1):
         return f"iscrowd {ann['iscrowd']!r} is not 0 or 1"
@@ -89,7 +87,7 @@ class _Columns:
 
     def __init__(self) -> None:
         self.ann_id, self.image_id, self.category_id = array("q"), array("q"), array("q")
-        self.bbox, self.area, self.crowd = array("d"), array("d"), array("b")
+        self.bbox, self.area, self.crowd, self.has_id = array("d"), array("d"), array("b"), array("b")
 
     def hook(self, obj: dict) -> Any:
         obj.pop("segmentation", None)  # polygons or RLE: most of the file, not needed for boxes
@@ -97,6 +95,7 @@ class _Columns:
             return obj  # not an annotation, or a bad one: validated again, with its position, afterwards
         row = _Row(len(self.crowd))
         self.ann_id.append(obj.get("id", -1))
+        self.has_id.append("id" in obj)
         self.image_id.append(obj["image_id"])
         self.category_id.append(obj["category_id"])
         self.bbox.extend(obj["bbox"])
@@ -104,11 +103,14 @@ class _Columns:
         self.crowd.append(int(obj.get("iscrowd", 0)))
         return row
 
-    def numpy(self, rows: list[int]) -> dict[str, np.ndarray]:
-        """The columns of ``rows`` (in that order) as arrays; ``bbox`` is ``float64[A, 4]``."""
+    def numpy(self, rows: list[int], positions: list[int]) -> dict[str, np.ndarray]:
+        """The columns of ``rows`` (in that order) as arrays; ``bbox`` is ``float64[A, 4]``; ``position``: each
+        row's index in the file's ``annotations`` list."""
         idx = np.asarray(rows, dtype=np.int64)
         return {
             "ann_id": np.frombuffer(self.ann_id, dtype=np.int64)[idx],
+            "has_id": np.frombuffer(self.has_id, dtype=np.int8)[idx].astype(bool),
+            "position": np.asarray(positions, dtype=np.int64),
             "image_id": np.frombuffer(self.image_id, dtype=np.int64)[idx],
             "category_id": np.frombuffer(self.category_id, dtype=np.int64)[idx],
             "bbox": np.frombuffer(self.bbox, dtype=np.float64).reshape(-1, 4)[idx],
@@ -129,7 +131,7 @@ def _read_text(path: Path) -> str:
     except OSError as exc:
         raise DataError(f"cannot read annotation file {path} ({exc.strerror or exc}); check the path") from None
     try:
-        return raw.decode("utf-8-sig")  # a byte-order mark (some exporters write one) is not JSON
+        return decode_text(raw)  # a byte-order mark (some exporters write one; UTF-16: PowerShell) is not JSON
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); give a COCO "
                         "annotation file (JSON)") from None
@@ -143,6 +145,9 @@ def _read_coco_json(path: Path, columns: _Columns) -> dict:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
                         "give a COCO annotation file, or fix or download it again") from None
+    except RecursionError:  # arrays nested thousands deep: Python's json gives up (no COCO file nests past 5)
+        raise DataError(f"{path} nests its JSON too deeply to be a COCO annotation file; give the instances JSON "
+                        "with \"images\", \"annotations\" and \"categories\"") from None
     if isinstance(data, list):
         raise DataError(f"{path} is a JSON list, not a COCO annotation file (a detection results file?); "
                         "give the instances JSON with \"images\", \"annotations\" and \"categories\"")
@@ -158,14 +163,18 @@ def _categories(data: dict, path: Path) -> tuple[list[str], list[int]]:
     by_id: dict[int, str] = {}
     by_name: dict[str, int] = {}
     for i, cat in enumerate(data["categories"]):
-        where = f"{path}, category {i}"
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
-            raise DataError(f"{where}: has no integer \"id\"; fix the category list")
+        if not isinstance(cat, dict) or not is_int(cat.get("id")):
+            raise DataError(f"{path}, the category at position {i} of \"categories\": has no integer \"id\"; fix "
+                            "the category list")
+        where = f"{path}, category {cat['id']}"
         name = cat.get("name")
         if not isinstance(name, str) or not name.strip() or "\x00" in name:
-            raise DataError(f"{where} (id {cat['id']}): \"name\" is missing or empty; give every category a name")
+            raise DataError(f"{where}: \"name\" is missing or empty; give every category a name")
         if cat["id"] in by_id:
-            raise DataError(f"{where}: id {cat['id']} appears twice; give every category its own id")
+            raise DataError(f"{where}: the id appears twice; give every category its own id")
+        if is_background(name):
+            raise DataError(f"{where} is named {name!r}; {BACKGROUND_ADVICE}: delete the category and its "
+                            "annotations (or rename it)")
         if name in by_name:
             raise DataError(f"{path}: categories {by_name[name]} and {cat['id']} are both named {name!r}; "
                             "rename one or merge them (their annotations would become one class)")
@@ -176,81 +185,34 @@ def _categories(data: dict, path: Path) -> tuple[list[str], list[int]]:
     return [by_id[i] for i in ids], ids
 
 
-def _image_problem(img: Any) -> str | None:
-    if not isinstance(img, dict) or not _is_int(img.get("id")):
-        return "has no integer \"id\" (of at most 64 bits)"
-    name = img.get("file_name")
-    if not isinstance(name, str) or not name or "\x00" in name:
-        return "\"file_name\" is missing or empty"
-    if not os.path.isabs(name) and os.path.normpath(name).split(os.sep)[0] == os.pardir:
-        return f"file_name {name!r} leaves the image folder with '..'; use a path inside it"
-    width, height = img.get("width"), img.get("height")
-    if not (_is_int(width) and _is_int(height) and 0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
-        return f"width/height {width!r}x{height!r} must be whole numbers from 1 to {MAX_SIDE}"
-    return None
+def _unnamed(position: int) -> str:
+    return f"the annotation at position {position} of \"annotations\" (it has no \"id\")"
 
 
-def _images(data: dict, path: Path, problems: list[str]) -> list[dict]:
-    """The well-formed entries of ``images`` (a bad one or a repeated id is a problem)."""
-    seen: set[int] = set()
-    images = []
-    for i, img in enumerate(data["images"]):
-        problem = _image_problem(img)
-        if problem is None and img["id"] in seen:
-            problem = "its id appears twice; give every image its own id"
-        if problem is not None:
-            named = f" (id {img['id']})" if isinstance(img, dict) and _is_int(img.get("id")) else ""
-            problems.append(f"{path}, image {i}{named}: {problem}; fix the entry")
-            continue
-        seen.add(img["id"])
-        images.append(img)
-    if not data["images"]:
-        problems.append(f"{path}: \"images\" is empty; nothing to train on")
-    return images
-
-
-def _missing_files(root: str, names: list[str]) -> list[bool]:
-    """For each name, whether ``root/name`` is not a regular file (a stat; nothing is read)."""
-    out = []
-    for name in names:
-        try:
-            out.append(not stat.S_ISREG(os.stat(os.path.join(root, name)).st_mode))
-        except (OSError, ValueError):
-            out.append(True)
-    return out
-
-
-def _check_files(images: list[dict], root: Path, path: Path, problems: list[str],
-                 progress: Progress | None) -> None:
-    """A problem for every image whose file is not a regular file under ``root``."""
-    chunks = [[img["file_name"] for img in images[i:i + PROGRESS_EVERY]]
-              for i in range(0, len(images), PROGRESS_EVERY)]
-    missing_flags: list[bool] = []
-    with ThreadPoolExecutor(max_workers=8) as pool:  # threads: a network filesystem's latency overlaps
-        for flags in pool.map(lambda names: _missing_files(str(root), names), chunks):
-            missing_flags.extend(flags)
-            if progress is not None:
-                progress(len(missing_flags), len(images))
-    missing = [img for img, gone in zip(images, missing_flags) if gone]
-    if missing and len(missing) == len(images):
-        problems.append(f"none of the {len(images)} images of {path} is in {root} (first: "
-                        f"{root / missing[0]['file_name']}); give --images the folder their file_name is relative to")
-        return
-    problems.extend(f"{root / img['file_name']}: the image (id {img['id']} in {path}) is missing; add it, or "
-                    "delete its entry" for img in missing)
-
-
-def _annotation_rows(data: dict, path: Path, problems: list[str]) -> list[int]:
-    """The column rows of ``annotations`` in file order; every other entry is a problem."""
-    rows = []
+def _annotation_rows(data: dict, path: Path, problems: list[str]) -> tuple[list[int], list[int]]:
+    """The column rows of ``annotations`` in file order and their positions in the list; every other entry is
+    a problem."""
+    rows, positions = [], []
     for i, ann in enumerate(data["annotations"]):
         if type(ann) is _Row:
             rows.append(ann)
+            positions.append(i)
             continue
-        named = f" (id {ann['id']})" if isinstance(ann, dict) and _is_int(ann.get("id")) else ""
+        named = isinstance(ann, dict) and "id" in ann
+        label = f"annotation {ann['id']!r}" if named else _unnamed(i)
         problem = _annotation_problem(ann) or "is not an annotation"
-        problems.append(f"{path}, annotation {i}{named}: {problem}; fix it or delete the annotation")
-    return rows
+        problems.append(f"{path}, {label}: {problem}; fix it or delete the annotation")
+    return rows, positions
+
+
+def _repeated_ids(cols: dict, path: Path, problems: list[str]) -> None:
+    """A problem for every annotation id used more than once."""
+    ids = cols["ann_id"][cols["has_id"]]
+    values, counts = np.unique(ids, return_counts=True)
+    for value, count in zip(values[counts > 1].tolist(), counts[counts > 1].tolist()):
+        images = cols["image_id"][cols["has_id"] & (cols["ann_id"] == value)].tolist()
+        problems.append(f"{path}: annotation id {value} appears {count} times (images "
+                        f"{', '.join(map(str, images))}); give every annotation its own id")
 
 
 def _lookup(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -263,8 +225,10 @@ def _lookup(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def _name(cols: dict[str, np.ndarray], j: int) -> str:
-    ann = "annotation" if cols["ann_id"][j] < 0 else f"annotation {cols['ann_id'][j]}"
-    return f"{ann} (image {cols['image_id'][j]})"
+    """An annotation as messages name it: its id and its image."""
+    if not cols["has_id"][j]:
+        return f"{_unnamed(int(cols['position'][j]))[:-1]}, image {cols['image_id'][j]})"
+    return f"annotation {cols['ann_id'][j]} (image {cols['image_id'][j]})"
 
 
 def _box_masks(boxes: np.ndarray, clipped: np.ndarray, cols: dict) -> dict[str, np.ndarray]:
@@ -344,14 +308,14 @@ def _records(images: list[dict], cols: dict, keep: np.ndarray, img_idx: np.ndarr
 
 
 def prepare_coco(annotations: str | os.PathLike, images_dir: str | os.PathLike, *, drop_empty: bool = False,
-                 name: str | None = None, on_warning: Warn | None = None,
+                 name: str | None = None, on_warning: OnNote | None = None,
                  progress: Progress | None = None) -> Manifest:
     """A COCO annotation file and its image folder as a manifest (see the module docstring for the rules).
 
     ``images_dir`` is the folder ``file_name`` is relative to and becomes the manifest root; ``name``
     defaults to the annotation file's name without ``.json``. Every problem of the data is collected
     and raised as one ``DataError``; clipped and dropped boxes are counted in one ``on_warning`` call.
-    ``progress(done, total)`` follows the check of the image files.
+    ``progress(done, total)`` follows the check of the image files (their headers are read).
     """
     path, root = Path(annotations), Path(os.path.abspath(images_dir))
     warn = on_warning or _log.warning
@@ -362,13 +326,14 @@ def prepare_coco(annotations: str | os.PathLike, images_dir: str | os.PathLike, 
     data = _read_coco_json(path, columns)
     classes, class_ids = _categories(data, path)
     problems: list[str] = []
-    images = _images(data, path, problems)
+    images = good_images(data, path, problems)
     good = {img["id"] for img in images}
-    bad_ids = {img["id"] for img in data["images"] if isinstance(img, dict) and _is_int(img.get("id"))} - good
-    cols = columns.numpy(_annotation_rows(data, path, problems))
+    bad_ids = {img["id"] for img in data["images"] if isinstance(img, dict) and is_int(img.get("id"))} - good
+    cols = columns.numpy(*_annotation_rows(data, path, problems))
     del data, columns
+    _repeated_ids(cols, path, problems)
     keep, img_idx, label, boxes, masks = _convert(cols, images, class_ids, path, problems, bad_ids)
-    _check_files(images, root, path, problems, progress)
+    check_image_files(images, root, path, problems, progress)
     if problems:
         raise problems_error(problems)
     message = _drop_warning(path, masks, cols)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from PIL import Image
 
 from ..errors import DataError
+from ..output_paths import special_kind
 from .manifest import MAX_SIDE
 
 MAX_PIXELS = 1 << 30  # 3 GiB of uint8 RGB once decoded: a crafted file cannot ask for more memory
@@ -58,7 +59,11 @@ def size_problem(width: int, height: int) -> str | None:
 def open_image(path: str | os.PathLike, advice: str = "shrink it, or leave it out") -> Iterator[Image.Image]:
     """``PIL.Image.open(path)`` (lazy: no pixel decoded yet) with frcnn's size limit instead of Pillow's: an
     image over it is a ``DataError`` naming it, its size, the limit and ``advice``. Pillow's own errors (a
-    missing, truncated or foreign file) pass through."""
+    missing, truncated or foreign file) pass through. A FIFO, device or socket is a ``DataError``: reading it would
+    wait for a writer (for ever, for a FIFO named ``x.jpg`` in a folder of photos)."""
+    kind = special_kind(path)
+    if kind is not None:
+        raise DataError(f"image {path} is {kind}, not an image file; replace it by the image's file or leave it out")
     with _without_pillow_limit():
         img = Image.open(path)
     with img:

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..callbacks import Progress
+from ..callbacks import OnNote, Progress
 from ..errors import DataError
 from .manifest import Manifest, manifest_hash
 from .proposal_files import ProposalFile, read_proposal_files
@@ -168,7 +168,7 @@ def _attributes(from_paths: list[Path], source: ProposalFile, box_format: str, s
 def import_proposals(from_paths: str | os.PathLike | Sequence[str | os.PathLike], manifest: Manifest,
                      manifest_path: str | os.PathLike, out: str | os.PathLike, *, top_n: int | None = None,
                      box_format: str | None = None, progress: Progress | None = None,
-                     on_note: Callable[[str], None] | None = None) -> ImportReport:
+                     on_note: OnNote | None = None) -> ImportReport:
     """Write ``out`` (a proposal store for ``manifest``) from the proposal file(s) ``from_paths`` (module
     docstring; several files are one set of images, e.g. VOC2007's and VOC2012's for 07+12); ``box_format``
     defaults by the files' kind (``DEFAULT_FORMAT``)."""

@@ -1,4 +1,5 @@
-"""Images in, padded normalised batches out: find, decode, rescale, flip, normalise, batch.
+"""Images in, padded normalised batches out: decode, rescale, flip, normalise, batch (finding them:
+``discovery.py``).
 
 One item follows py-faster-rcnn's ``prep_im_for_blob`` and flipped roidb: decode to uint8 RGB, convert
 to float, resize by ``compute_scale``, mirror if flipped, reorder channels and normalise, and pad into
@@ -47,60 +48,18 @@ from ..boxes import flip_boxes
 from ..config import Config, InputConfig
 from ..errors import DataError
 from .augment import boxes_inside, colour_factors, jitter_colours, training_scale
-from .decode import open_image
+from .decode import open_image, size_problem
+from .discovery import IMAGE_EXTENSIONS, find_images  # noqa: F401  (the finders' home is discovery.py)
 from .manifest import ImageRecord, Manifest
 from .resize import resize_image
 from .targets import Targets
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError)
 
 
 # --------------------------------------------------------------------------------------------------
-# finding and decoding
-
-
-def _folder_images(folder: Path, exclude: Path | None) -> list[Path]:
-    """Image files under ``folder`` (recursive; hidden files and folders skipped), sorted by path."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        here = Path(dirpath)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")
-                       and (exclude is None or (here / d).resolve() != exclude)]
-        found += [here / f for f in filenames
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
-    return sorted(found)
-
-
-def find_images(paths: Sequence[str | os.PathLike], *, exclude: str | os.PathLike | None = None) -> list[Path]:
-    """The image files named by ``paths`` (``detect``, ``bench``): files as given, folders searched
-    recursively for ``IMAGE_EXTENSIONS`` (case-insensitive, sorted; hidden entries and the folder ``exclude``,
-    e.g. the output folder, skipped). Order: as the arguments, each folder sorted; a file named twice comes
-    once. A missing path, or a folder without images, is a ``DataError`` naming it.
-    """
-    excluded = Path(exclude).resolve() if exclude is not None else None
-    images: list[Path] = []
-    seen: set[Path] = set()
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = _folder_images(path, excluded)
-            if not found:
-                raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}); give image "
-                                "files or a folder that contains some")
-        elif path.is_file():
-            found = [path]
-        else:
-            raise DataError(f"{path} does not exist; give image files or folders of images")
-        for image in found:
-            key = image.resolve()
-            if key not in seen:
-                seen.add(key)
-                images.append(image)
-    if not images:
-        raise DataError("no images were given; name image files or folders")
-    return images
+# decoding
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -141,6 +100,34 @@ def load_image(path: str | Path) -> Tensor:
     if not planes.flags.writeable:  # a 1x1 image: already contiguous, so still PIL's read-only buffer
         planes = planes.copy()
     return torch.from_numpy(planes)
+
+
+def image_tensor(image: Image.Image | np.ndarray | Tensor, name: str = "image") -> Tensor:
+    """An image already in memory as ``Tensor[3, H, W]`` uint8 RGB, as ``load_image`` decodes a file: a PIL image
+    (any mode, converted as a file's), a uint8 numpy array ``[H, W, 3]`` (RGB; ``[H, W]`` grey, ``[H, W, 4]``
+    RGBA: alpha dropped) or a uint8 tensor ``[3, H, W]``. Anything else, or an image over frcnn's size limit,
+    is a ``DataError`` naming ``name``."""
+    if isinstance(image, Tensor):
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            raise DataError(f"{name} is a {image.dtype} tensor of shape {list(image.shape)}; give a uint8 tensor "
+                            "[3, H, W] (RGB), a uint8 numpy array [H, W, 3] or a PIL image")
+        planes = image.contiguous()
+    elif isinstance(image, Image.Image):
+        planes = torch.from_numpy(np.array(_to_rgb_array(image).transpose(2, 0, 1)))
+    elif isinstance(image, np.ndarray) and image.dtype == np.uint8 and (
+            image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+        array = image if image.ndim == 3 else image[:, :, None]
+        array = np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array[:, :, :3]
+        planes = torch.from_numpy(np.array(array.transpose(2, 0, 1)))  # a copy: the caller's array stays theirs
+    else:
+        what = f"a {image.dtype} array of shape {list(image.shape)}" if isinstance(image, np.ndarray) else (
+            f"a {type(image).__name__}")
+        raise DataError(f"{name} is {what}; give a path, a PIL image, a uint8 numpy array [H, W, 3] (RGB) or "
+                        "[H, W] (grey), or a uint8 tensor [3, H, W]")
+    problem = size_problem(planes.shape[2], planes.shape[1])
+    if problem is not None:
+        raise DataError(f"{name} {problem}; shrink it, or leave it out")
+    return planes
 
 
 def compute_scale(height: int, width: int, target: float, max_size: float) -> float:
@@ -330,16 +317,24 @@ class DetectionDataset(Dataset):
 
 
 class ImageFilesDataset(Dataset):
-    """Image files as inference items (``frcnn detect``): item ``i`` is ``inference_item`` of ``paths[i]``,
-    its ``id`` the path; an unreadable file is ``load_image``'s ``DataError``."""
+    """Image files (or images already decoded) as inference items (``frcnn detect``): item ``i`` is
+    ``inference_item`` of ``images[i]``, a path (its ``id``; an unreadable file is ``load_image``'s
+    ``DataError``) or a uint8 ``Tensor[3, H, W]`` (``image_tensor``; id ``"<image i>"``)."""
 
-    def __init__(self, paths: list[Path], input_cfg: InputConfig) -> None:
-        self.paths = [Path(p) for p in paths]
+    def __init__(self, images: Sequence[str | os.PathLike | Tensor], input_cfg: InputConfig) -> None:
+        self.images = [im if isinstance(im, Tensor) else Path(im) for im in images]
         self.input_cfg = input_cfg
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        path = self.paths[index]
-        return inference_item(load_image(path), self.input_cfg, index=index, id=str(path))
+        image, name = decoded(self.images[index], index)
+        return inference_item(image, self.input_cfg, index=index, id=name)
+
+
+def decoded(image: Path | Tensor, index: int) -> tuple[Tensor, str]:
+    """``(uint8 [3, H, W], its name)`` of a path (decoded: ``load_image``) or of a decoded image (``<image i>``)."""
+    if isinstance(image, Tensor):
+        return image, f"<image {index}>"
+    return load_image(image), str(image)

@@ -43,6 +43,7 @@ from typing import Any
 
 from ..atomic import atomic_path
 from ..errors import DataError
+from ..file_kinds import other_kind, read_text
 
 FORMAT = "frcnn-manifest"
 VERSION = 1
@@ -130,6 +131,12 @@ class Manifest:
         return head
 
 
+def id_has_whitespace(image_id: str) -> bool:
+    """Whether an image id holds whitespace (a space, a tab, a newline), which the devkit's space-separated
+    result files hold only escaped (``evaluate/voc.py:escape_id``); ``prepare`` warns about such ids."""
+    return any(c.isspace() for c in image_id)
+
+
 def manifest_hash(manifest: Manifest) -> str:
     """sha256 (64 hex digits) of the canonical JSON of the classes (with ``category_ids`` when present)
     and the images."""
@@ -163,21 +170,33 @@ def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Read and validate a manifest; every problem is a ``DataError`` naming the file (and the image)."""
+    """Read and validate a manifest; every problem is a ``DataError`` naming the file (and the image).
+
+    >>> manifest = read_manifest("synth/test.json")  # doctest: +SKIP
+    >>> manifest.classes, len(manifest.images)  # doctest: +SKIP
+    (['circle', 'bottle', 'car', 'triangle', 'donut'], 60)
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a manifest edited in Notepad keeps its BOM
+        text = read_text(path)  # a manifest edited in Notepad keeps its byte-order mark
     except FileNotFoundError:
         raise DataError(f"manifest {path} does not exist; create it with `frcnn prepare`") from None
     except (OSError, UnicodeDecodeError) as exc:
+        _refuse_other_kind(path)
         raise DataError(f"cannot read manifest {path}: {exc}; run `frcnn prepare` again") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
+        _refuse_other_kind(path)
         raise DataError(
             f"manifest {path} is not valid JSON (line {exc.lineno}: {exc.msg}); the file is corrupt or "
             "truncated: run `frcnn prepare` again"
         ) from None
+    except RecursionError:  # brackets nested thousands deep: no manifest, and json's own limit
+        raise DataError(f"manifest {path} nests its JSON too deeply to be a manifest; run `frcnn prepare` "
+                        "again") from None
+    if not (isinstance(data, dict) and data.get("format") == FORMAT):
+        _refuse_other_kind(path)
     _validate(data, str(path))
     root = data["root"]
     if not os.path.isabs(root):
@@ -189,12 +208,31 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
                     annotated=data.get("annotated", True), parts=data.get("parts"))
 
 
+def _refuse_other_kind(path: Path) -> None:
+    """A ``DataError`` naming what ``path`` is when it is a file of another kind (a proposal file, a checkpoint, a
+    COCO file) rather than a manifest, which a damaged manifest's message would send back to `frcnn prepare`."""
+    kind = other_kind(path, "manifest", "json")
+    if kind is not None:
+        raise DataError(f"{path} is {kind}, not a frcnn manifest; give the .json file written by `frcnn prepare`")
+
+
 def require_annotations(manifest: Manifest, path: str | os.PathLike, use: str) -> None:
     """A ``DataError`` for an images-only manifest given to a command that needs ground truth; ``use`` says
     what the user can do instead."""
     if not manifest.annotated:
         raise DataError(f"manifest {path} ({manifest.name}) holds images without annotations (an images-only "
                         f"manifest, e.g. VOC2012 test); {use}")
+
+
+def require_objects(manifest: Manifest, path: str | os.PathLike, use: str) -> None:
+    """A ``DataError`` for a manifest without an object that counts (a box that is not difficult: difficult boxes
+    and crowd regions are neither targets nor scored) given to a command that needs one; ``use`` says why and what
+    to do instead."""
+    if any(not hard for rec in manifest.images for hard in rec.difficult):
+        return
+    boxes = sum(len(rec.boxes) for rec in manifest.images)
+    what = "no box at all" if boxes == 0 else f"only {boxes} difficult box(es) (difficult objects, crowd regions)"
+    raise DataError(f"manifest {path} holds {len(manifest.images)} image(s) but {what}: {use}")
 
 
 def _flags(values: list | None) -> list[bool] | None:

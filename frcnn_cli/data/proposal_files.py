@@ -18,6 +18,7 @@ Box values are as in the file (``a b c d`` in the layout the caller names: ``ext
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..file_kinds import read_text, sniff
 from .mat_file import read_mat
 
 MAX_BOXES = 100_000  # per image, as the proposal store
@@ -98,6 +100,10 @@ def read_proposal_file(path: str | os.PathLike) -> ProposalFile:
         return _read_json(path)
     if suffix in (".csv", ".txt"):
         return _read_csv(path)
+    if sniff(path) == "hdf5":
+        raise DataError(f"proposal file {path} is an HDF5 file: a proposal file of frcnn is used as it is (train-"
+                        "detector --proposals, eval --proposals or --test-proposals); give --from the .mat, .json "
+                        "or .csv file of proposals made elsewhere")
     raise DataError(f"proposal file {path}: unknown kind {suffix or '(no suffix)'!r}; give a .mat, .json or .csv "
                     "file (docs/formats.md, 'External proposals')")
 
@@ -132,11 +138,14 @@ def _no_constants(name: str) -> float:
 
 def _read_json(path: Path) -> ProposalFile:
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"), parse_constant=_no_constants)
+        data = json.loads(read_text(path), parse_constant=_no_constants)
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path} ({exc}); check the file") from None
     except ValueError as exc:
         raise DataError(f"{path} is not valid JSON ({exc}); fix the file") from None
+    except RecursionError:  # arrays nested thousands deep: Python's json gives up
+        raise DataError(f"{path} nests its JSON too deeply to hold proposals (boxes are lists of 4 or 5 numbers); "
+                        "fix the file") from None
     entries = data.items() if isinstance(data, dict) else None
     if isinstance(data, list):
         if not all(isinstance(e, dict) and isinstance(e.get("id"), str) for e in data):
@@ -166,20 +175,19 @@ def _number(text: str) -> float | None:
 
 def _read_csv(path: Path) -> ProposalFile:
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = [row for row in csv.reader(f, skipinitialspace=True) if row and any(c.strip() for c in row)]
+        with io.StringIO(read_text(path), newline="") as f:
+            reader = csv.reader(f, skipinitialspace=True)  # (line, row): blank lines skipped, yet counted
+            lines = [(reader.line_num, row) for row in reader if row and any(c.strip() for c in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read {path} ({exc}); check the file") from None
-    if rows and _number(rows[0][1] if len(rows[0]) > 1 else "") is None:
-        rows, first_line = rows[1:], 2  # a header row
-    else:
-        first_line = 1
-    width = len(rows[0]) if rows else 5
+    if lines and _number(lines[0][1][1] if len(lines[0][1]) > 1 else "") is None:
+        lines = lines[1:]  # a header row
+    width = len(lines[0][1]) if lines else 5
     grouped: dict[str, list[list[float]]] = {}
-    for n, row in enumerate(rows, start=first_line):
+    for n, row in lines:
         values = [_number(c) for c in row[1:]]
         if len(row) != width or width not in (5, 6) or None in values:
-            raise DataError(f"{path}, row {n}: expected 'image_id,a,b,c,d' or 'image_id,a,b,c,d,score' (the same "
+            raise DataError(f"{path}, line {n}: expected 'image_id,a,b,c,d' or 'image_id,a,b,c,d,score' (the same "
                             f"columns on every row), got {','.join(row)!r}; fix the file")
         grouped.setdefault(row[0].strip(), []).append(values)
     out = ProposalFile("csv")

@@ -32,7 +32,9 @@ import torch
 from torch import Tensor
 
 from ..atomic import fsync_dir, fsync_path
+from ..callbacks import OnNote
 from ..errors import ProposalStoreError
+from ..file_kinds import other_kind
 
 FORMAT = "frcnn-proposals"
 VERSION = 1
@@ -59,6 +61,33 @@ def _plain(value: Any) -> Any:
 def _digest(manifest_hash: str, image_ids: Sequence[str], attrs: dict[str, Any]) -> str:
     content = {"manifest_hash": manifest_hash, "image_ids": list(image_ids), "attrs": attrs}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def settings_digest(manifest_hash: str, image_ids: Sequence[str], attrs: dict[str, Any]) -> str:
+    """The digest a writer of these images and attributes stores (``settings_digest``): resuming or absorbing a
+    file needs the same."""
+    return _digest(str(manifest_hash), [str(i) for i in image_ids], {k: _plain(v) for k, v in attrs.items()})
+
+
+def write_image(images: h5py.Group, index: int, img_id: str, boxes: Tensor | np.ndarray,
+                scores: Tensor | np.ndarray) -> None:
+    """One image's group ``images/<index>`` (``[R, 4]`` boxes, ``[R]`` scores, sorted by score), replacing an
+    earlier one; ``done`` is written last, so a group without it was interrupted and is rewritten on resume."""
+    b, s = _as_numpy(boxes).reshape(-1, 4), _as_numpy(scores).reshape(-1)
+    if b.shape[0] != s.shape[0] or b.shape[0] > MAX_PROPOSALS:
+        raise ValueError(f"image {img_id}: {b.shape[0]} boxes, {s.shape[0]} scores (max {MAX_PROPOSALS})")
+    if not (np.isfinite(b).all() and np.isfinite(s).all()):
+        raise ProposalStoreError(f"proposals for image {img_id} are not finite; the model has diverged: "
+                                 "train it again or use an earlier checkpoint")
+    order = np.argsort(-s, kind="stable")
+    name = str(index)
+    if name in images:
+        del images[name]
+    group = images.create_group(name)
+    group.attrs["id"] = img_id
+    group.create_dataset("boxes", data=b[order])
+    group.create_dataset("scores", data=s[order])
+    group.attrs["done"] = 1
 
 
 def _as_numpy(x: Tensor | np.ndarray, dtype=np.float32) -> np.ndarray:
@@ -98,7 +127,7 @@ class ProposalWriter:
 
     def __init__(self, path: str | os.PathLike, *, manifest_hash: str, attrs: dict[str, Any],
                  manifest=None, image_ids: Sequence[str] | None = None,
-                 on_note: Callable[[str], None] | None = None):
+                 on_note: OnNote | None = None):
         missing = [k for k in SETTINGS if k not in attrs]
         if missing or (manifest is None) == (image_ids is None):
             raise TypeError(f"ProposalWriter needs the attributes {SETTINGS} and one of manifest, image_ids")
@@ -109,7 +138,7 @@ class ProposalWriter:
         self._index_of = {img_id: i for i, img_id in enumerate(self.image_ids)}
         self._attrs = {k: _plain(v) for k, v in attrs.items()}
         self._manifest_hash = str(manifest_hash)
-        self._digest = _digest(self._manifest_hash, self.image_ids, self._attrs)
+        self.digest = _digest(self._manifest_hash, self.image_ids, self._attrs)
         self._note = on_note or _log.warning
         self._done: set[int] = set()
         self._file = self._resume() or self._create()
@@ -125,7 +154,7 @@ class ProposalWriter:
         try:
             a = f.attrs
             if not (_is(a.get("format"), FORMAT) and _is(a.get("version"), VERSION)
-                    and _is(a.get("settings_digest"), self._digest)):
+                    and _is(a.get("settings_digest"), self.digest)):
                 f.close()
                 return self._discard("it was written for another manifest, model or settings")
             images = f["images"]
@@ -159,7 +188,7 @@ class ProposalWriter:
         except OSError as exc:
             raise ProposalStoreError(f"cannot write {self.partial}: {exc}; choose a writable output") from exc
         f.attrs.update({"format": FORMAT, "version": VERSION, "manifest_hash": self._manifest_hash,
-                        "complete": 0, "num_images": len(self.image_ids), "settings_digest": self._digest})
+                        "complete": 0, "num_images": len(self.image_ids), "settings_digest": self.digest})
         f.attrs.update(self._attrs)
         ids = f.create_dataset("image_ids", shape=(len(self.image_ids),), dtype=h5py.string_dtype("utf-8"))
         if self.image_ids:
@@ -179,28 +208,30 @@ class ProposalWriter:
     def write(self, key: int | str, boxes: Tensor | np.ndarray, scores: Tensor | np.ndarray) -> None:
         """Store one image's proposals (``[R, 4]`` original pixels, ``[R]``), sorted by score, and flush."""
         index = _lookup(key, self.image_ids, self._index_of)
-        img_id = self.image_ids[index]
-        b, s = _as_numpy(boxes).reshape(-1, 4), _as_numpy(scores).reshape(-1)
-        if b.shape[0] != s.shape[0] or b.shape[0] > MAX_PROPOSALS:
-            raise ValueError(f"image {img_id}: {b.shape[0]} boxes, {s.shape[0]} scores (max {MAX_PROPOSALS})")
-        if not (np.isfinite(b).all() and np.isfinite(s).all()):
-            raise ProposalStoreError(f"proposals for image {img_id} are not finite; the model has diverged: "
-                                     "train it again or use an earlier checkpoint")
-        order = np.argsort(-s, kind="stable")
         try:
-            images = self._file["images"]
-            name = str(index)
-            if name in images:
-                del images[name]
-            group = images.create_group(name)
-            group.attrs["id"] = img_id
-            group.create_dataset("boxes", data=b[order])
-            group.create_dataset("scores", data=s[order])
-            group.attrs["done"] = 1  # last: a group without it was interrupted and is rewritten on resume
+            write_image(self._file["images"], index, self.image_ids[index], boxes, scores)
             self._file.flush()
         except OSError as exc:  # a full disk, a lost mount: what is written so far stays for a rerun
-            raise self._write_error(exc, f"at image {img_id}") from None
+            raise self._write_error(exc, f"at image {self.image_ids[index]}") from None
         self._done.add(index)
+
+    def copy_image(self, group: h5py.Group, name: str) -> bool:
+        """Copy the image ``group`` of another file written with the same ``digest`` (checked by the caller:
+        ``proposal_segments.absorb``) into this one when it is finished; whether it was (not flushed)."""
+        if not self._complete_group(group, name):
+            return False
+        images = self._file["images"]
+        if name in images:
+            del images[name]
+        group.file.copy(group, images, name=name)  # datasets and attributes, "done" included
+        self._done.add(int(name))
+        return True
+
+    def flush(self, where: str = "") -> None:
+        try:
+            self._file.flush()
+        except OSError as exc:
+            raise self._write_error(exc, where) from None
 
     def _write_error(self, exc: OSError, where: str) -> ProposalStoreError:
         return ProposalStoreError(
@@ -275,6 +306,11 @@ class ProposalStore:
         try:
             self._file = h5py.File(self.path, "r")
         except Exception as exc:  # h5py raises OSError, or others for odd files
+            kind = other_kind(self.path, "hdf5")
+            if kind is not None:
+                raise self._fail(f"is {kind}, not a proposal file",
+                                 "give the file written by `frcnn dump-proposals` (or `frcnn prepare proposals`)"
+                                 ) from None
             raise self._fail(f"is not a readable HDF5 file (truncated or corrupt: {exc})") from None
         self._pid = os.getpid()
         return self._file

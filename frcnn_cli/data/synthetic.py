@@ -17,6 +17,7 @@ its own generator seeded by ``(seed, split, index)``, so the same call writes th
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import xml.etree.ElementTree as ET
@@ -27,7 +28,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..atomic import atomic_dir
+from ..errors import DataError
 from .manifest import ImageRecord, Manifest, write_manifest
+from .synthetic_sizes import DEFAULT_SEED, DEFAULT_TEST, DEFAULT_TRAIN
 
 CLASSES = ("circle", "bottle", "car", "triangle", "donut")
 # class -> (shortest long side, longest long side, (min w/h, max w/h)), base colour RGB
@@ -282,9 +285,6 @@ def _image_size(rng: np.random.Generator, image_size: tuple[int, int]) -> tuple[
     return (h, w) if rng.random() < 0.2 else (w, h)
 
 
-DEFAULT_TRAIN = 200  # images in the trainval split (the demo's and `frcnn prepare synth`'s default)
-DEFAULT_TEST = 60
-DEFAULT_SEED = 0
 
 
 def make_synthetic_set(out_dir: Path, *, n_train: int = DEFAULT_TRAIN, n_test: int = DEFAULT_TEST,
@@ -303,6 +303,7 @@ def make_synthetic_set(out_dir: Path, *, n_train: int = DEFAULT_TRAIN, n_test: i
     """
     family = KINDS[kind]
     out_dir = Path(out_dir)
+    check_replaceable(out_dir)
     splits = (("trainval", 0, n_train, 0), ("test", 1, n_test, n_train))
     if n_val > 0:
         splits += (("val", 2, n_val, n_train + n_test),)
@@ -325,6 +326,25 @@ def make_synthetic_set(out_dir: Path, *, n_train: int = DEFAULT_TRAIN, n_test: i
                                       root=str(out_dir.resolve()), images=records[split]))
         paths.append(path)
     return paths[0], paths[1]
+
+
+_WRITES = ("JPEGImages", "Annotations", "ImageSets", "classes.txt", "trainval.json", "test.json", "val.json")
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """A ``DataError`` when ``out_dir`` holds a file or folder a synthetic set writes (``JPEGImages``, …) but is not
+    a synthetic set itself (its ``classes.txt``, moved in with the images, names another class list): a user's
+    VOC-style dataset, whose same-named images and XML the set would replace."""
+    taken = [name for name in _WRITES if (out_dir / name).exists()]
+    if not taken:
+        return
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        names = (out_dir / "classes.txt").read_text(encoding="utf-8").split()
+        if any(names == list(family.classes) for family in KINDS.values()):
+            return
+    raise DataError(f"{out_dir} holds {out_dir / taken[0]}, and it is not a synthetic set of frcnn (its classes.txt "
+                    "names no synthetic class list): a synthetic set would replace the same-named images and XML "
+                    "there; give an empty or new folder")
 
 
 def _write_image(out_dir: Path, image_id: str, rng: np.random.Generator,

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import FrcnnError
+from ..output_paths import short_stem
 
 DPI = 100
 
@@ -38,9 +39,10 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_file_name(class_name: str) -> str:
-    """``pr_<class>.png`` with characters other than letters, digits, '.', '-' and '_' replaced by '_'."""
-    return "pr_" + re.sub(r"[^\w.-]", "_", class_name) + ".png"
+def plot_file_name(class_name: str, folder: str | os.PathLike = ".") -> str:
+    """``pr_<class>.png`` with characters other than letters, digits, '.', '-' and '_' replaced by '_' (a name too
+    long for ``folder``'s file system cut and tagged with a hash: ``output_paths.short_stem``)."""
+    return short_stem("pr_" + re.sub(r"[^\w.-]", "_", class_name), len(".png"), folder) + ".png"
 
 
 def plot_pr_curves(curves: dict, ap: dict[str, float], out_dir: str | os.PathLike) -> list[Path]:
@@ -60,7 +62,7 @@ def plot_pr_curves(curves: dict, ap: dict[str, float], out_dir: str | os.PathLik
         label = "no positives" if not npos else f"AP {value:.3f}"
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision", title=f"{name}: {label}")
         ax.grid(alpha=0.3)
-        paths.append(_save(fig, out_dir / plot_file_name(name)))
+        paths.append(_save(fig, out_dir / plot_file_name(name, out_dir)))
     return paths
 
 

@@ -26,18 +26,20 @@ Shapes: D detections of one class, G ground-truth objects, K classes.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 
 from ..atomic import atomic_write_text
 from ..errors import DataError
-
-METRICS = ("11point", "area")
-IOU_THRESH = 0.5  # PASCAL VOC's overlap criterion (a match needs IoU > this)
+from ..output_paths import short_stem
+from . import IOU_THRESH as IOU_THRESH
+from . import METRICS as METRICS
 
 # class index -> (image indices into manifest.images int[D], scores float[D], boxes float[D, 4])
 Detections = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -48,21 +50,21 @@ def voc_ap(rec: np.ndarray, prec: np.ndarray, metric: str = "11point") -> float:
 
     ``"11point"`` (VOC2007): mean over t in 0, 0.1, ..., 1 of the highest precision at recall >= t.
     ``"area"`` (VOC2010+): area under the precision envelope (monotone from the right).
+    The sum is exact (``math.fsum``) and the result clamped to [0, 1]: the devkit's running sum of
+    ``p / 11`` gives 1.0000000000000002 for a perfect detector and 0.20000000000000004 for 0.2.
     """
     rec = np.asarray(rec, dtype=np.float64)
     prec = np.asarray(prec, dtype=np.float64)
     if metric == "11point":
-        ap = 0.0
-        for t in np.arange(0.0, 1.1, 0.1):
-            above = rec >= t
-            ap += (float(np.max(prec[above])) if above.any() else 0.0) / 11.0
-        return ap
+        maxima = [float(np.max(prec[rec >= t])) if (rec >= t).any() else 0.0 for t in np.arange(0.0, 1.1, 0.1)]
+        return min(max(math.fsum(maxima) / 11.0, 0.0), 1.0)
     if metric == "area":
         mrec = np.concatenate(([0.0], rec, [1.0]))
         mpre = np.concatenate(([0.0], prec, [0.0]))
         mpre = np.maximum.accumulate(mpre[::-1])[::-1]
         changed = np.where(mrec[1:] != mrec[:-1])[0]
-        return float(np.sum((mrec[changed + 1] - mrec[changed]) * mpre[changed + 1]))
+        area = math.fsum(((mrec[changed + 1] - mrec[changed]) * mpre[changed + 1]).tolist())
+        return min(max(area, 0.0), 1.0)
     raise ValueError(f"unknown AP metric {metric!r}; use one of {METRICS}")
 
 
@@ -253,14 +255,16 @@ def _file_part(text: str) -> str:
     return re.sub(r"[^\w.-]", "_", text)
 
 
-def result_file_name(split: str, class_name: str) -> str:
-    """The devkit's file name ``comp4_det_<split>_<class>.txt`` (one file name: path characters become '_')."""
-    return f"comp4_det_{_file_part(split)}_{_file_part(class_name)}.txt"
+def result_file_name(split: str, class_name: str, folder: str | os.PathLike = ".") -> str:
+    """The devkit's file name ``comp4_det_<split>_<class>.txt`` (one file name: path characters become '_'); a
+    class name too long for a file name of ``folder``'s file system is cut and tagged with a hash of the whole
+    (``output_paths.short_stem``), as no devkit file of it could exist."""
+    return short_stem(f"comp4_det_{_file_part(split)}_{_file_part(class_name)}", len(".txt"), folder) + ".txt"
 
 
-def _result_names(split: str, classes) -> list[str]:
+def _result_names(split: str, classes, folder: str | os.PathLike) -> list[str]:
     """Every class's result file name; two classes that would share one is a ``DataError``."""
-    names = [result_file_name(split, name) for name in classes]
+    names = [result_file_name(split, name, folder) for name in classes]
     for k, name in enumerate(names):
         if names.index(name) != k:
             raise DataError(f"classes {classes[names.index(name)]!r} and {classes[k]!r} would share the result "
@@ -268,23 +272,29 @@ def _result_names(split: str, classes) -> list[str]:
     return names
 
 
+def escape_id(image_id: str) -> str:
+    """An image id as a result file holds it: whitespace and ``%`` percent-encoded (UTF-8), so that each line
+    stays six space-separated fields (``IMG 0001`` -> ``IMG%200001``); other ids, VOC's among them, unchanged."""
+    return re.sub(r"[%\s]", lambda m: quote(m.group(), safe=""), image_id)
+
+
 def write_result_files(out_dir: str | os.PathLike, detections: Detections, manifest,
                        split: str) -> list[Path]:
     """Write one devkit result file per class of the manifest (empty for a class without detections).
 
-    Lines ``image_id score xmin ymin xmax ymax``: VOC's 1-based pixel coordinates (``xmin = x1 + 1``,
-    ``ymin = y1 + 1``, ``xmax = x2``, ``ymax = y2``), score with 6 decimals, in the given order. Each file
-    is written atomically. Returns the paths in class order.
+    Lines ``image_id score xmin ymin xmax ymax``: the id as :func:`escape_id` writes it, VOC's 1-based pixel
+    coordinates (``xmin = x1 + 1``, ``ymin = y1 + 1``, ``xmax = x2``, ``ymax = y2``), score with 6 decimals,
+    in the given order. Each file is written atomically. Returns the paths in class order.
     """
     out_dir = Path(out_dir)
     paths = []
-    file_names = _result_names(split, list(manifest.classes))
+    file_names = _result_names(split, list(manifest.classes), out_dir)
     for k, file_name in enumerate(file_names):
         lines = []
         if k in detections:
             image, scores, boxes = _as_arrays(detections[k])
             _check_class(k, image, scores, boxes, manifest)
-            ids = [manifest.images[i].id for i in image.tolist()]
+            ids = [escape_id(manifest.images[i].id) for i in image.tolist()]
             for img_id, s, (x1, y1, x2, y2) in zip(ids, scores.tolist(), boxes.tolist()):
                 lines.append(f"{img_id} {s:.6f} {x1 + 1:.3f} {y1 + 1:.3f} {x2:.3f} {y2:.3f}\n")
         path = out_dir / file_name
@@ -303,18 +313,19 @@ def _parse_result_file(path: Path, index_of: dict[str, int]) -> tuple[np.ndarray
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        parts = line.rstrip().rsplit(" ", 5)  # ids may contain spaces; the five numbers never do
+        parts = line.rstrip().rsplit(" ", 5)  # files of older versions held ids with spaces as they were
         try:
             values = [float(v) for v in parts[1:]]
         except ValueError:
             values = []
         if len(parts) != 6 or len(values) != 5:
             raise DataError(f"{path}, line {n}: expected 'image_id score xmin ymin xmax ymax', got {line!r}")
-        if parts[0] not in index_of:
-            raise DataError(f"{path}, line {n}: image {parts[0]!r} is not in the manifest; "
+        image_id = unquote(parts[0])
+        if image_id not in index_of:
+            raise DataError(f"{path}, line {n}: image {image_id!r} is not in the manifest; "
                             "evaluate against the manifest the detections were made for")
         s, xmin, ymin, xmax, ymax = values
-        image.append(index_of[parts[0]])
+        image.append(index_of[image_id])
         scores.append(s)
         boxes.append((xmin - 1.0, ymin - 1.0, xmax, ymax))
     return (np.asarray(image, dtype=np.int64), np.asarray(scores, dtype=np.float64),
@@ -330,7 +341,7 @@ def read_result_files(out_dir: str | os.PathLike, manifest, split: str) -> Detec
     index_of = {rec.id: i for i, rec in enumerate(manifest.images)}
     detections = {}
     for k, name in enumerate(manifest.classes):
-        path = out_dir / result_file_name(split, name)
+        path = out_dir / result_file_name(split, name, out_dir)
         if not path.is_file():
             raise DataError(f"result file {path} for class {name!r} is missing; write the result files "
                             "with frcnn eval --out DIR, or give the folder that holds them")

@@ -8,5 +8,5 @@
 - ``metadata.py``: ``ExportMetadata``, what a file says about itself (classes, config, settings, hash);
 - ``runtime.py``: ``exported_format``, ``OnnxRunner`` (ONNX Runtime), ``TorchScriptRunner``;
 - ``batches.py``: decoded-image batches (the graph resizes by itself);
-- ``predictor.py``: ``ExportedPredictor`` and ``load_exported``, which ``cli/options.load_predictor`` uses.
+- ``predictor.py``: ``ExportedPredictor`` and ``load_exported``, which ``inference.load_predictor`` uses.
 """

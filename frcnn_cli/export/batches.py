@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..data.images import load_image
+from ..data.images import decoded, load_image
 from ..data.loading import FailureCallback, failsafe_loader
 from ..data.manifest import Manifest
 from ..errors import DataError
@@ -75,16 +75,18 @@ class ManifestImages(Dataset):
 
 
 class FileImages(Dataset):
-    """Image files, decoded; item ``i``'s id is the path."""
+    """Image files, decoded (or images already decoded, uint8 ``[3, H, W]``); item ``i``'s id is the path (or
+    ``<image i>``)."""
 
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = [Path(p) for p in paths]
+    def __init__(self, images: Sequence[Path | Tensor]) -> None:
+        self.images = [im if isinstance(im, Tensor) else Path(im) for im in images]
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"image": load_image(self.paths[index]), "index": index, "id": str(self.paths[index])}
+        image, name = decoded(self.images[index], index)
+        return {"image": image, "index": index, "id": name}
 
 
 def decoded_batches(dataset: Dataset, order: Sequence[int], *, batch_size: int, num_workers: int,

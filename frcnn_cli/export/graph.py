@@ -31,7 +31,7 @@ from ..config import InputConfig
 from ..data.images import normalize
 from ..model.anchors import shift_templates
 from ..model.detector import FasterRCNN
-from ..model.postprocess import DetectionSettings, _class_boxes
+from ..model.postprocess import DetectionSettings, class_boxes
 from ..model.rpn import ProposalSettings, objectness_scores
 
 
@@ -102,7 +102,7 @@ def image_detections(class_logits: Tensor, box_deltas: Tensor, proposals: Tensor
     (torchvision's coordinate trick, by ``max(H, W) + 1`` pixels per class: the boxes are clipped to the
     image), so that an image without candidates gives empty outputs without reducing an empty tensor."""
     num_classes = class_logits.shape[1] - 1
-    boxes = _class_boxes(box_deltas, proposals.float(), box_coder, num_classes, False) / scale
+    boxes = class_boxes(box_deltas, proposals.float(), box_coder, num_classes) / scale
     limits = original.to(torch.float32)
     boxes = clip_boxes(boxes, limits[0], limits[1])
     scores = torch.softmax(class_logits.float(), dim=1)[:, 1:]

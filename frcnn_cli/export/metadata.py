@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from .. import __version__
 from ..config_io import config_from_dict, config_to_dict
+from ..data.name_lists import distinct_names
 from ..errors import CheckpointError, ConfigError
 from ..inference import InferenceSettings
 from ..model.postprocess import DetectionSettings
@@ -81,8 +82,7 @@ class ExportMetadata:
     def check_fields(self) -> None:
         """A ``ValueError`` naming the first field that cannot be what ``frcnn export`` wrote."""
         names = self.classes
-        if not (isinstance(names, list) and names and all(isinstance(c, str) and c for c in names)
-                and len(set(names)) == len(names)):
+        if not distinct_names(names):
             shown = json.dumps(names, ensure_ascii=False)[:200]
             raise ValueError(f"classes {shown} is not a list of distinct class names")
         if self.format not in FORMATS:

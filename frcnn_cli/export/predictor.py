@@ -1,6 +1,6 @@
 """``ExportedPredictor``: an exported model file behind ``inference.Predictor``'s interface (``run``,
 ``manifest_batches``, ``file_batches``, ``with_settings``, ``classes``, ``settings``, ``runtime``, ``device``),
-and ``load_exported``, the way ``cli/options.load_predictor`` opens one.
+and ``load_exported``, the way ``inference.load_predictor`` opens one.
 
 Shapes: N images of a batch, D detections of one image, K classes without background.
 
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..config import RuntimeConfig, runtime_defaults
-from ..config_io import apply_runtime_overrides, split_overrides
+from ..config_io import Overrides
 from ..data.manifest import Manifest
 from ..errors import CheckpointError, ConfigError
 from ..inference import BatchResult, InferenceSettings
@@ -40,6 +40,7 @@ class ExportedPredictor:
 
     svd_layers: list[str] = []  # what bench reports of a Predictor: nothing of it applies to a graph
     winograd_layers: list[str] = []
+    model = None  # no PyTorch model to hook: bench times the graph as a whole (``inference.PredictorLike``)
 
     def __init__(self, runner, metadata: ExportMetadata, path: Path, runtime: RuntimeConfig) -> None:
         self.runner = runner
@@ -73,7 +74,7 @@ class ExportedPredictor:
         return decoded_batches(ManifestImages(manifest), order, batch_size=batch_size,
                                num_workers=self.runtime.num_workers)
 
-    def file_batches(self, paths: Sequence[Path], *, batch_size: int = 1,
+    def file_batches(self, paths: Sequence[Path | Tensor], *, batch_size: int = 1,
                      on_unreadable=None) -> Iterator[DecodedBatch]:
         """As ``Predictor.file_batches``: an unreadable file raises, or with ``on_unreadable`` is left out and
         reported as ``on_unreadable(position, error)``."""
@@ -142,19 +143,22 @@ def check_graph(runner, metadata: ExportMetadata, path: Path) -> None:
                                   "detections; rerun frcnn export to write it again")
 
 
-def load_exported(path: str | Path, device: torch.device, *, set_: Sequence[str] = (), mode: str = "test",
-                  ablation=None, score_thresh: float | None = None, **dump_settings) -> ExportedPredictor:
-    """The exported model at ``path`` as an ``ExportedPredictor`` (``load_predictor``'s arguments): ``set_`` may
-    hold runtime keys only (``runtime.*``); ``mode``, ``ablation`` and ``score_thresh`` may ask for nothing the
-    graph does not do (``check_settings``: a lower score threshold, other proposals or a dump are refused)."""
+def load_exported(path: str | Path, device: torch.device, *, overrides: Overrides | Sequence[str] = (),
+                  mode: str = "test", ablation=None, score_thresh: float | None = None,
+                  **dump_settings) -> ExportedPredictor:
+    """The exported model at ``path`` as an ``ExportedPredictor`` (``inference.load_predictor``'s arguments):
+    ``overrides`` may hold runtime keys only (``runtime.*``); ``mode``, ``ablation`` and ``score_thresh`` may
+    ask for nothing the graph does not do (``check_settings``: a lower score threshold, other proposals or a
+    dump are refused)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model {path} does not exist; check the path (--model)")
-    config_items, runtime_items = split_overrides(list(set_))
-    if config_items:
-        raise ConfigError(f"--set {config_items[0]}: the settings of the exported model {path} are fixed in its "
-                          f"graph (only runtime.* keys apply here); {export_again('--set ' + config_items[0])}")
-    threads = apply_runtime_overrides(RuntimeConfig(), runtime_items).threads
+    overrides = Overrides.parse(overrides)
+    if overrides.config:
+        item = overrides.config_items[0]
+        raise ConfigError(f"--set {item}: the settings of the exported model {path} are fixed in its "
+                          f"graph (only runtime.* keys apply here); {export_again('--set ' + item)}")
+    threads = overrides.apply_runtime(RuntimeConfig()).threads
     runner = open_runner(path, exported_format(path), device, threads)
     metadata = ExportMetadata.from_strings(runner.metadata, path)
     check_graph(runner, metadata, path)
@@ -162,5 +166,5 @@ def load_exported(path: str | Path, device: torch.device, *, set_: Sequence[str]
     detections = baked.detections if score_thresh is None else baked.detections.with_score_floor(score_thresh)
     ablation = None if ablation is None or ablation.is_default else ablation
     check_settings(baked, replace(baked, detections=detections, ablation=ablation, mode=mode), path)
-    runtime = apply_runtime_overrides(runtime_defaults(baked.config.name), runtime_items)
+    runtime = overrides.apply_runtime(runtime_defaults(baked.config.name))
     return ExportedPredictor(runner, metadata, path, runtime)

@@ -72,6 +72,9 @@ class OnnxRunner:
         ort = _onnxruntime()
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: the library never prints
+        # ONNX Runtime's default, made explicit: the fastest level measured, and the only other options that keep
+        # the export's tolerance are the thread count (float16, bfloat16 weights, int8: docs/benchmarks.md)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads > 0:
             options.intra_op_num_threads = threads
         cuda = device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()

@@ -83,7 +83,10 @@ def _write_graph(module: DeployedDetector, example: Tensor, path: Path, fmt: str
         if fmt == "torchscript":
             traced = torch.jit.trace(module, (example,), check_trace=False)
             metadata = {**metadata, GRAPH_HASH_KEY: torchscript_digest(traced)}
-            torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
+            # into an open file, as checkpoints are: torch.jit.save given a path writes the archive's end in a C++
+            # destructor, and a full disk there aborts the process (no exception, a core dump, the temporary kept)
+            with open(path, "wb") as f:
+                torch.jit.save(traced, f, _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
             return
         torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET,
                           input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
@@ -137,7 +140,8 @@ def export_model(model: FasterRCNN, settings: InferenceSettings, out: str | Path
     images = list(images) if images else check_images()
     model = model.cpu().eval()
     module = deployed_detector(model, settings)
-    reference = Predictor(model, "cpu", settings, replace(runtime, num_workers=0))
+    # the graph computes in float32: so does the reference it must match, whatever this CPU's bf16 policy
+    reference = Predictor(model, "cpu", settings, replace(runtime, num_workers=0, amp=False))
     with atomic_path(out) as tmp:
         try:
             _write_graph(module, images[0], tmp, fmt, metadata.to_strings())

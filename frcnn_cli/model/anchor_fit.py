@@ -55,12 +55,18 @@ class AnchorCoverage:
         return self.boxes > 0 and self.at_05 < POOR_AT_05
 
     def describe(self) -> str:
+        if self.boxes == 0:
+            return "no training box to measure the anchors on"
         return (f"{self.at_07:.0%} of the {self.boxes} training boxes have an anchor at IoU >= 0.7, "
                 f"{self.at_05:.0%} at >= 0.5 (best possible recall)")
 
     def to_dict(self) -> dict:
         return {"boxes": self.boxes, "at_0.7": round(self.at_07, 4), "at_0.5": round(self.at_05, 4),
                 "mean_iou": round(self.mean_iou, 4)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AnchorCoverage:
+        return cls(data["boxes"], data["at_0.7"], data["at_0.5"], data["mean_iou"])
 
 
 def scaled_boxes(manifest: Manifest, cfg: Config, max_images: int = MAX_IMAGES) -> list[ScaledImage]:
@@ -213,6 +219,13 @@ class AnchorDecision:
         return {"fitted": self.fitted, "before": self.before.to_dict(),
                 "after": None if self.after is None else self.after.to_dict(),
                 "scales": list(a.scales), "ratios": list(a.ratios)}
+
+    @classmethod
+    def from_dict(cls, data: dict, config: Config) -> AnchorDecision:
+        """The decision ``to_dict`` recorded (a run's ``state.json``), with the ``config`` it trains with; its
+        message is not kept (it was said when the decision was made)."""
+        after = None if data["after"] is None else AnchorCoverage.from_dict(data["after"])
+        return cls(config, AnchorCoverage.from_dict(data["before"]), after, data["fitted"], "", False)
 
 
 def _set_option(anchors: AnchorConfig) -> str:

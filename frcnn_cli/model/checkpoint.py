@@ -27,7 +27,9 @@ from torch import Tensor
 
 from ..atomic import atomic_path
 from ..config_io import config_from_dict, config_to_dict
+from ..data.name_lists import distinct_names
 from ..errors import CheckpointError, ConfigError, FrcnnError
+from ..file_kinds import other_kind
 from .detector import FasterRCNN
 
 FORMAT = "frcnn-checkpoint"
@@ -93,6 +95,11 @@ def _validate(ckpt: Any, path: Path) -> dict:
     if not ok:
         raise CheckpointError(f"checkpoint {path} lacks valid 'parts', 'config' or 'classes' entries; "
                               f"the file is damaged, write it again")
+    if not distinct_names(ckpt["classes"]):  # as an exported model's metadata: export would refuse its own file
+        shown = repr(ckpt["classes"])[:200]
+        raise CheckpointError(f"checkpoint {path} has the class list {shown}, not one or more distinct non-empty "
+                              "names; the file is damaged or made by hand: train it again (or convert caffe "
+                              "--classes FILE)")
     return ckpt
 
 
@@ -119,6 +126,10 @@ def torch_load_safely(path: Path, what: str, map_location: Any = "cpu") -> Any:
             raise CheckpointError(f"{what} {path} holds Python objects besides tensors{found} and was "
                                   f"refused unread for safety; use a file of plain tensors written by "
                                   f"torch.save (frcnn writes only such files)") from None
+        kind = other_kind(path, "checkpoint")
+        if kind is not None:
+            raise CheckpointError(f"{what} {path} is {kind}, not a torch file; give a checkpoint written by frcnn "
+                                  "(or a weights file of torch.save)") from None
         raise CheckpointError(f"{what} {path} is not a readable torch file ({type(exc).__name__}); the file "
                               f"is damaged or not a .pt/.pth file: give a file written by frcnn (or "
                               f"torch.save)") from None
@@ -150,6 +161,9 @@ class Init:
     data: Any = None
 
 
+INIT_IN_TRAIN = "frcnn train takes --init as --set init=..., e.g. --set init=none"  # train has no --init option
+
+
 def read_init(spec: str) -> Init:
     """Read the ``--init`` file once (``weights_only``); ``imagenet`` and ``none`` read nothing. A missing or
     unreadable file is a ``CheckpointError`` naming it."""
@@ -158,7 +172,7 @@ def read_init(spec: str) -> Init:
     path = Path(spec)
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist; give an existing .pth file or frcnn "
-                              f"checkpoint, --init imagenet or --init none")
+                              f"checkpoint, --init imagenet or --init none ({INIT_IN_TRAIN})")
     obj = torch_load_safely(path, "weights file")
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return Init(spec, "checkpoint", _validate(obj, path))

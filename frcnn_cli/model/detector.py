@@ -178,8 +178,7 @@ class FasterRCNN(nn.Module):
         return result
 
     def detect(self, out: ForwardOutput, image_sizes: Tensor, scales: Tensor,
-               original_sizes: Tensor | None = None, *, settings: DetectionSettings,
-               no_regression: bool = False) -> list[dict[str, Tensor]]:
+               original_sizes: Tensor | None = None, *, settings: DetectionSettings) -> list[dict[str, Tensor]]:
         """Detections per image (``{"boxes" [D, 4] original pixels, "scores" [D], "labels" [D] in 1..K}``)
         from ``out.rois`` and the head outputs, with the threshold, NMS and cap of ``settings``
         (``DetectionSettings.from_config(cfg.roi_head)`` for the config's own)."""
@@ -189,10 +188,7 @@ class FasterRCNN(nn.Module):
         counts = torch.bincount(out.rois[:, 0].long(), minlength=num_images).tolist()
         proposals = list(torch.split(out.rois[:, 1:], counts))  # rois are grouped by image
         return postprocess_detections(out.class_logits, out.box_deltas, proposals, image_sizes, scales,
-                                      box_coder=self.box_coder, score_thresh=settings.score_thresh,
-                                      nms_thresh=settings.nms_thresh, original_sizes=original_sizes,
-                                      detections_per_image=settings.detections_per_image,
-                                      no_regression=no_regression)
+                                      box_coder=self.box_coder, settings=settings, original_sizes=original_sizes)
 
     # ----------------------------------------------------------------------------------------------
     # freezing

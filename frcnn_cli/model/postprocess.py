@@ -11,7 +11,7 @@ per-class NMS (suppress IoU > ``nms_thresh``, as py-faster-rcnn's default GPU NM
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -38,15 +38,12 @@ class DetectionSettings:
 
     def with_score_floor(self, score_thresh: float) -> DetectionSettings:
         """These settings with the threshold lowered to ``score_thresh`` (never raised)."""
-        return self if score_thresh >= self.score_thresh else DetectionSettings(
-            score_thresh, self.nms_thresh, self.detections_per_image)
+        return self if score_thresh >= self.score_thresh else replace(self, score_thresh=score_thresh)
 
 
-def _class_boxes(box_deltas: Tensor | None, proposals: Tensor, box_coder: BoxCoder, num_classes: int,
-                 no_regression: bool) -> Tensor:
-    """Foreground boxes ``Tensor[R, K, 4]`` in scaled-image coordinates."""
-    if no_regression:
-        return proposals[:, None, :].expand(-1, num_classes, 4)
+def class_boxes(box_deltas: Tensor, proposals: Tensor, box_coder: BoxCoder, num_classes: int) -> Tensor:
+    """Class-specific boxes ``Tensor[R, K, 4]`` (foreground classes, scaled-image pixels): ``proposals [R, 4]``
+    moved by ``box_deltas [R, 4(K+1)]`` (``box_coder``'s normalisation); the export graph decodes with it too."""
     boxes = box_coder.decode(box_deltas.float(), proposals)
     return boxes.view(proposals.shape[0], num_classes + 1, 4)[:, 1:]
 
@@ -86,19 +83,17 @@ def _top_per_image(keep: Tensor, image: Tensor, num_images: int, limit: int) -> 
 
 
 @torch.no_grad()
-def postprocess_detections(class_logits: Tensor, box_deltas: Tensor | None, proposals: list[Tensor],
+def postprocess_detections(class_logits: Tensor, box_deltas: Tensor, proposals: list[Tensor],
                            image_sizes: Tensor, scales: Tensor, *, box_coder: BoxCoder,
-                           score_thresh: float = 0.05, nms_thresh: float = 0.3,
-                           detections_per_image: int = 100, original_sizes: Tensor | None = None,
-                           no_regression: bool = False) -> list[dict[str, Tensor]]:
-    """Final detections of every image.
+                           settings: DetectionSettings = DetectionSettings(),
+                           original_sizes: Tensor | None = None) -> list[dict[str, Tensor]]:
+    """Final detections of every image, by the rules of ``settings`` (default py-faster-rcnn's: score > 0.05,
+    per-class NMS 0.3, at most 100; ``detections_per_image <= 0`` keeps all).
 
     ``class_logits`` ``Tensor[R, K+1]`` and ``box_deltas`` ``Tensor[R, 4(K+1)]`` (normalised as
     ``box_coder``'s means/stds) belong to ``proposals`` (``proposals[i]``: ``Tensor[R_i, 4]`` in
     scaled-image coordinates, concatenated in image order). ``image_sizes`` ``[N, 2]`` (h, w scaled),
     ``scales`` ``[N]``, ``original_sizes`` ``[N, 2]`` (h, w; default ``image_sizes / scales``).
-    ``no_regression=True`` scores the proposals themselves (the paper's Table 1 ablation; ``box_deltas``
-    may then be None). ``detections_per_image <= 0`` keeps all.
 
     Returns per image ``{"boxes": Tensor[D, 4] (original pixels), "scores": Tensor[D],
     "labels": LongTensor[D] in 1..K}``, sorted by score descending.
@@ -115,16 +110,16 @@ def postprocess_detections(class_logits: Tensor, box_deltas: Tensor | None, prop
         limits = image_sizes.to(device=device, dtype=torch.float32) / scale[:, None]
     else:
         limits = original_sizes.to(device=device, dtype=torch.float32)
-    boxes = _class_boxes(box_deltas, props, box_coder, num_classes, no_regression) / scale[image, None, None]
+    boxes = class_boxes(box_deltas, props, box_coder, num_classes) / scale[image, None, None]
     boxes = clip_boxes(boxes, limits[image, 0, None], limits[image, 1, None])
 
     scores = torch.softmax(class_logits.float(), dim=1)[:, 1:]
-    row, col = torch.nonzero(scores > score_thresh, as_tuple=True)
+    row, col = torch.nonzero(scores > settings.score_thresh, as_tuple=True)
     boxes, scores, labels, image = boxes[row, col], scores[row, col], col + 1, image[row]
     one_call = ONE_NMS_CALL_BOXES if device.type == "cuda" else None
-    keep = nms_per_image(boxes, scores, labels, image, num_images, nms_thresh, num_classes=num_classes,
+    keep = nms_per_image(boxes, scores, labels, image, num_images, settings.nms_thresh, num_classes=num_classes,
                          one_call_max=one_call)
-    keep = _top_per_image(keep, image, num_images, detections_per_image)
+    keep = _top_per_image(keep, image, num_images, settings.detections_per_image)
 
     per_image = torch.bincount(image[keep], minlength=num_images).tolist()
     # one gather for the batch, then views per image: no device op per image

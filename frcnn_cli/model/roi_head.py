@@ -17,11 +17,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_pool
 
+from ..config import POOLERS
 from ..errors import ConfigError
 from .roialign_grad import roi_align_aligned
 from .roipool import roi_pool_table
-
-POOLERS = ("roipool", "roialign")
 
 
 class RoIHead(nn.Module):

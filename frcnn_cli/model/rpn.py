@@ -25,7 +25,7 @@ from ..boxes import BoxCoder, clip_boxes, small_box_mask
 from ..config import OBJECTNESS, RPNConfig
 
 OBJECTNESS_CHANNELS = {"softmax": 2, "sigmoid": 1}
-PROPOSAL_MODES = ("train", "test", "dump")
+PROPOSAL_MODES = ("train", "test", "dump")  # joint training, detections, proposal files
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,13 @@ class ProposalSettings:
     @classmethod
     def from_config(cls, rpn: RPNConfig, mode: str) -> ProposalSettings:
         """The settings of ``rpn`` for ``mode``: "train" (joint training), "test" or "dump" (proposal files)."""
-        if mode not in PROPOSAL_MODES:
+        top_n = {"train": (rpn.train_pre_nms_top_n, rpn.train_post_nms_top_n),
+                 "test": (rpn.test_pre_nms_top_n, rpn.test_post_nms_top_n),
+                 "dump": (rpn.dump_pre_nms_top_n, rpn.dump_post_nms_top_n)}
+        if mode not in top_n:
             raise ValueError(f"mode must be one of {PROPOSAL_MODES}, got {mode!r}")
-        return cls(pre_nms_top_n=getattr(rpn, f"{mode}_pre_nms_top_n"),
-                   post_nms_top_n=getattr(rpn, f"{mode}_post_nms_top_n"), nms_thresh=rpn.nms_thresh,
-                   min_size=rpn.min_size)
+        pre, post = top_n[mode]
+        return cls(pre_nms_top_n=pre, post_nms_top_n=post, nms_thresh=rpn.nms_thresh, min_size=rpn.min_size)
 
 
 class Proposer(Protocol):
@@ -129,20 +131,34 @@ def generate_proposals(anchors: Tensor, scores: Tensor, deltas: Tensor, image_si
 
     py-faster-rcnn's proposal layer, batched over images: decode every anchor (``BoxCoder()``, no
     normalisation), clip to the image's ``(h, w)`` in ``image_sizes [N, 2]``, drop boxes narrower or lower
-    than ``min_sizes [N]`` (scaled pixels), keep the ``pre_nms_top_n`` best of the rest (0 = all), NMS
-    (IoU > ``nms_thresh`` suppressed; one ``batched_nms`` call with the image as group), keep the
+    than ``min_sizes [N]`` (scaled pixels) (``candidate_boxes``), keep the ``pre_nms_top_n`` best of the rest
+    (0 = all), NMS (IoU > ``nms_thresh`` suppressed; one ``batched_nms`` call with the image as group), keep the
     ``post_nms_top_n`` best (0 = all). As py-faster-rcnn, the min-size drop comes before the top-N cut,
     so an image gets ``pre_nms_top_n`` real candidates whenever it has them. Boxes are in scaled-image
     pixels. Inputs: ``anchors [M, 4]``, ``scores [N, M]``, ``deltas [N, M, 4]``.
     """
-    n, m = scores.shape
-    scores = scores.float()
-    boxes = BoxCoder().decode(deltas.float().reshape(n * m, 4), anchors.float().repeat(n, 1)).view(n, m, 4)
+    boxes, valid = candidate_boxes(anchors, deltas, image_sizes, min_sizes)
+    return select_proposals(boxes, scores.float(), valid, pre_nms_top_n=pre_nms_top_n,
+                            post_nms_top_n=post_nms_top_n, nms_thresh=nms_thresh)
+
+
+def candidate_boxes(anchors: Tensor, deltas: Tensor, image_sizes: Tensor, min_sizes: Tensor, *,
+                    decode: bool = True) -> tuple[Tensor, Tensor]:
+    """The proposal layer's candidates before any ranking: ``(boxes [N, M, 4], valid BoolTensor [N, M])``.
+
+    Every anchor (``anchors [M, 4]``) of each image moved by its ``deltas [N, M, 4]`` (``BoxCoder()``, no
+    normalisation; ``decode=False``: the anchors themselves, the paper's "no reg" ablation), clipped to the
+    image's ``(h, w)`` in ``image_sizes [N, 2]``; ``valid``: at least ``min_sizes [N]`` scaled pixels wide and
+    high. Shared by ``generate_proposals`` and the Table 1 ablations (``ablations.AblatedProposer``)."""
+    n, m = deltas.shape[:2]
+    if decode:
+        boxes = BoxCoder().decode(deltas.float().reshape(n * m, 4), anchors.float().repeat(n, 1)).view(n, m, 4)
+    else:
+        boxes = anchors.float()[None].expand(n, m, 4)
     sizes = image_sizes.to(boxes.device, boxes.dtype)
     boxes = clip_boxes(boxes, sizes[:, 0:1], sizes[:, 1:2])
     valid = small_box_mask(boxes, min_sizes.to(boxes.device, boxes.dtype)[:, None])
-    return select_proposals(boxes, scores, valid, pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n,
-                            nms_thresh=nms_thresh)
+    return boxes, valid
 
 
 def select_proposals(boxes: Tensor, priority: Tensor, valid: Tensor, *, pre_nms_top_n: int,

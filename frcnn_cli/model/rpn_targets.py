@@ -48,11 +48,18 @@ def _inside(anchors: Tensor, image_sizes: Tensor, border: float, enabled: bool) 
 def label_anchors_batch(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, image_sizes: Tensor, *,
                         positive_iou: float = 0.7, negative_iou: float = 0.3, allowed_border: float = 0.0,
                         ignore_cross_boundary: bool = True) -> tuple[Tensor, Tensor]:
-    """``label_anchors`` for a whole batch at once, without a host sync.
+    """Label every anchor of every image at once, without a host sync: ``(labels LongTensor[N, M] in {1, 0,
+    -1}, matched_gt LongTensor[N, M])``.
+
+    The paper's rule in py-faster-rcnn's order (RPN_CLOBBER_POSITIVES False): anchors crossing the image
+    boundary (more than ``allowed_border`` pixels out) are ignored when ``ignore_cross_boundary``; inside
+    anchors whose best IoU is < ``negative_iou`` are background; then every anchor tied at some ground
+    truth's highest IoU (where that IoU is > 0) is an object, even below ``positive_iou``; then every anchor
+    with best IoU >= ``positive_iou`` is an object. ``matched_gt`` is the index of each anchor's best ground
+    truth (0 where there is none); without ground truth every inside anchor is background.
 
     ``anchors [M, 4]`` (shared), ``gt_boxes [N, G_max, 4]`` with ``gt_valid BoolTensor[N, G_max]``
-    (``pad_gt_boxes``), ``image_sizes [N, 2]`` (h, w) on the anchors' device. Returns ``(labels
-    LongTensor[N, M], matched_gt LongTensor[N, M])``, image by image equal to ``label_anchors``. IoU is one
+    (``pad_gt_boxes``), ``image_sizes [N, 2]`` (h, w) on the anchors' device. IoU is one
     ``[M, N, G_max]`` tensor where pairs with an outside anchor or a padding gt are -1: below any real IoU,
     so the maxima, the first-index argmax and the tie rule see exactly the image's own pairs.
     """
@@ -68,28 +75,6 @@ def label_anchors_batch(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, ima
     ignored = torch.full_like(matched_gt, -1)
     labels = torch.where(positive, 1, torch.where(negative, torch.zeros_like(ignored), ignored))
     return labels.t().contiguous(), matched_gt.t().contiguous()
-
-
-def label_anchors(anchors: Tensor, gt_boxes: Tensor, image_size: tuple[int, int] | Tensor, *,
-                  positive_iou: float = 0.7, negative_iou: float = 0.3, allowed_border: float = 0.0,
-                  ignore_cross_boundary: bool = True) -> tuple[Tensor, Tensor]:
-    """Label every anchor of one image: ``(labels LongTensor[M] in {1, 0, -1}, matched_gt LongTensor[M])``.
-
-    The paper's rule in py-faster-rcnn's order (RPN_CLOBBER_POSITIVES False): anchors crossing the image
-    boundary (more than ``allowed_border`` pixels out of ``image_size = (h, w)``) are ignored when
-    ``ignore_cross_boundary``; inside anchors whose best IoU is < ``negative_iou`` are background; then every
-    anchor tied at some ground truth's highest IoU (where that IoU is > 0) is an object, even below
-    ``positive_iou``; then every anchor with best IoU >= ``positive_iou`` is an object. ``matched_gt`` is the
-    index of each anchor's best ground truth (0 where there is none). With no ground truth every inside
-    anchor is background. ``anchors [M, 4]``, ``gt_boxes [G, 4]``. One image through
-    ``label_anchors_batch`` (a host ``image_size`` is copied to the device).
-    """
-    gt, valid = pad_gt_boxes([gt_boxes], anchors.device)
-    sizes = torch.as_tensor(image_size, device=anchors.device).reshape(1, 2)
-    labels, matched = label_anchors_batch(
-        anchors, gt, valid, sizes, positive_iou=positive_iou, negative_iou=negative_iou,
-        allowed_border=allowed_border, ignore_cross_boundary=ignore_cross_boundary)
-    return labels[0], matched[0]
 
 
 def _smallest_keys(keys: Tensor, members: Tensor, limit: Tensor | int, k: int) -> Tensor:

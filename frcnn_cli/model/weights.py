@@ -31,11 +31,12 @@ from torch import Tensor
 
 from ..errors import CheckpointError
 from .backbones import BackboneParts
-from .checkpoint import Init, read_init, torch_load_safely
+from .checkpoint import INIT_IN_TRAIN, Init, read_init
 
 # parameter-name prefixes of an ImageNet classifier that the detector does not use
 _DROPPED_PREFIXES = {"vgg16": ("classifier.6.",), "resnet50": ("fc.",), "resnet101": ("fc.",)}
-_ALTERNATIVES = "pass --init FILE.pth (a state dict in torchvision's layout) or --init none (random init)"
+_ALTERNATIVES = (f"pass --init FILE.pth (a state dict in torchvision's layout) or --init none (random init; "
+                 f"{INIT_IN_TRAIN})")
 
 
 def _torchvision_weights(name: str):
@@ -46,6 +47,12 @@ def _torchvision_weights(name: str):
         return None
     enum_name, member = table[name]
     return getattr(getattr(torchvision.models, enum_name), member)
+
+
+def imagenet_weights_url(name: str) -> str | None:
+    """Where torchvision downloads the ImageNet weights of backbone ``name`` from (None: it has none)."""
+    weights = _torchvision_weights(name)
+    return None if weights is None else weights.url
 
 
 def hub_cache_file(url: str) -> Path:
@@ -61,7 +68,8 @@ def imagenet_state_dict(name: str) -> dict[str, Tensor]:
                  "ImageNet ZF)") if name == "zf" else ""
         raise CheckpointError(
             f"torchvision has no ImageNet weights for backbone '{name}'; give a local state dict with "
-            f"--init FILE.pth (layout: the parameter names of frcnn's {name} backbone){caffe} or --init none"
+            f"--init FILE.pth (layout: the parameter names of frcnn's {name} backbone){caffe} or --init none "
+            f"({INIT_IN_TRAIN})"
         )
     cache = hub_cache_file(weights.url)
     said = io.StringIO()  # torch.hub prints "Downloading: …" on stdout before it tries: kept back until it worked
@@ -79,13 +87,6 @@ def imagenet_state_dict(name: str) -> dict[str, Tensor]:
         ) from None
 
 
-def _load_file(path: Path) -> object:
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist; give an existing .pth file, "
-                              f"--init imagenet or --init none")
-    return torch_load_safely(path, "weights file")
-
-
 def _from_frcnn_checkpoint(obj: dict, name: str, path: Path) -> dict:
     backbone = obj.get("config", {}).get("backbone") if isinstance(obj.get("config"), dict) else None
     if backbone != name:
@@ -98,15 +99,10 @@ def _from_frcnn_checkpoint(obj: dict, name: str, path: Path) -> dict:
     return state
 
 
-def local_state_dict(path: str | os.PathLike, name: str) -> dict[str, Tensor]:
-    """The state dict in ``path``: a plain state dict (possibly under ``state_dict``/``model``, possibly
-    with DataParallel's ``module.`` prefix) or a frcnn checkpoint; tensors only."""
-    path = Path(path)
-    return state_dict_of(_load_file(path), name, path)
-
-
 def state_dict_of(obj: object, name: str, path: str | os.PathLike) -> dict[str, Tensor]:
-    """The state dict held by ``obj``, what a weights file ``path`` holds (``local_state_dict``)."""
+    """The state dict held by ``obj``, what a weights file ``path`` holds (``checkpoint.read_init``): a plain
+    state dict (possibly under ``state_dict``/``model``, possibly with DataParallel's ``module.`` prefix) or a
+    frcnn checkpoint's backbone and ``head_top``; tensors only."""
     path = Path(path)
     if isinstance(obj, dict) and obj.get("format") == "frcnn-checkpoint":
         obj = _from_frcnn_checkpoint(obj, name, path)
@@ -137,12 +133,12 @@ def load_into_parts(parts: BackboneParts, name: str, state: dict[str, Tensor], s
         what = "; ".join(s for s in (f"missing keys: {_short(missing)}" if missing else "",
                                      f"unexpected keys: {_short(unexpected)}" if unexpected else "") if s)
         raise CheckpointError(f"weights from {source} do not fit the {name} backbone ({what}); "
-                              f"give weights of a {name} model, or --init none")
+                              f"give weights of a {name} model, or --init none ({INIT_IN_TRAIN})")
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for sd in own.values()
              for k, v in sd.items() if state[k].shape != v.shape]
     if wrong:
         raise CheckpointError(f"weights from {source} have the wrong shapes for the {name} backbone "
-                              f"({_short(wrong)}); give weights of a {name} model, or --init none")
+                              f"({_short(wrong)}); give weights of a {name} model, or --init none ({INIT_IN_TRAIN})")
     for part, sd in own.items():
         getattr(parts, part).load_state_dict({k: state[k] for k in sd}, strict=True)
 

@@ -51,6 +51,37 @@ MIN_PIXELS = 256  # smaller maps (e.g. 12x16) run the direct convolution: too fe
 # for 512x512 channels) are redone at every step: below this many pixels per batch they cost more than they save
 MIN_TRAIN_PIXELS = 1024
 
+# Under the CPU's bf16 autocast an eligible conv either runs oneDNN's direct convolution in bf16 (as autocast casts
+# it) or stays Winograd F(4x4) in float32 (autocast off for it). Per kind of CPU (``devices.cpu_bf16_kind``): the
+# least ``in_channels * out_channels`` from which Winograd float32 is the faster (None: never). The measured rows
+# and the estimates are in benchmarks/conv_algorithms.py (``--bf16``) and docs/benchmarks.md.
+BF16_WINOGRAD_FROM: dict[str | None, int | None] = {
+    None: MIN_CHANNELS * MIN_CHANNELS,  # bf16 emulated (AVX2 Zen 3, measured): the bf16 conv is 7.5-12x float32's
+    "avx512_bf16": 256 * 512,  # estimate (Zen 4): bf16 ~0.49x the float32 direct conv, Winograd 0.33-0.41x from here
+    "forced": 256 * 512,  # FRCNN_CPU_BF16=1: taken for AVX512-BF16
+    "amx": None,  # estimate: AMX's bf16 tiles outrun any float32 path
+}
+
+
+def bf16_conv_path(kind: str | None, in_channels: int, out_channels: int) -> str:
+    """``"winograd"`` (float32) or ``"bf16"`` (oneDNN's direct convolution): the faster path under the CPU's bf16
+    autocast for an eligible conv of ``in_channels -> out_channels`` on a CPU of ``kind``
+    (``BF16_WINOGRAD_FROM``)."""
+    start = BF16_WINOGRAD_FROM.get(kind, BF16_WINOGRAD_FROM["forced"])
+    return "winograd" if start is not None and in_channels * out_channels >= start else "bf16"
+
+
+def choose_bf16_paths(model: nn.Module, kind: str | None) -> list[str]:
+    """Set each ``WinogradConv2d`` of ``model`` to its ``bf16_conv_path`` on a CPU of ``kind``; returns the names
+    of those that stay Winograd float32 under bf16 autocast."""
+    kept = []
+    for name, module in model.named_modules():
+        if isinstance(module, WinogradConv2d):
+            module.winograd_under_bf16 = bf16_conv_path(kind, module.in_channels, module.out_channels) == "winograd"
+            if module.winograd_under_bf16:
+                kept.append(name)
+    return kept
+
 
 def _kernel_matrix(tile: int, device: torch.device) -> Tensor:
     """``[a*a, 9]`` float64: row ``p = iw * a + ih`` maps a 3×3 kernel (flattened) to position ``(ih, iw)``
@@ -282,7 +313,13 @@ class WinogradConv2d(nn.Conv2d):
     on maps too small for the transforms to pay (``MIN_PIXELS``; with gradients ``MIN_TRAIN_PIXELS`` per
     batch, since the kernel transform is redone after every weight update), it is that convolution. The
     transformed kernel is cached and recomputed when the weight changes (in-place updates such as
-    ``load_state_dict`` or an optimizer step bump the tensor's version; ``.to()`` gives it new storage)."""
+    ``load_state_dict`` or an optimizer step bump the tensor's version; ``.to()`` gives it new storage).
+
+    Under the CPU's bf16 autocast it is the bf16 direct convolution, or with ``winograd_under_bf16``
+    (``choose_bf16_paths``) Winograd in float32 with autocast off: never Winograd's products in bf16, whose
+    transforms would amplify bf16's rounding."""
+
+    winograd_under_bf16 = False
 
     def __init__(self, in_channels: int, out_channels: int, tile: int = 4) -> None:
         super().__init__(in_channels, out_channels, 3, padding=1)
@@ -305,6 +342,14 @@ class WinogradConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:  # an unbatched [C, H, W] input, as nn.Conv2d allows
             return F.conv2d(x, self.weight, self.bias, padding=1)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            if not self.winograd_under_bf16:
+                return F.conv2d(x, self.weight, self.bias, padding=1)  # oneDNN's bf16 convolution
+            with torch.autocast("cpu", enabled=False):
+                return self._forward(x.float())
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         n, _, h, w = x.shape
         cpu_fp32 = x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
         params = (self.weight, self.bias) if self.bias is not None else (self.weight,)

@@ -63,6 +63,21 @@ def process_start() -> float:
     return now() - max(0.0, min(age, 3600.0))
 
 
+def budget_seconds(budget: str | float | None, *, iters: int | None, epochs: float | None) -> float | None:
+    """``--time`` in seconds: a duration (``"15m"``) or a number of seconds; None when not given. Refused with
+    ``--iters`` or ``--epochs`` (each fixes the length the budget would fit)."""
+    if budget is None:
+        return None
+    if iters is not None or epochs is not None:
+        raise ConfigError("give one of --time, --epochs or --iters: --time fits every step's length to the budget, "
+                          "--epochs and --iters fix it")
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        if not math.isfinite(budget) or budget <= 0:
+            raise ConfigError(f"--time {budget!r} is no time at all; give a positive number of seconds or 15m")
+        return float(budget)
+    return parse_duration(budget)
+
+
 def parse_duration(text: str) -> float:
     """``"15m"``, ``"1h30m"``, ``"90s"``, ``"2.5h"``, ``"1h 5min"`` -> seconds (> 0)."""
     cleaned = str(text).strip()

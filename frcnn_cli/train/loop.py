@@ -79,7 +79,7 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def _forward_losses(model: nn.Module, core: nn.Module, spec: StageSpec, batch, targets, proposals,
-                    proposer: Proposer | None, amp: bool, hooks: LoopHooks) -> dict[str, torch.Tensor]:
+                    proposer: Proposer | None, amp: bool | None, hooks: LoopHooks) -> dict[str, torch.Tensor]:
     with autocast(batch.tensor.device, amp):
         out = model(batch.tensor, batch.image_sizes, batch.scales, targets=targets, proposals=proposals,
                     run_rpn=spec.run_rpn, run_roi_head=spec.run_roi_head, proposer=proposer, sample_rois=True)
@@ -100,7 +100,7 @@ def _check_finite(first_bad: torch.Tensor, spec: StageSpec, hooks_note: str) -> 
 
 def run_loop(*, model: nn.Module, core: nn.Module, spec: StageSpec, optimizer: torch.optim.Optimizer,
              schedule: LearningRate, batches: Iterator, start: int, total: int,
-             amp: bool, hooks: LoopHooks, last_good_note: str = "") -> int:
+             amp: bool | None, hooks: LoopHooks, last_good_note: str = "") -> int:
     """Train ``model`` (possibly DDP-wrapped ``core``) from iteration ``start`` to ``total``, or until
     ``hooks.after_iteration`` stops it; returns the iterations done. ``schedule.lr_at(it)`` is read every
     iteration (a ``Schedule``, or early stopping's control, whose drops may come forward).

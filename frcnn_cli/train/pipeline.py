@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write_json, ensure_dir
-from ..callbacks import Progress, StepCallback, WarningCallback
+from ..callbacks import OnNote, Progress, StepCallback
 from ..config import TRAIN_MODES, Config, RuntimeConfig
 from ..config_io import config_from_dict, config_to_dict
 from ..data.manifest import Manifest, manifest_hash
 from ..errors import ConfigError, DataError
-from ..inference import InferenceSettings, Predictor, dump_proposals
-from ..model.anchor_fit import decide_anchors
-from ..model.checkpoint import load_model, read_init
+from ..inference import Predictor, dump_proposals
+from ..model.anchor_fit import AnchorDecision, decide_anchors
+from ..model.checkpoint import Init, load_model, read_init
 from . import distributed
 from .budget import format_duration
 from .budget import now as budget_now
@@ -35,9 +35,10 @@ from .budget_control import StepBudget
 from .data_schedule import LengthChoice, carve_note, carve_validation, carves, choose_length
 from .loop import LoopState
 from .run_budget import BudgetedStep, RunBudget
+from .run_differences import check_data, nothing_trained, option_differences, refusal
 from .schedule import StepPlan, plan_step
 from .stage import StageRequest, run_stage
-from .stage_setup import training_images, trains_fresh_rpn
+from .stage_setup import check_has_objects, decide_run_anchors, training_images
 from .steps import stage_spec
 
 STATE_FORMAT = "frcnn-run"
@@ -89,7 +90,7 @@ class PipelineRequest:
     resume: bool = False  # asked to resume (``frcnn train --resume``): warn when there is nothing to resume
     on_log: Callable[[LoopState], None] | None = None
     on_step: StepCallback | None = None  # (step name, "start" | "done" | "skip")
-    on_warning: WarningCallback | None = None
+    on_warning: OnNote | None = None
     progress: Progress | None = None  # dump progress (done, total)
     epochs: float | None = None  # --epochs of each training step (not with iters)
     val_manifest: Manifest | None = None
@@ -97,7 +98,7 @@ class PipelineRequest:
     val_every: int | None = None
     patience: int | None = None
     on_plan: Callable[[list[tuple[str, StepPlan]]], None] | None = None  # every training step's plan, at start
-    on_note: Callable[[str], None] | None = None
+    on_note: OnNote | None = None
     on_validation: Callable[[str, dict], None] | None = None  # (step name, metrics row)
     seconds: float | None = None  # --time: the whole run fitted to this many seconds (not with iters/epochs)
     carved: int = 0  # validation images carved from the training manifest (settle_request)
@@ -113,55 +114,67 @@ def _read_state(path: Path) -> dict | None:
         raise DataError(f"{path} is not a readable run state ({exc}); delete it to start the run afresh") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise DataError(f"{path} is not an frcnn run state; use an empty --workdir")
-    if state.get("version", 0) > STATE_VERSION:
+    version = state.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > STATE_VERSION:
         raise DataError(f"{path} was written by a newer frcnn (version {state.get('version')}); upgrade frcnn")
+    problem = _state_problem(state)
+    if problem is not None:  # a state edited by hand (a step taken out of "done" to redo it, gone wrong)
+        raise DataError(f"{path}: {problem}; restore it, or delete it to start the run afresh")
     return state
 
 
-def _check_same_run(state: dict, req: PipelineRequest, path: Path) -> None:
-    if state["manifest_hash"] != manifest_hash(req.manifest):
-        raise DataError(f"{req.workdir} holds a run on another dataset than {req.manifest_path} "
-                        f"(see {path}); use another --workdir or the original manifest")
-    if (state["mode"] != req.mode or state.get("iters") != req.iters or state.get("epochs") != req.epochs
-            or state.get("time") != req.seconds):
-        iters = state.get("iters") or "of the preset"
-        epochs = state.get("epochs") or "of the preset"
-        budget = f" and a time budget of {format_duration(state['time'])}" if state.get("time") else ""
-        raise ConfigError(f"{req.workdir} holds an {state['mode']} run with iterations {iters} and epochs {epochs}"
-                          f"{budget}; rerun it with the same options (--mode, --iters, --epochs, --time) or use "
-                          "another --workdir")
-    if {k: state.get(k) for k in _VAL_KEYS} != _val_record(req):
-        raise ConfigError(f"{req.workdir} holds a run with other validation options (--val, --val-every, "
-                          f"--patience; see {path}); rerun it with the same options or use another --workdir")
-    saved = config_from_dict(state["config"])  # the recipe only: runtime settings may change between runs
-    if saved != req.cfg:
-        raise ConfigError(f"{req.workdir} was started with another config (see {path}); rerun with the same "
-                          "--config/--set or use another --workdir")
+_STATE_KEYS = (("version", int, "a version number"), ("manifest_hash", str, "a text hash"),
+               ("config", dict, "an object"), ("done", list, "a list of step names"))
 
 
-_VAL_KEYS = ("val_hash", "val_every", "patience")
+def _state_problem(state: dict) -> str | None:
+    """What is wrong with the keys a run state must hold, or None."""
+    for key, kind, what in _STATE_KEYS:
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            return f"\"{key}\" is missing or not {what}"
+    names = {step.name for step in (*ALTERNATING, *JOINT)}
+    if not all(isinstance(name, str) and name in names for name in state["done"]):
+        return f"\"done\" names a step other than {', '.join(sorted(names))}: {state['done']!r}"
+    for key in ("trained_config", "anchors"):
+        if state.get(key) is not None and not isinstance(state[key], dict):
+            return f"\"{key}\" is not an object"
+    return None
 
 
-def _val_record(req: PipelineRequest) -> dict:
+def run_record(req: PipelineRequest) -> dict:
+    """The options a run is started with, as ``state.json`` records them (and a rerun must repeat)."""
     val_hash = manifest_hash(req.val_manifest) if req.val_manifest is not None else None
-    return {"val_hash": val_hash, "val_every": req.val_every, "patience": req.patience}
+    return {"mode": req.mode, "iters": req.iters, "epochs": req.epochs, "time": req.seconds, "val_hash": val_hash,
+            "val_every": req.val_every, "patience": req.patience, "val": str(req.val_path) if req.val_path else None,
+            "carved": req.carved, "manifest": str(req.manifest_path), "manifest_hash": manifest_hash(req.manifest),
+            "config": config_to_dict(req.cfg)}
 
 
-def _new_state(req: PipelineRequest) -> dict:
-    """A new run's state; the anchors are decided (measured, fitted when ``anchors.auto``) here, once."""
-    trained = req.cfg
+def _differences(state: dict, req: PipelineRequest) -> list[str]:
+    """Each option the request asks differently from the run in the folder (the data checked first: a
+    ``DataError`` when it differs); the recipe only: runtime settings may change between runs."""
+    now = run_record(req)
+    check_data(state, now, req.workdir)
+    saved = {**state, "config": config_to_dict(config_from_dict(state["config"]))}
+    return option_differences(saved, now)
+
+
+def _new_state(req: PipelineRequest, init: Init) -> tuple[dict, AnchorDecision]:
+    """A new run's state; the anchors are decided (measured, fitted when ``anchors.auto``) here, once, as a
+    single step decides them (``decide_run_anchors``, for the run's first stage)."""
     first = ALTERNATING[0] if req.mode == "alternating" else JOINT[0]
-    anchors = None
-    if req.cfg.init in ("imagenet", "none") or trains_fresh_rpn(stage_spec(first.kind), read_init(req.cfg.init)):
-        decision = decide_anchors(req.cfg, req.manifest)
-        trained, anchors = decision.config, decision
-    state = {"format": STATE_FORMAT, "version": STATE_VERSION, "mode": req.mode, "iters": req.iters,
-             "epochs": req.epochs, "time": req.seconds, **_val_record(req),
-             "val": str(req.val_path) if req.val_path else None, "carved": req.carved,
-             "manifest": str(req.manifest_path), "manifest_hash": manifest_hash(req.manifest),
-             "config": config_to_dict(req.cfg), "trained_config": config_to_dict(trained), "done": [],
-             "anchors": anchors.to_dict() if anchors is not None else None}
-    return state, anchors
+    decision = decide_run_anchors(req.cfg, req.manifest, init, spec=stage_spec(first.kind))
+    state = {"format": STATE_FORMAT, "version": STATE_VERSION, **run_record(req),
+             "trained_config": config_to_dict(decision.config), "done": [], "anchors": decision.to_dict()}
+    return state, decision
+
+
+def _recorded_anchors(state: dict, cfg: Config, manifest: Manifest) -> AnchorDecision:
+    """The anchors decision of a resumed run, as its state records it (a run folder of an older frcnn that
+    recorded none, its init holding an RPN: measured again, never fitted)."""
+    if state.get("anchors") is not None:
+        return AnchorDecision.from_dict(state["anchors"], cfg)
+    return decide_anchors(cfg, manifest, may_fit=False)
 
 
 def settle_request(req: PipelineRequest) -> PipelineRequest:
@@ -206,19 +219,18 @@ def plans(req: PipelineRequest, cfg: Config) -> list[tuple[str, StepPlan]]:
     return out
 
 
-def _run_step(req: PipelineRequest, step: Step, cfg: Config, budget: StepBudget | None = None) -> None:
+def _run_step(req: PipelineRequest, step: Step, run: _Run, budget: StepBudget | None = None) -> None:
     out = step_path(req.workdir, step)
     steps = {s.name: s for s in _steps(req)}
     if step.kind == "dump":
         if distributed.is_main():  # one rank dumps; the others wait for the file
             model_path = step_path(req.workdir, steps[step.model_from])
             model, _ = load_model(model_path, device=req.device, require=("rpn",))
-            settings = InferenceSettings.from_config(model.cfg, mode="dump")
-            dump_proposals(Predictor(model, req.device, settings, req.runtime, owned=True), req.manifest, out,
-                           checkpoint_path=model_path, progress=req.progress)
+            predictor = Predictor.for_model(model, req.device, runtime=req.runtime, owned=True, mode="dump")
+            dump_proposals(predictor, req.manifest, out, checkpoint_path=model_path, progress=req.progress)
         distributed.barrier()
         return
-    init = str(step_path(req.workdir, steps[step.init_from])) if step.init_from else cfg.init
+    init = read_init(str(step_path(req.workdir, steps[step.init_from]))) if step.init_from else run.init()
     proposals = step_path(req.workdir, steps[step.proposals_from]) if step.proposals_from else None
     spec = stage_spec(step.kind, freeze_shared=step.freeze_shared)
     validating = req.val_manifest is not None
@@ -226,33 +238,71 @@ def _run_step(req: PipelineRequest, step: Step, cfg: Config, budget: StepBudget 
     on_validation = None
     if req.on_validation is not None:
         on_validation = lambda row: req.on_validation(step.name, row)  # noqa: E731
-    run_stage(StageRequest(cfg=cfg, spec=spec, manifest=req.manifest, manifest_path=req.manifest_path,
+    run_stage(StageRequest(cfg=run.cfg, spec=spec, manifest=req.manifest, manifest_path=req.manifest_path,
                            out=last_path(req.workdir, step) if validating else out, best_out=out,
-                           init=read_init(init), device=req.device, runtime=req.runtime, iters=req.iters,
+                           init=init, device=req.device, runtime=req.runtime, iters=req.iters,
                            epochs=req.epochs, proposals_path=proposals, checkpoint_every=req.checkpoint_every,
                            resume=True, metrics_path=req.workdir / "metrics.jsonl", on_log=req.on_log,
-                           on_warning=req.on_warning, decide_anchors=False, val_manifest=req.val_manifest,
+                           on_warning=req.on_warning, anchors=run.anchors, val_manifest=req.val_manifest,
                            val_path=req.val_path, val_every=req.val_every, patience=length.patience,
                            on_validation=on_validation, until_plateau=length.until_plateau, budget=budget))
 
 
-def _start(req: PipelineRequest, state_path: Path) -> tuple[dict, Config]:
-    """The run's state (new, or the one in the folder, checked against the request) and the config its steps
-    train with (the anchors decided at the start)."""
+def _replaced_first_attempt(state: dict, req: PipelineRequest) -> bool:
+    """Whether the run in the folder never trained an iteration and was started with other options: then it
+    holds nothing to lose and the request starts a new run instead (said in a note)."""
+    if not nothing_trained(state, req.workdir):
+        return False
+    try:
+        differences = _differences(state, req)
+    except DataError as exc:  # another dataset, a changed manifest
+        differences = [str(exc)]
+    if differences and req.on_note is not None and distributed.is_main():
+        req.on_note(f"{req.workdir} held a run that never trained an iteration, started with other options "
+                    f"({'; '.join(differences)}); starting a new run with these")
+    return bool(differences)
+
+
+@dataclass
+class _Run:
+    """What every step of a run shares: its state, the config its steps train with, the anchors decided at
+    its start (handed to each stage) and the init of ``cfg.init``, read once (``init()``)."""
+
+    state: dict
+    cfg: Config
+    anchors: AnchorDecision
+    first_init: Init | None = None
+
+    def init(self) -> Init:
+        if self.first_init is None:  # a resumed run reads it when a step first needs it
+            self.first_init = read_init(self.cfg.init)
+        return self.first_init
+
+
+def _start(req: PipelineRequest, state_path: Path) -> _Run:
+    """The run's state (new, or the one in the folder, checked against the request), the config its steps
+    train with and the anchors decided at the start."""
     state = _read_state(state_path)
+    found = state is not None
+    if state is not None and _replaced_first_attempt(state, req):
+        state = None
     if state is None:
-        if req.resume and req.on_warning is not None and distributed.is_main():
+        if req.resume and not found and req.on_warning is not None and distributed.is_main():
             req.on_warning(f"--resume: {req.workdir} holds no run to resume (no {state_path.name}); starting one")
-        state, decision = _new_state(req)
+        init = read_init(req.cfg.init)
+        state, decision = _new_state(req, init)
         if distributed.is_main():
             atomic_write_json(state_path, state)
-            if decision is not None and decision.warn and req.on_warning is not None:
+            if decision.warn and req.on_warning is not None:
                 req.on_warning(decision.message)
-            elif decision is not None and req.on_note is not None:
+            elif req.on_note is not None:
                 req.on_note(decision.message)
-    else:
-        _check_same_run(state, req, state_path)
-    return state, config_from_dict(state.get("trained_config") or state["config"])
+        return _Run(state, decision.config, decision, init)
+    differences = _differences(state, req)
+    if differences:
+        raise refusal(differences, req.workdir, state_path)
+    cfg = config_from_dict(state.get("trained_config") or state["config"])
+    return _Run(state, cfg, _recorded_anchors(state, cfg, req.manifest))
 
 
 def _announce_plan(req: PipelineRequest, cfg: Config) -> None:
@@ -289,24 +339,24 @@ def _budget(req: PipelineRequest, state: dict, started: float) -> RunBudget | No
     return budget
 
 
-def _budgeted_steps(req: PipelineRequest, cfg: Config, state: dict) -> list[BudgetedStep]:
-    nominal = dict(plans(req, cfg))
+def _budgeted_steps(req: PipelineRequest, run: _Run) -> list[BudgetedStep]:
+    nominal = dict(plans(req, run.cfg))
     return [BudgetedStep(s.name, s.kind, s.freeze_shared, nominal.get(s.name)) for s in _steps(req)
-            if s.name not in state["done"]]
+            if s.name not in run.state["done"]]
 
 
-def _run_budgeted_step(req: PipelineRequest, step: Step, cfg: Config, state: dict, budget: RunBudget) -> None:
+def _run_budgeted_step(req: PipelineRequest, step: Step, run: _Run, budget: RunBudget) -> None:
     """One step under ``--time``: its share of what is left, and what it spent and measured recorded."""
-    left = _budgeted_steps(req, cfg, state)
+    left = _budgeted_steps(req, run)
     if step.kind == "dump":
         tick = budget.clock()
-        _run_step(req, step, cfg)
+        _run_step(req, step, run)
         budget.dumped(budget.clock() - tick, len(req.manifest.images))
     else:
         step_budget = budget.step_budget(left)
-        _run_step(req, step, cfg, step_budget)
+        _run_step(req, step, run, step_budget)
         budget.trained(left[0], step_budget.report)
-    state["budget"] = budget.to_state()
+    run.state["budget"] = budget.to_state()
 
 
 def run_pipeline(req: PipelineRequest) -> Path:
@@ -319,11 +369,13 @@ def run_pipeline(req: PipelineRequest) -> Path:
     if init not in ("imagenet", "none") and not Path(init).is_file():
         raise ConfigError(f"init {init} does not exist; give imagenet, none, a weights file or a checkpoint "
                           "(--set init=...)")
+    check_has_objects(req.manifest, req.manifest_path)
     ensure_dir(req.workdir)
     req.device = distributed.setup(req.device)  # before any barrier: a resumed run may start with a dump
     state_path = req.workdir / "state.json"
-    state, cfg = _start(req, state_path)
-    _announce_plan(req, cfg)
+    run = _start(req, state_path)
+    state = run.state
+    _announce_plan(req, run.cfg)
     budget = _budget(req, state, started)
     for step in _steps(req):
         if step.name in state["done"]:
@@ -333,9 +385,9 @@ def run_pipeline(req: PipelineRequest) -> Path:
         if req.on_step:
             req.on_step(step.name, "start")
         if budget is not None:
-            _run_budgeted_step(req, step, cfg, state, budget)
+            _run_budgeted_step(req, step, run, budget)
         else:
-            _run_step(req, step, cfg)
+            _run_step(req, step, run)
         state["done"].append(step.name)
         if distributed.is_main():
             atomic_write_json(state_path, state)

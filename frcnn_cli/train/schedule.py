@@ -119,6 +119,17 @@ def _drops(solver: SolverConfig, key: str, total: int) -> tuple[int, ...]:
     return tuple(max(1, round(f * total)) for f in solver.lr_drops)
 
 
+def rounding_note(plan: StepPlan, epochs: float | None, step: str) -> str | None:
+    """What ``--epochs`` became once rounded to whole iterations (at least one), when that is over 1 % off what
+    was asked (``--epochs 0.01`` of 20 iterations an epoch runs 1 iteration: 0.05 epochs); None otherwise."""
+    if epochs is None or plan.source != "--epochs" or abs(plan.epochs - epochs) <= 0.01 * epochs:
+        return None
+    exact = epochs * plan.iters_per_epoch
+    return (f"{step}: --epochs {epochs:g} is {exact:.3g} iterations ({plan.iters_per_epoch} an epoch of "
+            f"{plan.entries} images of {plan.batch} per iteration); a step runs whole iterations, at least one: "
+            f"{plan.iterations}, which is {plan.epochs:.3g} epochs")
+
+
 def plan_step(solver: SolverConfig, kind: str, *, images: int, flip: bool, world_size: int = 1,
               iters: int | None = None, epochs: float | None = None, until_plateau: bool = False) -> StepPlan:
     """The plan of a ``kind`` step ("rpn", "detector", "joint") over ``images`` training images (``flip``:

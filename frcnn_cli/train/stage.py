@@ -20,15 +20,16 @@ from pathlib import Path
 import torch
 
 from ..atomic import append_text, check_writable
-from ..callbacks import WarningCallback
+from ..callbacks import OnNote
 from ..config import Config, RuntimeConfig
 from ..data.images import DetectionDataset
 from ..data.loading import make_loader
 from ..data.manifest import Manifest, manifest_hash
 from ..data.proposal_store import ProposalStore
 from ..dense_proposals import DenseProposalSource, is_dense
-from ..devices import place_model
+from ..devices import place_model, precision_name
 from ..errors import ConfigError, TrainingError
+from ..model.anchor_fit import AnchorDecision
 from ..model.checkpoint import Init, file_sha256, read_checkpoint, save_checkpoint
 from ..model.detector import FasterRCNN
 from . import distributed
@@ -36,7 +37,14 @@ from .batching import device_batches, proposal_source
 from .budget_control import CALIBRATION, BudgetControl, StepBudget
 from .loop import LoopHooks, LoopState, build_optimizer, run_loop
 from .schedule import StepPlan, plan_step
-from .stage_setup import best_path, make_validator, stage_anchors, stage_target_stats, training_images
+from .stage_setup import (
+    best_path,
+    check_has_objects,
+    decide_run_anchors,
+    make_validator,
+    stage_target_stats,
+    training_images,
+)
 from .step_control import StepControl
 from .steps import StageSpec, build_stage_model, freeze_for_stage, shared_convs_warning
 from .target_stats import TargetNormaliser, folded
@@ -61,7 +69,7 @@ class StageRequest:
     resume: bool = False
     metrics_path: Path | None = None
     on_log: Callable[[LoopState], None] | None = None
-    on_warning: WarningCallback | None = None  # something odd but allowed (rank 0 only)
+    on_warning: OnNote | None = None  # something odd but allowed (rank 0 only)
     # once every input is checked, just before the first iteration: (first iteration, total) (rank 0 only)
     on_start: Callable[[int, int], None] | None = None
     epochs: float | None = None  # --epochs (per step; not with iters)
@@ -70,9 +78,11 @@ class StageRequest:
     val_every: int | None = None  # epochs between validations (None: default_val_every)
     patience: int | None = None  # validations without a better figure before the lr drop / the stop
     best_out: Path | None = None  # where the best checkpoint goes (default best_path(out))
-    decide_anchors: bool = True  # False: the caller (the pipeline) measured and fitted them already
+    # the anchors its caller decided for the whole run (the pipeline: once, at the start; it said so then); the
+    # stage trains with anchors.config. None: the stage decides them itself (decide_run_anchors) and says so
+    anchors: AnchorDecision | None = None
     on_plan: Callable[[StepPlan], None] | None = None  # the step's plan, before on_start (rank 0 only)
-    on_note: Callable[[str], None] | None = None  # what the stage decided from the data (rank 0 only)
+    on_note: OnNote | None = None  # what the stage decided from the data (rank 0 only)
     on_validation: Callable[[dict], None] | None = None  # each validation's (and event's) metrics row
     until_plateau: bool = False  # validation with patience decides the length: up to solver.max_epochs
     budget: StepBudget | None = None  # --time: the step's length fitted to these seconds (budget_control.py)
@@ -136,7 +146,8 @@ class _MetricsLog:
 def _provenance(req: StageRequest, init_info: dict, total: int, seed: int) -> dict:
     prov = {"manifest_hash": manifest_hash(req.manifest), "manifest": str(req.manifest_path),
             "iterations": total, "seed": seed, **init_info,
-            "runtime": {**dataclasses.asdict(req.runtime), "device": str(req.device)}}  # a record, never replayed
+            "runtime": {**dataclasses.asdict(req.runtime), "device": str(req.device),  # a record, never replayed
+                        "precision": precision_name(req.device, req.runtime.amp)}}
     if req.proposals_path is not None:
         prov["proposals"] = str(req.proposals_path)
         if not is_dense(req.proposals_path):  # the dense windows are made, not read
@@ -217,7 +228,9 @@ def _saver(req: StageRequest, optimizer, saving: _Saving, control: StepControl):
     return save
 
 
-def _best_saver(req: StageRequest, saving: _Saving):
+def _best_saver(req: StageRequest, saving: _Saving, summary: Callable[[], dict | None]):
+    """``on_best``: the best checkpoint, with the provenance of a finished one (``validation`` as of this
+    validation, from ``summary``) and its ``best`` record."""
     def on_best(done: int, row: dict) -> None:
         figure = {k: v for k, v in row.items() if k.startswith("val_") and k != "val_seconds"}
         val = str(req.val_path) if req.val_path else "carved from the training data"
@@ -225,7 +238,8 @@ def _best_saver(req: StageRequest, saving: _Saving):
                   "val_hash": manifest_hash(req.val_manifest)}
         saving.write(req.best_out or best_path(req.out), req.spec.label,
                      {"iteration": done, "total": saving.total, "best": True},
-                     {"iterations": done, "best": record})
+                     {"iterations": done, "planned_iterations": saving.total, "validation": summary(),
+                      "best": record})
 
     return on_best
 
@@ -237,6 +251,7 @@ def _check_request(req: StageRequest) -> None:
         raise ConfigError(f"--checkpoint-every must be 0 (off) or positive, got {req.checkpoint_every}")
     if not req.manifest.images:
         raise ConfigError(f"{req.manifest_path} holds no images; there is nothing to train on")
+    check_has_objects(req.manifest, req.manifest_path)
     best = (req.best_out or best_path(req.out)) if req.val_manifest is not None else None
     for path in (req.out, resume_path(req.out), req.metrics_path, best):
         if path is not None:  # before any training: a checkpoint that cannot be written is better known now
@@ -263,7 +278,10 @@ def _announce(req: StageRequest, warnings: list[str | None], notes: list[str], p
 def _decide(req: StageRequest) -> tuple[Config, list[str], list[str], dict]:
     """The config after the anchors were measured (and fitted): notes and warnings for the user, and a
     provenance record."""
-    decision = stage_anchors(req.cfg, req.manifest, req.spec, req.init) if req.decide_anchors else None
+    if req.anchors is not None:  # the run's decision, said at its start; recorded by the stages that train an RPN
+        trains_rpn = req.spec.run_rpn and "rpn" in req.spec.trainable
+        return req.anchors.config, [], [], {"anchors": req.anchors.to_dict()} if trains_rpn else {}
+    decision = decide_run_anchors(req.cfg, req.manifest, req.init, spec=req.spec)
     if decision is None:
         return req.cfg, [], [], {}
     said = ([], [decision.message]) if decision.warn else ([decision.message], [])
@@ -305,9 +323,10 @@ def _control(req: StageRequest, plan: StepPlan, validator, model, saving: _Savin
         if req.on_validation is not None:
             req.on_validation(row)
 
-    return StepControl(plan, saving.model.cfg.solver, validator=validator, validating=req.val_manifest is not None,
-                       model=model, every=every, patience=req.patience, on_best=_best_saver(req, saving),
-                       on_row=on_row)
+    control = StepControl(plan, saving.model.cfg.solver, validator=validator,
+                          validating=req.val_manifest is not None, model=model, every=every, patience=req.patience,
+                          on_best=_best_saver(req, saving, lambda: control.summary()), on_row=on_row)
+    return control
 
 
 def run_stage(req: StageRequest) -> Path:

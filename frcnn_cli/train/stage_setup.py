@@ -38,13 +38,26 @@ def trains_fresh_rpn(spec: StageSpec, init: Init) -> bool:
     return spec.run_rpn and "rpn" in spec.trainable and not loaded
 
 
-def stage_anchors(cfg: Config, manifest: Manifest, spec: StageSpec, init: Init) -> AnchorDecision | None:
-    """The anchors of a stage that trains an RPN: measured on the training boxes, fitted when
-    ``anchors.auto`` and the RPN starts afresh (a loaded RPN keeps the anchors it learnt). None for a
-    detector stage (its anchors are those of the RPN that made its proposals)."""
+def decide_run_anchors(cfg: Config, manifest: Manifest, init: Init, *, spec: StageSpec) -> AnchorDecision | None:
+    """The anchors of a run whose first stage is ``spec``, decided in one place for a single step
+    (``train-rpn``) and a whole run (the pipeline, once, at its start) alike: measured on the training boxes,
+    fitted when ``anchors.auto`` and the RPN starts afresh (``init`` holds no RPN: a loaded RPN keeps the
+    anchors it learnt). None for a detector stage (its anchors are those of the RPN that made its proposals)."""
     if not (spec.run_rpn and "rpn" in spec.trainable):
         return None
     return decide_anchors(cfg, manifest, may_fit=trains_fresh_rpn(spec, init))
+
+
+def check_has_objects(manifest: Manifest, manifest_path: Path) -> None:
+    """A training set must hold an object to learn from: a box that is not difficult (difficult boxes and crowd
+    regions are never targets). Checked at the start of every training command, before any work."""
+    if any(not hard for rec in manifest.images for hard in rec.difficult):
+        return
+    boxes = sum(len(rec.boxes) for rec in manifest.images)
+    what = "no box at all" if boxes == 0 else (f"only {boxes} difficult box(es) (objects marked difficult or crowd "
+                                                "regions, which are never training targets)")
+    raise DataError(f"{manifest_path} holds {len(manifest.images)} image(s) but {what}: nothing to learn; give a "
+                    "manifest with annotated objects (check the annotations frcnn prepare read)")
 
 
 def training_images(manifest: Manifest, spec: StageSpec, cfg: Config, manifest_path: Path) -> Manifest:

@@ -3,7 +3,10 @@ early stopping.
 
 Every ``every`` iterations and at the last one, the ``Validator`` measures the step's figure (rank 0 only;
 the other ranks wait and receive the outcome, so every process stops and drops the lr at the same iteration).
-A better figure than any before is the best: ``on_best`` writes the best checkpoint. With ``patience`` K,
+A figure at least as good as any before is the best (on a tie the later, more trained checkpoint is kept:
+a metric stuck at 0.0 must not leave the least-trained model as the best): ``on_best`` writes the best
+checkpoint. Whether any validation beat the first one is kept too (``improved``), so that the summary can
+say when validation never improved. With ``patience`` K,
 K validations in a row that do not beat the reference figure by ``MIN_DELTA`` (half a point of mAP or
 recall; the reference is the figure of the last validation that did) bring the next lr drop forward to
 that iteration (as ReduceLROnPlateau does, once per drop of the plan); when no drop is left, the step
@@ -34,6 +37,8 @@ class ValidationState:
     bad: int = 0  # validations since then
     drops: list[int] = field(default_factory=list)  # iterations where a drop was brought forward
     stopped: int | None = None  # the iteration early stopping ended the step at
+    first: float | None = None  # the first validation's figure
+    improved: bool = False  # a later validation beat the first one
 
 
 class StepControl:
@@ -73,9 +78,12 @@ class StepControl:
     def _validate(self, done: int) -> None:
         figure, values = self.validator.measure(self.model)
         s = self.state
-        improved = s.best is None or figure > s.best
-        row = self._row(done, **values, best=improved)
-        if improved:
+        if s.first is None:
+            s.first = figure
+        s.improved = s.improved or figure > s.first
+        best = s.best is None or figure >= s.best  # a tie keeps the later checkpoint
+        row = self._row(done, **values, best=best)
+        if best:
             s.best, s.best_iteration = figure, done
             if self.on_best is not None:
                 self.on_best(done, row)
@@ -111,10 +119,11 @@ class StepControl:
             self.schedule = self.schedule.with_drop_at(it)
 
     def summary(self) -> dict | None:
-        """The best figure and where it was reached, and where the step stopped early (None without val)."""
+        """The best figure and where it was reached, whether any validation beat the first (``improved``), and
+        where the step stopped early (None without val)."""
         if self.validator is None or self.state.best is None:
             return None
         s = self.state
         return {"metric": self.validator.key, "best": s.best, "best_iteration": s.best_iteration,
-                "best_epoch": round(self.plan.epoch_of(s.best_iteration), 3), "stopped_early_at": s.stopped,
-                "lr_drops_brought_forward": list(s.drops)}
+                "best_epoch": round(self.plan.epoch_of(s.best_iteration), 3), "first": s.first,
+                "improved": s.improved, "stopped_early_at": s.stopped, "lr_drops_brought_forward": list(s.drops)}

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..config import Config, RuntimeConfig, SolverConfig, runtime_defaults
-from ..config_io import apply_overrides, apply_runtime_overrides, resolve_settings, split_overrides
+from ..config_io import Overrides, resolve_settings
 from ..errors import CheckpointError, ConfigError
 from ..model.checkpoint import Init, checkpoint_config, load_parts, read_init
 from ..model.detector import FasterRCNN
@@ -128,15 +128,15 @@ def shared_convs_warning(spec: StageSpec, init_info: dict) -> str | None:
     return message + f". Training goes on: stop it and use {fix} unless this is on purpose"
 
 
-def stage_config(config: str | None, overrides: Sequence[str], seed: int | None,
+def stage_config(config: str | None, overrides: Overrides | Sequence[str], seed: int | None,
                  init: str | None) -> tuple[Config, RuntimeConfig, Init]:
     """The config, runtime settings and init of a ``train-rpn``/``train-detector`` stage, with ``init`` read
     once: ``--config`` (default vgg16) then ``--set`` then ``--seed``; ``--init`` (default: the config's
     ``init``). A checkpoint init brings its own config unless ``--config`` was given; backbones must agree.
     """
     cfg, runtime = resolve_settings(config)
-    config_items, runtime_items = split_overrides(overrides)
-    init_read = read_init(init or apply_overrides(cfg, config_items).init)
+    overrides = Overrides.parse(overrides)
+    init_read = read_init(init or overrides.apply(cfg).init)
     if init_read.kind == "checkpoint":
         ckpt_cfg = checkpoint_config(init_read.data, init_read.spec)
         if config is not None and ckpt_cfg.backbone != cfg.backbone:
@@ -144,9 +144,9 @@ def stage_config(config: str | None, overrides: Sequence[str], seed: int | None,
                                   f"for {cfg.backbone}; use a checkpoint of the same backbone or drop --config")
         if config is None:
             cfg, runtime = ckpt_cfg, runtime_defaults(ckpt_cfg.name)
-    cfg = apply_overrides(cfg, config_items)
+    cfg = overrides.apply(cfg)
     cfg = cfg if seed is None else replace(cfg, seed=seed)
-    return cfg, apply_runtime_overrides(runtime, runtime_items), init_read
+    return cfg, overrides.apply_runtime(runtime), init_read
 
 
 def freeze_for_stage(model: FasterRCNN, spec: StageSpec) -> None:

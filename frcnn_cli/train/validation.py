@@ -20,20 +20,20 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..config import RuntimeConfig
-from ..data.manifest import Manifest
+from ..data.manifest import Manifest, read_manifest
 from ..data.proposal_store import ProposalStore
 from ..errors import ConfigError, DataError
 from ..evaluate.recall import proposal_recall_of_boxes
 from ..evaluate.voc import detections_by_class, evaluate_detections
 from ..given_proposals import GivenProposals, proposals_of
-from ..inference import InferenceSettings, Predictor, predict_manifest
+from ..inference import Predictor, predict_manifest
 from ..model.checkpoint import file_sha256, load_model
 from ..model.detector import FasterRCNN
 from .steps import StageSpec
@@ -50,6 +50,30 @@ def check_val_manifest(val: Manifest, val_path: Path, train: Manifest, train_pat
     if not any(not d for rec in val.images for d in rec.difficult):
         raise DataError(f"--val {val_path} holds no object to score (every box is difficult, or there are "
                         "none); give a validation manifest with annotated objects")
+
+
+def read_val_manifest(val: str | Path | Manifest | None, train: Manifest, train_path: str | Path, *,
+                      iters: int | None, epochs: float | None, val_every: int | None,
+                      patience: int | None, carving: bool = False) -> Manifest | None:
+    """The validation manifest of a training run (a ``Manifest`` or its file; None without), checked against
+    the training one (``check_val_manifest``), the schedule options' combinations checked first: ``--epochs``
+    and ``--iters`` exclude each other; ``--val-every`` and ``--patience`` need ``--val``, unless ``carving``
+    (``frcnn train`` without ``--val`` validates on a split it carves: ``data_schedule.carves``)."""
+    if iters is not None and epochs is not None:
+        raise ConfigError("give --epochs or --iters, not both: --epochs sets each step's length in passes over "
+                          "the data, --iters in iterations")
+    if val is None and carving:
+        return None
+    if val is None:
+        for name, value in (("--val-every", val_every), ("--patience", patience)):
+            if value is not None:
+                raise ConfigError(f"{name} needs --val M.json: it is about validation during training; add "
+                                  "--val or drop it")
+        return None
+    manifest = val if isinstance(val, Manifest) else read_manifest(val)
+    check_val_manifest(manifest, Path(val) if not isinstance(val, Manifest) else Path(val.name), train,
+                       Path(train_path))
+    return manifest
 
 
 def default_val_every(val_images: int, entries: int, spec: StageSpec) -> int:
@@ -79,7 +103,7 @@ def stored_rpn_proposals(store: ProposalStore, val: Manifest, device: torch.devi
         raise DataError(f"{path} changed since it made {store.path}; dump the proposals again "
                         "(frcnn dump-proposals) or train without --val")
     model, _ = load_model(path, device=device, require=("rpn",))
-    predictor = Predictor(model, device, InferenceSettings.from_config(model.cfg), runtime, owned=True)
+    predictor = Predictor.for_model(model, device, runtime=runtime, owned=True)
     with torch.random.fork_rng(devices=_rng_devices(device)):
         return proposals_of(predictor, val)
 
@@ -104,13 +128,9 @@ class Validator:
     def measure(self, model: FasterRCNN) -> tuple[float, dict]:
         tick = time.perf_counter()
         with torch.random.fork_rng(devices=_rng_devices(self.device)):
-            settings = InferenceSettings.from_config(model.cfg)
-            if self.proposals is not None:
-                settings = replace(settings, ablation=GivenProposals(self.proposals))
-            elif self.ablation is not None:
-                settings = replace(settings, ablation=self.ablation)
-            with self.prepare():
-                predictor = Predictor(model, self.device, settings, self.runtime)  # a deep copy
+            ablation = GivenProposals(self.proposals) if self.proposals is not None else self.ablation
+            with self.prepare():  # a deep copy
+                predictor = Predictor.for_model(model, self.device, runtime=self.runtime, ablation=ablation)
             figure, row = self._figure(predictor)
         row["val_seconds"] = round(time.perf_counter() - tick, 3)
         return figure, row
