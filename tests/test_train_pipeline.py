@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from frcnn_cli.inference import ProposalWriter
+from frcnn_cli.data.proposal_store import ProposalWriter
 from frcnn_cli.model.checkpoint import read_checkpoint
 from frcnn_cli.train import pipeline
 

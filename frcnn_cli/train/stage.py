@@ -2,7 +2,9 @@
 
 Wires the model, the data, the proposal file and the resume state around the one loop in ``loop.py``; what
 the stage decides from its data before the first iteration (images, anchors, target statistics, validator) is
-in ``stage_setup.py``, its schedule in ``schedule.py``, validation and early stopping in ``step_control.py``.
+in ``stage_setup.py``, its schedule in ``schedule.py``, validation and early stopping in ``step_control.py``,
+what it records besides its weights (the resume state's path and loading, the provenance, ``metrics.jsonl``) in
+``stage_records.py``.
 While it runs, ``<out>.resume.pt`` holds the latest resumable state (written atomically every
 ``checkpoint_every`` iterations); the final checkpoint appears under ``<out>`` only when the stage is done.
 With validation, the best checkpoint so far is ``best_out`` (default ``<out stem>.best.pt``).
@@ -12,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..atomic import append_text, check_writable
+from ..atomic import check_writable
 from ..callbacks import OnNote
 from ..config import Config, RuntimeConfig
 from ..data.images import DetectionDataset
@@ -27,16 +28,17 @@ from ..data.loading import make_loader
 from ..data.manifest import Manifest, manifest_hash
 from ..data.proposal_store import ProposalStore
 from ..dense_proposals import DenseProposalSource, is_dense
-from ..devices import place_model, precision_name
+from ..devices import place_model
 from ..errors import ConfigError, TrainingError
 from ..model.anchor_fit import AnchorDecision
-from ..model.checkpoint import Init, file_sha256, read_checkpoint, save_checkpoint
+from ..model.checkpoint import Init, save_checkpoint
 from ..model.detector import FasterRCNN
 from . import distributed
 from .batching import device_batches, proposal_source
 from .budget_control import CALIBRATION, BudgetControl, StepBudget
 from .loop import LoopHooks, LoopState, build_optimizer, run_loop
 from .schedule import StepPlan, plan_step
+from .stage_records import BUDGET_CAP, _load_resume, _MetricsLog, _provenance, _rng_state, resume_path
 from .stage_setup import (
     best_path,
     check_has_objects,
@@ -86,102 +88,6 @@ class StageRequest:
     on_validation: Callable[[dict], None] | None = None  # each validation's (and event's) metrics row
     until_plateau: bool = False  # validation with patience decides the length: up to solver.max_epochs
     budget: StepBudget | None = None  # --time: the step's length fitted to these seconds (budget_control.py)
-
-
-BUDGET_CAP = 10**9  # the loop's bound under --time: the budget's control ends the step
-
-
-def resume_path(out: Path) -> Path:
-    """Where the resumable state of a stage writing ``out`` lives while it runs."""
-    return out.with_name(out.name + ".resume.pt")
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class _MetricsLog:
-    """``metrics.jsonl`` (one line per logged step) and TensorBoard events when tensorboard is installed."""
-
-    def __init__(self, path: Path | None, stage: str) -> None:
-        self.path, self.stage, self.tb = path, stage, None
-        if path is not None:
-            with contextlib.suppress(ImportError, ModuleNotFoundError):
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(path.parent / "tensorboard" / stage))
-
-    def write(self, state: LoopState) -> None:
-        if self.path is None:
-            return
-        row = {"stage": self.stage, "iteration": state.iteration, **state.losses, "lr": state.lr,
-               "images_per_s": round(state.images_per_s, 3)}
-        append_text(self.path, json.dumps(row) + "\n")  # a full disk: an error naming the file
-        if self.tb is not None:
-            for key, value in state.losses.items():
-                self.tb.add_scalar(f"{self.stage}/{key}", value, state.iteration)
-            self.tb.add_scalar(f"{self.stage}/lr", state.lr, state.iteration)
-
-    def write_row(self, row: dict) -> None:
-        """A validation (``val_map`` / ``val_recall``) or an event row (``lr_drop``, ``early_stop``)."""
-        if self.path is None:
-            return
-        append_text(self.path, json.dumps({"stage": self.stage, **row}) + "\n")
-        if self.tb is not None:
-            flat = {k: v for k, v in row.items() if k.startswith("val_") and isinstance(v, (int, float))}
-            flat.update({f"val_recall_{t}": v for t, v in (row.get("val_recall") or {}).items()})
-            for key, value in flat.items():
-                self.tb.add_scalar(f"{self.stage}/{key}", value, row["iteration"])
-
-
-def _provenance(req: StageRequest, init_info: dict, total: int, seed: int) -> dict:
-    prov = {"manifest_hash": manifest_hash(req.manifest), "manifest": str(req.manifest_path),
-            "iterations": total, "seed": seed, **init_info,
-            "runtime": {**dataclasses.asdict(req.runtime), "device": str(req.device),  # a record, never replayed
-                        "precision": precision_name(req.device, req.runtime.amp)}}
-    if req.proposals_path is not None:
-        prov["proposals"] = str(req.proposals_path)
-        if not is_dense(req.proposals_path):  # the dense windows are made, not read
-            prov["proposals_hash"] = file_sha256(req.proposals_path)
-    return prov
-
-
-def _load_resume(req: StageRequest, model, optimizer, total: int, control: StepControl) -> int:
-    path = resume_path(req.out)
-    if not (req.resume and path.exists()):
-        return 0
-    ckpt = read_checkpoint(path)
-    state = ckpt.get("train_state") or {}
-    if state.get("manifest_hash") != manifest_hash(req.manifest):
-        raise TrainingError(f"{path} was made from another dataset manifest than {req.manifest_path}; "
-                            f"delete {path} to start this stage afresh")
-    if ckpt.get("stage") != req.spec.label:
-        raise TrainingError(f"{path} holds an interrupted '{ckpt.get('stage')}' stage, not "
-                            f"'{req.spec.label}'; resume it with the command that started it, or "
-                            f"delete {path} to start this stage afresh")
-    if state.get("total", total) != total:
-        def length(n: int) -> str:
-            return "a length fitted to a time budget (--time)" if n == BUDGET_CAP else f"{n} iterations"
-
-        raise TrainingError(f"{path} is a run of {length(state['total'])}, this one asks for {length(total)}; "
-                            f"resume with the same --iters/--epochs/--time, or delete {path} to start this stage "
-                            "afresh")
-    model.load_state_dict({f"{p}.{k}": v for p, sd in ckpt["parts"].items() for k, v in sd.items()},
-                          strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    control.load_state_dict(state.get("control"))
-    per_rank = state.get("rng_per_rank") or []
-    _restore_rng(per_rank[distributed.rank()] if len(per_rank) == distributed.world_size() else state["rng"])
-    return int(state["iteration"])
 
 
 @dataclass
