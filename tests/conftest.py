@@ -322,3 +322,12 @@ def full_disk(tmp_path) -> Path:
 
     with small_disk(tmp_path / "small-disk") as folder:
         yield folder
+
+
+def forbid_work(monkeypatch, target: str) -> None:
+    """Replace the function ``target`` (a dotted path) by one that fails the test: a command that should stop at
+    its checks must never reach it."""
+    def work(*_args, **_kwargs):
+        raise AssertionError(f"{target} ran: the output was not checked before the work")
+
+    monkeypatch.setattr(target, work)

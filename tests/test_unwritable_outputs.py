@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import TINY_CLI, write_proposal_store
+from conftest import TINY_CLI, forbid_work, write_proposal_store
 from PIL import Image
 
 from frcnn_cli.cli.main import cli
@@ -30,11 +30,7 @@ def _run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def _no_work(monkeypatch, target: str) -> None:
-    def work(*_args, **_kwargs):
-        raise AssertionError(f"{target} ran: the output was not checked before the work")
-
-    monkeypatch.setattr(target, work)
+_no_work = forbid_work
 
 
 def _write_folder_set(root: Path) -> tuple[Path, Path]:
