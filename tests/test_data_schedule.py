@@ -76,6 +76,7 @@ def test_frcnn_train_carves_its_validation_split_and_says_so_in_the_plan(frcnn, 
                    "--set", "solver.max_epochs=1", "--val-every", 1)
     said = " ".join(result.stderr.split())
     assert f"validation: 6 of the 40 images of {train_path}" in said and "--set solver.val_fraction=0" in said
+    assert "final.pt is the best checkpoint: val_map=" in said  # the carved split validated it, as --val would
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["carved"] == 6 and state["mode"] == "joint" and state["val"] is None
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -250,6 +250,7 @@ def train(data, workdir, config, set_, mode, iters, epochs, time_budget, val, va
                              on_warning=lambda m: console.warn(escape(m)), on_note=lambda m: console.info(escape(m)),
                              on_plan=on_plan, on_validation=lambda _, row: view(row), on_runtime=process_settings)
     if talk:
-        if val is not None:
-            console.info(escape(best_summary(final, last=final.with_name("final.last.pt")) or ""))
+        last = final.with_name("final.last.pt")
+        if last.exists():  # validated (on --val or on the split the run carved): final.pt is the best
+            console.info(escape(best_summary(final, last=last) or ""))
         click.echo(str(final))
