@@ -2,10 +2,10 @@
 ``learning_vs_torchvision.py`` (the parts of one set may run as separate processes, each with ``--parts`` and
 its own ``--workdir``, so that the four runs of a set share the cores instead of queueing).
 
-For each set: frcnn with every default (time T, mAP07), the torchvision peer at T read off its 15-minute run's
-curve (the last point at or before T; its lr drop is placed at three quarters of ITS budget, so this is the
-peer part-way through a 15-minute schedule, not a peer given T: a separate ``--parts peer-same`` run gives
-that), frcnn ``--time 15m``, the peer after 15 minutes; and one PNG of the curves per set.
+For each set: frcnn with every default (time T, mAP07), the torchvision peer given T (a ``--parts peer-same``
+run; without one, marked ≈, the figure read off the peer's 15-minute curve at T: the last point at or before T,
+part-way through a 15-minute schedule whose lr drop comes at three quarters of 15 minutes, not of T), frcnn
+``--time 15m``, the peer after 15 minutes; and one PNG of the curves per set.
 
     python benchmarks/learning_table.py /tmp/lb/synth /tmp/lb/kangaroo /tmp/lb/bccd+/tmp/lb/bccd-b --png-dir docs
 
@@ -45,9 +45,12 @@ def row(name: str, r: dict, axis: int, unit: str) -> str:
     peer_at_t = at_minute(peer.get("curve", []), minutes, axis) if minutes is not None else None
     if minutes is not None and peer.get("budget") and minutes * 60 > peer["budget"]:
         peer_at_t = None  # past the peer's budget: its curve says nothing there
+    same = r.get("peer-same", {}).get("map")  # a peer given T itself (its lr drop at 3/4 of T)
+    shown_same = fig(same) if same is not None else (f"≈ {fig(peer_at_t)}" if peer_at_t is not None else "—")
+    peer_at_t = same if same is not None else peer_at_t
     time_minutes = f" ({t[key] / 60:.1f} {unit})" if t.get(key) else ""
     return (f"| {name} | {r.get('train_images')} / {r.get('test_images')} | "
-            f"{minutes:.1f} {unit}, **{fig(d.get('map'))}** | {fig(peer_at_t)} | {ratio(d.get('map'), peer_at_t)} | "
+            f"{minutes:.1f} {unit}, **{fig(d.get('map'))}** | {shown_same} | {ratio(d.get('map'), peer_at_t)} | "
             f"**{fig(t.get('map'))}**{time_minutes} | {fig(peer.get('map'))} | "
             f"{ratio(t.get('map'), peer.get('map'))} |")
 
@@ -59,7 +62,7 @@ def main() -> None:
     p.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
     args = p.parse_args()
     axis, unit = (0, "min") if args.clock == "wall" else (1, "CPU min")
-    print("| set | training / test images | frcnn defaults: time, mAP07 | peer at that time (its 15-min curve) | "
+    print("| set | training / test images | frcnn defaults: time, mAP07 | peer given that time (≈: its 15-min curve) | "
           "ratio | frcnn `--time 15m` | peer at 15 min | ratio |\n|---|---|---|---|---|---|---|---|")
     for spec in args.sets:
         workdirs = [Path(w) for w in spec.split("+")]
