@@ -331,3 +331,32 @@ def forbid_work(monkeypatch, target: str) -> None:
         raise AssertionError(f"{target} ran: the output was not checked before the work")
 
     monkeypatch.setattr(target, work)
+
+
+@pytest.fixture()
+def figures(monkeypatch):
+    """``set(values)``: the validations of the next run measure ``values`` in turn (rows as the real ones)."""
+    queue: list[float] = []
+
+    def measure(self, model):
+        value = queue.pop(0)
+        key = "val_map" if self.kind == "map" else "val_recall"
+        return value, {key: value if self.kind == "map" else {"0.5": value, "0.7": value}, "val_seconds": 0.0}
+
+    from frcnn_cli.train import validation
+
+    monkeypatch.setattr(validation.Validator, "measure", measure)
+    return lambda values: queue.extend(values)
+
+
+def write_folder_set(root: Path) -> tuple[Path, Path]:
+    """A one-image folder set for ``prepare folder`` (``root/imgs/a.png``, 40x30, and one cat box in
+    ``root/xml/a.xml``): ``(images, annotations)``."""
+    from PIL import Image
+
+    (root / "imgs").mkdir(parents=True)
+    (root / "xml").mkdir()
+    Image.new("RGB", (40, 30)).save(root / "imgs" / "a.png")
+    (root / "xml" / "a.xml").write_text("<annotation><object><name>cat</name><bndbox><xmin>2</xmin><ymin>2</ymin>"
+                                        "<xmax>20</xmax><ymax>20</ymax></bndbox></object></annotation>")
+    return root / "imgs", root / "xml"

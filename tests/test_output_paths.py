@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import write_folder_set
 from PIL import Image
 
 from frcnn_cli.atomic import _host_id, atomic_path, atomic_write_text
@@ -34,17 +35,8 @@ def _long(name: str, size: int = NAME_MAX) -> str:
     return "x" * (size - name_bytes(name)) + name
 
 
-def _folder_set(root: Path) -> tuple[Path, Path]:
-    (root / "imgs").mkdir(parents=True)
-    (root / "xml").mkdir()
-    Image.new("RGB", (40, 30)).save(root / "imgs" / "a.png")
-    (root / "xml" / "a.xml").write_text("<annotation><object><name>cat</name><bndbox><xmin>2</xmin><ymin>2</ymin>"
-                                        "<xmax>20</xmax><ymax>20</ymax></bndbox></object></annotation>")
-    return root / "imgs", root / "xml"
-
-
 def _prepare(tmp_path: Path, out: Path):
-    images, xml = _folder_set(tmp_path / "data")
+    images, xml = write_folder_set(tmp_path / "data")
     return _run("prepare", "folder", "--images", images, "--annotations", xml, "--out", out)
 
 

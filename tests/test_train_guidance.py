@@ -12,7 +12,6 @@ import pytest
 
 from frcnn_cli.data.manifest import read_manifest, write_manifest
 from frcnn_cli.model.checkpoint import read_checkpoint
-from frcnn_cli.train import validation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,20 +27,6 @@ def two_images(train_set, tmp_path_factory) -> tuple:
         write_manifest(folder / f"{name}.json", manifest)
         paths.append(folder / f"{name}.json")
     return tuple(paths)
-
-
-@pytest.fixture()
-def figures(monkeypatch):
-    """``set(values)``: the validations of the next run measure ``values`` in turn (rows as the real ones)."""
-    queue: list[float] = []
-
-    def measure(self, model):
-        value = queue.pop(0)
-        key = "val_map" if self.kind == "map" else "val_recall"
-        return value, {key: value if self.kind == "map" else {"0.5": value, "0.7": value}, "val_seconds": 0.0}
-
-    monkeypatch.setattr(validation.Validator, "measure", measure)
-    return lambda values: queue.extend(values)
 
 
 def _without_objects(source, path, *, difficult: bool = False):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import TINY_CLI, forbid_work, write_proposal_store
+from conftest import TINY_CLI, forbid_work, write_folder_set, write_proposal_store
 from PIL import Image
 
 from frcnn_cli.cli.main import cli
@@ -31,15 +31,6 @@ def _run(*args):
 
 
 _no_work = forbid_work
-
-
-def _write_folder_set(root: Path) -> tuple[Path, Path]:
-    (root / "imgs").mkdir(parents=True)
-    (root / "xml").mkdir()
-    Image.new("RGB", (40, 30)).save(root / "imgs" / "a.png")
-    (root / "xml" / "a.xml").write_text("<annotation><object><name>cat</name><bndbox><xmin>2</xmin><ymin>2</ymin>"
-                                        "<xmax>20</xmax><ymax>20</ymax></bndbox></object></annotation>")
-    return root / "imgs", root / "xml"
 
 
 def _command(name: str, ro: Path, synth_set, tiny_checkpoint, tmp_path) -> tuple[list, str, str, str]:
@@ -64,7 +55,7 @@ def _command(name: str, ro: Path, synth_set, tiny_checkpoint, tmp_path) -> tuple
         return (["eval", "--model", tiny_checkpoint(), "--data", test, *out], out[1].name, out[0],
                 "frcnn_cli.inference.load_predictor")
     if name == "prepare folder":
-        images, xml = _write_folder_set(tmp_path / "folder")
+        images, xml = write_folder_set(tmp_path / "folder")
         return (["prepare", "folder", "--images", images, "--annotations", xml, "--out", ro / "m.json"], "m.json",
                 "--out", "frcnn_cli.data.folder.prepare_folder")
     if name == "prepare synth":

@@ -11,7 +11,6 @@ import torch
 
 from frcnn_cli.data.manifest import read_manifest, write_manifest
 from frcnn_cli.model.checkpoint import read_checkpoint
-from frcnn_cli.train import validation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EPOCH = 6  # iterations
@@ -28,20 +27,6 @@ def weights(path) -> dict:
 def same_weights(a, b) -> bool:
     wa, wb = weights(a), weights(b)
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-@pytest.fixture()
-def figures(monkeypatch):
-    """``set(values)``: the validations of the next run measure ``values`` in turn (rows as the real ones)."""
-    queue: list[float] = []
-
-    def measure(self, model):
-        value = queue.pop(0)
-        key = "val_map" if self.kind == "map" else "val_recall"
-        return value, {key: value if self.kind == "map" else {"0.5": value, "0.7": value}, "val_seconds": 0.0}
-
-    monkeypatch.setattr(validation.Validator, "measure", measure)
-    return lambda values: queue.extend(values)
 
 
 def test_a_detector_step_validates_voc_map_each_epoch_and_keeps_the_best(four_steps, frcnn, train_options,

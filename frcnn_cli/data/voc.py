@@ -253,6 +253,18 @@ def _split_ids(year_dir: Path, split: str) -> list[str]:
     return ids
 
 
+def year_folders(root: str | os.PathLike, years: Sequence[int], split: str, *,
+                 example: str) -> tuple[list[int], list[Path], str]:
+    """The years asked for (each once, in order), their ``VOC<year>`` folders holding ``split``, and the folder
+    the manifest's paths are relative to (the year folder, or the years' common parent); no year is a
+    ``DataError`` that shows ``example``."""
+    years = list(dict.fromkeys(int(y) for y in years))
+    if not years:
+        raise DataError(f"no --year given; use e.g. {example}")
+    year_dirs = [_year_dir(Path(root), year, split) for year in years]
+    return years, year_dirs, os.path.commonpath([os.path.abspath(d) for d in year_dirs])
+
+
 def prepare_voc(root: str | os.PathLike, years: Sequence[int], split: str, *, on_warning: OnNote | None = None,
                 progress: Progress | None = None, skip_unreadable: bool = False) -> Manifest:
     """A VOCdevkit split as a manifest with the 20 VOC classes; several years give their union (07+12).
@@ -260,12 +272,7 @@ def prepare_voc(root: str | os.PathLike, years: Sequence[int], split: str, *, on
     ``root`` holds ``VOC2007/`` etc. or is the ``VOC<year>`` folder itself. The manifest root is the
     year folder for one year, their common parent for several. ``skip_unreadable`` as in ``build_manifest``.
     """
-    root = Path(root)
-    years = list(dict.fromkeys(int(y) for y in years))
-    if not years:
-        raise DataError("no --year given; use e.g. --year 2007 or --year 2007,2012")
-    year_dirs = [_year_dir(root, year, split) for year in years]
-    base = os.path.commonpath([os.path.abspath(d) for d in year_dirs])
+    years, year_dirs, base = year_folders(root, years, split, example="--year 2007 or --year 2007,2012")
     items = []
     for year_dir in year_dirs:
         for i in dict.fromkeys(_split_ids(year_dir, split)):  # an id in two years: write_manifest refuses

@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from ..callbacks import OnNote, Progress
 from ..errors import DataError, problems_error
 from .manifest import ImageRecord, Manifest
-from .voc import VOC_CLASSES, _image_size, _split_ids, _year_dir, relative_path, unreadable_warning
+from .voc import VOC_CLASSES, _image_size, _split_ids, relative_path, unreadable_warning, year_folders
 
 
 def prepare_voc_images(root: str | os.PathLike, years: Sequence[int], split: str, *,
@@ -26,12 +25,7 @@ def prepare_voc_images(root: str | os.PathLike, years: Sequence[int], split: str
     """The images of a VOCdevkit split (one year, or the union of several) as an images-only manifest named
     ``voc<years>-<split>``; a missing or unreadable image is a ``DataError`` (all of them listed), or with
     ``skip_unreadable`` an image that cannot be decoded is left out (``on_warning`` lists them)."""
-    root = Path(root)
-    years = list(dict.fromkeys(int(y) for y in years))
-    if not years:
-        raise DataError("no --year given; use e.g. --year 2012")
-    year_dirs = [_year_dir(root, y, split) for y in years]
-    base = os.path.commonpath([os.path.abspath(d) for d in year_dirs])
+    years, year_dirs, base = year_folders(root, years, split, example="--year 2012")
     items = [(i, year_dir / "JPEGImages" / f"{i}.jpg") for year_dir in year_dirs
              for i in dict.fromkeys(_split_ids(year_dir, split))]
     records, errors, skipped = [], [], []
